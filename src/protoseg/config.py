@@ -103,6 +103,7 @@ class Stage1Config:
     cam_area_weight: float = 0.0
     diversity_weight: float = 0.5
     diversity_warmup_epochs: float = 1.0
+    diversity_temperature: float = 0.1  # softmax over pixel cosines in the Jeffrey penalty
     pscl_weight: float = 0.1
     pscl_tau: float = 0.25
     pscl_temperature: float = 0.1

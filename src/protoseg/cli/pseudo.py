@@ -1,0 +1,39 @@
+"""``protoseg pseudo``: export stage-1 pseudo-masks (palette PNG + confidence) for the training patches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from protoseg.cli.common import add_config_args, config_from_args
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from protoseg.train.pipeline import make_pseudo_masks
+
+    extra = [f"data.root={args.data}"] if args.data else []
+    if args.device:
+        extra.append(f"run.device={args.device}")
+    cfg = config_from_args(args, extra)
+    bar = tqdm(desc="pseudo-masks", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    out = make_pseudo_masks(cfg, args.checkpoint, args.out, progress)
+    bar.close()
+    print(out)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pseudo", help="export pseudo-masks of the training patches from a stage-1 checkpoint")
+    add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.pt)")
+    p.add_argument("--data", help="dataset folder")
+    p.add_argument("--out", help="output folder (default RUN/pseudo)")
+    p.add_argument("--device")
+    p.set_defaults(func=_run)

@@ -1,0 +1,68 @@
+"""``protoseg train stage1|stage2``: train from a YAML config with overrides, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from protoseg.cli.common import ProgressBar, add_config_args, config_from_args
+
+logger = logging.getLogger(__name__)
+
+
+def _shortcuts(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.data:
+        out.append(f"data.root={args.data}")
+    if args.out:
+        out.append(f"run.out_dir={args.out}")
+    if getattr(args, "recipe", None):
+        out.append(f"stage1.recipe={args.recipe}")
+    if getattr(args, "addons", None):
+        out.append(f"stage1.addons=[{args.addons}]")
+    if getattr(args, "bank", None):
+        out.append(f"bank.path={args.bank}")
+    if args.epochs is not None:
+        out.append(f"{args.stage}.epochs={args.epochs}")
+    if args.device:
+        out.append(f"run.device={args.device}")
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    from protoseg.train.pipeline import train_stage1, train_stage2
+
+    cfg = config_from_args(args, _shortcuts(args))
+    bar = ProgressBar(args.stage)
+    if args.stage == "stage1":
+        result = train_stage1(cfg, [bar], resume=args.resume)
+    else:
+        pseudo = args.pseudo or str(Path(cfg.run.out_dir) / "pseudo")
+        result = train_stage2(cfg, pseudo, [bar], resume=args.resume)
+    summary = {"stage": args.stage, "best": str(result.best) if result.best else None, "last": str(result.last),
+               "best_metric": result.best_metric, "epochs": result.epochs_done, "seconds": round(result.seconds, 1)}
+    print(json.dumps(summary))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train stage 1 (CAM network) or stage 2 (segmentation network)")
+    stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for stage, text in (("stage1", "stage-1 ClassNet on image-level labels"),
+                        ("stage2", "stage-2 SegNet on exported pseudo-masks")):
+        s = stages.add_parser(stage, help=text, description=text)
+        add_config_args(s)
+        s.add_argument("--data", help="dataset folder (BCSS-WSSS, LUAD-HistoSeg or generic layout)")
+        s.add_argument("--out", help="run folder (checkpoints go to OUT/stage1 or OUT/stage2)")
+        s.add_argument("--epochs", type=int)
+        s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+        s.add_argument("--resume", action="store_true", help="continue from OUT/<stage>/last.pt")
+        if stage == "stage1":
+            s.add_argument("--recipe", choices=["cam", "pbip", "lpd"])
+            s.add_argument("--addons", help="comma-separated add-on losses: pscl, plim")
+            s.add_argument("--bank", help="image bank folder (PBIP; built from the training set when absent)")
+        else:
+            s.add_argument("--pseudo", help="pseudo-mask folder (default OUT/pseudo)")
+        s.set_defaults(func=_run)

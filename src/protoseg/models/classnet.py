@@ -1,0 +1,209 @@
+"""Stage-1 classification network (PBIP ClassNet, LPD learnable prototypes, or a plain CAM head).
+
+Prototype heads: per stage i, M_i(p, n, k) = s_i * cos(F_i(p), P_i(n, k)) with P_i the projected
+prototypes and s_i a learnable scale; sub-cluster maps merge to class maps, image logits are the
+global average of each class map. The ``cam`` head is a 1x1 conv classifier on the last stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protoseg import cams as cam_ops
+from protoseg.models.backbone import build_backbone
+from protoseg.models.heads import BankPrototypes, LearnablePrototypes, PrototypeProjector
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class HeadKind(str, enum.Enum):
+    """Stage-1 head: plain CAM classifier, fixed image-bank prototypes, or learnable prototypes."""
+
+    CAM = "cam"
+    BANK = "bank"
+    LEARNABLE = "learnable"
+
+
+class MergeKind(str, enum.Enum):
+    """How sub-cluster maps (B, C, K, h, w) merge into class maps (B, C, h, w)."""
+
+    MEAN = "mean"
+    SOFTMAX_MAX = "softmax_max"
+
+
+@dataclass(frozen=True)
+class ClassNetConfig:
+    """Everything needed to rebuild a ClassNet (weights aside); plain values only."""
+
+    backbone: str = "pvt_v2_b1"
+    weights: str | None = None
+    head: HeadKind = HeadKind.BANK
+    num_classes: int = 4
+    k: int = 3
+    proto_dim: int = 512
+    projector_hidden: int = 256
+    stage_weights: tuple[float, ...] = (0.0, 0.1, 1.0, 1.0)
+    fusion_weights: tuple[float, ...] = cam_ops.DEFAULT_FUSION_WEIGHTS
+    logit_scale_init: float = 1.0 / 0.07
+    learn_scale: bool = True
+    score_threshold: float = 0.8
+    background_score: float = 0.25
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    img_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "head", HeadKind(self.head))
+        for name in ("stage_weights", "fusion_weights", "mean", "std"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if len(self.stage_weights) != 4:
+            raise ValueError(f"stage_weights needs 4 values (stages 1..4), got {self.stage_weights}")
+        if not 1 <= len(self.fusion_weights) <= 4:
+            raise ValueError(f"fusion_weights needs 1..4 values (last stages), got {self.fusion_weights}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need 3 values (RGB)")
+        if self.num_classes < 1 or self.k < 1:
+            raise ValueError(f"num_classes and k must be >= 1, got {self.num_classes}, {self.k}")
+
+
+@dataclass(frozen=True)
+class ClassNetOutput:
+    """Per-stage outputs; for the ``cam`` head every list has one entry (stage 4)."""
+
+    logits: list[torch.Tensor]
+    maps: list[torch.Tensor]
+    subcluster_maps: list[torch.Tensor] | None = None
+    features: list[torch.Tensor] = field(default_factory=list)
+
+
+def cosine_maps(features: torch.Tensor, prototypes: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """s * cos(F(p), P(n, k)): features (B, c, h, w), unit prototypes (C, K, c) -> (B, C, K, h, w)."""
+    f = F.normalize(features, dim=1)
+    return torch.einsum("bchw,nkc->bnkhw", f, prototypes) * scale
+
+
+def merge_subclusters(maps: torch.Tensor, kind: MergeKind | str = MergeKind.MEAN) -> torch.Tensor:
+    """Merge (B, C, K, h, w) -> (B, C, h, w).
+
+    mean:        M(p, n) = (1/K) sum_k M(p, n, k)
+    softmax_max: M(p, n) = sum_k w_k M(p, n, k),  w_k = exp(M(p, n, k)) / sum_j exp(M(p, n, j)),
+                 a smooth max over sub-clusters (tends to max_k as the scale grows).
+    """
+    kind = MergeKind(kind)
+    if kind is MergeKind.MEAN:
+        return maps.mean(dim=2)
+    return (torch.softmax(maps, dim=2) * maps).sum(dim=2)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Temporarily put ``module`` in eval mode, restoring its previous mode afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class ClassNet(nn.Module):
+    """Stage-1 network: backbone + prototype (or CAM) head; input images in [0, 1]."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, config: ClassNetConfig | None = None, prototypes: torch.Tensor | None = None) -> None:
+        super().__init__()
+        cfg = config or ClassNetConfig()
+        self.config = cfg
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
+        extra = {"img_size": cfg.img_size} if cfg.img_size is not None else {}
+        self.backbone = build_backbone(cfg.backbone, cfg.weights, **extra)
+        channels = self.backbone.channels
+        if cfg.head is HeadKind.CAM:
+            if prototypes is not None:
+                raise ValueError("the 'cam' head takes no prototypes; use head='bank' or 'learnable'")
+            self.classifier = nn.Conv2d(channels[-1], cfg.num_classes, kernel_size=1, bias=False)
+            return
+        if cfg.head is HeadKind.BANK:
+            self.prototypes: nn.Module = BankPrototypes(cfg.num_classes, cfg.k, cfg.proto_dim, prototypes)
+        else:
+            self.prototypes = LearnablePrototypes(cfg.num_classes, cfg.k, cfg.proto_dim, prototypes)
+        self.projector = PrototypeProjector(cfg.proto_dim, cfg.projector_hidden, channels)
+        self.logit_scale = nn.Parameter(
+            torch.full((len(channels),), float(cfg.logit_scale_init)), requires_grad=cfg.learn_scale
+        )
+
+    @property
+    def stage_indices(self) -> tuple[int, ...]:
+        """Backbone stages (0-based) that the output lists correspond to."""
+        return (3,) if self.config.head is HeadKind.CAM else (0, 1, 2, 3)
+
+    @property
+    def output_stage_weights(self) -> tuple[float, ...]:
+        """Classification-loss weight of each output entry (config.stage_weights of its stage)."""
+        return tuple(self.config.stage_weights[i] for i in self.stage_indices)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] RGB -> normalised network input with the model's own mean/std."""
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor, merge: MergeKind | str | None = None) -> ClassNetOutput:
+        """Run on [0, 1] images (B, 3, H, W); ``merge`` defaults to mean when training, else
+        softmax-weighted max."""
+        feats = self.backbone(self.normalize(x))
+        if self.config.head is HeadKind.CAM:
+            cam = self.classifier(feats[-1])
+            return ClassNetOutput(logits=[cam.mean(dim=(2, 3))], maps=[cam], features=feats)
+        kind = MergeKind(merge) if merge is not None else (MergeKind.MEAN if self.training else MergeKind.SOFTMAX_MAX)
+        projected = self.projector(self.prototypes())
+        sub = [cosine_maps(f, p, self.logit_scale[i]) for i, (f, p) in enumerate(zip(feats, projected))]
+        maps = [merge_subclusters(m, kind) for m in sub]
+        logits = [m.mean(dim=(2, 3)) for m in maps]
+        return ClassNetOutput(logits=logits, maps=maps, subcluster_maps=sub, features=feats)
+
+    def fusion_weights(self) -> tuple[float, ...]:
+        """Stage fusion weights for CAMs (1.0 for the single-stage CAM head)."""
+        return (1.0,) if self.config.head is HeadKind.CAM else self.config.fusion_weights
+
+    def fused_cams(
+        self,
+        out: ClassNetOutput,
+        size: tuple[int, int],
+        labels: torch.Tensor | None = None,
+        score_threshold: float | None = None,
+    ) -> torch.Tensor:
+        """Normalised (ReLU + min-max) stage CAMs fused at ``size``; label-gated when ``labels``
+        are given, else score-gated on sigmoid(last-stage logits) when ``score_threshold`` is set."""
+        stage_cams = [cam_ops.normalize_cams(m) for m in out.maps]
+        fused = cam_ops.fuse_cams(stage_cams, self.fusion_weights(), size)
+        if labels is not None:
+            return cam_ops.label_gate(fused, labels)
+        if score_threshold is not None:
+            return cam_ops.score_gate(fused, out.logits[-1], score_threshold)
+        return fused
+
+    def cams(self, x: torch.Tensor, labels: torch.Tensor | None = None, gate: bool = True) -> torch.Tensor:
+        """Fused CAMs (B, C, H, W) in [0, 1] at input size, in the current train/eval mode;
+        gated by ``labels`` when given, else by the image score (config.score_threshold)."""
+        out = self(x)
+        threshold = self.config.score_threshold if gate else None
+        return self.fused_cams(out, tuple(x.shape[-2:]), labels if gate else None, threshold)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval-mode score-gated CAMs plus a constant background channel C: (B, C+1, H, W);
+        argmax over channels is the class map with background = C."""
+        with eval_mode(self):
+            fused = self.cams(x)
+        bg = torch.full_like(fused[:, :1], self.config.background_score)
+        return torch.cat([fused, bg], dim=1)

@@ -1,0 +1,92 @@
+"""Any timm model's pooled features (``num_classes=0``) as a frozen image encoder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from protoseg.models.encoders.base import EncoderWeightsError, ImageEncoder
+from protoseg.models.encoders.weights import (
+    PRETRAINED_SETTING,
+    WeightKind,
+    resolve_weights,
+    seeded_init,
+    weights_error,
+)
+
+logger = logging.getLogger(__name__)
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ``pretrained`` values that mean "timm's default pretrained tag of this model".
+DEFAULT_TAGS = ("default", "hub", "timm")
+
+
+class TimmImageEncoder(ImageEncoder):
+    """Frozen timm model with pooled features; owns the model's mean/std so callers pass [0, 1] images.
+
+    ``pretrained``: ``"default"``/``"hub"`` (timm's default weights), a pretrained tag
+    (``"a1_in1k"`` -> ``model_name.a1_in1k``), an ``"hf-hub:org/repo"`` id, a local checkpoint file,
+    or None for a seeded random init (logged). Failures raise ``EncoderWeightsError``.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet50",
+        pretrained: str | os.PathLike | None = None,
+        input_size: int | None = None,
+        setting: str = PRETRAINED_SETTING,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        source = resolve_weights(pretrained, model_name, setting)
+        if source.kind is WeightKind.DIRECTORY:
+            raise EncoderWeightsError(
+                f"`{setting}` = {source.value!r} is a folder; timm encoders need a checkpoint file "
+                "(.pth / .safetensors) or a hub tag"
+            )
+        name = model_name
+        kwargs: dict[str, Any] = {"num_classes": 0, "pretrained": source.kind is not WeightKind.RANDOM}
+        if source.kind is WeightKind.FILE:
+            kwargs["pretrained_cfg_overlay"] = {"file": source.value}
+        elif source.kind is WeightKind.HF_HUB:
+            name = str(source.value)
+        elif source.kind is WeightKind.TAG and source.value not in DEFAULT_TAGS:
+            name = f"{model_name}.{source.value}"
+        if input_size is not None and self._fixed_size(timm, name):
+            kwargs["img_size"] = int(input_size)
+        if source.kind is WeightKind.RANDOM:
+            logger.warning("timm %s: no pretrained weights requested, random init (seed fixed)", model_name)
+        try:
+            with seeded_init(source.kind is WeightKind.RANDOM):
+                model = timm.create_model(name, **kwargs)
+        except Exception as exc:  # unknown model, hub unreachable, corrupt or mismatched file
+            raise weights_error(model_name, source, exc, setting) from exc
+        self.model = model
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        mean = tuple(cfg.get("mean", _IMAGENET_MEAN))
+        std = tuple(cfg.get("std", _IMAGENET_STD))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.input_size = int(input_size or cfg.get("input_size", (3, 224, 224))[-1])
+        self.dim = int(model.num_features)
+        self.encoder_id = f"timm:{model_name}@{source.id_suffix()}"
+        self.freeze()
+        logger.info("timm encoder %s ready (dim %d, input %d px)", self.encoder_id, self.dim, self.input_size)
+
+    @staticmethod
+    def _fixed_size(timm: Any, name: str) -> bool:
+        """True for models (ViTs) whose position embeddings fix the input size at creation."""
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except Exception:
+            return False
+        return bool(getattr(cfg, "fixed_input_size", False)) if cfg is not None else False
+
+    def embed(self, images: Tensor) -> Tensor:
+        return self.model((images - self.mean) / self.std)

@@ -1,0 +1,76 @@
+"""napari reader: any slide protoseg can open becomes a lazy multiscale RGB layer in micrometres."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from protoseg.slide import SlideError, open_slide
+
+logger = logging.getLogger(__name__)
+
+SLIDE_SUFFIXES: tuple[str, ...] = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide",
+    ".png", ".jpg", ".jpeg",
+)
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """Return a reader when ``path`` is one slide that protoseg can open, else None (napari tries others)."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if not str(path).lower().endswith(SLIDE_SUFFIXES):
+        return None
+    try:
+        slide = open_slide(path)
+    except SlideError as exc:
+        logger.info("protoseg cannot read %s: %s", path, exc)
+        return None
+    slide.close()
+    return read_slide
+
+
+def slide_layer_data(path: str | Path) -> LayerData:
+    """Layer data for one slide: dask pyramid, mpp as scale (µm) and slide facts in metadata."""
+    slide = open_slide(path)
+    pyramid = slide.dask_pyramid()
+    mpp = slide.mpp
+    scale = (mpp, mpp) if mpp else (1.0, 1.0)
+    metadata = {
+        "protoseg": {
+            "path": str(slide.path),
+            "backend": str(getattr(slide.backend, "value", slide.backend)),
+            "mpp": mpp,
+            "objective_power": slide.objective_power,
+            "level_dimensions": [tuple(d) for d in slide.level_dimensions],
+            "level_downsamples": [float(d) for d in slide.level_downsamples],
+        },
+        "properties": dict(slide.properties),
+    }
+    kwargs: dict[str, Any] = {
+        "name": Path(path).name,
+        "rgb": True,
+        "multiscale": len(pyramid) > 1,
+        "scale": scale,
+        "metadata": metadata,
+        "contrast_limits": (0, 255),
+    }
+    if mpp:
+        kwargs["units"] = ("um", "um")
+    else:
+        logger.warning("%s has no microns-per-pixel metadata: showing pixel units", path)
+    data = pyramid if len(pyramid) > 1 else pyramid[0]
+    return (data, kwargs, "image")
+
+
+def read_slide(path: str | list[str]) -> list[LayerData]:
+    """napari reader function."""
+    if isinstance(path, list):
+        return [slide_layer_data(p) for p in path]
+    return [slide_layer_data(path)]

@@ -1,0 +1,153 @@
+"""Stage-1 training: ClassNet on image-level labels, validated by pseudo-mask mIoU on the val masks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from protoseg import cams as cam_ops
+from protoseg.classes import ClassSpec
+from protoseg.config import AddOn, ProtosegConfig, Recipe, to_dict
+from protoseg.metrics import ConfusionMatrix
+from protoseg.models.classnet import ClassNet
+from protoseg.models.encoders import EncoderSpec, ImageEncoder, TextEncoder, build_encoder
+from protoseg.models.factory import model_config
+from protoseg.train.checkpoint import Checkpoint, Stage
+from protoseg.train.engine import OptimConfig, Trainer
+from protoseg.train.events import Callback, CancelToken
+from protoseg.train.recipes import RecipeError, Stage1Objective, classnet_config, encode_class_prompts
+
+logger = logging.getLogger(__name__)
+
+
+def encoder_from_config(cfg: ProtosegConfig) -> ImageEncoder:
+    """The frozen bank encoder named by ``bank.encoder``."""
+    e = cfg.bank.encoder
+    return build_encoder(EncoderSpec(kind=e.kind, model_name=e.model_name, pretrained=e.pretrained,
+                                     input_size=e.input_size))
+
+
+def pseudo_masks(net: ClassNet, images: torch.Tensor, labels: torch.Tensor | None, cfg: ProtosegConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-mask (B,H,W; background = C) and confidence (B,H,W) from fused, gated CAMs."""
+    s1 = cfg.stage1
+    cams = net.cams(images, labels=labels)
+    bg = cam_ops.background_seed(images, s1.bg_grey, s1.bg_min_size)
+    return cam_ops.pseudo_labels(cams, bg, s1.bg_threshold), cam_ops.confidence(cams)
+
+
+def evaluate_pseudo(net: ClassNet, dataset: Dataset, cfg: ProtosegConfig, device: torch.device,
+                    use_labels: bool = True) -> dict[str, float]:
+    """mIoU/FwIoU/Dice of stage-1 pseudo-masks against the ground-truth masks of ``dataset``."""
+    num = net.config.num_classes
+    cm = ConfusionMatrix(num + 1, ignore_index=255)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    net.eval()
+    with torch.no_grad():
+        for batch in loader:
+            x = batch["image"].to(device)
+            y = batch["label"].to(device) if use_labels else None
+            pred, _ = pseudo_masks(net, x, y, cfg)
+            cm.update(pred.cpu(), batch["mask"])
+    return cm.compute().summary(num_tissue=num)
+
+
+class Stage1Trainer(Trainer):
+    """Trains the configured recipe; PBIP needs an image bank, LPD can start from one."""
+
+    stage = Stage.STAGE1.value
+
+    def __init__(
+        self,
+        cfg: ProtosegConfig,
+        train_ds: Dataset,
+        val_ds: Dataset | None,
+        classes: ClassSpec,
+        bank: Any | None = None,
+        encoder: ImageEncoder | None = None,
+        callbacks: Sequence[Callback] = (),
+        cancel: CancelToken | None = None,
+    ) -> None:
+        s1 = cfg.stage1
+        super().__init__(
+            OptimConfig(epochs=s1.epochs, lr=s1.lr, weight_decay=s1.weight_decay, grad_clip=s1.grad_clip,
+                        batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, amp=cfg.run.amp,
+                        seed=cfg.run.seed, log_every=cfg.run.log_every),
+            Path(cfg.run.out_dir) / "stage1", callbacks, cancel, cfg.run.device,
+        )
+        self.cfg, self.classes, self.bank = cfg, classes, bank
+        self._train, self._val = train_ds, val_ds
+        needs_encoder = s1.recipe is not Recipe.CAM or AddOn.PLIM in s1.addons
+        self.encoder = encoder if encoder is not None else (encoder_from_config(cfg) if needs_encoder else None)
+        prototypes, k, dim = None, 1, 1
+        if s1.recipe is Recipe.PBIP:
+            if bank is None:
+                raise RecipeError("recipe pbip needs an image bank: set bank.path or build one with `protoseg bank build`")
+            if self.encoder is not None and bank.encoder_id != self.encoder.encoder_id:
+                raise RecipeError(
+                    f"the bank was built with encoder {bank.encoder_id!r} but bank.encoder gives "
+                    f"{self.encoder.encoder_id!r}; rebuild the bank or set bank.encoder to match"
+                )
+            prototypes = bank.prototypes().float()
+            k, dim = int(prototypes.shape[1]), int(prototypes.shape[2])
+        elif s1.recipe is Recipe.LPD:
+            assert self.encoder is not None
+            k, dim = cfg.model.learnable_k, int(self.encoder.dim)
+            if bank is not None and bank.k == k:
+                prototypes = bank.prototypes().float()
+        if bank is not None and tuple(bank.class_spec.names) != tuple(classes.names):
+            raise RecipeError(f"bank classes {bank.class_spec.names} differ from dataset classes {classes.names}")
+        self.net = ClassNet(classnet_config(cfg, classes.num_classes, dim, k), prototypes=prototypes)
+        text = None
+        if AddOn.PLIM in s1.addons:
+            if not isinstance(self.encoder, TextEncoder):
+                raise RecipeError("the plim add-on needs bank.encoder.kind=open_clip (an image-text model)")
+            text = encode_class_prompts(self.encoder, classes.names, s1.plim_template)
+        if self.encoder is not None:
+            self.encoder.to(self.device)
+        steps = max(1, len(train_ds) // max(1, cfg.data.batch_size))  # type: ignore[arg-type]
+        self.objective = Stage1Objective(cfg, self.encoder, text, steps_per_epoch=steps)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.net
+
+    @property
+    def train_dataset(self) -> Dataset:
+        return self._train
+
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective(model, batch, step)
+
+    def validate(self) -> dict[str, float]:
+        if self._val is None or len(self._val) == 0:  # type: ignore[arg-type]
+            return {}
+        return evaluate_pseudo(self.net, self._val, self.cfg, self.device)
+
+    def make_checkpoint(self, epoch: int, step: int, metrics: dict[str, float], extra: dict[str, Any]) -> Checkpoint:
+        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        return Checkpoint(
+            stage=Stage.STAGE1,
+            model_config=model_config(self.net),
+            state_dict=state,
+            classes=self.classes,
+            mpp=self.cfg.run.mpp,
+            patch_size=self.cfg.data.patch_size,
+            mean=tuple(self.net.config.mean),
+            std=tuple(self.net.config.std),
+            train_config=to_dict(self.cfg),
+            epoch=epoch,
+            step=step,
+            metrics=metrics,
+            extra={
+                **extra,
+                "recipe": self.cfg.stage1.recipe.value,
+                "addons": [a.value for a in self.cfg.stage1.addons],
+                "bank_path": self.cfg.bank.path,
+                "encoder_id": getattr(self.encoder, "encoder_id", None),
+            },
+        )
