@@ -196,7 +196,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, f"{where}.")
     if isinstance(tp, type) and issubclass(tp, Enum):
         try:
             return tp(value)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, Subset
 
 from protoseg.classes import ClassSpec
@@ -26,8 +25,9 @@ from protoseg.train.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.train.engine import BEST, LAST, FitResult
 from protoseg.train.events import Callback, CancelToken
 from protoseg.train.pseudo import PseudoMaskDataset, export_pseudo_masks
-from protoseg.train.stage1 import Stage1Trainer, encoder_from_config, evaluate_pseudo
-from protoseg.train.stage2 import Stage2Trainer, evaluate_segmentation
+from protoseg.train.evaluation import evaluate_pseudo, evaluate_segmentation
+from protoseg.train.stage1 import Stage1Trainer, encoder_from_config
+from protoseg.train.stage2 import Stage2Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +161,10 @@ def evaluate_checkpoint(cfg: ProtosegConfig, checkpoint: str | Path, split: Spli
     device = select_device(cfg.run.device)
     model = ckpt.build_model().to(device)
     if ckpt.stage is Stage.STAGE1:
-        return evaluate_pseudo(model, ds, cfg, device, use_labels=use_labels)  # type: ignore[arg-type]
-    return evaluate_segmentation(model, ds, ckpt.classes.num_classes, device, cfg.data.batch_size,
-                                 tta=cfg.stage2.tta, boundary=True)
+        return evaluate_pseudo(model, ds, ckpt.classes, cfg, device, use_labels=use_labels,  # type: ignore[arg-type]
+                               boundary=True)
+    return evaluate_segmentation(model, ds, ckpt.classes, device, cfg.data.batch_size, tta=cfg.stage2.tta,
+                                 boundary=True)
 
 
 def _check_classes(ckpt: Checkpoint, classes: ClassSpec) -> None:
@@ -175,5 +176,5 @@ def _check_classes(ckpt: Checkpoint, classes: ClassSpec) -> None:
 
 __all__ = [
     "best_or_last", "build_bank_from_config", "evaluate_checkpoint", "make_pseudo_masks", "open_split",
-    "train_stage1", "train_stage2", "torch",
+    "train_stage1", "train_stage2",
 ]

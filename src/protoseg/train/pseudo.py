@@ -20,7 +20,7 @@ from protoseg.errors import ProtosegError
 from protoseg.models.classnet import ClassNet
 from protoseg.runtime import select_device
 from protoseg.train.checkpoint import Checkpoint, Stage
-from protoseg.train.stage1 import pseudo_masks
+from protoseg.train.evaluation import pseudo_masks
 
 logger = logging.getLogger(__name__)
 

@@ -8,17 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from protoseg import cams as cam_ops
 from protoseg.classes import ClassSpec
 from protoseg.config import AddOn, ProtosegConfig, Recipe, to_dict
-from protoseg.metrics import ConfusionMatrix
 from protoseg.models.classnet import ClassNet
 from protoseg.models.encoders import EncoderSpec, ImageEncoder, TextEncoder, build_encoder
 from protoseg.models.factory import model_config
 from protoseg.train.checkpoint import Checkpoint, Stage
 from protoseg.train.engine import OptimConfig, Trainer
+from protoseg.train.evaluation import evaluate_pseudo
 from protoseg.train.events import Callback, CancelToken
 from protoseg.train.recipes import RecipeError, Stage1Objective, classnet_config, encode_class_prompts
 
@@ -30,30 +29,6 @@ def encoder_from_config(cfg: ProtosegConfig) -> ImageEncoder:
     e = cfg.bank.encoder
     return build_encoder(EncoderSpec(kind=e.kind, model_name=e.model_name, pretrained=e.pretrained,
                                      input_size=e.input_size))
-
-
-def pseudo_masks(net: ClassNet, images: torch.Tensor, labels: torch.Tensor | None, cfg: ProtosegConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pseudo-mask (B,H,W; background = C) and confidence (B,H,W) from fused, gated CAMs."""
-    s1 = cfg.stage1
-    cams = net.cams(images, labels=labels)
-    bg = cam_ops.background_seed(images, s1.bg_grey, s1.bg_min_size)
-    return cam_ops.pseudo_labels(cams, bg, s1.bg_threshold), cam_ops.confidence(cams)
-
-
-def evaluate_pseudo(net: ClassNet, dataset: Dataset, cfg: ProtosegConfig, device: torch.device,
-                    use_labels: bool = True) -> dict[str, float]:
-    """mIoU/FwIoU/Dice of stage-1 pseudo-masks against the ground-truth masks of ``dataset``."""
-    num = net.config.num_classes
-    cm = ConfusionMatrix(num + 1, ignore_index=255)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    net.eval()
-    with torch.no_grad():
-        for batch in loader:
-            x = batch["image"].to(device)
-            y = batch["label"].to(device) if use_labels else None
-            pred, _ = pseudo_masks(net, x, y, cfg)
-            cm.update(pred.cpu(), batch["mask"])
-    return cm.compute().summary(num_tissue=num)
 
 
 class Stage1Trainer(Trainer):
@@ -126,7 +101,7 @@ class Stage1Trainer(Trainer):
     def validate(self) -> dict[str, float]:
         if self._val is None or len(self._val) == 0:  # type: ignore[arg-type]
             return {}
-        return evaluate_pseudo(self.net, self._val, self.cfg, self.device)
+        return evaluate_pseudo(self.net, self._val, self.classes, self.cfg, self.device)
 
     def make_checkpoint(self, epoch: int, step: int, metrics: dict[str, float], extra: dict[str, Any]) -> Checkpoint:
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}

@@ -8,16 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig, to_dict
 from protoseg.losses.noise_ce import noise_reduced_ce, segmentation_ce
-from protoseg.metrics import ConfusionMatrix
 from protoseg.models.factory import model_config
 from protoseg.models.segnet import SegNet, SegNetConfig
 from protoseg.train.checkpoint import Checkpoint, Stage
 from protoseg.train.engine import OptimConfig, Trainer
+from protoseg.train.evaluation import evaluate_segmentation
 from protoseg.train.events import Callback, CancelToken
 
 logger = logging.getLogger(__name__)
@@ -30,20 +30,6 @@ def segnet_config(cfg: ProtosegConfig, num_classes: int) -> SegNetConfig:
         backbone=s2.backbone, weights=s2.weights, num_classes=num_classes, decoder_dim=s2.decoder_dim,
         img_size=cfg.data.patch_size if s2.backbone.startswith(("swin", "vit")) else None,
     )
-
-
-def evaluate_segmentation(model: torch.nn.Module, dataset: Dataset, num_classes: int, device: torch.device,
-                          batch_size: int = 8, tta: bool = False, boundary: bool = False) -> dict[str, float]:
-    """Metrics of ``model.predict`` argmax maps against the dataset's masks (background = C)."""
-    cm = ConfusionMatrix(num_classes + 1, ignore_index=255, boundary=boundary)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            x = batch["image"].to(device)
-            probs = model.predict(x, flip_tta=tta) if isinstance(model, SegNet) else model.predict(x)
-            cm.update(probs.argmax(1).cpu(), batch["mask"])
-    return cm.compute().summary(num_tissue=num_classes)
 
 
 class Stage2Trainer(Trainer):
@@ -93,7 +79,7 @@ class Stage2Trainer(Trainer):
     def validate(self) -> dict[str, float]:
         if self._val is None or len(self._val) == 0:  # type: ignore[arg-type]
             return {}
-        return evaluate_segmentation(self.net, self._val, self.classes.num_classes, self.device,
+        return evaluate_segmentation(self.net, self._val, self.classes, self.device,
                                      self.cfg.data.batch_size, self.cfg.stage2.tta)
 
     def make_checkpoint(self, epoch: int, step: int, metrics: dict[str, float], extra: dict[str, Any]) -> Checkpoint:

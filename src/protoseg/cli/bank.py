@@ -1,0 +1,61 @@
+"""``protoseg bank build|show``: build the PBIP image bank from a dataset, or summarise a bank folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from protoseg.cli.common import add_config_args, config_from_args
+
+
+def _build(args: argparse.Namespace) -> int:
+    from protoseg.train.pipeline import build_bank_from_config
+
+    extra = [f"data.root={args.data}"] if args.data else []
+    if args.encoder:
+        extra.append(f"bank.encoder.kind={args.encoder}")
+    if args.k is not None:
+        extra.append(f"bank.k={args.k}")
+    if args.n is not None:
+        extra.append(f"bank.n_per_cluster={args.n}")
+    cfg = config_from_args(args, extra)
+    bank = build_bank_from_config(cfg, args.out)
+    print(json.dumps(_summary(bank, args.out)))
+    return 0
+
+
+def _summary(bank, folder) -> dict:
+    counts = bank.cluster_counts()
+    return {
+        "folder": str(folder),
+        "encoder": bank.encoder_id,
+        "k": bank.k,
+        "dim": bank.dim,
+        "members": len(bank),
+        "excluded": int(sum(1 for m in bank.members if m.excluded)),
+        "per_class_cluster": {name: [int(c) for c in counts[i]] for i, name in enumerate(bank.class_spec.names)},
+    }
+
+
+def _show(args: argparse.Namespace) -> int:
+    from protoseg.bank import load_bank
+
+    bank = load_bank(args.folder)
+    print(json.dumps(_summary(bank, args.folder), indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bank", help="build or inspect an image bank (prototype patches per class)")
+    cmds = p.add_subparsers(dest="bank_command", metavar="ACTION", required=True)
+    b = cmds.add_parser("build", help="embed single-class training patches, cluster per class, keep the nearest")
+    add_config_args(b)
+    b.add_argument("--data", help="dataset folder")
+    b.add_argument("--out", required=True, help="bank folder to write")
+    b.add_argument("--encoder", choices=["descriptor", "open_clip", "timm"], help="bank.encoder.kind")
+    b.add_argument("--k", type=int, help="sub-clusters per class (default 3)")
+    b.add_argument("--n", type=int, help="members kept per sub-cluster (default 100)")
+    b.set_defaults(func=_build)
+    s = cmds.add_parser("show", help="summarise a bank folder")
+    s.add_argument("folder")
+    s.set_defaults(func=_show)
