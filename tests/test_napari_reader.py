@@ -1,0 +1,93 @@
+"""napari plugin: manifest, reader on real and generated slides, sample data, rendered screenshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from protoseg.napari.reader import get_reader  # noqa: E402
+
+SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
+TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
+CMU = SLIDES / "cmu-1-small-region.svs"
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "synthetic_slide.tiff"
+needs_real = pytest.mark.skipif(not TCGA.is_file(), reason="real slides in ../shared/data/slides are absent")
+
+
+def test_manifest_is_valid_and_lists_contributions() -> None:
+    import npe2
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("protoseg")
+    patterns = {p for r in manifest.contributions.readers for p in r.filename_patterns}
+    for ext in ("svs", "tif", "tiff", "ndpi", "mrxs", "scn", "bif", "vms", "vmu", "svslide", "ome.tif", "png", "jpg"):
+        assert f"*.{ext}" in patterns
+    assert [s.key for s in manifest.contributions.sample_data] == ["synthetic_slide"]
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(np.random.default_rng(0).bytes(5000))
+    assert get_reader(str(bad)) is None
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+    assert get_reader([str(bad), str(bad)]) is None
+
+
+@needs_real
+def test_reader_layer_data_for_svs_with_mpp() -> None:
+    reader = get_reader(str(CMU))
+    assert reader is not None
+    data, kwargs, kind = reader(str(CMU))[0]
+    assert kind == "image" and kwargs["rgb"]
+    assert kwargs["scale"] == pytest.approx((0.499, 0.499), abs=1e-3)
+    assert kwargs["units"] == ("um", "um")
+    assert kwargs["metadata"]["protoseg"]["mpp"] == pytest.approx(0.499, abs=1e-3)
+    assert "openslide.vendor" in kwargs["metadata"]["properties"]
+
+
+def _settled_screenshot(viewer) -> np.ndarray:
+    from protoseg.napari.demo import _settle
+
+    viewer.reset_view()
+    _settle(viewer, 30)
+    return np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3]
+
+
+def _tissue_fraction(img: np.ndarray) -> float:
+    """Pixels that are stained (not black canvas, not white glass)."""
+    rgb = img.astype(int)
+    sat = rgb.max(-1) - rgb.min(-1)
+    return float(((sat > 25) & (rgb.max(-1) > 60)).mean())
+
+
+@needs_real
+def test_tcga_slide_in_napari_shows_tissue(make_napari_viewer, tmp_path: Path) -> None:
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open(str(TCGA), plugin="protoseg")
+    layer = layers[0]
+    assert layer.multiscale and len(layer.data) == 2
+    assert layer.data[0].shape == (3567, 4443, 3)
+    assert tuple(layer.scale) == (1.0, 1.0)  # no mpp in this slide: pixel units
+    assert layer.metadata["protoseg"]["mpp"] is None
+    img = _settled_screenshot(viewer)
+    from PIL import Image
+
+    Image.fromarray(img).save(tmp_path / "tcga.png")
+    assert img.std() > 10, "canvas is blank"
+    assert _tissue_fraction(img) > 0.05, "no stained tissue visible"
+
+
+def test_sample_data_opens_with_micrometre_scale(make_napari_viewer) -> None:
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open_sample("protoseg", "synthetic_slide")
+    layer = layers[0]
+    assert layer.multiscale and len(layer.data) >= 3
+    assert tuple(layer.scale) == pytest.approx((0.5, 0.5))
+    img = _settled_screenshot(viewer)
+    assert _tissue_fraction(img) > 0.2
+    assert SAMPLE.is_file()
