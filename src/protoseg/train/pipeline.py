@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,10 @@ from protoseg.train.stage2 import Stage2Trainer
 logger = logging.getLogger(__name__)
 
 
-def _subset(ds: PatchDataset, limit: int | None, seed: int) -> Dataset:
-    if limit is None or limit >= len(ds):
+def _subset(ds: Dataset, limit: int | None, seed: int) -> Dataset:
+    if limit is None or limit >= len(ds):  # type: ignore[arg-type]
         return ds
-    idx = np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)
+    idx = np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)  # type: ignore[arg-type]
     return Subset(ds, sorted(int(i) for i in idx))
 
 
@@ -62,32 +62,69 @@ def infer_mpp(cfg: ProtosegConfig, ds: PatchDataset) -> ProtosegConfig:
     return replace(cfg, run=replace(cfg.run, mpp=mpp))
 
 
-def iter_bank_samples(ds: PatchDataset, mpp: float | None) -> Iterator[Any]:
-    """Training patches as bank samples (uint8 images + multi-hot labels + their file)."""
+@dataclass(frozen=True)
+class TrainingData:
+    """Datasets of one training job: folder patches or slide regions tagged in napari/GeoJSON."""
+
+    train: Dataset
+    val: Dataset | None
+    classes: ClassSpec
+    mpp: float | None
+
+
+def folder_data(cfg: ProtosegConfig, augment: bool | None = None) -> TrainingData:
+    """Train (augmented as configured) and val splits of ``data.root``."""
+    train = open_split(cfg, Split.TRAIN, augment=cfg.data.augment if augment is None else augment)
+    assert train is not None
+    mpp = infer_mpp(cfg, train).run.mpp
+    return TrainingData(train, open_split(cfg, Split.VAL), train.classes, mpp)
+
+
+def region_data(cfg: ProtosegConfig, regions: Sequence[Any], classes: ClassSpec, mpp: float,
+                fallback_mpp: float | None = None, augment: bool | None = None) -> TrainingData:
+    """Patches sampled on the fly from tagged slide regions (no val masks: validation is skipped)."""
+    from protoseg.data.region_dataset import WsiRegionDataset
+
+    use_aug = cfg.data.augment if augment is None else augment
+    ds = WsiRegionDataset(regions, classes, mpp=mpp, patch_size=cfg.data.patch_size, seed=cfg.run.seed,
+                          fallback_mpp=fallback_mpp,
+                          transform=default_augmentation(seed=cfg.run.seed) if use_aug else None)
+    return TrainingData(ds, None, classes, mpp)
+
+
+def iter_bank_samples(ds: Dataset, mpp: float | None) -> Iterator[Any]:
+    """Training patches as bank samples (uint8 images + multi-hot labels + their file or slide box)."""
     from protoseg.bank import BankSample
     from protoseg.data.datasets import load_image
 
-    for i, rec in enumerate(ds.records):
-        label = tuple(int(v) for v in ds.label(i))
-        yield BankSample(image=load_image(rec.image), label=label, source=str(rec.image), box=None, mpp=mpp)
+    records = getattr(ds, "records", None)
+    for i in range(len(ds)):  # type: ignore[arg-type]
+        if records is not None:  # folder patches: read the file itself (no augmentation)
+            label = tuple(int(v) for v in ds.label(i))  # type: ignore[attr-defined]
+            yield BankSample(image=load_image(records[i].image), label=label, source=str(records[i].image),
+                             box=None, mpp=mpp)
+            continue
+        patch = ds.patches[i]  # type: ignore[attr-defined]
+        yield BankSample(image=ds.read_patch(i), label=tuple(int(v) for v in patch.label),  # type: ignore[attr-defined]
+                         source=patch.slide_path, box=tuple(patch.box), mpp=mpp)
 
 
-def build_bank_from_config(cfg: ProtosegConfig, out: str | Path, encoder: Any | None = None) -> Any:
+def build_bank_from_config(cfg: ProtosegConfig, out: str | Path, encoder: Any | None = None,
+                           data: TrainingData | None = None) -> Any:
     """Build the image bank from the single-class training patches and save it to ``out``."""
     from protoseg.bank import build_bank, save_bank
 
-    ds = open_split(cfg, Split.TRAIN)
-    assert ds is not None
-    cfg = infer_mpp(cfg, ds)
+    if data is None:
+        data = folder_data(cfg, augment=False)
     encoder = encoder or encoder_from_config(cfg)
-    bank = build_bank(iter_bank_samples(ds, cfg.run.mpp), ds.classes, encoder, k=cfg.bank.k,
+    bank = build_bank(iter_bank_samples(data.train, data.mpp), data.classes, encoder, k=cfg.bank.k,
                       n_per_cluster=cfg.bank.n_per_cluster, white_threshold=cfg.bank.white_threshold)
     save_bank(bank, out)
     logger.info("image bank with %d members saved to %s", len(bank.members), out)
     return bank
 
 
-def _bank_for(cfg: ProtosegConfig, encoder: Any) -> Any | None:
+def _bank_for(cfg: ProtosegConfig, encoder: Any, data: TrainingData) -> Any | None:
     from protoseg.bank import load_bank
 
     if cfg.bank.path and Path(cfg.bank.path).exists():
@@ -95,25 +132,24 @@ def _bank_for(cfg: ProtosegConfig, encoder: Any) -> Any | None:
     if cfg.stage1.recipe is Recipe.PBIP:
         path = Path(cfg.bank.path) if cfg.bank.path else Path(cfg.run.out_dir) / "bank"
         logger.info("no image bank at %s: building one from the training patches", path)
-        return build_bank_from_config(replace(cfg, bank=replace(cfg.bank, path=str(path))), path, encoder)
+        return build_bank_from_config(replace(cfg, bank=replace(cfg.bank, path=str(path))), path, encoder, data)
     return None
 
 
 def train_stage1(cfg: ProtosegConfig, callbacks: Sequence[Callback] = (), cancel: CancelToken | None = None,
-                 resume: bool = False) -> FitResult:
-    """Train stage 1 as configured; checkpoints in ``<out_dir>/stage1/{last,best}.pt``."""
-    train = open_split(cfg, Split.TRAIN, augment=cfg.data.augment)
-    assert train is not None
-    cfg = infer_mpp(cfg, train)
-    val = open_split(cfg, Split.VAL)
+                 resume: bool = False, data: TrainingData | None = None) -> FitResult:
+    """Train stage 1 as configured (on ``data``, default the folder at ``data.root``);
+    checkpoints in ``<out_dir>/stage1/{last,best}.pt``."""
+    data = data or folder_data(cfg)
+    cfg = replace(cfg, run=replace(cfg.run, mpp=data.mpp))
     encoder = encoder_from_config(cfg) if cfg.stage1.recipe is not Recipe.CAM or cfg.stage1.addons else None
-    bank = _bank_for(cfg, encoder) if cfg.stage1.recipe is not Recipe.CAM else None
+    bank = _bank_for(cfg, encoder, data) if cfg.stage1.recipe is not Recipe.CAM else None
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "stage1_config.yaml")
-    trainer = Stage1Trainer(cfg, _subset(train, cfg.data.max_train, cfg.run.seed),
-                            _subset(val, cfg.data.max_val, cfg.run.seed) if val is not None else None,
-                            train.classes, bank=bank, encoder=encoder, callbacks=callbacks, cancel=cancel)
+    trainer = Stage1Trainer(cfg, _subset(data.train, cfg.data.max_train, cfg.run.seed),
+                            _subset(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None,
+                            data.classes, bank=bank, encoder=encoder, callbacks=callbacks, cancel=cancel)
     return trainer.fit(resume=resume)
 
 
@@ -124,28 +160,27 @@ def best_or_last(folder: str | Path) -> Path:
 
 
 def make_pseudo_masks(cfg: ProtosegConfig, checkpoint: str | Path, out: str | Path | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> Path:
-    """Export pseudo-masks of the training patches from a stage-1 checkpoint."""
+                      progress: Callable[[int, int], None] | None = None, data: TrainingData | None = None) -> Path:
+    """Export pseudo-masks of the (un-augmented) training patches from a stage-1 checkpoint."""
     ckpt = load_checkpoint(checkpoint)
-    train = open_split(cfg, Split.TRAIN)
-    assert train is not None
+    data = data or folder_data(cfg, augment=False)
     out = Path(out) if out is not None else Path(cfg.run.out_dir) / "pseudo"
-    return export_pseudo_masks(ckpt, _subset(train, cfg.data.max_train, cfg.run.seed), out, cfg,
+    return export_pseudo_masks(ckpt, _subset(data.train, cfg.data.max_train, cfg.run.seed), out, cfg,
                                cfg.run.device, progress)
 
 
 def train_stage2(cfg: ProtosegConfig, pseudo_dir: str | Path, callbacks: Sequence[Callback] = (),
-                 cancel: CancelToken | None = None, resume: bool = False, stage1: str | Path | None = None) -> FitResult:
-    """Train stage 2 on exported pseudo-masks; checkpoints in ``<out_dir>/stage2/``."""
-    train = open_split(cfg, Split.TRAIN)
-    assert train is not None
-    cfg = infer_mpp(cfg, train)
-    val = open_split(cfg, Split.VAL)
-    images = _subset(train, cfg.data.max_train, cfg.run.seed)
+                 cancel: CancelToken | None = None, resume: bool = False, stage1: str | Path | None = None,
+                 data: TrainingData | None = None) -> FitResult:
+    """Train stage 2 on exported pseudo-masks (``data`` un-augmented: the pseudo-mask dataset augments
+    image, mask and confidence together); checkpoints in ``<out_dir>/stage2/``."""
+    data = data or folder_data(cfg, augment=False)
+    cfg = replace(cfg, run=replace(cfg.run, mpp=data.mpp))
+    images = _subset(data.train, cfg.data.max_train, cfg.run.seed)
     ds = PseudoMaskDataset(images, pseudo_dir, augment=cfg.data.augment, seed=cfg.run.seed)
     info = {"checkpoint": str(stage1)} if stage1 else {}
-    trainer = Stage2Trainer(cfg, ds, _subset(val, cfg.data.max_val, cfg.run.seed) if val is not None else None,
-                            train.classes, callbacks=callbacks, cancel=cancel, stage1_info=info)
+    val = _subset(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None
+    trainer = Stage2Trainer(cfg, ds, val, data.classes, callbacks=callbacks, cancel=cancel, stage1_info=info)
     return trainer.fit(resume=resume)
 
 
@@ -175,6 +210,6 @@ def _check_classes(ckpt: Checkpoint, classes: ClassSpec) -> None:
 
 
 __all__ = [
-    "best_or_last", "build_bank_from_config", "evaluate_checkpoint", "make_pseudo_masks", "open_split",
+    "TrainingData", "best_or_last", "build_bank_from_config", "folder_data", "region_data", "evaluate_checkpoint", "make_pseudo_masks", "open_split",
     "train_stage1", "train_stage2",
 ]

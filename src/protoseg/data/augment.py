@@ -1,0 +1,128 @@
+"""Composable tensor augmentations for sample dicts; geometry is applied to image and mask alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# Ruifrok & Johnston optical-density vectors (rows: haematoxylin, eosin, DAB/residual).
+_RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
+)
+_RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+_OD_EPS = 1e-6
+
+
+def _uniform(lo: float, hi: float, g: torch.Generator | None, n: int = 1) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+
+
+class Augmentation:
+    """Base class: ``aug(sample, generator)`` returns a new sample dict (inputs are not modified)."""
+
+    def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
+        out = dict(sample)
+        image, mask = self.apply(sample["image"], sample.get("mask"), generator)
+        out["image"] = image
+        if mask is not None:
+            out["mask"] = mask
+        return out
+
+    def apply(self, image: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator | None):
+        raise NotImplementedError
+
+
+class RandomFlip(Augmentation):
+    """Flip left-right and/or up-down, each with probability ``p``."""
+
+    def __init__(self, horizontal: bool = True, vertical: bool = True, p: float = 0.5) -> None:
+        self.horizontal, self.vertical, self.p = horizontal, vertical, p
+
+    def apply(self, image, mask, g):
+        for enabled, dim in ((self.horizontal, -1), (self.vertical, -2)):
+            if enabled and torch.rand(1, generator=g).item() < self.p:
+                image = image.flip(dim)
+                mask = mask.flip(dim) if mask is not None else None
+        return image, mask
+
+
+class RandomRot90(Augmentation):
+    """Rotate by a uniformly drawn multiple of 90 degrees (counter-clockwise)."""
+
+    def apply(self, image, mask, g):
+        k = int(torch.randint(0, 4, (1,), generator=g).item())
+        if k == 0:
+            return image, mask
+        image = torch.rot90(image, k, dims=(-2, -1))
+        return image, (torch.rot90(mask, k, dims=(-2, -1)) if mask is not None else None)
+
+
+class ColorJitter(Augmentation):
+    """Small brightness / contrast / saturation changes; factors drawn from U(1-x, 1+x)."""
+
+    def __init__(self, brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1) -> None:
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+
+    def apply(self, image, mask, g):
+        b, c, s = (_uniform(1 - x, 1 + x, g).item() for x in (self.brightness, self.contrast, self.saturation))
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype).view(3, 1, 1)
+        out = image * b
+        gray = (out * weights).sum(dim=0, keepdim=True)
+        out = (out - gray.mean()) * c + gray.mean()
+        gray = (out * weights).sum(dim=0, keepdim=True)
+        out = gray + (out - gray) * s
+        return out.clamp(0.0, 1.0), mask
+
+
+def rgb_to_hed(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) RGB in [0, 1] -> (3, H, W) H, E, D stain concentrations (optical-density units)."""
+    od = -torch.log10(image.double().clamp_min(_OD_EPS))
+    return torch.einsum("chw,cd->dhw", od, _HED_FROM_RGB.to(image.device))
+
+
+def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hed`, clamped to [0, 1]."""
+    od = torch.einsum("dhw,dc->chw", hed.double(), _RGB_FROM_HED.to(hed.device))
+    return torch.pow(10.0, -od).clamp(0.0, 1.0)
+
+
+class HEDJitter(Augmentation):
+    """Tellez-style stain jitter: each HED channel c -> c * U(1-a, 1+a) + U(-b, b)."""
+
+    def __init__(self, alpha: float = 0.05, beta: float = 0.05) -> None:
+        self.alpha, self.beta = alpha, beta
+
+    def apply(self, image, mask, g):
+        scale = _uniform(1 - self.alpha, 1 + self.alpha, g, 3).view(3, 1, 1)
+        shift = _uniform(-self.beta, self.beta, g, 3).view(3, 1, 1)
+        hed = rgb_to_hed(image) * scale.to(image.device) + shift.to(image.device)
+        return hed_to_rgb(hed).to(image.dtype), mask
+
+
+class Compose:
+    """Apply augmentations in order; with ``seed`` set, draws come from one private generator."""
+
+    def __init__(self, transforms: Sequence[Augmentation], seed: int | None = None) -> None:
+        self.transforms = list(transforms)
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
+        g = generator if generator is not None else self.generator
+        for t in self.transforms:
+            sample = t(sample, g)
+        return sample
+
+
+def default_augmentation(seed: int | None = None, stain: float = 0.05) -> Compose:
+    """Flips, rot90, small colour and HED stain jitter: the usual histology training augmentation."""
+    return Compose(
+        [RandomFlip(), RandomRot90(), ColorJitter(), HEDJitter(alpha=stain, beta=stain)], seed=seed
+    )
+
+
+__all__ = [
+    "Augmentation", "RandomFlip", "RandomRot90", "ColorJitter", "HEDJitter", "Compose",
+    "default_augmentation", "rgb_to_hed", "hed_to_rgb",
+]

@@ -1,0 +1,128 @@
+"""Patch datasets (torch ``Dataset``) yielding image, image-level label, optional mask and name."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from protoseg.classes import ClassSpec
+from protoseg.data.errors import DatasetLayoutError
+from protoseg.data.generic import generic_records
+from protoseg.data.layouts import detect_layout, named_records
+from protoseg.data.masks import labels_from_mask, load_mask
+from protoseg.data.records import Layout, PatchRecord, Split
+
+logger = logging.getLogger(__name__)
+
+Transform = Callable[[dict], dict]
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 RGB (H, W, 3); alpha is composited onto white."""
+    with Image.open(path) as im:
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)
+        return np.array(im.convert("RGB"))
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
+    rgb = np.ascontiguousarray(rgb)
+    if not rgb.flags.writeable:
+        rgb = rgb.copy()
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+
+
+class PatchDataset(Dataset):
+    """Patches listed as :class:`PatchRecord`; ``transform`` maps a sample dict to a sample dict."""
+
+    def __init__(
+        self,
+        records: Sequence[PatchRecord],
+        classes: ClassSpec,
+        *,
+        root: str | Path | None = None,
+        layout: Layout | None = None,
+        split: Split | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        self.records = tuple(records)
+        self.classes = classes
+        self.root = Path(root) if root is not None else None
+        self.layout = layout
+        self.split = split
+        self.transform = transform
+        self._mask_labels: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def label(self, index: int) -> np.ndarray:
+        """Image-level multi-hot label (C,) of one patch, from its name or (val/test) its mask."""
+        rec = self.records[index]
+        if rec.label is not None:
+            return np.asarray(rec.label, dtype=np.float32)
+        if index not in self._mask_labels:
+            self._mask_labels[index] = labels_from_mask(load_mask(rec.mask, self.classes), self.classes.num_classes)
+        return self._mask_labels[index]
+
+    def labels(self) -> np.ndarray:
+        """All image-level labels as an (N, C) float32 array (loads masks once where needed)."""
+        if not self.records:
+            return np.zeros((0, self.classes.num_classes), np.float32)
+        return np.stack([self.label(i) for i in range(len(self))])
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        rgb = load_image(rec.image)
+        sample: dict = {"image": to_tensor(rgb), "name": rec.name}
+        if rec.mask is not None:
+            mask = load_mask(rec.mask, self.classes)
+            if mask.shape != rgb.shape[:2]:
+                raise DatasetLayoutError(
+                    f"mask {rec.mask} is {mask.shape[1]}x{mask.shape[0]} but image {rec.image} is "
+                    f"{rgb.shape[1]}x{rgb.shape[0]}; masks must match their image size"
+                )
+            sample["mask"] = torch.from_numpy(mask)
+            label = labels_from_mask(mask, self.classes.num_classes) if rec.label is None else rec.label
+        else:
+            label = rec.label
+        sample["label"] = torch.as_tensor(np.asarray(label, dtype=np.float32))
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+    def __repr__(self) -> str:
+        return (
+            f"PatchDataset({len(self)} patches, classes={list(self.classes.names)}, "
+            f"layout={getattr(self.layout, 'value', None)}, split={getattr(self.split, 'value', None)}, "
+            f"root={self.root})"
+        )
+
+
+def open_dataset(
+    root: str | Path,
+    split: Split | str = Split.TRAIN,
+    layout: Layout | str | None = None,
+    transform: Transform | None = None,
+) -> PatchDataset:
+    """Open one split of a patch dataset folder; the layout is detected when not given."""
+    root = Path(root)
+    split = Split(split)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"dataset folder {root} does not exist or is not a folder")
+    layout = Layout(layout) if layout is not None else detect_layout(root)
+    if layout == Layout.GENERIC:
+        spec, records = generic_records(root, split)
+    else:
+        spec, records = named_records(root, split, layout)
+    logger.info("opened %s split of %s (%s): %d patches", split.value, root, layout.value, len(records))
+    return PatchDataset(records, spec, root=root, layout=layout, split=split, transform=transform)
