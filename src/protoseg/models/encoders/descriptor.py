@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -45,7 +46,10 @@ class HEDescriptor(ImageEncoder):
         self.freeze()
 
     def embed(self, images: Tensor) -> Tensor:
-        raw = he_features(images.float(), self.stain_inverse)
+        dev = images.device.type
+        guard = torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext()
+        with guard:  # logs, variances and ratios need float32 even inside an AMP region
+            raw = he_features(images.float(), self.stain_inverse)
         if raw.shape[1] != self.dim:  # features and constants out of sync: a developer error
             raise RuntimeError(f"he_features returned {raw.shape[1]} features, constants cover {self.dim}")
         return (raw - self.feature_mean) / self.feature_std

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,17 @@ def _as_int_size(size: Any) -> int:
     return int(size)
 
 
+def _check_local_dir(folder: str, setting: str) -> None:
+    """A local open_clip folder needs open_clip_config.json and a weights file (else open_clip inits at random)."""
+    path = Path(folder)
+    weights = [p for ext in ("*.safetensors", "*.bin", "*.pth") for p in path.glob(ext)]
+    if not (path / "open_clip_config.json").is_file() or not weights:
+        raise EncoderWeightsError(
+            f"`{setting}` = {folder!r} is a folder but lacks open_clip_config.json or a weights file "
+            "(.safetensors / .bin / .pth); point it at a complete open_clip model folder or a checkpoint file"
+        )
+
+
 class OpenClipEncoder(ImageEncoder, TextEncoder):
     """Frozen open_clip model; normalisation (CLIP mean/std) and resizing happen in torch, differentiably.
 
@@ -48,11 +60,14 @@ class OpenClipEncoder(ImageEncoder, TextEncoder):
         super().__init__()
         import open_clip
 
+        if pretrained is None and model_name.startswith(("hf-hub:", "local-dir:")):
+            pretrained = model_name.removeprefix("local-dir:")  # weights named by the model id itself
         source = resolve_weights(pretrained, model_name, setting)
         name, tag = model_name, None
         if source.kind is WeightKind.HF_HUB:
             name = str(source.value)
         elif source.kind is WeightKind.DIRECTORY:
+            _check_local_dir(str(source.value), setting)
             name = f"local-dir:{source.value}"
         elif source.kind in (WeightKind.FILE, WeightKind.TAG):
             tag = source.value

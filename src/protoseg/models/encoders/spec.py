@@ -52,7 +52,8 @@ def build_encoder(spec: EncoderSpec | None = None, setting: str = PRETRAINED_SET
         from protoseg.models.encoders.descriptor import DEFAULT_INPUT_SIZE, HEDescriptor
 
         return HEDescriptor(input_size=spec.input_size or DEFAULT_INPUT_SIZE)
-    name = spec.model_name or _DEFAULT_NAMES[spec.kind]
+    hub_id = spec.pretrained if str(spec.pretrained or "").startswith("hf-hub:") else None
+    name = spec.model_name or hub_id or _DEFAULT_NAMES[spec.kind]
     if spec.kind is EncoderKind.OPEN_CLIP:
         from protoseg.models.encoders.openclip import OpenClipEncoder
 

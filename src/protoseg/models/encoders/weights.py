@@ -92,7 +92,7 @@ def weights_error(model_name: str, source: WeightSource, cause: BaseException, s
     }[source.kind]
     return EncoderWeightsError(
         f"could not load weights for encoder {model_name!r} from {where} {source.value!r}: "
-        f"{type(cause).__name__}: {cause}. Without network access, download the weights elsewhere and set "
+        f"{type(cause).__name__}: {str(cause).rstrip('. ')}. Without network access, download the weights elsewhere and set "
         f"`{setting}` to the local checkpoint path (e.g. /data/weights/model.pt); check that the file "
         "matches the model architecture."
     )

@@ -1,0 +1,161 @@
+"""On-disk image bank folder: human-readable ``manifest.json`` + ``features.npy`` + ``thumbnails.npy``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protoseg.bank.core import BankMember, ImageBank
+from protoseg.bank.errors import BankError, BankFormatError
+from protoseg.classes import ClassSpec
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "protoseg-image-bank"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FEATURES = "features.npy"
+THUMBNAILS = "thumbnails.npy"
+
+
+def _member_record(bank: ImageBank, m: BankMember) -> dict[str, Any]:
+    return {
+        "id": m.member_id,
+        "class": m.class_index,
+        "class_name": bank.class_spec.names[m.class_index],
+        "cluster": m.cluster,
+        "source": m.source,
+        "box": None if m.box is None else list(m.box),
+        "mpp": m.mpp,
+        "excluded": m.excluded,
+        "pinned": m.pinned,
+        "added_by_user": m.added_by_user,
+        "distance": m.distance,
+    }
+
+
+def bank_manifest(bank: ImageBank) -> dict[str, Any]:
+    """The JSON-serialisable manifest of a bank (what ``manifest.json`` holds)."""
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "classes": bank.class_spec.to_dict(),
+        "encoder_id": bank.encoder_id,
+        "k": bank.k,
+        "n_per_cluster": bank.n_per_cluster,
+        "feature_dim": bank.dim,
+        "thumbnail_size": int(bank.thumbnails.shape[1]),
+        "files": {"features": FEATURES, "thumbnails": THUMBNAILS},
+        "members": [_member_record(bank, m) for m in bank.members],
+    }
+
+
+def save_bank(bank: ImageBank, folder: str | Path) -> Path:
+    """Write the bank folder atomically (temp folder, then rename over any previous bank); returns it."""
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and ((folder / MANIFEST).is_file() or not any(folder.iterdir()))):
+        raise BankError(f"{folder} exists and is not an image bank folder; choose a new or empty folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        np.save(tmp / FEATURES, np.ascontiguousarray(bank.features, dtype=np.float32), allow_pickle=False)
+        np.save(tmp / THUMBNAILS, np.ascontiguousarray(bank.thumbnails, dtype=np.uint8), allow_pickle=False)
+        (tmp / MANIFEST).write_text(json.dumps(bank_manifest(bank), indent=1) + "\n", encoding="utf-8")
+        old = None
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+            folder.rename(old)
+        tmp.rename(folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved image bank (%d members) to %s", len(bank), folder)
+    return folder
+
+
+def _require(cond: bool, folder: Path, what: str) -> None:
+    if not cond:
+        raise BankFormatError(f"image bank {folder}: {what}")
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    _require(folder.is_dir(), folder, "folder does not exist; build a bank first (protoseg bank ...)")
+    _require(path.is_file(), folder, f"{MANIFEST} is missing; this is not an image bank folder")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BankFormatError(f"image bank {folder}: {MANIFEST} is not valid JSON ({exc})") from exc
+    _require(isinstance(data, dict) and data.get("format") == FORMAT_NAME, folder,
+             f"{MANIFEST} is not a protoseg image bank manifest (format must be {FORMAT_NAME!r})")
+    _require(data.get("version") == FORMAT_VERSION, folder,
+             f"manifest version {data.get('version')!r} is not supported (this protoseg reads {FORMAT_VERSION})")
+    missing = [key for key in ("classes", "encoder_id", "k", "members") if key not in data]
+    _require(not missing, folder, f"manifest lacks the keys {missing}")
+    return data
+
+
+def _load_array(folder: Path, name: str) -> np.ndarray:
+    path = folder / name
+    _require(path.is_file(), folder, f"{name} is missing; save the bank again")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BankFormatError(f"image bank {folder}: {name} cannot be read ({exc})") from exc
+
+
+def _member(rec: dict[str, Any], spec: ClassSpec, folder: Path) -> BankMember:
+    try:
+        box = rec.get("box")
+        member = BankMember(
+            member_id=str(rec["id"]), class_index=int(rec["class"]), cluster=int(rec["cluster"]),
+            source=str(rec.get("source", "")),
+            box=None if box is None else tuple(int(v) for v in box),  # type: ignore[arg-type]
+            mpp=None if rec.get("mpp") is None else float(rec["mpp"]),
+            excluded=bool(rec.get("excluded", False)), pinned=bool(rec.get("pinned", False)),
+            added_by_user=bool(rec.get("added_by_user", False)), distance=float(rec.get("distance", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BankFormatError(f"image bank {folder}: bad member record {rec!r} ({exc})") from exc
+    _require(member.box is None or len(member.box) == 4, folder, f"member {member.member_id}: box must be [x, y, w, h]")
+    name = rec.get("class_name")
+    _require(name is None or (0 <= member.class_index < spec.num_classes and spec.names[member.class_index] == name),
+             folder, f"member {member.member_id}: class index {member.class_index} does not match name {name!r}")
+    return member
+
+
+def load_bank(folder: str | Path) -> ImageBank:
+    """Read a bank folder written by ``save_bank``; any inconsistency raises ``BankFormatError``."""
+    folder = Path(folder)
+    data = _read_manifest(folder)
+    try:
+        spec = ClassSpec.from_dict(data["classes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BankFormatError(f"image bank {folder}: bad class list in manifest ({exc})") from exc
+    _require(isinstance(data["members"], list), folder, "manifest 'members' must be a list")
+    members = tuple(_member(rec, spec, folder) for rec in data["members"])
+    feats = _load_array(folder, FEATURES)
+    thumbs = _load_array(folder, THUMBNAILS)
+    n = len(members)
+    _require(feats.ndim == 2 and feats.shape[0] == n, folder,
+             f"{FEATURES} has shape {feats.shape}, expected ({n}, d) for {n} members")
+    _require(thumbs.ndim == 4 and thumbs.shape[0] == n and thumbs.shape[3] == 3 and thumbs.dtype == np.uint8, folder,
+             f"{THUMBNAILS} has shape {thumbs.shape} {thumbs.dtype}, expected ({n}, t, t, 3) uint8")
+    dim = data.get("feature_dim")
+    _require(dim is None or dim == feats.shape[1], folder, f"manifest feature_dim {dim} but {FEATURES} has {feats.shape[1]} columns")
+    try:
+        return ImageBank(
+            class_spec=spec, encoder_id=str(data["encoder_id"]), k=int(data["k"]), members=members,
+            features=feats, thumbnails=thumbs, n_per_cluster=int(data.get("n_per_cluster", 100)),
+        )
+    except BankError as exc:
+        raise BankFormatError(f"image bank {folder}: {exc}") from exc
