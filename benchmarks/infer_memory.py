@@ -1,0 +1,89 @@
+"""Peak memory of the batch pipeline as the slide area grows 4x (each size in a fresh subprocess).
+
+Run: ``python benchmarks/infer_memory.py [--size 1024]``: predicts slides of side S and 2S and
+prints peak RSS (and peak RSS above the process baseline after loading the model) with their
+ratios; target < 1.3x for 4x the area.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def child(size: int, backbone: str) -> None:
+    import psutil
+    import torch
+
+    from infer_common import make_checkpoint, make_slide
+    from protoseg.infer.batch import predict_slide_to_omezarr
+    from protoseg.infer.predictor import Predictor
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        slide = make_slide(tmp, size)  # built by the child: freed before the baseline is read
+        predictor = Predictor(make_checkpoint(tmp, backbone), device="cpu", batch_size=8)
+        predictor.predict_tiles(__import__("numpy").zeros((8, 224, 224, 3), "uint8"))
+        import gc
+
+        gc.collect()
+        base = psutil.Process().memory_info().rss
+        peak = [base]
+        import threading
+
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], psutil.Process().memory_info().rss)
+                time.sleep(0.02)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        start = time.perf_counter()
+        res = predict_slide_to_omezarr(predictor, slide, tmp / "out.zarr", tissue_only=False)
+        stop.set()
+        th.join()
+        print(json.dumps({
+            "size": size, "tiles": res.tiles_predicted, "seconds": time.perf_counter() - start,
+            "baseline_mb": base / 2**20, "peak_mb": peak[0] / 2**20,
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.backbone)
+        return
+    rows = []
+    for size in (args.size, 2 * args.size):
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(size), "--backbone", args.backbone],
+            capture_output=True, text=True, check=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{size}x{size}: {r['tiles']} tiles in {r['seconds']:.1f} s, baseline {r['baseline_mb']:.0f} MB, "
+              f"peak during prediction {r['peak_mb']:.0f} MB (+{r['peak_mb'] - r['baseline_mb']:.0f} MB)")
+    a, b = rows
+    print(f"peak RSS ratio for 4x area: {b['peak_mb'] / a['peak_mb']:.3f} (target < 1.3)")
+    da, db = a["peak_mb"] - a["baseline_mb"], b["peak_mb"] - b["baseline_mb"]
+    print(f"ratio of memory above baseline: {db / max(da, 1e-9):.3f} ({da:.0f} MB -> {db:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()

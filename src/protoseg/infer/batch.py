@@ -1,0 +1,290 @@
+"""Whole-slide prediction to an OME-Zarr with a bounded, resumable pipeline.
+
+reader threads (read + decode tiles) -> bounded queue -> batched model (calling thread) ->
+bounded queue -> writer thread (blend, quantise, write chunk, mark it done). Memory is bounded
+by the queues and the strip plan (see ``plan``), not by the slide size. Each finished level-0 chunk
+is recorded in the ``done`` array right after its data, so a killed run restarted with
+``resume=True`` skips finished chunks and ends with the same bytes. Coarse levels are rebuilt
+from level 0 at the end (cheap, deterministic).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protoseg.infer.chunks import DEFAULT_CHUNK, SlideChunks, TissueLike
+from protoseg.infer.errors import OutputError
+from protoseg.infer.omezarr import check_output_dir, create_prediction_zarr, open_prediction, read_protoseg_attrs
+from protoseg.infer.plan import ChunkStep, plan_steps, strip_order
+from protoseg.infer.predictor import Predictor
+from protoseg.infer.pyramid import ChunkData, chunk_from_finer
+from protoseg.infer.reader import SlideLike, open_any, slide_name
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], Any]
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Summary of one slide's batch prediction."""
+
+    path: Path
+    chunks_total: int
+    chunks_resumed: int
+    chunks_background: int
+    chunks_predicted: int
+    tiles_predicted: int
+    seconds: float
+
+
+def _comparable(layout: dict[str, Any]) -> dict[str, Any]:
+    pred = {k: v for k, v in layout.get("predictor", {}).items() if k != "checkpoint"}
+    return {**layout, "predictor": pred}
+
+
+def _open_output(out: Path, layout: dict[str, Any], predictor: Predictor, slide: str, resume: bool, overwrite: bool):
+    existing = check_output_dir(out)
+    if existing:
+        attrs = read_protoseg_attrs(out) or {}
+        same = _comparable(attrs.get("layout", {})) == _comparable(layout)
+        if same and resume:
+            logger.info("resuming prediction in %s", out)
+            return open_prediction(out, mode="r+").group
+        if not overwrite:
+            why = "was written for another slide or model settings" if not same else "already exists"
+            raise OutputError(
+                f"output {out} {why}; pass resume=True (--resume) to continue a matching run, "
+                "overwrite=True to replace it, or choose another output folder."
+            )
+    return create_prediction_zarr(out, predictor.classes, layout, slide, overwrite=existing)
+
+
+class _Arrays:
+    """Zarr arrays of the output, opened once (group lookups re-read metadata)."""
+
+    def __init__(self, root: Any, levels: int, chunk: int) -> None:
+        self.probs = [root["probs"][str(k)] for k in range(levels)]
+        self.mask = [root["mask"][str(k)] for k in range(levels)]
+        self.done = root["done"]
+        self.chunk = chunk
+
+    def write(self, level: int, cy: int, cx: int, data: ChunkData) -> None:
+        h, w, c = *data.mask.shape, self.chunk
+        ys, xs = slice(cy * c, cy * c + h), slice(cx * c, cx * c + w)
+        self.probs[level][:, ys, xs] = data.probs
+        self.mask[level][ys, xs] = data.mask
+
+
+def _build_pyramid(arrays: _Arrays, layout: SlideChunks) -> None:
+    c = layout.chunk
+    for level in range(1, len(layout.levels)):
+        finer = arrays.probs[level - 1]
+        for cy, cx in layout.chunk_grid(level):
+            block = finer[:, 2 * cy * c : 2 * (cy + 1) * c, 2 * cx * c : 2 * (cx + 1) * c]
+            arrays.write(level, cy, cx, chunk_from_finer(np.asarray(block)))
+
+
+class _Pipeline:
+    """Readers -> model -> writer over a stream of ``ChunkStep``s; first error stops everything."""
+
+    def __init__(self, layout: SlideChunks, steps, finish_chunk: Callable[[ChunkStep, dict], None], readers: int) -> None:
+        self.layout, self.finish_chunk = layout, finish_chunk
+        self.predictor = layout.predictor
+        self._steps = steps
+        self._plan_lock = threading.Lock()
+        self._pending_jobs: deque = deque()
+        self._ready_steps: deque[ChunkStep] = deque()
+        self._plan_done = False
+        self.n_readers = max(1, int(readers))
+        bs = self.predictor.batch_size
+        self.read_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * bs))
+        self.write_q: queue.Queue = queue.Queue(maxsize=2)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def _next_job(self):
+        with self._plan_lock:
+            while not self._pending_jobs and not self._plan_done:
+                try:
+                    step = next(self._steps)
+                except StopIteration:
+                    self._plan_done = True
+                    break
+                self._ready_steps.append(step)
+                self._pending_jobs.extend(step.new_jobs)
+            return self._pending_jobs.popleft() if self._pending_jobs else None
+
+    def _put(self, q: queue.Queue, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.stop.set()
+
+    def _reader(self) -> None:
+        t, geom = self.predictor.tile_size, self.layout.geom
+        try:
+            while not self.stop.is_set():
+                job = self._next_job()
+                if job is None:
+                    break
+                job_id, index = job
+                if not self._put(self.read_q, (job_id, geom.reader.read((*geom.grid.origin(index), t, t)))):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - forwarded to the calling thread
+            self._fail(exc)
+        finally:
+            self._put(self.read_q, _DONE)
+
+    def _writer(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self.write_q.get(timeout=0.1)
+                except queue.Empty:
+                    if self.stop.is_set():
+                        return
+                    continue
+                if item is _DONE or self.stop.is_set():
+                    return
+                self.finish_chunk(*item)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _dispatch(self, store: dict[int, np.ndarray]) -> None:
+        while True:
+            with self._plan_lock:
+                if not self._ready_steps or any(j not in store for j in self._ready_steps[0].jobs):
+                    return
+                step = self._ready_steps.popleft()
+            tiles = {t: store[j] for t, j in zip(step.tiles, step.jobs)}
+            for j in step.release:
+                store.pop(j, None)
+            if not self._put(self.write_q, (step, tiles)):
+                return
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._reader, name=f"protoseg-read-{i}", daemon=True) for i in range(self.n_readers)]
+        writer = threading.Thread(target=self._writer, name="protoseg-write", daemon=True)
+        for th in (*threads, writer):
+            th.start()
+        store: dict[int, np.ndarray] = {}
+        finished, batch = 0, []
+        try:
+            while finished < self.n_readers and not self.stop.is_set():
+                try:
+                    item = self.read_q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    finished += 1
+                else:
+                    batch.append(item)
+                if batch and (len(batch) >= self.predictor.batch_size or finished == self.n_readers):
+                    probs = self.predictor.predict_tiles(np.stack([p for _, p in batch]))
+                    store.update((job, pr) for (job, _), pr in zip(batch, probs))
+                    batch = []
+                    self._dispatch(store)
+            self._dispatch(store)
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            if self.error is None:
+                self._put(self.write_q, _DONE)
+                writer.join()
+            self.stop.set()
+            for th in threads:
+                th.join(timeout=5)
+            writer.join(timeout=5)
+        if self.error is not None:
+            raise self.error
+        if self._ready_steps:
+            raise RuntimeError(f"{len(self._ready_steps)} chunks left unfinished (internal pipeline error)")
+
+
+def predict_slide_to_omezarr(
+    predictor: Predictor,
+    slide: SlideLike | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    slide_mpp: float | None = None,
+    tissue_only: bool = True,
+    tissue: TissueLike | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    readers: int = 2,
+    strip: int = 4,
+) -> BatchResult:
+    """Predict a whole slide into an OME-Zarr folder ``out_dir``; see the module docstring."""
+    start = time.perf_counter()
+    name = str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else slide_name(slide)
+    slide = open_any(slide)
+    layout = SlideChunks(predictor, slide, slide_mpp=slide_mpp, chunk=chunk, tissue_only=tissue_only, tissue=tissue)
+    out = Path(out_dir)
+    root = _open_output(out, layout.describe(), predictor, name, resume, overwrite)
+    arrays = _Arrays(root, len(layout.levels), layout.chunk)
+    done = np.asarray(arrays.done[...]).astype(bool)
+    total = int(done.size)
+    counts = {"done": int(done.sum()), "background": 0, "predicted": 0}
+    resumed = counts["done"]
+    tiles_before = predictor.tiles_predicted
+
+    def mark(cy: int, cx: int, data: ChunkData) -> None:
+        arrays.write(0, cy, cx, data)
+        arrays.done[cy, cx] = 1
+        counts["done"] += 1
+        if progress is not None:
+            progress(counts["done"], total)
+
+    if progress is not None:
+        progress(counts["done"], total)
+    rows, cols = layout.grid0.shape
+    todo = [(r, c) for r, c in layout.grid0 if not done[r, c]]
+    tissue_chunks = set()
+    for r, c in todo:
+        if layout.has_tissue(r, c):
+            tissue_chunks.add((r, c))
+        else:
+            mark(r, c, layout.background(r, c))
+            counts["background"] += 1
+
+    def finish(step: ChunkStep, tiles: dict) -> None:
+        mark(*step.chunk, layout.finish(*step.chunk, tiles))
+        counts["predicted"] += 1
+
+    if tissue_chunks:
+        order = strip_order(rows, cols, strip, include=lambda ch: ch in tissue_chunks)
+        steps = plan_steps(order, layout.tiles_for_chunk, window=strip)
+        _Pipeline(layout, steps, finish, readers).run()
+    _build_pyramid(arrays, layout)
+    attrs = dict(root.attrs["protoseg"])
+    attrs.update(complete=True, pyramid_complete=True)
+    root.attrs["protoseg"] = attrs
+    result = BatchResult(
+        out, total, resumed, counts["background"], counts["predicted"],
+        predictor.tiles_predicted - tiles_before, time.perf_counter() - start,
+    )
+    logger.info("predicted %s -> %s: %s", name, out, result)
+    return result

@@ -1,0 +1,108 @@
+"""The chunk layout of a slide prediction, shared by the lazy pyramid and the batch writer.
+
+Both compute a level-0 chunk the same way (global tiles -> blend -> quantise) and coarse chunks
+from the same 2x2 finer chunks, so their outputs are identical.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+
+from protoseg.infer.grid import Box, ChunkGrid, TileIndex
+from protoseg.infer.predictor import Predictor
+from protoseg.infer.pyramid import ChunkData, background_chunk, chunk_from_scores, level_shapes
+from protoseg.infer.reader import SlideLike, open_any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 512
+
+
+class TissueLike(Protocol):
+    """What ``protoseg.slide.tissue_mask`` returns: tissue fraction of a level-0 box."""
+
+    def fraction(self, x: int, y: int, w: int, h: int) -> float: ...
+
+
+class SlideChunks:
+    """Chunk grid + tissue filter + level shapes of one slide's prediction at the model mpp."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        slide: SlideLike | str,
+        *,
+        slide_mpp: float | None = None,
+        chunk: int = DEFAULT_CHUNK,
+        tissue_only: bool = False,
+        tissue: TissueLike | None = None,
+        min_tissue: float = 0.0,
+    ) -> None:
+        if chunk < 16:
+            raise ValueError(f"chunk must be >= 16 px, got {chunk}")
+        self.predictor = predictor
+        self.slide = open_any(slide)
+        self.geom = predictor.geometry(self.slide, slide_mpp)
+        self.chunk = int(chunk)
+        self.width, self.height = self.geom.grid.width, self.geom.grid.height
+        self.grid0 = ChunkGrid(self.width, self.height, self.chunk)
+        self.levels = level_shapes(self.width, self.height, self.chunk)
+        self.tissue_only = bool(tissue_only)
+        self.min_tissue = float(min_tissue)
+        self._tissue = tissue
+
+    @property
+    def channels(self) -> int:
+        return self.predictor.channels
+
+    def chunk_grid(self, level: int) -> ChunkGrid:
+        w, h = self.levels[level]
+        return ChunkGrid(w, h, self.chunk)
+
+    @property
+    def tissue(self) -> TissueLike | None:
+        if self.tissue_only and self._tissue is None:
+            from protoseg.slide import tissue_mask
+
+            self._tissue = tissue_mask(self.slide)
+        return self._tissue
+
+    def has_tissue(self, cy: int, cx: int) -> bool:
+        """True when the level-0 chunk must be predicted (always, unless tissue-only)."""
+        if not self.tissue_only:
+            return True
+        x, y, w, h = self.grid0.box(cy, cx)
+        s = self.geom.scale
+        box0 = (int(x * s), int(y * s), max(1, int(round(w * s))), max(1, int(round(h * s))))
+        return float(self.tissue.fraction(*box0)) > self.min_tissue
+
+    def tiles_for_chunk(self, cy: int, cx: int) -> list[TileIndex]:
+        return self.geom.grid.tiles_for_box(self.grid0.box(cy, cx))
+
+    def background(self, cy: int, cx: int, level: int = 0) -> ChunkData:
+        _, _, w, h = self.chunk_grid(level).box(cy, cx)
+        return background_chunk(self.channels, h, w)
+
+    def finish(self, cy: int, cx: int, tiles: dict[TileIndex, np.ndarray]) -> ChunkData:
+        """Blend the chunk's tiles and quantise: the level-0 chunk."""
+        box: Box = self.grid0.box(cy, cx)
+        return chunk_from_scores(self.predictor.blend_box(self.geom, box, tiles))
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters that determine the output, for metadata and resume checks."""
+        return {
+            "width": self.width,
+            "height": self.height,
+            "chunk": self.chunk,
+            "scale": self.geom.scale,
+            "mpp": self.geom.mpp,
+            "slide_mpp": self.geom.slide_mpp,
+            "slide_dimensions": list(self.slide.level_dimensions[0]),
+            "tissue_only": self.tissue_only,
+            "min_tissue": self.min_tissue,
+            "levels": [list(s) for s in self.levels],
+            "predictor": self.predictor.config(),
+        }

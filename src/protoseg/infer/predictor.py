@@ -1,0 +1,216 @@
+"""Tiled model inference: batches of uint8 tiles -> class scores, blended over overlapping tiles.
+
+A ``Predictor`` wraps any ``nn.Module`` with ``predict(x) -> (B, C+1, H, W)`` scores (channel C is
+background) or a protoseg ``Checkpoint``. Regions are predicted on the slide-wide tile grid of
+``protoseg.infer.grid`` so any box gives exactly the values a whole-slide run gives there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from protoseg.classes import ClassSpec
+from protoseg.infer.blending import BlendWindow, blend_tiles, make_window
+from protoseg.infer.device import autocast_for, select_device
+from protoseg.infer.errors import InferenceError
+from protoseg.infer.grid import Box, PredictionGrid, TileIndex
+from protoseg.infer.reader import PadMode, RegionReader, SlideLike, open_any, resolve_resolution
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegionPrediction:
+    """Blended scores (C+1, H, W) float32 and argmax mask (H, W) uint8 at ``mpp`` for a slide box.
+
+    ``box`` is (x, y, w, h) on the prediction grid; ``scale`` level-0 px per prediction px.
+    """
+
+    probs: np.ndarray
+    mask: np.ndarray
+    box: Box
+    mpp: float | None
+    scale: float
+
+
+@dataclass(frozen=True)
+class SlideGeometry:
+    """Everything needed to predict one slide: pixel reader, global tile grid and resolution."""
+
+    reader: RegionReader
+    grid: PredictionGrid
+    scale: float
+    slide_mpp: float | None
+    mpp: float | None
+
+
+class Predictor:
+    """Runs a segmentation model over tiles with batching, optional AMP (CUDA) and flip TTA."""
+
+    def __init__(
+        self,
+        model: nn.Module | Any | str | os.PathLike[str],
+        *,
+        classes: ClassSpec | None = None,
+        mpp: float | None = None,
+        device: str | torch.device = "auto",
+        amp: bool = True,
+        batch_size: int = 16,
+        tta: bool = False,
+        tile_size: int | None = None,
+        overlap: int | None = None,
+        window: BlendWindow | str = BlendWindow.COSINE,
+        window_floor: float = 0.1,
+        pad: PadMode | str = PadMode.WHITE,
+    ) -> None:
+        from protoseg.train.checkpoint import Checkpoint, load_checkpoint
+
+        self.checkpoint_path: str | None = None
+        if isinstance(model, (str, os.PathLike)):
+            self.checkpoint_path = str(Path(model).resolve())
+            model = load_checkpoint(model)
+        if isinstance(model, Checkpoint):
+            ckpt = model
+            model = ckpt.build_model()
+            classes = classes or ckpt.classes
+            mpp = mpp if mpp is not None else ckpt.mpp
+            tile_size = tile_size or ckpt.patch_size
+        if not isinstance(model, nn.Module):
+            raise InferenceError(f"Predictor needs an nn.Module, a Checkpoint or a checkpoint path, got {type(model)}")
+        if classes is None:
+            raise InferenceError("Predictor(model) with a bare module needs classes=ClassSpec(...) (or use a Checkpoint)")
+        if batch_size < 1:
+            raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
+        self.classes = classes
+        self.mpp = None if mpp is None else float(mpp)
+        self.device = select_device(device)
+        self.amp = bool(amp)
+        self.batch_size = int(batch_size)
+        self.tta = bool(tta)
+        self.tile_size = int(tile_size or 224)
+        self.overlap = int(self.tile_size // 4 if overlap is None else overlap)
+        self.window_kind = BlendWindow(window)
+        self.window = make_window(self.tile_size, self.window_kind, window_floor)
+        self.pad = PadMode(pad)
+        self.model = model.to(self.device).eval()
+        self.tiles_predicted = 0
+        self._lock = threading.Lock()
+        PredictionGrid(1, 1, self.tile_size, self.overlap)  # validates tile/overlap early
+
+    @property
+    def channels(self) -> int:
+        """Output channels: tissue classes + background."""
+        return self.classes.num_classes + 1
+
+    def config(self) -> dict[str, Any]:
+        """Plain description of what determines the output (stored with batch results)."""
+        return {
+            "classes": self.classes.to_dict(),
+            "mpp": self.mpp,
+            "tile_size": self.tile_size,
+            "overlap": self.overlap,
+            "window": self.window_kind.value,
+            "pad": self.pad.value,
+            "tta": self.tta,
+            "checkpoint": self.checkpoint_path,
+        }
+
+    # ------------------------------------------------------------------ model calls
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        fn = getattr(self.model, "predict", None)
+        out = fn(x) if callable(fn) else torch.softmax(self.model(x), dim=1)
+        if out.ndim != 4 or out.shape[0] != x.shape[0] or out.shape[1] != self.channels:
+            raise InferenceError(
+                f"model output has shape {tuple(out.shape)}, expected (B, {self.channels}, H, W) for "
+                f"{self.classes.num_classes} classes + background; check the checkpoint's classes."
+            )
+        if out.shape[2:] != x.shape[2:]:
+            out = torch.nn.functional.interpolate(out.float(), size=x.shape[2:], mode="bilinear", align_corners=False)
+        return out.float()
+
+    def _predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast_for(self.device, self.amp):
+            if not self.tta:
+                return self._forward(x)
+            total = self._forward(x)
+            for dims in ((3,), (2,), (2, 3)):
+                total = total + torch.flip(self._forward(torch.flip(x, dims)), dims)
+            return total / 4.0
+
+    def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """uint8 (B, h, w, 3) RGB tiles -> float32 (B, C+1, h, w) scores, in batches of ``batch_size``."""
+        tiles = np.asarray(tiles)
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+            raise InferenceError(f"predict_tiles expects uint8 (B, h, w, 3), got {tiles.dtype} {tiles.shape}")
+        outs = []
+        for start in range(0, len(tiles), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + self.batch_size]))
+            x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            with self._lock:
+                y = self._predict_tensor(x)
+                self.tiles_predicted += len(batch)
+            outs.append(y.cpu().numpy().astype(np.float32, copy=False))
+        if not outs:
+            return np.zeros((0, self.channels, *tiles.shape[1:3]), np.float32)
+        return np.concatenate(outs, axis=0)
+
+    # ------------------------------------------------------------------ slides
+    def geometry(self, slide: SlideLike, slide_mpp: float | None = None) -> SlideGeometry:
+        """Prediction grid for a slide at the model's mpp (clear error when the slide mpp is unknown)."""
+        res = resolve_resolution(slide, self.mpp, slide_mpp)
+        reader = RegionReader(slide, res.scale, self.pad)
+        grid = PredictionGrid(reader.width, reader.height, self.tile_size, self.overlap)
+        return SlideGeometry(reader, grid, res.scale, res.slide_mpp, res.output_mpp)
+
+    def compute_tiles(self, geom: SlideGeometry, indices: Sequence[TileIndex]) -> list[np.ndarray]:
+        """Read and predict the given global tiles; float32 (C+1, T, T) each."""
+        t = self.tile_size
+        out: list[np.ndarray] = []
+        for start in range(0, len(indices), self.batch_size):
+            part = indices[start : start + self.batch_size]
+            pixels = np.stack([geom.reader.read((*geom.grid.origin(i), t, t)) for i in part])
+            out.extend(self.predict_tiles(pixels))
+        return out
+
+    def blend_box(self, geom: SlideGeometry, box: Box, tiles: dict[TileIndex, np.ndarray]) -> np.ndarray:
+        """Blend the (already predicted) global tiles covering ``box`` into float32 (C+1, h, w)."""
+        order = geom.grid.tiles_for_box(box)
+        return blend_tiles(box, ((*geom.grid.origin(i), tiles[i]) for i in order), self.window, self.channels)
+
+    def predict_box(self, geom: SlideGeometry, box: Box) -> np.ndarray:
+        """Scores (C+1, h, w) for a box (x, y, w, h) of the prediction grid."""
+        indices = geom.grid.tiles_for_box(box)
+        return self.blend_box(geom, box, dict(zip(indices, self.compute_tiles(geom, indices))))
+
+    def predict_region(
+        self, slide: SlideLike | str | os.PathLike[str], box: Box, slide_mpp: float | None = None
+    ) -> RegionPrediction:
+        """Predict a level-0 box (x, y, w, h) of a slide; result at the model mpp, clipped to the slide."""
+        slide = open_any(slide)
+        geom = self.geometry(slide, slide_mpp)
+        x, y, w, h = box
+        if w <= 0 or h <= 0:
+            raise InferenceError(f"region size must be positive, got {w}x{h}")
+        s = geom.scale
+        px0, py0 = max(0, int(np.floor(x / s))), max(0, int(np.floor(y / s)))
+        px1, py1 = min(geom.grid.width, int(np.ceil((x + w) / s))), min(geom.grid.height, int(np.ceil((y + h) / s)))
+        if px1 <= px0 or py1 <= py0:
+            raise InferenceError(f"region {box} lies outside the slide ({slide.level_dimensions[0]} level-0 px)")
+        pbox = (px0, py0, px1 - px0, py1 - py0)
+        probs = self.predict_box(geom, pbox)
+        return RegionPrediction(probs, argmax_mask(probs), pbox, geom.mpp, s)
+
+
+def argmax_mask(probs: np.ndarray) -> np.ndarray:
+    """(C+1, H, W) scores -> uint8 (H, W) class map (ties go to the lower index)."""
+    return np.argmax(probs, axis=0).astype(np.uint8)

@@ -1,0 +1,156 @@
+"""Read slide pixels on the prediction grid (the model's mpp), padding past the slide edges.
+
+Works on anything shaped like ``protoseg.slide.Slide`` (see ``SlideLike``), so tests and callers
+can pass in-memory slides. The slide's own mpp may be missing: callers pass ``slide_mpp``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from protoseg.infer.errors import MissingMppError
+
+logger = logging.getLogger(__name__)
+
+#: Relative mpp mismatch under which the slide is read at its native resolution (no resampling).
+MPP_SNAP_TOLERANCE = 0.02
+
+
+@runtime_checkable
+class SlideLike(Protocol):
+    """The part of ``protoseg.slide.Slide`` that inference needs."""
+
+    level_count: int
+    level_dimensions: Any  # sequence of (w, h)
+    level_downsamples: Any  # sequence of float
+    mpp: float | None
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray: ...
+
+
+class PadMode(str, Enum):
+    """How tiles are filled past the slide edge."""
+
+    WHITE = "white"  # glass-like background (what H&E models see around tissue)
+    REFLECT = "reflect"  # mirror the pixels inside the slide
+
+
+def open_any(slide: SlideLike | str | os.PathLike[str]) -> SlideLike:
+    """Open a path with ``protoseg.slide.open_slide``; pass slide objects through."""
+    if isinstance(slide, (str, os.PathLike)):
+        from protoseg.slide import open_slide
+
+        return open_slide(slide)
+    return slide
+
+
+def slide_name(slide: Any) -> str:
+    """A printable name for log and error messages."""
+    return str(getattr(slide, "path", None) or getattr(slide, "name", None) or type(slide).__name__)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How the slide maps onto the prediction grid: ``scale`` level-0 px per prediction px."""
+
+    scale: float
+    slide_mpp: float | None
+    output_mpp: float | None
+
+
+def resolve_resolution(slide: SlideLike, model_mpp: float | None, slide_mpp: float | None = None) -> Resolution:
+    """Prediction resolution for a slide; a clear error when the model has an mpp and the slide none."""
+    s_mpp = slide_mpp if slide_mpp is not None else getattr(slide, "mpp", None)
+    if s_mpp is not None and not (isinstance(s_mpp, (int, float)) and s_mpp > 0):
+        raise MissingMppError(f"slide mpp must be a positive number of microns per pixel, got {s_mpp!r}")
+    if model_mpp is None:
+        logger.warning("model has no mpp: predicting %s at its native resolution", slide_name(slide))
+        return Resolution(1.0, s_mpp, s_mpp)
+    if s_mpp is None:
+        raise MissingMppError(
+            f"slide {slide_name(slide)} has no microns-per-pixel metadata and the model expects "
+            f"{model_mpp} um/px; pass the slide's resolution with --slide-mpp (slide_mpp=...), "
+            "e.g. 0.25 for 40x or 0.5 for 20x scans."
+        )
+    scale = float(model_mpp) / float(s_mpp)
+    if abs(scale - 1.0) <= MPP_SNAP_TOLERANCE:
+        return Resolution(1.0, float(s_mpp), float(s_mpp))
+    return Resolution(scale, float(s_mpp), float(model_mpp))
+
+
+def prediction_size(slide: SlideLike, scale: float) -> tuple[int, int]:
+    """(width, height) of the prediction grid covering the slide's level 0."""
+    w0, h0 = slide.level_dimensions[0]
+    return max(1, round(w0 / scale)), max(1, round(h0 / scale))
+
+
+class RegionReader:
+    """Reads (x, y, w, h) boxes of the prediction grid as uint8 (h, w, 3), padded past the edges."""
+
+    def __init__(self, slide: SlideLike, scale: float, pad: PadMode | str = PadMode.WHITE) -> None:
+        self.slide = slide
+        self.scale = float(scale)
+        self.pad = PadMode(pad)
+        self.width, self.height = prediction_size(slide, self.scale)
+        self.level = self._best_level()
+
+    def _best_level(self) -> int:
+        downs = [float(d) for d in self.slide.level_downsamples]
+        ok = [i for i, d in enumerate(downs) if d <= self.scale * (1 + 1e-6)]
+        return max(ok, key=lambda i: downs[i]) if ok else 0
+
+    def _read_inside(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Pixels of the prediction box [x0, x1) x [y0, y1), which lies inside the slide."""
+        if self.scale == 1.0:
+            return _rgb(self.slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0)))
+        from PIL import Image
+
+        lvl = self.level
+        ds = float(self.slide.level_downsamples[lvl])
+        lw, lh = self.slide.level_dimensions[lvl]
+        f = self.scale / ds  # level-L px per prediction px
+        sx0, sy0, sx1, sy1 = x0 * f, y0 * f, x1 * f, y1 * f
+        margin = math.ceil(f) + 2
+        bx0, by0 = max(0, math.floor(sx0) - margin), max(0, math.floor(sy0) - margin)
+        bx1, by1 = min(lw, math.ceil(sx1) + margin), min(lh, math.ceil(sy1) + margin)
+        if bx1 <= bx0 or by1 <= by0:
+            return np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
+        src = _rgb(self.slide.read_region((round(bx0 * ds), round(by0 * ds)), lvl, (bx1 - bx0, by1 - by0)))
+        img = Image.fromarray(src)
+        box = (sx0 - bx0, sy0 - by0, min(sx1, lw) - bx0, min(sy1, lh) - by0)
+        out = img.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(out, dtype=np.uint8)
+
+    def read(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """uint8 (h, w, 3) for the box (x, y, w, h) on the prediction grid; outside pixels padded."""
+        x, y, w, h = box
+        ix0, iy0 = max(0, x), max(0, y)
+        ix1, iy1 = min(self.width, x + w), min(self.height, y + h)
+        if ix0 >= ix1 or iy0 >= iy1:
+            return np.full((h, w, 3), 255, np.uint8)
+        inside = self._read_inside(ix0, iy0, ix1, iy1)
+        if inside.shape[:2] != (iy1 - iy0, ix1 - ix0):  # backends may clip at the last column/row
+            fixed = np.full((iy1 - iy0, ix1 - ix0, 3), 255, np.uint8)
+            hh, ww = min(inside.shape[0], fixed.shape[0]), min(inside.shape[1], fixed.shape[1])
+            fixed[:hh, :ww] = inside[:hh, :ww]
+            inside = fixed
+        pads = ((iy0 - y, y + h - iy1), (ix0 - x, x + w - ix1), (0, 0))
+        if not any(p for pair in pads for p in pair):
+            return inside
+        if self.pad is PadMode.REFLECT:
+            return np.pad(inside, pads, mode="symmetric")
+        return np.pad(inside, pads, mode="constant", constant_values=255)
+
+
+def _rgb(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    return np.ascontiguousarray(arr, dtype=np.uint8)
