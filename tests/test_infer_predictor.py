@@ -9,6 +9,7 @@ import torch
 from protoseg.infer.blending import BlendWindow, make_window
 from protoseg.infer.device import autocast_for, select_device
 from protoseg.infer.errors import InferenceError, MissingMppError
+from protoseg.runtime import DeviceError
 from protoseg.infer.grid import PredictionGrid
 from protoseg.infer.memory import ArraySlide
 from protoseg.infer.predictor import Predictor
@@ -22,9 +23,9 @@ torch.set_num_threads(1)
 
 def test_select_device_order(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("protoseg.infer.device._mps_available", lambda: False)
+    monkeypatch.setattr("protoseg.runtime._mps_available", lambda: False)
     assert select_device("auto") == torch.device("cpu")
-    monkeypatch.setattr("protoseg.infer.device._mps_available", lambda: True)
+    monkeypatch.setattr("protoseg.runtime._mps_available", lambda: True)
     assert select_device("auto") == torch.device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert select_device("auto") == torch.device("cuda")
@@ -33,9 +34,9 @@ def test_select_device_order(monkeypatch):
 
 def test_select_device_errors(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(InferenceError, match="CUDA is not available"):
+    with pytest.raises(DeviceError, match="CUDA is not available"):
         select_device("cuda")
-    with pytest.raises(InferenceError, match="unknown device"):
+    with pytest.raises(DeviceError, match="unknown device"):
         select_device("tpu-ish")
 
 

@@ -18,24 +18,30 @@ class DeviceError(ProtosegError):
     """The requested compute device is not available."""
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit name must be available."""
-    name = (name or "auto").lower()
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """Resolve ``"auto"`` to CUDA, else MPS, else CPU (logged); validate an explicit choice."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device or "auto").strip().lower()
     if name == "auto":
-        if torch.cuda.is_available():
-            dev = torch.device("cuda")
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            dev = torch.device("mps")
-        else:
-            dev = torch.device("cpu")
-        logger.info("using device %s", dev)
-        return dev
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {name!r} requested but CUDA is not available; use device=auto or cpu")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DeviceError(f"device {name!r} requested but MPS is not available; use device=auto or cpu")
-    return dev
+        chosen = torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+        logger.info("device: %s (auto)", chosen)
+        return chosen
+    try:
+        chosen = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.") from exc
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} asked for but CUDA is not available; use device auto or cpu.")
+    if chosen.type == "mps" and not _mps_available():
+        raise DeviceError(f"device {device!r} asked for but MPS is not available; use device auto or cpu.")
+    logger.info("device: %s", chosen)
+    return chosen
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -1,0 +1,162 @@
+"""End-to-end weakly supervised pipeline through the CLI on synthetic data: synth → bank → stage 1 →
+pseudo → stage 2 → eval, plus resume, cancel, DDP on 2 CPU processes and clear CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protoseg.cli import main
+from protoseg.metrics import ConfusionMatrix
+from protoseg.train.checkpoint import Stage, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+SIZE = 96
+COMMON = ["--set", "model.backbone=resnet18", "--set", f"data.patch_size={SIZE}", "--set", "data.batch_size=8",
+          "--set", f"bank.encoder.input_size={SIZE}", "--set", "run.device=cpu", "--set", "stage1.lr=1e-3"]
+
+
+def _json_line(text: str) -> dict:
+    return json.loads([ln for ln in text.strip().splitlines() if ln.startswith("{")][-1])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    assert main(["synth", "dataset", str(root), "--n-train", "48", "--n-val", "8", "--n-test", "8",
+                 "--size", str(SIZE), "--seed", "3"]) == 0
+    return root
+
+
+def _chance_miou(data: Path) -> float:
+    """mIoU of uniformly random labels on the test masks (the bar 'well above chance' is measured against)."""
+    from protoseg.classes import BCSS_WSSS
+    from protoseg.data.masks import load_mask
+
+    rng = np.random.default_rng(0)
+    cm = ConfusionMatrix(5, background_index=4)
+    for p in sorted((data / "test" / "mask").glob("*.png")):
+        mask = load_mask(p, BCSS_WSSS)
+        cm.update(rng.integers(0, 5, size=mask.shape), mask)
+    return cm.compute().miou
+
+
+def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    bank = tmp_path / "bank"
+    assert main(["bank", "build", "--data", str(dataset), "--out", str(bank), "--n", "10", *COMMON]) == 0
+    info = _json_line(capsys.readouterr().out)
+    assert info["encoder"].startswith("he-descriptor-v1") and info["members"] > 0
+    assert main(["bank", "show", str(bank)]) == 0
+    capsys.readouterr()
+
+    assert main(["train", "stage1", "--data", str(dataset), "--out", str(run), "--recipe", "pbip",
+                 "--bank", str(bank), "--epochs", "3", *COMMON]) == 0
+    s1 = _json_line(capsys.readouterr().out)
+    ckpt1 = Path(s1["best"])
+    loaded = load_checkpoint(ckpt1)
+    assert loaded.stage is Stage.STAGE1 and loaded.mpp == 0.5 and loaded.extra["recipe"] == "pbip"
+    assert loaded.extra["bank_path"] == str(bank)
+
+    assert main(["pseudo", "--checkpoint", str(ckpt1), "--data", str(dataset), "--out", str(run / "pseudo"),
+                 *COMMON]) == 0
+    masks = sorted((run / "pseudo" / "mask").glob("*.png"))
+    assert len(masks) == 48 and len(list((run / "pseudo" / "conf").glob("*.png"))) == 48
+
+    assert main(["train", "stage2", "--data", str(dataset), "--out", str(run), "--epochs", "3",
+                 "--set", "stage2.backbone=resnet18", "--set", "stage2.lr=1e-3", *COMMON]) == 0
+    s2 = _json_line(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", s2["best"], "--data", str(dataset), "--json", *COMMON]) == 0
+    metrics2 = _json_line(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", str(ckpt1), "--data", str(dataset), "--use-labels", "--json", *COMMON]) == 0
+    metrics1 = _json_line(capsys.readouterr().out)
+    chance = _chance_miou(dataset)
+    for key in ("mIoU", "FwIoU", "Dice", "bIoU", "IoU_TUM"):
+        assert key in metrics2
+    assert metrics1["mIoU"] > 2.0 * chance, (metrics1, chance)
+    assert metrics2["mIoU"] > 1.5 * chance, (metrics2, chance)
+
+
+def test_resume_continues_from_checkpoint(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    args = ["train", "stage1", "--data", str(dataset), "--out", str(run), "--recipe", "cam", *COMMON,
+            "--set", "data.max_val=4"]
+    assert main([*args, "--epochs", "1"]) == 0
+    first = load_checkpoint(run / "stage1" / "last.pt")
+    steps_per_epoch = first.step
+    assert first.epoch == 1 and steps_per_epoch == 48 // 8
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    second = load_checkpoint(run / "stage1" / "last.pt")
+    assert second.epoch == 2 and second.step == 2 * steps_per_epoch
+    assert any(not torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)
+    epochs = [json.loads(ln)["epoch"] for ln in (run / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]  # the resumed run did only epoch 2
+    assert "optimizer" in second.extra
+
+
+def test_cancel_leaves_usable_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    from protoseg.config import load_config
+    from protoseg.train.events import CancelToken, EventKind
+    from protoseg.train.pipeline import train_stage1
+
+    cfg = load_config(None, [c for c in COMMON if c != "--set"] + [
+        f"data.root={dataset}", f"run.out_dir={tmp_path / 'run'}", "stage1.recipe=cam", "stage1.epochs=5",
+        "data.max_val=4"])
+    token = CancelToken()
+    seen: list[EventKind] = []
+
+    def on_event(ev) -> None:
+        seen.append(ev.kind)
+        if ev.kind is EventKind.STEP and ev.epoch == 1 and ev.step == 8:
+            token.cancel()  # during the second epoch
+
+    result = train_stage1(cfg, [on_event], cancel=token)
+    assert result.cancelled and result.epochs_done == 1
+    assert EventKind.CANCELLED in seen and seen[-1] is EventKind.END
+    ckpt = load_checkpoint(result.last)
+    assert ckpt.epoch == 1
+    model = ckpt.build_model()
+    assert model.predict(torch.rand(1, 3, SIZE, SIZE)).shape == (1, 5, SIZE, SIZE)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"")
+    assert main(["train", "stage1", "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "protoseg: error:" in err and "train" in err
+    assert main(["eval", "--checkpoint", str(tmp_path / "nope.pt"), "--data", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "stage1", "--set", "stage1.epochz=1"]) == 2
+    assert "unknown key" in capsys.readouterr().err
+
+
+def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for cmd in (["synth", "dataset"], ["bank", "build"], ["bank", "show"], ["train", "stage1"], ["train", "stage2"],
+                ["pseudo"], ["eval"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*cmd, "--help"])
+        assert exc.value.code == 0
+    assert "--recipe" in capsys.readouterr().out
+
+
+def test_ddp_two_cpu_processes_on_gloo(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+           "-m", "protoseg", "train", "stage1", "--data", str(dataset), "--out", str(run), "--recipe", "lpd",
+           "--epochs", "1", *COMMON, "--set", "data.max_val=4"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(run / "stage1" / "last.pt")
+    # each of the 2 ranks sees half of the 48 patches: 24 / batch 8 = 3 optimiser steps per epoch
+    assert ckpt.step == 3 and ckpt.epoch == 1
+    assert not any(k.startswith("module.") for k in ckpt.state_dict)
