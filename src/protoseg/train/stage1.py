@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from protoseg.classes import ClassSpec
-from protoseg.config import AddOn, ProtosegConfig, Recipe, to_dict
+from protoseg.config import AddOn, ProtosegConfig, Recipe
 from protoseg.models.classnet import ClassNet
 from protoseg.models.encoders import EncoderSpec, ImageEncoder, TextEncoder, build_encoder
-from protoseg.models.factory import model_config
-from protoseg.train.checkpoint import Checkpoint, Stage
-from protoseg.train.engine import OptimConfig, Trainer
+from protoseg.train.checkpoint import Stage
+from protoseg.train.configured import ConfiguredTrainer
 from protoseg.train.evaluation import evaluate_pseudo
 from protoseg.train.events import Callback, CancelToken
 from protoseg.train.recipes import RecipeError, Stage1Objective, classnet_config, encode_class_prompts
@@ -31,7 +29,7 @@ def encoder_from_config(cfg: ProtosegConfig) -> ImageEncoder:
                                      input_size=e.input_size))
 
 
-class Stage1Trainer(Trainer):
+class Stage1Trainer(ConfiguredTrainer):
     """Trains the configured recipe; PBIP needs an image bank, LPD can start from one."""
 
     stage = Stage.STAGE1.value
@@ -48,14 +46,8 @@ class Stage1Trainer(Trainer):
         cancel: CancelToken | None = None,
     ) -> None:
         s1 = cfg.stage1
-        super().__init__(
-            OptimConfig(epochs=s1.epochs, lr=s1.lr, weight_decay=s1.weight_decay, grad_clip=s1.grad_clip,
-                        batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, amp=cfg.run.amp,
-                        seed=cfg.run.seed, log_every=cfg.run.log_every),
-            Path(cfg.run.out_dir) / "stage1", callbacks, cancel, cfg.run.device,
-        )
-        self.cfg, self.classes, self.bank = cfg, classes, bank
-        self._train, self._val = train_ds, val_ds
+        super().__init__(Stage.STAGE1, cfg, train_ds, val_ds, classes, callbacks, cancel)
+        self.bank = bank
         needs_encoder = s1.recipe is not Recipe.CAM or AddOn.PLIM in s1.addons
         self.encoder = encoder if encoder is not None else (encoder_from_config(cfg) if needs_encoder else None)
         prototypes, k, dim = None, 1, 1
@@ -87,14 +79,6 @@ class Stage1Trainer(Trainer):
         steps = max(1, len(train_ds) // max(1, cfg.data.batch_size))  # type: ignore[arg-type]
         self.objective = Stage1Objective(cfg, self.encoder, text, steps_per_epoch=steps)
 
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.net
-
-    @property
-    def train_dataset(self) -> Dataset:
-        return self._train
-
     def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         return self.objective(model, batch, step)
 
@@ -103,26 +87,10 @@ class Stage1Trainer(Trainer):
             return {}
         return evaluate_pseudo(self.net, self._val, self.classes, self.cfg, self.device)
 
-    def make_checkpoint(self, epoch: int, step: int, metrics: dict[str, float], extra: dict[str, Any]) -> Checkpoint:
-        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-        return Checkpoint(
-            stage=Stage.STAGE1,
-            model_config=model_config(self.net),
-            state_dict=state,
-            classes=self.classes,
-            mpp=self.cfg.run.mpp,
-            patch_size=self.cfg.data.patch_size,
-            mean=tuple(self.net.config.mean),
-            std=tuple(self.net.config.std),
-            train_config=to_dict(self.cfg),
-            epoch=epoch,
-            step=step,
-            metrics=metrics,
-            extra={
-                **extra,
-                "recipe": self.cfg.stage1.recipe.value,
-                "addons": [a.value for a in self.cfg.stage1.addons],
-                "bank_path": self.cfg.bank.path,
-                "encoder_id": getattr(self.encoder, "encoder_id", None),
-            },
-        )
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {
+            "recipe": self.cfg.stage1.recipe.value,
+            "addons": [a.value for a in self.cfg.stage1.addons],
+            "bank_path": self.cfg.bank.path,
+            "encoder_id": getattr(self.encoder, "encoder_id", None),
+        }

@@ -1,0 +1,149 @@
+"""Whole training jobs for GUIs: data from a folder or tagged slide regions, stage 1, then optionally
+pseudo-masks and stage 2, all stopped by one cancel token and reported through one callback list."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from protoseg.classes import ClassSpec
+from protoseg.config import ProtosegConfig, Recipe
+from protoseg.data.regions import RegionAnnotation
+from protoseg.train.engine import FitResult
+from protoseg.train.events import Callback, CancelToken, EventKind, TrainEvent, TrainingCancelled, emit
+from protoseg.train.pipeline import (
+    TrainingData,
+    best_or_last,
+    folder_data,
+    iter_bank_samples,
+    make_pseudo_masks,
+    region_data,
+    train_stage1,
+    train_stage2,
+)
+
+logger = logging.getLogger(__name__)
+
+PSEUDO_STAGE = "pseudo"
+
+
+@dataclass(frozen=True)
+class RegionSource:
+    """Tagged slide regions plus the classes and patch resolution (µm/px) to sample them at."""
+
+    name: str
+    regions: tuple[RegionAnnotation, ...]
+    classes: ClassSpec
+    mpp: float
+    fallback_mpp: float | None = None  # used for slides whose file records no mpp
+
+    def training_data(self, cfg: ProtosegConfig, augment: bool | None = None) -> TrainingData:
+        """Patches of ``cfg.data.patch_size`` px tiled over the regions (``region_data``)."""
+        return region_data(cfg, list(self.regions), self.classes, self.mpp, self.fallback_mpp, augment)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a training job produced; ``checkpoint`` is the one to predict with (best, else last)."""
+
+    stage1: FitResult
+    stage2: FitResult | None
+    pseudo_dir: Path | None
+    checkpoint: Path
+    metric: float | None
+    cancelled: bool
+
+
+def with_default_bank(cfg: ProtosegConfig) -> ProtosegConfig:
+    """PBIP without ``bank.path``: use ``<out_dir>/bank`` (built there when absent) so checkpoints record it."""
+    if cfg.stage1.recipe is Recipe.PBIP and not cfg.bank.path:
+        return replace(cfg, bank=replace(cfg.bank, path=str(Path(cfg.run.out_dir) / "bank")))
+    return cfg
+
+
+def _data(cfg: ProtosegConfig, source: RegionSource | None, augment: bool | None) -> TrainingData:
+    return source.training_data(cfg, augment) if source is not None else folder_data(cfg, augment=augment)
+
+
+def _fresh_pseudo_dir(out: Path) -> None:
+    """Drop pseudo-masks of an earlier run (the exporter skips existing files to resume)."""
+    for sub in ("mask", "conf"):
+        if (out / sub).is_dir():
+            logger.info("removing stale pseudo-masks in %s", out / sub)
+            shutil.rmtree(out / sub)
+
+
+def _pseudo(cfg: ProtosegConfig, checkpoint: Path, data: TrainingData, callbacks: Sequence[Callback],
+            cancel: CancelToken, resume: bool) -> Path:
+    out = Path(cfg.run.out_dir) / "pseudo"
+    if not resume:
+        _fresh_pseudo_dir(out)
+
+    def progress(done: int, total: int) -> None:
+        emit(callbacks, TrainEvent(EventKind.STEP, PSEUDO_STAGE, 0, done, total))
+        cancel.raise_if_cancelled()
+
+    emit(callbacks, TrainEvent(EventKind.START, PSEUDO_STAGE, 0, 0, len(data.train),  # type: ignore[arg-type]
+                               message="exporting pseudo-masks"))
+    path = make_pseudo_masks(cfg, checkpoint, out, progress, data)
+    emit(callbacks, TrainEvent(EventKind.END, PSEUDO_STAGE, 0, len(data.train), len(data.train),  # type: ignore[arg-type]
+                               path=str(path)))
+    return path
+
+
+def run_training(
+    cfg: ProtosegConfig,
+    regions: RegionSource | None = None,
+    stage2: bool = False,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    cancel: CancelToken | None = None,
+) -> JobOutcome:
+    """Stage 1 on ``regions`` (or the folder ``data.root``); with ``stage2`` also pseudo-masks + stage 2."""
+    cancel = cancel or CancelToken()
+    cfg = with_default_bank(cfg)
+    s1 = train_stage1(cfg, callbacks, cancel, resume, data=_data(cfg, regions, None))
+    ckpt1 = best_or_last(Path(cfg.run.out_dir) / "stage1")
+    if s1.cancelled or not stage2:
+        return JobOutcome(s1, None, None, ckpt1, s1.best_metric, s1.cancelled)
+    plain = _data(cfg, regions, False)
+    try:
+        pseudo = _pseudo(cfg, ckpt1, plain, callbacks, cancel, resume)
+    except TrainingCancelled:
+        emit(callbacks, TrainEvent(EventKind.CANCELLED, PSEUDO_STAGE, 0, 0, 0, message="cancelled"))
+        logger.warning("cancelled while exporting pseudo-masks; stage-1 checkpoint: %s", ckpt1)
+        return JobOutcome(s1, None, None, ckpt1, s1.best_metric, True)
+    s2 = train_stage2(cfg, pseudo, callbacks, cancel, resume, stage1=ckpt1, data=plain)
+    ckpt2 = best_or_last(Path(cfg.run.out_dir) / "stage2")
+    return JobOutcome(s1, s2, pseudo, ckpt2, s2.best_metric, s2.cancelled)
+
+
+def build_bank_job(
+    cfg: ProtosegConfig,
+    out: str | Path,
+    regions: RegionSource | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    encoder: Any | None = None,
+) -> Any:
+    """Build the image bank from the folder ``data.root`` or from ``regions`` and save it to ``out``;
+    ``progress(seen, total)`` after each embedded batch (``build_bank_from_config`` plus progress)."""
+    from protoseg.bank import build_bank, save_bank
+    from protoseg.train.stage1 import encoder_from_config
+
+    data = _data(cfg, regions, False)
+    total = len(data.train)  # type: ignore[arg-type]
+    encoder = encoder or encoder_from_config(cfg)
+    report = (lambda seen: progress(seen, total)) if progress is not None else None
+    bank = build_bank(iter_bank_samples(data.train, data.mpp), data.classes, encoder, k=cfg.bank.k,
+                      n_per_cluster=cfg.bank.n_per_cluster, white_threshold=cfg.bank.white_threshold,
+                      progress=report)
+    save_bank(bank, out)
+    logger.info("image bank with %d members saved to %s", len(bank.members), out)
+    return bank
+
+
+__all__ = ["JobOutcome", "PSEUDO_STAGE", "RegionSource", "build_bank_job", "run_training", "with_default_bank"]
