@@ -39,7 +39,7 @@ def base_config(args: argparse.Namespace, data: Path) -> ProtosegConfig:
         f"data.root={data}", f"data.patch_size={args.size}", f"data.batch_size={args.batch}",
         f"model.backbone={args.backbone}", f"stage2.backbone={args.backbone}",
         f"stage1.epochs={args.epochs}", f"stage2.epochs={args.epochs2}", f"stage1.lr={args.lr}",
-        f"stage2.lr={args.lr2}", f"bank.encoder.input_size={args.size}", f"bank.n_per_cluster={args.n_per_cluster}",
+        f"stage2.lr={args.lr2}", f"bank.encoder.input_size={args.encoder_size}", f"bank.n_per_cluster={args.n_per_cluster}",
         "run.device=cpu", f"run.seed={args.seed}", "run.log_every=1000",
     ])
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--lr2", type=float, default=5e-4)
     p.add_argument("--n-per-cluster", type=int, default=30)
+    p.add_argument("--encoder-size", type=int, default=64, help="HE-descriptor input size (bank + FG/BG losses)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of: " + ", ".join(RECIPES))
     p.add_argument("--threads", type=int, default=2)

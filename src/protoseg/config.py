@@ -99,6 +99,7 @@ class Stage1Config:
     fg_weight: float = 1.0
     bg_weight: float = 0.5
     delta: float = 0.5
+    max_pairs: int = 16  # FG/BG (image, class) pairs encoded per batch (0 = all); bounds encoder cost
     temperature: float = 0.1
     cam_area_weight: float = 0.0
     diversity_weight: float = 0.5

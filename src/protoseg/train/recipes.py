@@ -117,10 +117,15 @@ class Stage1Objective:
         s1 = self.cfg.stage1
         fb = fg_bg_images(x, cam, y, s1.delta)
         assert self.encoder is not None
-        f_fg = self.encoder.encode(fb.x_fg) if len(fb.class_index) else x.new_zeros((0, 1))
-        f_bg = self.encoder.encode(fb.x_bg) if len(fb.class_index) else x.new_zeros((0, 1))
+        rows = torch.arange(len(fb.class_index), device=x.device)
+        if s1.max_pairs and len(rows) > s1.max_pairs:  # bound the frozen-encoder work per batch
+            rows = torch.randperm(len(rows), generator=self.generator)[: s1.max_pairs].to(x.device)
+        if len(rows) == 0:
+            return (cam * 0).sum()
+        f_fg = self.encoder.encode(fb.x_fg[rows])
+        f_bg = self.encoder.encode(fb.x_bg[rows])
         res = prototype_similarity_loss(
-            f_fg, f_bg, fb.class_index, net.prototypes(), s1.temperature, s1.fg_weight, s1.bg_weight
+            f_fg, f_bg, fb.class_index[rows], net.prototypes(), s1.temperature, s1.fg_weight, s1.bg_weight
         )
         return res.total
 
@@ -140,6 +145,8 @@ class Stage1Objective:
         assert self.encoder is not None and self.text_features is not None
         m_up, _ = adaptive_masks(cam, tuple(x.shape[-2:]), s1.delta)
         pairs = torch.nonzero(y > 0.5, as_tuple=False)
+        if s1.max_pairs and len(pairs) > s1.max_pairs:
+            pairs = pairs[torch.randperm(len(pairs), generator=self.generator)[: s1.max_pairs].to(pairs.device)]
         if len(pairs) == 0:
             return (cam * 0).sum()
         bi, ci = pairs[:, 0], pairs[:, 1]
