@@ -54,7 +54,7 @@ def _settled_screenshot(viewer) -> np.ndarray:
     from protoseg.napari.demo import _settle
 
     viewer.reset_view()
-    _settle(viewer, 30)
+    _settle(viewer, 1.5)
     return np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3]
 
 

@@ -6,24 +6,25 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from protoseg.classes import ClassSpec
-from protoseg.config import ProtosegConfig, Recipe
+from protoseg.config import ProtosegConfig
 from protoseg.data.regions import RegionAnnotation
 from protoseg.train.engine import FitResult
 from protoseg.train.events import Callback, CancelToken, EventKind, TrainEvent, TrainingCancelled, emit
 from protoseg.train.pipeline import (
     TrainingData,
     best_or_last,
+    build_bank_from_config,
     folder_data,
-    iter_bank_samples,
     make_pseudo_masks,
     region_data,
     train_stage1,
     train_stage2,
+    with_default_bank,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,6 @@ class JobOutcome:
     checkpoint: Path
     metric: float | None
     cancelled: bool
-
-
-def with_default_bank(cfg: ProtosegConfig) -> ProtosegConfig:
-    """PBIP without ``bank.path``: use ``<out_dir>/bank`` (built there when absent) so checkpoints record it."""
-    if cfg.stage1.recipe is Recipe.PBIP and not cfg.bank.path:
-        return replace(cfg, bank=replace(cfg.bank, path=str(Path(cfg.run.out_dir) / "bank")))
-    return cfg
 
 
 def _data(cfg: ProtosegConfig, source: RegionSource | None, augment: bool | None) -> TrainingData:
@@ -129,21 +123,8 @@ def build_bank_job(
     progress: Callable[[int, int], None] | None = None,
     encoder: Any | None = None,
 ) -> Any:
-    """Build the image bank from the folder ``data.root`` or from ``regions`` and save it to ``out``;
-    ``progress(seen, total)`` after each embedded batch (``build_bank_from_config`` plus progress)."""
-    from protoseg.bank import build_bank, save_bank
-    from protoseg.train.stage1 import encoder_from_config
-
-    data = _data(cfg, regions, False)
-    total = len(data.train)  # type: ignore[arg-type]
-    encoder = encoder or encoder_from_config(cfg)
-    report = (lambda seen: progress(seen, total)) if progress is not None else None
-    bank = build_bank(iter_bank_samples(data.train, data.mpp), data.classes, encoder, k=cfg.bank.k,
-                      n_per_cluster=cfg.bank.n_per_cluster, white_threshold=cfg.bank.white_threshold,
-                      progress=report)
-    save_bank(bank, out)
-    logger.info("image bank with %d members saved to %s", len(bank.members), out)
-    return bank
+    """Build the image bank from the folder ``data.root`` or from ``regions`` and save it to ``out``."""
+    return build_bank_from_config(cfg, out, encoder, _data(cfg, regions, False), progress)
 
 
-__all__ = ["JobOutcome", "PSEUDO_STAGE", "RegionSource", "build_bank_job", "run_training", "with_default_bank"]
+__all__ = ["JobOutcome", "PSEUDO_STAGE", "RegionSource", "build_bank_job", "run_training"]

@@ -110,29 +110,40 @@ def iter_bank_samples(ds: Dataset, mpp: float | None) -> Iterator[Any]:
 
 
 def build_bank_from_config(cfg: ProtosegConfig, out: str | Path, encoder: Any | None = None,
-                           data: TrainingData | None = None) -> Any:
-    """Build the image bank from the single-class training patches and save it to ``out``."""
+                           data: TrainingData | None = None,
+                           progress: Callable[[int, int], None] | None = None) -> Any:
+    """Build the image bank from the single-class training patches and save it to ``out``;
+    ``progress(seen, total)`` after each embedded batch."""
     from protoseg.bank import build_bank, save_bank
 
     if data is None:
         data = folder_data(cfg, augment=False)
     encoder = encoder or encoder_from_config(cfg)
+    total = len(data.train)  # type: ignore[arg-type]
     bank = build_bank(iter_bank_samples(data.train, data.mpp), data.classes, encoder, k=cfg.bank.k,
-                      n_per_cluster=cfg.bank.n_per_cluster, white_threshold=cfg.bank.white_threshold)
+                      n_per_cluster=cfg.bank.n_per_cluster, white_threshold=cfg.bank.white_threshold,
+                      progress=(lambda seen: progress(seen, total)) if progress is not None else None)
     save_bank(bank, out)
     logger.info("image bank with %d members saved to %s", len(bank.members), out)
     return bank
 
 
+def with_default_bank(cfg: ProtosegConfig) -> ProtosegConfig:
+    """PBIP without ``bank.path``: use ``<out_dir>/bank`` (built there when absent) so checkpoints record it."""
+    if cfg.stage1.recipe is Recipe.PBIP and not cfg.bank.path:
+        return replace(cfg, bank=replace(cfg.bank, path=str(Path(cfg.run.out_dir) / "bank")))
+    return cfg
+
+
 def _bank_for(cfg: ProtosegConfig, encoder: Any, data: TrainingData) -> Any | None:
+    """The bank at ``bank.path``; for PBIP it is built there from the training patches when absent."""
     from protoseg.bank import load_bank
 
     if cfg.bank.path and Path(cfg.bank.path).exists():
         return load_bank(cfg.bank.path)
     if cfg.stage1.recipe is Recipe.PBIP:
-        path = Path(cfg.bank.path) if cfg.bank.path else Path(cfg.run.out_dir) / "bank"
-        logger.info("no image bank at %s: building one from the training patches", path)
-        return build_bank_from_config(replace(cfg, bank=replace(cfg.bank, path=str(path))), path, encoder, data)
+        logger.info("no image bank at %s: building one from the training patches", cfg.bank.path)
+        return build_bank_from_config(cfg, cfg.bank.path, encoder, data)
     return None
 
 
@@ -141,7 +152,7 @@ def train_stage1(cfg: ProtosegConfig, callbacks: Sequence[Callback] = (), cancel
     """Train stage 1 as configured (on ``data``, default the folder at ``data.root``);
     checkpoints in ``<out_dir>/stage1/{last,best}.pt``."""
     data = data or folder_data(cfg)
-    cfg = replace(cfg, run=replace(cfg.run, mpp=data.mpp))
+    cfg = with_default_bank(replace(cfg, run=replace(cfg.run, mpp=data.mpp)))
     encoder = encoder_from_config(cfg) if cfg.stage1.recipe is not Recipe.CAM or cfg.stage1.addons else None
     bank = _bank_for(cfg, encoder, data) if cfg.stage1.recipe is not Recipe.CAM else None
     out = Path(cfg.run.out_dir)
@@ -210,6 +221,6 @@ def _check_classes(ckpt: Checkpoint, classes: ClassSpec) -> None:
 
 
 __all__ = [
-    "TrainingData", "best_or_last", "build_bank_from_config", "folder_data", "region_data", "evaluate_checkpoint", "make_pseudo_masks", "open_split",
+    "TrainingData", "best_or_last", "build_bank_from_config", "folder_data", "region_data", "with_default_bank", "evaluate_checkpoint", "make_pseudo_masks", "open_split",
     "train_stage1", "train_stage2",
 ]

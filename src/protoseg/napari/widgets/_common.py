@@ -1,0 +1,334 @@
+"""Shared widget plumbing: background jobs (progress, cancel, events delivered on the GUI thread),
+slide-layer lookups and coordinate conversion, cross-widget signals and a region-source registry."""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from psygnal import Signal
+from qtpy.QtCore import QObject, QTimer
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
+
+from protoseg.classes import BCSS_WSSS, LUAD_HISTOSEG, ClassSpec
+from protoseg.errors import ProtosegError
+from protoseg.train.events import CancelToken
+
+if TYPE_CHECKING:
+    from protoseg.train.jobs import RegionSource
+
+logger = logging.getLogger(__name__)
+
+
+class WidgetError(ProtosegError):
+    """A widget cannot do what was asked with the current inputs; the message says what to set."""
+
+
+# ---- cross-widget signals and registry ---------------------------------------------------------
+class _Hub:
+    """Holder of module-level psygnal signals (``Signal`` is a descriptor, so it needs a class)."""
+
+    checkpoint_ready = Signal(str)  # a trained checkpoint path, offered to the Predict widget
+    regions_changed = Signal(str)  # name of a region source registered for training / bank building
+
+
+hub = _Hub()
+checkpoint_ready = hub.checkpoint_ready
+regions_changed = hub.regions_changed
+_REGION_SOURCES: dict[str, "RegionSource"] = {}
+
+
+def register_regions(source: RegionSource) -> None:
+    """Make tagged regions available to the Train and Image bank widgets (replaces a same-named one)."""
+    _REGION_SOURCES[source.name] = source
+    regions_changed.emit(source.name)
+
+
+def region_sources() -> dict[str, RegionSource]:
+    """Registered region sources by name (a copy)."""
+    return dict(_REGION_SOURCES)
+
+
+# ---- layers and coordinates ------------------------------------------------------------------
+def slide_meta(layer: Any) -> dict[str, Any] | None:
+    """The ``protoseg`` metadata the reader puts on slide image layers (path, mpp, ...), or None."""
+    meta = getattr(layer, "metadata", None) or {}
+    info = meta.get("protoseg") if isinstance(meta, dict) else None
+    return info if isinstance(info, dict) and info.get("path") else None
+
+
+def slide_layers(viewer: Any) -> list[Any]:
+    """Image layers opened by the protoseg reader, in layer-list order."""
+    return [ly for ly in viewer.layers if ly._type_string == "image" and slide_meta(ly) is not None]
+
+
+def find_slide_layer(viewer: Any, path: str | Path) -> Any | None:
+    """The slide layer showing the file ``path`` (compared after resolving), or None."""
+    target = Path(path).resolve()
+    for ly in slide_layers(viewer):
+        if Path(slide_meta(ly)["path"]).resolve() == target:  # type: ignore[index]
+            return ly
+    return None
+
+
+def _yx(values: Any) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)[-2:]
+
+
+def layer_to_level0(verts: np.ndarray, layer: Any, slide: Any) -> np.ndarray:
+    """(N, 2) (row, col) data coordinates of ``layer`` -> level-0 pixel (row, col) of ``slide``
+    (via world coordinates: scale and translate of both layers)."""
+    world = np.asarray(verts, dtype=np.float64)[:, -2:] * _yx(layer.scale) + _yx(layer.translate)
+    return (world - _yx(slide.translate)) / _yx(slide.scale)
+
+
+def level0_to_layer(pixels: np.ndarray, layer: Any, slide: Any) -> np.ndarray:
+    """Inverse of :func:`layer_to_level0`."""
+    world = np.asarray(pixels, dtype=np.float64)[:, -2:] * _yx(slide.scale) + _yx(slide.translate)
+    return (world - _yx(layer.translate)) / _yx(layer.scale)
+
+
+def box_world_center(box: tuple[int, int, int, int], slide: Any) -> tuple[float, float]:
+    """World (row, col) of the centre of a level-0 (x, y, w, h) box on ``slide``."""
+    x, y, w, h = box
+    c = np.array([y + h / 2, x + w / 2]) * _yx(slide.scale) + _yx(slide.translate)
+    return float(c[0]), float(c[1])
+
+
+# ---- classes ---------------------------------------------------------------------------------
+_PALETTE = ((255, 165, 0), (0, 255, 255), (255, 0, 255), (128, 128, 0), (0, 128, 128), (128, 0, 0),
+            (255, 0, 0), (0, 255, 0), (0, 0, 255), (153, 0, 255), (255, 255, 0), (128, 0, 128))
+
+
+def classes_from_text(text: str) -> ClassSpec:
+    """ClassSpec from typed names ("TUM, STR; LYM"); BCSS/LUAD names keep their dataset colours."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.replace(";", ",").split(",") if n.strip()))
+    if not names:
+        raise WidgetError("type at least one class name, e.g. 'TUM, STR, LYM, NEC'")
+    known = [dict(zip(s.names, s.colors)) for s in (BCSS_WSSS, LUAD_HISTOSEG)]
+    known.sort(key=lambda d: -sum(n in d for n in names))  # the dataset that names most of them first
+    colours: list[tuple[int, int, int]] = []
+    for n in names:
+        c = next((d[n] for d in known if n in d and d[n] not in colours), None)
+        colours.append(c or next(p for p in _PALETTE if p not in colours))
+    return ClassSpec(names, tuple(colours))
+
+
+def classes_from_checkpoint(path: str | Path) -> ClassSpec:
+    """Classes stored in a protoseg checkpoint."""
+    from protoseg.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(path).classes
+
+
+def classes_from_dataset(folder: str | Path) -> ClassSpec:
+    """Classes of a patch-dataset folder (layout auto-detected)."""
+    from protoseg.data.datasets import open_dataset
+
+    return open_dataset(folder).classes
+
+
+def rgb_to_hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb))
+
+
+# ---- small widgets -------------------------------------------------------------------------------
+class PathEdit(QWidget):
+    """A path field with a browse button; ``mode`` is "dir", "open" or "save"."""
+
+    def __init__(self, mode: str = "dir", placeholder: str = "", file_filter: str = "", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.mode, self.file_filter = mode, file_filter
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        browse = QPushButton("…")
+        browse.setFixedWidth(28)
+        browse.clicked.connect(self.browse)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit)
+        row.addWidget(browse)
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
+        self.edit.setText(str(text))
+
+    def browse(self) -> str:
+        """Open a file dialog; the chosen path replaces the text (unchanged when cancelled)."""
+        if self.mode == "dir":
+            path = QFileDialog.getExistingDirectory(self, "Choose a folder", self.text())
+        elif self.mode == "save":
+            path, _ = QFileDialog.getSaveFileName(self, "Save as", self.text(), self.file_filter)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Open", self.text(), self.file_filter)
+        if path:
+            self.setText(path)
+        return path
+
+
+class StatusLabel(QLabel):
+    """Word-wrapped status line; ``guard(fn)`` runs ``fn`` and shows a protoseg/IO error in red instead of raising."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+
+    def ok(self, text: str) -> None:
+        self.setStyleSheet("")
+        self.setText(text)
+
+    def error(self, text: str) -> None:
+        self.setStyleSheet("color: #e06c6c")
+        self.setText(text)
+
+    def guard(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (ProtosegError, ValueError, OSError) as exc:
+            logger.warning("%s", exc)
+            self.error(str(exc))
+            return None
+
+
+class LayerCombo(QComboBox):
+    """Combo box of the viewer's layers accepted by ``accept(layer)``, kept in sync with the layer list."""
+
+    def __init__(self, viewer: Any, accept: Callable[[Any], bool], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer, self.accept = viewer, accept
+        for name in ("inserted", "removed", "reordered"):
+            getattr(viewer.layers.events, name).connect(self._on_layers)
+        for ly in viewer.layers:
+            ly.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _on_layers(self, event: Any = None) -> None:
+        layer = getattr(event, "value", None)
+        if getattr(event, "type", "") == "inserted" and layer is not None:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, event: Any = None) -> None:
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        self.addItems([ly.name for ly in self.viewer.layers if self.accept(ly)])
+        idx = self.findText(current)
+        self.setCurrentIndex(idx if idx >= 0 else self.count() - 1)
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self) -> Any | None:
+        name = self.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def set_layer(self, layer: Any) -> None:
+        self.refresh()
+        self.setCurrentIndex(self.findText(layer.name))
+
+
+# ---- background jobs ---------------------------------------------------------------------------
+class BackgroundJob(QObject):
+    """Run ``fn(report, cancel)`` in a napari thread worker; never blocks the GUI.
+
+    ``report(item)`` may be called from the worker thread: items are queued and handed to
+    ``on_events(list_of_items)`` on the GUI thread every ``interval_ms`` (batched, so a fast loop cannot
+    flood the event loop). ``on_done(result)`` or ``on_error(exc)`` run on the GUI thread after the last
+    events. ``cancel()`` sets the ``CancelToken`` the function is expected to honour.
+    """
+
+    def __init__(self, fn: Callable[[Callable[[Any], None], CancelToken], Any],
+                 on_events: Callable[[list[Any]], None] | None = None,
+                 on_done: Callable[[Any], None] | None = None,
+                 on_error: Callable[[BaseException], None] | None = None,
+                 interval_ms: int = 50, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.fn, self.on_events, self.on_done, self.on_error = fn, on_events, on_done, on_error
+        self.token = CancelToken()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._drain)
+        self._outcome: tuple[str, Any] | None = None
+        self.worker: Any = None
+        self.finished = False
+
+    def start(self) -> "BackgroundJob":
+        from napari.qt.threading import create_worker
+
+        from protoseg.napari.widgets import guard_triton_llvm_clash
+
+        guard_triton_llvm_clash()  # the job may import torchvision after OpenGL started
+        self.worker = create_worker(self.fn, self._queue.put, self.token, _start_thread=False, _ignore_errors=True)
+        self.worker.returned.connect(lambda r: self._set_outcome("done", r))
+        self.worker.errored.connect(lambda e: self._set_outcome("error", e))
+        self.worker.finished.connect(self._finish)
+        self._timer.start()
+        self.worker.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and not self.finished
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    def _set_outcome(self, kind: str, value: Any) -> None:
+        self._outcome = (kind, value)
+
+    def _drain(self) -> None:
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if items and self.on_events is not None:
+            self.on_events(items)
+
+    def _finish(self) -> None:
+        self._timer.stop()
+        self._drain()
+        self.finished = True
+        kind, value = self._outcome or ("error", RuntimeError("background job ended without a result"))
+        if kind == "done" and self.on_done is not None:
+            self.on_done(value)
+        elif kind == "error":
+            logger.error("background job failed: %s", value, exc_info=value)
+            if self.on_error is not None:
+                self.on_error(value)
+
+
+class NapariProgress:
+    """One napari activity-dock progress bar that follows (done, total, description) updates."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._key: tuple[int, str] | None = None
+
+    def update(self, done: int, total: int, desc: str) -> None:
+        from napari.utils import progress
+
+        if self._key != (total, desc):
+            self.close()
+            self._bar, self._key = progress(total=max(0, int(total)), desc=desc), (total, desc)
+        delta = int(done) - int(self._bar.n)
+        if delta:
+            self._bar.update(delta)
+
+    @property
+    def n(self) -> int:
+        return int(self._bar.n) if self._bar is not None else 0
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._key = None, None

@@ -1,0 +1,413 @@
+"""Predict widget: checkpoint + slide layer -> lazy per-class CAM / class-mask overlays computed in the
+background as the user pans, whole-slide batch to OME-Zarr (progress, cancel, resume), exports, legend."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+    QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from protoseg.classes import ClassSpec
+from protoseg.napari.layers import (
+    ChunkScheduler, Placement, export_result, lazy_layer_data, read_area_csv, run_batch, zarr_layer_data,
+)
+from protoseg.napari.widgets._common import (
+    BackgroundJob, LayerCombo, NapariProgress, PathEdit, StatusLabel, WidgetError, checkpoint_ready,
+    classes_from_checkpoint, rgb_to_hex, slide_meta,
+)
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+EXPORTS = {  # kind -> (button, file filter, default suffix)
+    "ome-zarr": ("OME-Zarr", "OME-Zarr folder (*.zarr)", ".zarr"),
+    "ome-tiff": ("OME-TIFF", "OME-TIFF (*.ome.tif)", ".mask.ome.tif"),
+    "geojson": ("GeoJSON", "GeoJSON (*.geojson)", ".geojson"),
+    "areas": ("Areas CSV", "CSV (*.csv)", ".areas.csv"),
+}
+
+
+class _Bridge(QObject):
+    """Carries 'a chunk is ready' from the overlay worker thread to the GUI thread (queued signal)."""
+
+    ready = Signal()
+
+
+class Legend(QWidget):
+    """Colour swatch + class name rows for the overlay classes."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.grid = QGridLayout(self)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.rows: list[tuple[str, str]] = []
+
+    def set_classes(self, classes: ClassSpec | None) -> None:
+        while self.grid.count():
+            self.grid.takeAt(0).widget().deleteLater()
+        self.rows = [(n, rgb_to_hex(c)) for n, c in zip(classes.names, classes.colors)] if classes else []
+        for i, (name, colour) in enumerate(self.rows):
+            swatch = QLabel()
+            swatch.setFixedSize(14, 14)
+            swatch.setStyleSheet(f"background-color: {colour}; border: 1px solid #888")
+            self.grid.addWidget(swatch, i // 2, 2 * (i % 2))
+            self.grid.addWidget(QLabel(name), i // 2, 2 * (i % 2) + 1)
+
+
+class PredictWidget(QWidget):
+    """napari dock widget: overlays for the view, whole-slide batch, exports (never blocks the viewer)."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.checkpoint = PathEdit("open", "checkpoint .pt from training", "protoseg checkpoint (*.pt *.pth);;All (*)")
+        self.slide = LayerCombo(self.viewer, lambda ly: ly._type_string == "image" and slide_meta(ly) is not None)
+        self.mpp_hint = StatusLabel()
+        self.slide_mpp = QDoubleSpinBox(decimals=4, minimum=0.0, maximum=100.0, singleStep=0.05, value=0.0)
+        self.slide_mpp.setSpecialValueText("from slide")
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.batch = QSpinBox(minimum=1, maximum=1024, value=16)
+        self.tta = QCheckBox("Flip TTA")
+        self.tissue = QCheckBox("Tissue only")
+        self.tissue.setChecked(True)
+        self.chunk = QSpinBox(minimum=64, maximum=4096, singleStep=64, value=512)
+        self.class_combo = QComboBox()
+        self.show_btn = QPushButton("Show overlays")
+        self.legend = Legend()
+        self.out = PathEdit("save", "output .zarr folder (default: next to the checkpoint)", "OME-Zarr (*.zarr)")
+        self.batch_btn, self.cancel_btn = QPushButton("Whole slide"), QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.bar = QProgressBar()
+        self.export_btns = {k: QPushButton(v[0]) for k, v in EXPORTS.items()}
+        self.areas = QTableWidget(0, 3)
+        self.areas.setHorizontalHeaderLabels(["class", "mm²", "% tissue"])
+        self.areas.setMaximumHeight(150)
+        self.status = StatusLabel()
+        self.classes: ClassSpec | None = None
+        self.overlays: list[Any] = []
+        self.scheduler: ChunkScheduler | None = None
+        self.job: BackgroundJob | None = None
+        self.outcome: Any = None
+        self.result_path: Path | None = None
+        self.progress = NapariProgress()
+        self._predictor: tuple[tuple, Any] | None = None
+        self._bridge = _Bridge(self)
+        self._refresh_timer = QTimer(self, singleShot=True, interval=150)
+        self._build_layout()
+        self._connect()
+        self._on_slide()
+
+    def _build_layout(self) -> None:
+        form = QFormLayout()
+        form.addRow("Checkpoint", self.checkpoint)
+        form.addRow("Slide layer", self.slide)
+        form.addRow("", self.mpp_hint)
+        form.addRow("Slide mpp (µm/px)", self.slide_mpp)
+        form.addRow("Device", self.device)
+        form.addRow("Batch size", self.batch)
+        form.addRow("Chunk (px)", self.chunk)
+        form.addRow("", _row(self.tta, self.tissue))
+        form.addRow("Show CAM of", self.class_combo)
+        batch = QGroupBox("Whole slide")
+        bl = QVBoxLayout(batch)
+        bl.addWidget(self.out)
+        bl.addWidget(_row(self.batch_btn, self.cancel_btn))
+        bl.addWidget(self.bar)
+        export = QGroupBox("Export")
+        el = QVBoxLayout(export)
+        el.addWidget(_row(*self.export_btns.values()))
+        el.addWidget(self.areas)
+        root = QVBoxLayout(self)
+        root.addLayout(form)
+        root.addWidget(self.show_btn)
+        root.addWidget(self.legend)
+        root.addWidget(batch)
+        root.addWidget(export)
+        root.addWidget(self.status)
+        root.addStretch(1)
+
+    def _connect(self) -> None:
+        self.checkpoint.edit.editingFinished.connect(lambda: self.status.guard(self._load_classes))
+        self.slide.currentIndexChanged.connect(self._on_slide)
+        self.class_combo.currentIndexChanged.connect(self.set_visible_class)
+        self.show_btn.clicked.connect(lambda: self.status.guard(self.show_overlays))
+        self.batch_btn.clicked.connect(lambda: self.status.guard(self.start_batch))
+        self.cancel_btn.clicked.connect(self.cancel_batch)
+        for kind, btn in self.export_btns.items():
+            btn.clicked.connect(lambda _=False, k=kind: self.status.guard(lambda: self._export_dialog(k)))
+        self._bridge.ready.connect(self._on_chunk_ready)
+        self._refresh_timer.timeout.connect(self._refresh_overlays)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        checkpoint_ready.connect(self._on_checkpoint_ready)
+
+    # ---- inputs ---------------------------------------------------------------------------------
+    def set_checkpoint(self, path: str | Path) -> ClassSpec:
+        """Use a checkpoint file: its classes fill the legend and the CAM class choice."""
+        self.checkpoint.setText(str(path))
+        return self._load_classes()
+
+    def _on_checkpoint_ready(self, path: str) -> None:
+        try:
+            self.status.guard(lambda: self.set_checkpoint(path))
+        except RuntimeError:  # the widget was deleted by Qt: stop listening
+            checkpoint_ready.disconnect(self._on_checkpoint_ready)
+
+    def _load_classes(self) -> ClassSpec:
+        path = self.checkpoint.text()
+        if not path:
+            raise WidgetError("choose a checkpoint (.pt) written by training")
+        classes = classes_from_checkpoint(path)
+        if classes != self.classes:
+            self.classes = classes
+            self.legend.set_classes(classes)
+            self.class_combo.blockSignals(True)
+            self.class_combo.clear()
+            self.class_combo.addItems(classes.names)
+            self.class_combo.blockSignals(False)
+        return classes
+
+    def _on_slide(self, *_: Any) -> None:
+        layer = self.slide.layer()
+        if layer is None:
+            self.mpp_hint.ok("open a slide (File > Open) to predict on it")
+        elif slide_meta(layer).get("mpp"):
+            self.mpp_hint.ok(f"slide resolution {slide_meta(layer)['mpp']:.4g} µm/px")
+        else:
+            self.mpp_hint.error(f"{layer.name} has no microns-per-pixel metadata: set 'Slide mpp' below "
+                                "(e.g. 0.25 for 40x, 0.5 for 20x scans)")
+
+    def _slide_inputs(self) -> tuple[Any, str, float | None]:
+        layer = self.slide.layer()
+        if layer is None:
+            raise WidgetError("no slide layer: open a slide with the protoseg reader first")
+        override = float(self.slide_mpp.value()) or None
+        return layer, slide_meta(layer)["path"], override
+
+    def predictor(self) -> Any:
+        """The Predictor for the current checkpoint/device/batch/TTA (rebuilt only when they change)."""
+        from protoseg.infer import Predictor
+
+        self._load_classes()
+        path = Path(self.checkpoint.text()).resolve()
+        key = (str(path), path.stat().st_mtime_ns, self.device.currentText(), self.batch.value(), self.tta.isChecked())
+        if self._predictor is None or self._predictor[0] != key:
+            self._predictor = (key, Predictor(path, device=key[2], batch_size=key[3], tta=key[4]))
+        return self._predictor[1]
+
+    def _check_mpp(self, predictor: Any, layer: Any, override: float | None) -> None:
+        if predictor.mpp is not None and override is None and not slide_meta(layer).get("mpp"):
+            raise WidgetError(f"{layer.name} has no microns-per-pixel metadata and the model expects "
+                              f"{predictor.mpp:g} µm/px: set 'Slide mpp' to the scan resolution "
+                              "(e.g. 0.25 for 40x, 0.5 for 20x)")
+
+    # ---- lazy overlays ---------------------------------------------------------------------------
+    def show_overlays(self) -> list[Any]:
+        """Add per-class CAM layers and the class-mask Labels layer, computed lazily for what is viewed."""
+        from napari.layers import Layer
+
+        from protoseg.infer import LazyPrediction
+
+        predictor = self.predictor()
+        layer, path, override = self._slide_inputs()
+        self._check_mpp(predictor, layer, override)
+        lazy = LazyPrediction(predictor, path, slide_mpp=override, chunk=self.chunk.value(),
+                              tissue_only=self.tissue.isChecked())
+        self._clear_overlays()
+        self.scheduler = ChunkScheduler(lazy, on_ready=self._bridge.ready.emit)
+        placement = Placement.on_slide(layer.scale, layer.translate, lazy.layout.geom.scale, _units(layer))
+        data = lazy_layer_data(self.scheduler, self.classes, placement, max(0, self.class_combo.currentIndex()))
+        self.overlays = [self.viewer.add_layer(Layer.create(*ld)) for ld in data]
+        self.viewer.layers.selection.active = layer
+        res = f"{lazy.mpp:g} µm/px" if lazy.mpp else "the slide's native resolution"
+        self.status.ok(f"overlays at {res}; computed in the background for what you look at")
+        return self.overlays
+
+    def set_visible_class(self, index: int) -> None:
+        """Show the CAM layer of class ``index`` and hide the other CAM layers."""
+        for ly in self.overlays:
+            info = ly.metadata.get("protoseg_overlay", {})
+            if info.get("kind") == "cam":
+                ly.visible = info["index"] == index
+        if self.class_combo.currentIndex() != index:
+            self.class_combo.setCurrentIndex(index)
+
+    def _on_chunk_ready(self) -> None:
+        if not self._refresh_timer.isActive():  # throttle: at most one redraw per interval while chunks arrive
+            self._refresh_timer.start()
+
+    def _refresh_overlays(self) -> None:
+        for ly in self.overlays:
+            if ly.visible and ly in self.viewer.layers:
+                ly.refresh()
+        if self.scheduler is not None and self.scheduler.last_error:
+            self.status.error(f"overlay computation failed: {self.scheduler.last_error}")
+
+    def _clear_overlays(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+            self.scheduler = None
+        old, self.overlays = self.overlays, []
+        for ly in old:
+            if ly in self.viewer.layers:
+                self.viewer.layers.remove(ly)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        if event.value in self.overlays:
+            self.overlays.remove(event.value)
+            if not self.overlays and self.scheduler is not None:
+                self.scheduler.close()
+
+    # ---- whole slide -------------------------------------------------------------------------------
+    def output_path(self) -> Path:
+        """The batch output folder: the typed one, or ``predictions/<slide>.zarr`` next to the checkpoint."""
+        if self.out.text():
+            return Path(self.out.text())
+        _, path, _ = self._slide_inputs()
+        return Path(self.checkpoint.text()).resolve().parent / "predictions" / (Path(path).name.split(".")[0] + ".zarr")
+
+    def start_batch(self) -> BackgroundJob:
+        """Predict the whole slide into the OME-Zarr output in a worker (resumes a cancelled run)."""
+        if self.job is not None and self.job.running:
+            raise WidgetError("a whole-slide run is already going; cancel it first")
+        predictor = self.predictor()
+        layer, path, override = self._slide_inputs()
+        self._check_mpp(predictor, layer, override)
+        out = self.output_path()
+        self.out.setText(str(out))
+        kwargs = {"slide_mpp": override, "tissue_only": self.tissue.isChecked(), "chunk": self.chunk.value()}
+
+        def work(report: Any, cancel: Any) -> Any:
+            return run_batch(predictor, path, out, report=report, cancel=cancel, **kwargs)
+
+        self.outcome = None
+        self.bar.setValue(0)
+        self.batch_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.status.ok(f"predicting the whole slide into {out} …")
+        self.job = BackgroundJob(work, self._on_batch_events, self._on_batch_done, self._on_batch_error, parent=self)
+        return self.job.start()
+
+    def cancel_batch(self) -> None:
+        """Stop the whole-slide run after the current chunk; finished chunks are kept for resuming."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.status.ok("cancelling… (finished chunks are kept; 'Whole slide' resumes)")
+
+    def _on_batch_events(self, items: list[tuple[int, int]]) -> None:
+        done, total = items[-1]
+        self.bar.setMaximum(max(1, total))
+        self.bar.setValue(done)
+        self.progress.update(done, total, "protoseg whole-slide prediction")
+
+    def _batch_finished(self) -> None:
+        self.progress.close()
+        self.batch_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    def _on_batch_done(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self._batch_finished()
+        if outcome.cancelled:
+            self.status.ok(f"cancelled at {outcome.done}/{outcome.total} chunks; 'Whole slide' resumes from there")
+            return
+        r = outcome.result
+        self.status.ok(f"whole slide done in {r.seconds:.1f} s ({r.chunks_predicted} chunks predicted, "
+                       f"{r.chunks_resumed} resumed): {outcome.path}")
+        self.open_batch_result(outcome.path)
+
+    def _on_batch_error(self, exc: BaseException) -> None:
+        self._batch_finished()
+        self.status.error(f"whole-slide prediction failed: {exc}")
+
+    def open_batch_result(self, path: str | Path) -> list[Any]:
+        """Replace the overlays with layers read from a finished OME-Zarr prediction."""
+        from napari.layers import Layer
+
+        from protoseg.infer import open_prediction
+
+        pred = open_prediction(path)
+        layer, _, _ = self._slide_inputs()
+        self._clear_overlays()
+        if self.classes is None or self.classes != pred.classes:
+            self.classes = pred.classes
+            self.legend.set_classes(pred.classes)
+            self.class_combo.clear()
+            self.class_combo.addItems(pred.classes.names)
+        placement = Placement.on_slide(layer.scale, layer.translate, pred.scale, _units(layer))
+        data = zarr_layer_data(pred, placement, max(0, self.class_combo.currentIndex()))
+        self.overlays = [self.viewer.add_layer(Layer.create(*ld)) for ld in data]
+        self.result_path = Path(path)
+        return self.overlays
+
+    # ---- exports -----------------------------------------------------------------------------------
+    def _result(self) -> Path:
+        path = self.result_path or (Path(self.out.text()) if self.out.text() else None)
+        if path is None or not path.is_dir():
+            raise WidgetError("no whole-slide result yet: run 'Whole slide' first (exports read its OME-Zarr)")
+        return path
+
+    def export(self, kind: str, out: str | Path, wait: bool = True) -> Any:
+        """Write an export ("ome-zarr", "ome-tiff", "geojson", "areas") of the batch result to ``out``.
+
+        ``wait=False`` runs it in a worker (what the buttons do) and returns the job.
+        """
+        src = self._result()
+        if wait:
+            path = export_result(src, kind, out)
+            self._exported(kind, path)
+            return path
+        job = BackgroundJob(lambda report, cancel: export_result(src, kind, out),
+                            on_done=lambda p: self._exported(kind, p),
+                            on_error=lambda e: self.status.error(f"export failed: {e}"), parent=self)
+        self.status.ok(f"writing {EXPORTS[kind][0]} …")
+        return job.start()
+
+    def _exported(self, kind: str, path: Path) -> None:
+        self.status.ok(f"wrote {path}")
+        if kind == "areas":
+            self.show_areas(read_area_csv(path))
+
+    def show_areas(self, rows: list[tuple[str, float, float | None]]) -> None:
+        """Fill the area table with the tissue classes (class, mm², % of tissue)."""
+        tissue = [r for r in rows if r[2] is not None]
+        self.areas.setRowCount(len(tissue))
+        for i, (name, mm2, frac) in enumerate(tissue):
+            for j, text in enumerate((name, f"{mm2:.4f}", f"{100 * frac:.1f}")):
+                self.areas.setItem(i, j, QTableWidgetItem(text))
+        self.areas.resizeColumnsToContents()
+
+    def _export_dialog(self, kind: str) -> None:
+        src = self._result()
+        label, file_filter, suffix = EXPORTS[kind]
+        default = str(src.with_name(src.name.removesuffix(".zarr") + ("-copy.zarr" if kind == "ome-zarr" else suffix)))
+        out, _ = QFileDialog.getSaveFileName(self, f"Export {label}", default, file_filter)
+        if out:
+            self.export(kind, out, wait=False)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        if self.scheduler is not None:
+            self.scheduler.close()
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+        super().closeEvent(event)
+
+
+def _units(layer: Any) -> Any:
+    units = getattr(layer, "units", None)
+    return None if units is None else tuple(str(u) for u in units)
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    box = QWidget()
+    layout = QHBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        layout.addWidget(w)
+    return box

@@ -1,0 +1,305 @@
+"""Train widget: dataset or tagged regions, recipe, add-ons and hyper-parameters; runs stage 1 (and
+optionally pseudo-masks + stage 2) in a thread worker with progress, a live loss curve and cancel."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton,
+    QSpinBox, QVBoxLayout, QWidget,
+)
+
+from protoseg.config import AddOn, ProtosegConfig, Recipe
+from protoseg.napari.widgets._common import (
+    BackgroundJob, NapariProgress, PathEdit, StatusLabel, WidgetError, checkpoint_ready, region_sources,
+    regions_changed,
+)
+from protoseg.train.events import EventKind, TrainEvent
+from protoseg.train.jobs import JobOutcome, run_training
+
+logger = logging.getLogger(__name__)
+
+FOLDER, REGIONS = "Dataset folder", "Tagged regions"
+BACKBONES = ("resnet18", "pvt_v2_b0", "pvt_v2_b1", "resnet50", "convnext_tiny")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+COLOURS = {"stage1": "#4c9be8", "stage2": "#f0a04b"}
+
+
+class LossPlot(QWidget):
+    """Live loss curve (per stage) and validation mIoU points; redraws at most ``max_fps`` times a second."""
+
+    def __init__(self, max_fps: float = 5.0, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4, 2.4), facecolor="#262930")
+        fig.subplots_adjust(left=0.14, right=0.86, bottom=0.2, top=0.95)
+        self.canvas = FigureCanvasQTAgg(fig)
+        self.canvas.setMinimumHeight(170)
+        self.ax = fig.add_subplot()
+        self.ax_val = self.ax.twinx()
+        for ax in (self.ax, self.ax_val):
+            ax.set_facecolor("#262930")
+            ax.tick_params(colors="#d0d0d0", labelsize=7)
+            for spine in ax.spines.values():
+                spine.set_color("#808080")
+        self.ax.set_xlabel("step", color="#d0d0d0", fontsize=8)
+        self.ax.set_ylabel("loss", color="#d0d0d0", fontsize=8)
+        self.ax_val.set_ylabel("val mIoU", color="#e06c6c", fontsize=8)
+        self.ax_val.set_ylim(0, 1)
+        self.interval = 1.0 / max_fps
+        self.losses: dict[str, tuple[list[int], list[float]]] = {}
+        self.val: dict[str, tuple[list[int], list[float]]] = {}
+        self._lines: dict[str, Any] = {}
+        self._last_draw, self.redraws = 0.0, 0
+        self._timer = QTimer(self, singleShot=True)
+        self._timer.timeout.connect(self.redraw)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+
+    def clear(self) -> None:
+        self.losses, self.val = {}, {}
+        for line in self._lines.values():
+            line.remove()
+        self._lines = {}
+        if self.ax.get_legend() is not None:
+            self.ax.get_legend().remove()
+        self.redraw()
+
+    def add(self, event: TrainEvent) -> None:
+        if event.kind is EventKind.STEP and "loss" in event.losses:
+            xs, ys = self.losses.setdefault(event.stage, ([], []))
+            xs.append(event.step)
+            ys.append(float(event.losses["loss"]))
+        elif event.kind is EventKind.VALIDATION and "mIoU" in event.metrics:
+            xs, ys = self.val.setdefault(event.stage, ([], []))
+            xs.append(event.step)
+            ys.append(float(event.metrics["mIoU"]))
+
+    def request_redraw(self) -> None:
+        """Redraw now, or once the throttle interval has passed (one pending redraw at most)."""
+        wait = self._last_draw + self.interval - time.perf_counter()
+        if wait <= 0:
+            self.redraw()
+        elif not self._timer.isActive():
+            self._timer.start(int(wait * 1000) + 1)
+
+    def redraw(self) -> None:
+        for key, (xs, ys) in [*((f"loss:{s}", v) for s, v in self.losses.items()),
+                              *((f"val:{s}", v) for s, v in self.val.items())]:
+            kind, stage = key.split(":")
+            if key not in self._lines:
+                ax = self.ax if kind == "loss" else self.ax_val
+                style = {"lw": 1.2} if kind == "loss" else {"ls": "none", "marker": "o", "ms": 4, "mfc": "#e06c6c"}
+                self._lines[key] = ax.plot([], [], color=COLOURS.get(stage, "#c0c0c0"), label=f"{kind} {stage}",
+                                           **style)[0]
+                self.ax.legend(handles=list(self._lines.values()), fontsize=6, loc="upper right",
+                               facecolor="#262930", labelcolor="#d0d0d0", edgecolor="#808080")
+            self._lines[key].set_data(xs, ys)
+        self.ax.relim()
+        self.ax.autoscale_view()
+        self.canvas.draw_idle()
+        self._last_draw = time.perf_counter()
+        self.redraws += 1
+
+
+class TrainWidget(QWidget):
+    """napari dock widget that trains protoseg models without blocking the viewer."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.source = QComboBox()
+        self.source.addItems([FOLDER, REGIONS])
+        self.folder = PathEdit("dir", "BCSS-WSSS / LUAD-HistoSeg / generic folder")
+        self.regions = QComboBox()
+        self.recipe = QComboBox()
+        self.recipe.addItems([r.value for r in Recipe])
+        self.recipe.setCurrentText(Recipe.PBIP.value)
+        self.addons = {a: QCheckBox(a.value.upper()) for a in AddOn}
+        self.backbone = QComboBox(editable=True)
+        self.backbone.addItems(BACKBONES)
+        self.backbone.setCurrentText(ProtosegConfig().model.backbone)
+        self.epochs = QSpinBox(minimum=1, maximum=1000, value=10)
+        self.epochs2 = QSpinBox(minimum=1, maximum=1000, value=10)
+        self.batch = QSpinBox(minimum=1, maximum=512, value=8)
+        self.lr = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-5, value=1e-4)
+        self.patch = QSpinBox(minimum=32, maximum=2048, singleStep=32, value=224)
+        self.bank = PathEdit("dir", "PBIP: built into <output>/bank when empty")
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.out = PathEdit("dir", "run folder (checkpoints in stage1/ and stage2/)")
+        self.stage2 = QCheckBox("Pseudo-masks + stage 2 after stage 1")
+        self.resume = QCheckBox("Resume from last.pt")
+        self.start_btn, self.cancel_btn = QPushButton("Start"), QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.bar = QProgressBar()
+        self.status, self.result = StatusLabel(), StatusLabel()
+        self.plot = LossPlot()
+        self.job: BackgroundJob | None = None
+        self.outcome: JobOutcome | None = None
+        self.progress = NapariProgress()
+        self._build_layout()
+        self.source.currentTextChanged.connect(self._on_source)
+        self.start_btn.clicked.connect(lambda: self.status.guard(self.start))
+        self.cancel_btn.clicked.connect(self.cancel)
+        regions_changed.connect(self._refresh_regions)
+        self._refresh_regions()
+        self._on_source()
+
+    def _build_layout(self) -> None:
+        form = QFormLayout()
+        form.addRow("Data", self.source)
+        form.addRow("Folder", self.folder)
+        form.addRow("Regions", self.regions)
+        form.addRow("Recipe", self.recipe)
+        addons = QHBoxLayout()
+        for box in self.addons.values():
+            addons.addWidget(box)
+        form.addRow("Add-ons", addons)
+        form.addRow("Backbone", self.backbone)
+        form.addRow("Epochs (stage 1 / 2)", _row(self.epochs, self.epochs2))
+        form.addRow("Batch size", self.batch)
+        form.addRow("Learning rate", self.lr)
+        form.addRow("Patch size (px)", self.patch)
+        form.addRow("Bank folder", self.bank)
+        form.addRow("Device", self.device)
+        form.addRow("Output folder", self.out)
+        root = QVBoxLayout(self)
+        root.addLayout(form)
+        root.addWidget(self.stage2)
+        root.addWidget(self.resume)
+        root.addWidget(_row(self.start_btn, self.cancel_btn))
+        root.addWidget(self.bar)
+        root.addWidget(self.status)
+        root.addWidget(self.plot)
+        root.addWidget(self.result)
+        root.addStretch(1)
+
+    def _on_source(self, *_: Any) -> None:
+        by_folder = self.source.currentText() == FOLDER
+        self.folder.setEnabled(by_folder)
+        self.regions.setEnabled(not by_folder)
+
+    def _refresh_regions(self, *_: Any) -> None:
+        try:
+            current = self.regions.currentText()
+            self.regions.clear()
+            self.regions.addItems(sorted(region_sources()))
+        except RuntimeError:  # the widget was deleted by Qt: stop listening
+            regions_changed.disconnect(self._refresh_regions)
+            return
+        if current:
+            self.regions.setCurrentText(current)
+
+    def build_config(self) -> ProtosegConfig:
+        """The run configuration the form describes."""
+        out = self.out.text()
+        if not out:
+            raise WidgetError("choose an output folder for checkpoints")
+        root = self.folder.text() if self.source.currentText() == FOLDER else ""
+        if self.source.currentText() == FOLDER and not root:
+            raise WidgetError("choose a dataset folder (or switch Data to 'Tagged regions')")
+        cfg = ProtosegConfig()
+        backbone = self.backbone.currentText().strip()
+        addons = tuple(a for a, box in self.addons.items() if box.isChecked())
+        return replace(
+            cfg,
+            data=replace(cfg.data, root=root, patch_size=self.patch.value(), batch_size=self.batch.value()),
+            bank=replace(cfg.bank, path=self.bank.text() or None),
+            model=replace(cfg.model, backbone=backbone),
+            stage1=replace(cfg.stage1, recipe=Recipe(self.recipe.currentText()), addons=addons,
+                           epochs=self.epochs.value(), lr=float(self.lr.value())),
+            stage2=replace(cfg.stage2, backbone=backbone, epochs=self.epochs2.value()),
+            run=replace(cfg.run, out_dir=out, device=self.device.currentText()),
+        )
+
+    def start(self) -> BackgroundJob:
+        """Start training in a worker thread (errors in the form are shown in the status line)."""
+        if self.job is not None and self.job.running:
+            raise WidgetError("a training run is already going; cancel it first")
+        cfg = self.build_config()
+        regions = None
+        if self.source.currentText() == REGIONS:
+            regions = region_sources().get(self.regions.currentText())
+            if regions is None:
+                raise WidgetError("no tagged regions yet: use 'Use as training data' in the Region tagging widget")
+        stage2, resume = self.stage2.isChecked(), self.resume.isChecked()
+
+        def work(report: Any, cancel: Any) -> JobOutcome:
+            return run_training(cfg, regions, stage2=stage2, resume=resume, callbacks=[report], cancel=cancel)
+
+        self.plot.clear()
+        self.outcome = None
+        self.result.ok("")
+        self.bar.setValue(0)
+        self.status.ok("starting…")
+        self.start_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.job = BackgroundJob(work, self._on_events, self._on_done, self._on_error, parent=self).start()
+        return self.job
+
+    def cancel(self) -> None:
+        """Ask the run to stop after the current step; its last checkpoint stays usable."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.status.ok("cancelling… (stops after the current step)")
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        """Closing the dock stops a running training (it keeps its last checkpoint)."""
+        self.cancel()
+        super().closeEvent(event)
+
+    def _on_events(self, events: list[TrainEvent]) -> None:
+        for ev in events:
+            self.plot.add(ev)
+        last = events[-1]
+        self.bar.setMaximum(max(1, last.total_steps))
+        self.bar.setValue(min(last.step, last.total_steps))
+        self.bar.setFormat(f"{last.stage} %v/%m")
+        if last.total_steps:
+            self.progress.update(last.step, last.total_steps, f"protoseg {last.stage}")
+        loss = last.losses.get("loss")
+        text = f"{last.stage}: epoch {last.epoch + (last.kind is EventKind.STEP)}, step {last.step}/{last.total_steps}"
+        self.status.ok(text + (f", loss {loss:.4f}" if loss is not None else "") +
+                       (f" — {last.message}" if last.message else ""))
+        self.plot.request_redraw()
+
+    def _finish(self) -> None:
+        self.progress.close()
+        self.plot.redraw()
+        self.start_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    def _on_done(self, outcome: JobOutcome) -> None:
+        self.outcome = outcome
+        self._finish()
+        metric = f" (val mIoU {outcome.metric:.3f})" if outcome.metric is not None else ""
+        if outcome.cancelled:
+            self.status.ok("cancelled")
+            self.result.ok(f"Cancelled; last checkpoint: {outcome.stage1.last if outcome.stage2 is None else outcome.stage2.last}"
+                           " — tick 'Resume' and Start to continue")
+            return
+        self.status.ok(f"done in {outcome.stage1.seconds + (outcome.stage2.seconds if outcome.stage2 else 0):.1f} s")
+        self.result.ok(f"Checkpoint: {outcome.checkpoint}{metric}")
+        checkpoint_ready.emit(str(outcome.checkpoint))
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._finish()
+        self.status.error(f"training failed: {exc}")
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    box = QWidget()
+    layout = QHBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        layout.addWidget(w)
+    return box

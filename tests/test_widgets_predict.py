@@ -1,0 +1,333 @@
+"""Predict widget driven like a user: lazy CAM/mask overlays aligned with the slide, values equal to
+Predictor.predict_region, slides without mpp, whole-slide batch with progress / cancel / resume, exports,
+area table and documentation screenshots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+import timm  # noqa: E402,F401  - load torch/timm native libs before Qt (avoids a crash importing them later)
+import torch  # noqa: E402
+
+from widget_support import DOC_IMAGES, settle, widget_screenshot  # noqa: E402
+
+from protoseg.classes import BCSS_WSSS  # noqa: E402
+
+TCGA = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+CHUNK = 64  # small chunks: a 768x512 slide at 0.5 um/px gives a 384x256 prediction with a 4-level pyramid
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    """A tiny real checkpoint (SegNet/resnet18, 4 classes, 1 um/px, 64 px tiles) and a synthetic slide."""
+    from PIL import Image
+
+    from protoseg.data.synthetic.writers import write_synthetic_slide
+    from protoseg.models.factory import build_model
+    from protoseg.slide import open_slide
+    from protoseg.train.checkpoint import Checkpoint, Stage, save_checkpoint
+
+    root = tmp_path_factory.mktemp("predict")
+    slide = write_synthetic_slide(root / "slide.tiff", size=(768, 512), mpp=0.5, seed=0).path
+    rgb = np.asarray(open_slide(slide).read_region((0, 0), 0, (768, 512)))[..., :3]
+    Image.fromarray(np.ascontiguousarray(rgb)).save(root / "nompp.png")  # a slide without mpp metadata
+    torch.manual_seed(3)
+    cfg = {"kind": "segnet", "backbone": "resnet18", "num_classes": 4, "decoder_dim": 16}
+    model = build_model(cfg)
+    # calibrate BatchNorm statistics on slide crops so the untrained net gives several classes (colourful overlays)
+    x = torch.from_numpy(rgb[::2, ::2].copy()).permute(2, 0, 1)[None].float() / 255
+    crops = torch.cat([x[..., i : i + 64, j : j + 64] for i in range(0, 192, 64) for j in range(0, 320, 64)])
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(crops)
+        model.decoder.classify.weight.mul_(3)
+    ckpt = Checkpoint(stage=Stage.STAGE2, model_config=cfg, state_dict=model.state_dict(), classes=BCSS_WSSS,
+                      mpp=1.0, patch_size=64)
+    return {"ckpt": save_checkpoint(ckpt, root / "model.pt"), "slide": slide, "png": root / "nompp.png"}
+
+
+def _viewer_with_widget(make_napari_viewer, path: Path):
+    from protoseg.napari.widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 860)
+    slide = viewer.open(str(path), plugin="protoseg")[0]
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Predict", area="right")
+    widget.device.setCurrentText("cpu")
+    widget.chunk.setValue(CHUNK)
+    widget.batch.setValue(8)
+    return viewer, slide, widget
+
+
+def _type_checkpoint(qtbot, widget, path: Path) -> None:
+    from qtpy.QtCore import Qt
+
+    widget.checkpoint.edit.clear()
+    qtbot.keyClicks(widget.checkpoint.edit, str(path))
+    qtbot.keyClick(widget.checkpoint.edit, Qt.Key.Key_Return)
+
+
+def _click(qtbot, button) -> None:
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def _extent_edges(layer) -> np.ndarray:
+    """World extent of the data including the outer half pixels: [[min_y, min_x], [max_y, max_x]]."""
+    ext = np.asarray(layer.extent.world)[:, -2:]
+    half = np.asarray(layer.scale)[-2:] / 2
+    return np.stack([ext[0] - half, ext[1] + half])
+
+
+def _wait_overlays(widget, qtbot) -> None:
+    assert widget.scheduler.wait_idle(60)
+    settle(0.5)  # lets the throttled refresh re-read the layers
+    assert widget.scheduler.wait_idle(60)
+
+
+def _colour_fractions(img: np.ndarray, colours: list[tuple[int, int, int]]) -> np.ndarray:
+    rgb = img[..., :3].astype(int)
+    return np.array([(np.abs(rgb - np.array(c)).max(axis=-1) <= 8).mean() for c in colours])
+
+
+# ---- layer data without a viewer ------------------------------------------------------------------
+def test_lazy_layers_compute_only_what_is_read_and_match_predict_region(assets) -> None:
+    from protoseg.infer import LazyPrediction, Predictor
+    from protoseg.napari.layers import MASK_OFFSET, ChunkScheduler, Placement, lazy_layer_data, mask_colormap
+
+    predictor = Predictor(assets["ckpt"], device="cpu", batch_size=8)
+    lazy = LazyPrediction(predictor, str(assets["slide"]), chunk=CHUNK)
+    sched = ChunkScheduler(lazy)
+    placement = Placement.on_slide((0.5, 0.5), (0.0, 0.0), lazy.layout.geom.scale, ("um", "um"))
+    assert placement.scale == (1.0, 1.0) and placement.translate == (0.25, 0.25)  # 2x2 slide px, centre shift
+    data = lazy_layer_data(sched, BCSS_WSSS, placement, shown=2)
+    assert [k for _, _, k in data] == ["image"] * 4 + ["labels"]
+    assert [m["visible"] for _, m, _ in data[:4]] == [False, False, True, False]
+    mask_levels = data[-1][0]
+    assert [lv.shape for lv in mask_levels] == [(256, 384), (128, 192), (64, 96), (32, 48)]
+
+    first = mask_levels[0][64:128, 128:192]  # level-0 chunk (1, 2): not computed yet
+    assert first.dtype == np.uint8 and not first.any() and predictor.tiles_predicted == 0
+    assert sched.wait_idle(60)
+    assert 0 < predictor.tiles_predicted < 20  # that chunk's tiles only (the slide has 48)
+    region = predictor.predict_region(str(assets["slide"]), (256, 128, 128, 128))  # level-0 px = 2 prediction px
+    assert region.box == (128, 64, 64, 64)
+    np.testing.assert_array_equal(mask_levels[0][64:128, 128:192], region.mask + MASK_OFFSET)
+    cam1 = data[1][0][0][64:128, 128:192]
+    np.testing.assert_allclose(cam1, np.rint(region.probs[1].astype(np.float64) * 255), atol=1)
+    assert (cam1 == np.rint(region.probs[1].astype(np.float64) * 255)).mean() > 0.99
+    assert mask_levels[0][70, 130] == region.mask[6, 2] + 1  # integer indexing
+    sched.close()
+
+    cmap = mask_colormap(BCSS_WSSS)  # label value -> RGBA: 0 pending, c+1 class c, 5 background
+    rgba = cmap.map(np.arange(6))
+    assert rgba[0, 3] == 0 and rgba[5, 3] == 0
+    np.testing.assert_allclose(rgba[1:5, :3] * 255, np.array(BCSS_WSSS.colors), atol=0.5)
+
+
+# ---- overlays in the viewer --------------------------------------------------------------------------
+def test_show_overlays_aligned_lazy_and_coloured(make_napari_viewer, qtbot, assets, monkeypatch) -> None:
+    from protoseg.infer import Predictor
+    from protoseg.napari.layers import MASK_OFFSET
+    from protoseg.napari.widgets._common import checkpoint_ready
+
+    viewer, slide, widget = _viewer_with_widget(make_napari_viewer, assets["slide"])
+    checkpoint_ready.emit(str(assets["ckpt"]))  # what the Train widget sends when it finishes
+    assert widget.checkpoint.text() == str(assets["ckpt"])
+    _type_checkpoint(qtbot, widget, assets["ckpt"])
+    assert [widget.class_combo.itemText(i) for i in range(4)] == list(BCSS_WSSS.names)
+    assert widget.legend.rows == [(n, "#{:02x}{:02x}{:02x}".format(*c)) for n, c in zip(BCSS_WSSS.names, BCSS_WSSS.colors)]
+    assert widget.slide.layer() is slide and "0.5" in widget.mpp_hint.text()
+    widget.class_combo.setCurrentIndex(1)
+    threads: list[bool] = []
+    original = Predictor.predict_tiles
+
+    def spy(self, tiles):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return original(self, tiles)
+
+    monkeypatch.setattr(Predictor, "predict_tiles", spy)
+    n_before = len(viewer.layers)
+    _click(qtbot, widget.show_btn)
+
+    added = list(viewer.layers)[n_before:]
+    cams = [ly for ly in added if ly._type_string == "image"]
+    labels = [ly for ly in added if ly._type_string == "labels"]
+    assert len(cams) == 4 and len(labels) == 1 and len(added) == 5
+    assert all(ly.multiscale and len(ly.data) == 4 for ly in added)
+    assert all(ly.blending == "additive" and tuple(ly.contrast_limits) == (0, 255) for ly in cams)
+    assert all(ly.data[0].dtype == np.uint8 for ly in added)
+    assert [ly.visible for ly in cams] == [False, True, False, False]
+    for ly, rgb in zip(cams, BCSS_WSSS.colors):  # colormap: transparent black -> class colour
+        np.testing.assert_allclose(ly.colormap.colors[-1], [*(v / 255 for v in rgb), 1.0])
+        assert ly.colormap.colors[0][3] == 0
+    np.testing.assert_allclose(_extent_edges(labels[0]), _extent_edges(slide), atol=2 * slide.scale[0])
+    for ly in cams:
+        np.testing.assert_allclose(_extent_edges(ly), _extent_edges(slide), atol=2 * slide.scale[0])
+    mask = labels[0]
+    for c, rgb in enumerate(BCSS_WSSS.colors):
+        np.testing.assert_allclose(mask.colormap.map(c + MASK_OFFSET)[:3] * 255, rgb, atol=0.5)
+    assert mask.colormap.map(BCSS_WSSS.background_index + MASK_OFFSET)[3] == 0  # background transparent
+    assert list(mask.features["class"])[1:5] == list(BCSS_WSSS.names)
+
+    widget.class_combo.setCurrentIndex(3)  # choose another CAM: only that one shows
+    assert [ly.visible for ly in cams] == [False, False, False, True]
+
+    _wait_overlays(widget, qtbot)
+    assert threads and not any(threads)  # the model never ran on the GUI thread: the viewer stays responsive
+    predictor = widget.predictor()
+    region = predictor.predict_region(str(assets["slide"]), (384, 256, 128, 128))
+    np.testing.assert_array_equal(mask.data[0][128:192, 192:256], region.mask + MASK_OFFSET)
+
+    # what the canvas shows: the mask colours of the classes the model predicts
+    for ly in [slide, *cams]:
+        ly.visible = False
+    mask.opacity = 1.0
+    settle(0.8)
+    shown = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
+    fractions = _colour_fractions(shown, list(BCSS_WSSS.colors))
+    level0 = mask.data[0][:, :]
+    present = np.bincount(level0.ravel(), minlength=6)[1:5] / level0.size
+    assert fractions.max() > 0.05 and set(np.flatnonzero(fractions > 0.02)) <= set(np.flatnonzero(present > 0))
+    assert np.argmax(fractions) == np.argmax(present)
+
+    slide.visible, cams[3].visible, mask.opacity = True, True, 0.6
+    settle(0.8)
+    canvas = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3]
+    assert canvas.std() > 10
+    _save_small(canvas, DOC_IMAGES / "overlay_mask.png")
+    window = widget_screenshot(viewer, "predict")
+    swatches = _colour_fractions(window, list(BCSS_WSSS.colors)) * window.shape[0] * window.shape[1]
+    assert window.std() > 10 and (swatches >= 100).all()  # the docked legend shows every class colour
+    assert (DOC_IMAGES / "widget_predict.png").stat().st_size < 300_000
+
+
+def _save_small(img: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(np.ascontiguousarray(img))
+    pil.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    assert path.stat().st_size < 300_000
+
+
+def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, assets) -> None:
+    viewer, slide, widget = _viewer_with_widget(make_napari_viewer, assets["png"])
+    assert tuple(slide.scale) == (1.0, 1.0)
+    assert "Slide mpp" in widget.mpp_hint.text()
+    widget.set_checkpoint(assets["ckpt"])
+    n = len(viewer.layers)
+    _click(qtbot, widget.show_btn)
+    assert len(viewer.layers) == n and "no microns-per-pixel" in widget.status.text() and "Slide mpp" in widget.status.text()
+    widget.slide_mpp.setValue(0.5)  # the user says it was scanned at 20x
+    _click(qtbot, widget.show_btn)
+    added = list(viewer.layers)[n:]
+    assert len(added) == 5 and all(tuple(ly.scale) == (2.0, 2.0) for ly in added)  # slide-pixel units
+    np.testing.assert_allclose(_extent_edges(added[-1]), _extent_edges(slide), atol=2)
+    _wait_overlays(widget, qtbot)
+    region = widget.predictor().predict_region(str(assets["png"]), (0, 0, 128, 128), slide_mpp=0.5)
+    np.testing.assert_array_equal(added[-1].data[0][0:64, 0:64], region.mask + 1)
+
+
+@pytest.mark.skipif(not TCGA.is_file(), reason="real slides in ../shared/data/slides are absent")
+def test_real_slide_without_mpp_gets_a_clear_message(make_napari_viewer, qtbot, assets) -> None:
+    viewer, slide, widget = _viewer_with_widget(make_napari_viewer, TCGA)
+    assert "no microns-per-pixel" in widget.mpp_hint.text() and "Slide mpp" in widget.mpp_hint.text()
+    widget.set_checkpoint(assets["ckpt"])
+    n = len(viewer.layers)
+    _click(qtbot, widget.batch_btn)  # neither the batch nor the overlays start without a resolution
+    _click(qtbot, widget.show_btn)
+    assert len(viewer.layers) == n and widget.job is None
+    assert "tcga" in widget.status.text() and "Slide mpp" in widget.status.text()
+
+
+# ---- whole slide, cancel/resume, exports ---------------------------------------------------------
+def _wait_batch(qtbot, widget, timeout: int = 60_000):
+    qtbot.waitUntil(lambda: widget.job is not None and widget.job.finished, timeout=timeout)
+    return widget.outcome
+
+
+def test_batch_cancel_resume_open_and_export(make_napari_viewer, qtbot, assets, tmp_path, monkeypatch) -> None:
+    from protoseg.infer import Predictor, open_prediction
+
+    viewer, slide, widget = _viewer_with_widget(make_napari_viewer, assets["slide"])
+    widget.set_checkpoint(assets["ckpt"])
+    widget.tissue.setChecked(False)
+    out = tmp_path / "slide.zarr"
+    widget.out.setText(str(out))
+
+    original = Predictor.predict_tiles
+
+    def slow(self, tiles):  # slow the model down (7 batches of 8 tiles) so that Cancel lands mid-run
+        time.sleep(0.3)
+        return original(self, tiles)
+
+    monkeypatch.setattr(Predictor, "predict_tiles", slow)
+    _click(qtbot, widget.batch_btn)
+    qtbot.waitUntil(lambda: widget.bar.value() >= 2, timeout=30_000)
+    _click(qtbot, widget.cancel_btn)
+    outcome = _wait_batch(qtbot, widget)
+    assert outcome.cancelled and 2 <= outcome.done < outcome.total == 24
+    partial = open_prediction(out)
+    assert not partial.complete and int(np.asarray(partial.group["done"][...]).sum()) >= outcome.done
+    monkeypatch.setattr(Predictor, "predict_tiles", original)
+
+    _click(qtbot, widget.batch_btn)  # runs again: resumes
+    outcome2 = _wait_batch(qtbot, widget)
+    assert not outcome2.cancelled and outcome2.result.chunks_resumed >= outcome.done
+    assert outcome2.result.chunks_predicted == 24 - outcome2.result.chunks_resumed
+    assert widget.bar.value() == widget.bar.maximum() == 24
+    pred = open_prediction(out)
+    assert pred.complete
+    region = widget.predictor().predict_region(str(assets["slide"]), (0, 256, 768, 256))  # across cancelled/resumed chunks
+    np.testing.assert_array_equal(pred.mask(0)[128:256, :], region.mask)
+    scores = np.rint(region.probs.astype(np.float64) * 255)  # tiles batched differently: allow 1/255
+    np.testing.assert_allclose(pred.probs(0)[:, 128:256, :], scores, atol=1)
+
+    batch_layers = [ly for ly in viewer.layers if ly.name.endswith("(batch)")]
+    assert len(batch_layers) == 5 and batch_layers[-1]._type_string == "labels"
+    np.testing.assert_array_equal(np.asarray(batch_layers[-1].data[0]), pred.mask(0)[...] + 1)
+    np.testing.assert_allclose(_extent_edges(batch_layers[-1]), _extent_edges(slide), atol=1.0)
+
+    files = {k: widget.export(k, tmp_path / f"export.{k}") for k in ("ome-tiff", "geojson", "areas")}
+    job = widget.export("ome-zarr", tmp_path / "copy.zarr", wait=False)  # what the button does: in a worker
+    qtbot.waitUntil(lambda: job.finished, timeout=30_000)
+    assert open_prediction(tmp_path / "copy.zarr").complete
+
+    import tifffile
+
+    with tifffile.TiffFile(files["ome-tiff"]) as tif:
+        np.testing.assert_array_equal(tif.series[0].levels[0].asarray(), pred.mask(0)[...])
+    doc = json.loads(files["geojson"].read_text())
+    names = {f["properties"]["classification"]["name"] for f in doc["features"]}
+    counts = np.bincount(pred.mask(0)[...].ravel(), minlength=5)
+    assert names == {BCSS_WSSS.names[c] for c in range(4) if counts[c]}
+    with files["areas"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    expected_mm2 = counts * (1.0 * 1e-3) ** 2  # 1 um/px prediction pixels
+    np.testing.assert_allclose([float(r["area_mm2"]) for r in rows], expected_mm2, rtol=1e-6)
+    table = widget.areas
+    assert table.rowCount() == 4
+    assert [table.item(i, 0).text() for i in range(4)] == list(BCSS_WSSS.names)
+    np.testing.assert_allclose([float(table.item(i, 1).text()) for i in range(4)], expected_mm2[:4], atol=1e-4)

@@ -1,0 +1,192 @@
+"""Train widget driven like a user: tiny synthetic dataset, stage 1 + pseudo-masks + stage 2 in a worker,
+live loss curve, progress, GUI responsiveness while training, cancel, and training on tagged regions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from widget_support import open_sample, settle, widget_screenshot  # noqa: E402
+
+# Import the model stack (timm: ~3 s of imports) before any viewer exists, as the rest of the suite does:
+# the GUI-gap measurement below is about the training loop, not about first-time module imports.
+import protoseg.models  # noqa: E402,F401
+import timm  # noqa: E402,F401
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Leave a core to the GUI thread and to other test runs on this 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    from protoseg.data.synthetic.writers import write_bcss_dataset
+
+    return write_bcss_dataset(tmp_path_factory.mktemp("ds") / "bcss", n_train=24, n_val=6, n_test=0, size=64, seed=0)
+
+
+def _fill_form(widget, data: Path | None, out: Path, epochs: int, recipe: str = "cam") -> None:
+    if data is not None:
+        widget.source.setCurrentText("Dataset folder")
+        widget.folder.setText(str(data))
+    widget.recipe.setCurrentText(recipe)
+    widget.backbone.setCurrentText("resnet18")
+    widget.epochs.setValue(epochs)
+    widget.epochs2.setValue(1)
+    widget.batch.setValue(8)
+    widget.patch.setValue(64)
+    widget.device.setCurrentText("cpu")
+    widget.out.setText(str(out))
+
+
+class GapMeter:
+    """Longest interval between ticks of a 10 ms QTimer: how long the GUI thread was ever blocked."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+
+    def start(self) -> None:
+        self.ticks = [time.perf_counter()]
+        self.timer.start()
+
+    def stop(self) -> float:
+        self.timer.stop()
+        return float(np.max(np.diff(self.ticks))) if len(self.ticks) > 1 else float("inf")
+
+
+def test_train_stage1_and_stage2_with_live_curve(make_napari_viewer, qtbot, tmp_path, tiny_dataset,
+                                                  one_torch_thread) -> None:
+    from protoseg.napari.widgets._common import checkpoint_ready
+    from protoseg.napari.widgets.train import TrainWidget
+    from protoseg.train.checkpoint import Stage, load_checkpoint
+
+    viewer = make_napari_viewer(show=True)
+    open_sample(viewer)
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train", area="right")
+    _fill_form(widget, tiny_dataset, tmp_path / "run", epochs=2)
+    widget.stage2.setChecked(True)
+    offered: list[str] = []
+    checkpoint_ready.connect(offered.append)
+    settle(0.5)  # first paint of the docked widget is not part of training
+    meter = GapMeter()
+    try:
+        meter.start()
+        widget.start_btn.click()
+        assert widget.job is not None and widget.job.running, widget.status.text()
+        assert not widget.start_btn.isEnabled() and widget.cancel_btn.isEnabled()
+        qtbot.waitUntil(lambda: widget.job.finished, timeout=120_000)
+        max_gap = meter.stop()
+    finally:
+        checkpoint_ready.disconnect(offered.append)
+    print(f"\nlongest GUI-thread gap while training: {max_gap * 1000:.0f} ms over {len(meter.ticks)} ticks")
+    # the training thread itself never holds the GIL for long (headless: < 50 ms); what remains is the
+    # GUI's own drawing and CPU starvation when this 2-core machine runs other suites (load 6-9: ~1.3 s)
+    assert max_gap < 2.0, f"GUI blocked for {max_gap:.2f} s while training"
+
+    out = widget.outcome
+    assert out is not None and not out.cancelled, widget.status.text()
+    # 24 patches / batch 8 = 3 steps per epoch: 2 epochs of stage 1, 1 of stage 2
+    assert out.stage1.steps_done == 6 and out.stage2 is not None and out.stage2.steps_done == 3
+    for name in ("stage1/last.pt", "stage1/best.pt", "stage2/last.pt", "stage1_config.yaml"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert len(list((tmp_path / "run" / "pseudo" / "mask").glob("*.png"))) == 24
+    ckpt = load_checkpoint(out.checkpoint)
+    assert ckpt.stage is Stage.STAGE2 and ckpt.classes.names == ("TUM", "STR", "LYM", "NEC")
+    assert offered == [str(out.checkpoint)]
+    assert str(out.checkpoint) in widget.result.text()
+    # live curve: one loss point per optimiser step, validation mIoU once per stage-1 epoch
+    steps, losses = widget.plot.losses["stage1"]
+    assert steps == [1, 2, 3, 4, 5, 6] and all(np.isfinite(losses))
+    assert widget.plot.losses["stage2"][0] == [1, 2, 3]
+    assert [s for s, _ in zip(*widget.plot.val["stage1"])] == [3, 6]
+    line = widget.plot._lines["loss:stage1"]
+    np.testing.assert_allclose(line.get_ydata(), losses)
+    assert 1 <= widget.plot.redraws
+    assert widget.bar.value() == widget.bar.maximum() == 3  # stage 2 finished its 3 steps
+    assert widget.start_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+
+    img = widget_screenshot(viewer, "train")
+    assert img.std() > 10
+
+
+def test_cancel_keeps_a_loadable_last_checkpoint(make_napari_viewer, qtbot, tmp_path, tiny_dataset,
+                                                 one_torch_thread) -> None:
+    from protoseg.napari.widgets.train import TrainWidget
+    from protoseg.train.checkpoint import load_checkpoint
+
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    _fill_form(widget, tiny_dataset, tmp_path / "run", epochs=50)
+    widget.start_btn.click()
+    qtbot.waitUntil(lambda: bool(widget.plot.losses.get("stage1")), timeout=60_000)
+    widget.cancel_btn.click()
+    assert "cancelling" in widget.status.text()
+    qtbot.waitUntil(lambda: widget.job.finished, timeout=60_000)
+    out = widget.outcome
+    assert out is not None and out.cancelled and out.stage1.steps_done < 150
+    ckpt = load_checkpoint(tmp_path / "run" / "stage1" / "last.pt")
+    assert ckpt.classes.names == ("TUM", "STR", "LYM", "NEC")
+    assert "Resume" in widget.result.text()
+
+    # resume continues from last.pt instead of starting over
+    widget.epochs.setValue(1 if ckpt.epoch == 0 else ckpt.epoch + 1)
+    widget.resume.setChecked(True)
+    widget.start_btn.click()
+    qtbot.waitUntil(lambda: widget.job.finished, timeout=60_000)
+    assert widget.outcome is not None and not widget.outcome.cancelled
+    assert load_checkpoint(tmp_path / "run" / "stage1" / "last.pt").epoch == widget.epochs.value()
+
+
+def test_train_on_tagged_regions_and_form_errors(make_napari_viewer, qtbot, tmp_path, one_torch_thread,
+                                                 monkeypatch) -> None:
+    from protoseg.classes import BCSS_WSSS
+    from protoseg.data.regions import RegionAnnotation
+    from protoseg.napari.widgets import _common
+    from protoseg.napari.widgets._common import register_regions
+    from protoseg.napari.widgets.train import TrainWidget
+    from protoseg.train.jobs import RegionSource
+    from widget_support import SAMPLE
+
+    monkeypatch.setattr(_common, "_REGION_SOURCES", {})  # regions registered by other tests
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    _fill_form(widget, None, tmp_path / "run", epochs=1)
+    widget.source.setCurrentText("Tagged regions")
+    widget.start_btn.click()
+    assert widget.job is None and "Region tagging" in widget.status.text()
+
+    square = np.array([[400, 400], [656, 400], [656, 656], [400, 656]], dtype=float)  # 256 px, level 0
+    register_regions(RegionSource("sample regions", (RegionAnnotation(square, ("TUM", "STR"), str(SAMPLE)),),
+                                  BCSS_WSSS, mpp=1.0))
+    assert widget.regions.findText("sample regions") >= 0
+    widget.regions.setCurrentText("sample regions")
+    widget.start_btn.click()
+    qtbot.waitUntil(lambda: widget.job is not None and widget.job.finished, timeout=60_000)
+    out = widget.outcome
+    # 256 px at 0.5 µm/px = 128 µm = 2 x 2 patches of 64 px at 1 µm/px -> one step of batch 8 (size 4)
+    assert out is not None and out.stage1.steps_done == 1, widget.status.text()
+    assert out.stage1.best_metric is None and (tmp_path / "run" / "stage1" / "last.pt").is_file()
+
+    widget.out.setText("")
+    widget.start_btn.click()
+    assert "output folder" in widget.status.text()
+    settle(0.1)

@@ -1,0 +1,46 @@
+"""Helpers for the napari widget GUI tests: sample slide, settling the event loop, compact screenshots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data" / "synthetic_slide.tiff"
+DOC_IMAGES = REPO / "docs" / "images"
+
+
+def settle(seconds: float = 0.5) -> None:
+    """Process Qt events for a while so napari draws (async slicing, GL canvas)."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def open_sample(viewer):
+    """The sample slide (mpp 0.5) through the protoseg reader."""
+    layer = viewer.open(str(SAMPLE), plugin="protoseg")[0]
+    viewer.window._qt_window.resize(1280, 860)
+    viewer.reset_view()
+    return layer
+
+
+def widget_screenshot(viewer, name: str, max_width: int = 960) -> np.ndarray:
+    """Whole-window screenshot (canvas + docked widgets) saved small as docs/images/widget_<name>.png."""
+    from PIL import Image
+
+    settle(1.0)
+    img = np.asarray(viewer.screenshot(canvas_only=False, flash=False))[..., :3]
+    pil = Image.fromarray(np.ascontiguousarray(img))
+    if pil.width > max_width:
+        pil = pil.resize((max_width, round(pil.height * max_width / pil.width)), Image.Resampling.LANCZOS)
+    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+    path = DOC_IMAGES / f"widget_{name}.png"
+    pil.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    assert path.stat().st_size < 300_000, f"{path} is {path.stat().st_size} bytes; keep doc images small"
+    return img
