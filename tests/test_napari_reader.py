@@ -91,3 +91,39 @@ def test_sample_data_opens_with_micrometre_scale(make_napari_viewer) -> None:
     img = _settled_screenshot(viewer)
     assert _tissue_fraction(img) > 0.2
     assert SAMPLE.is_file()
+
+
+@needs_real
+def test_prediction_omezarr_of_tcga_opens_in_napari(make_napari_viewer, tmp_path: Path) -> None:
+    """`predict` output for the real TCGA slide (mpp given by the user) opens over the slide."""
+    import torch
+
+    from protoseg.infer.batch import predict_slide_to_omezarr
+    from protoseg.infer.predictor import Predictor
+    from protoseg.classes import BCSS_WSSS
+
+    class Redness(torch.nn.Module):
+        """Stand-in model: class 0 where the tissue is pink, background elsewhere."""
+
+        def predict(self, x: torch.Tensor) -> torch.Tensor:
+            pink = (x[:, :1] - x[:, 1:2]).clamp(0, 1) * 4
+            other = torch.zeros_like(pink).repeat(1, 3, 1, 1)
+            return torch.cat([pink.clamp(0, 1), other, 1 - pink.clamp(0, 1)], 1)
+
+    pred = Predictor(Redness(), classes=BCSS_WSSS, mpp=16.0, tile_size=64, overlap=8, batch_size=16)
+    out = tmp_path / "tcga.zarr"
+    predict_slide_to_omezarr(pred, str(TCGA), out, slide_mpp=0.5, chunk=128)
+    assert get_reader(str(out)) is not None
+    viewer = make_napari_viewer(show=True)
+    slide_layer = viewer.open(str(TCGA), plugin="protoseg")[0]
+    layers = viewer.open(str(out), plugin="protoseg")
+    kinds = sorted(ly._type_string for ly in layers)
+    assert kinds == ["image"] * 4 + ["labels"]
+    mask = next(ly for ly in layers if ly._type_string == "labels")
+    assert mask.multiscale
+    # the mask covers the slide: same world extent within one prediction pixel (32 slide px)
+    ext_slide = np.asarray(slide_layer.extent.world)[:, -2:]
+    ext_mask = np.asarray(mask.extent.world)[:, -2:]
+    assert np.allclose(ext_slide, ext_mask, atol=32)
+    img = _settled_screenshot(viewer)
+    assert img.std() > 10

@@ -20,11 +20,16 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """Return a reader when ``path`` is one slide that protoseg can open, else None (napari tries others)."""
+    """Return a reader when ``path`` is one slide (or a protoseg prediction OME-Zarr) that protoseg can
+    open, else None (napari tries other readers)."""
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
+    if str(path).rstrip("/").lower().endswith(".zarr"):
+        from protoseg.infer.omezarr import read_protoseg_attrs
+
+        return read_prediction if read_protoseg_attrs(Path(path)) is not None else None
     if not str(path).lower().endswith(SLIDE_SUFFIXES):
         return None
     try:
@@ -74,3 +79,27 @@ def read_slide(path: str | list[str]) -> list[LayerData]:
     if isinstance(path, list):
         return [slide_layer_data(p) for p in path]
     return [slide_layer_data(path)]
+
+
+def prediction_layer_data(path: str | Path) -> list[LayerData]:
+    """CAM images + class-mask Labels of a ``protoseg predict`` OME-Zarr, placed like its slide opened
+    by this reader (µm when the slide file records its mpp, slide pixels otherwise)."""
+    from protoseg.infer.omezarr import open_prediction
+    from protoseg.napari.layers import Placement, zarr_layer_data
+
+    pred = open_prediction(path)
+    file_mpp = None
+    try:
+        with open_slide(pred.attrs["slide"]) as slide:
+            file_mpp = slide.mpp
+    except (SlideError, KeyError, TypeError):
+        logger.info("slide of %s not readable: placing the prediction in its own pixel grid", path)
+    unit = (file_mpp, file_mpp) if file_mpp else (1.0, 1.0)
+    placement = Placement.on_slide(unit, (0.0, 0.0), pred.scale, ("um", "um") if file_mpp else None)
+    return zarr_layer_data(pred, placement)
+
+
+def read_prediction(path: str | list[str]) -> list[LayerData]:
+    """napari reader function for prediction folders."""
+    paths = path if isinstance(path, list) else [path]
+    return [ld for p in paths for ld in prediction_layer_data(p)]
