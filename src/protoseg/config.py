@@ -57,7 +57,7 @@ class EncoderConfig:
     kind: str = "descriptor"  # descriptor | open_clip | timm
     model_name: str = ""
     pretrained: str | None = None
-    input_size: int = 224
+    input_size: int | None = None  # None: the patch size for the descriptor, the model's own for open_clip/timm
 
 
 @dataclass(frozen=True)

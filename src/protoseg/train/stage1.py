@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 def encoder_from_config(cfg: ProtosegConfig) -> ImageEncoder:
     """The frozen bank encoder named by ``bank.encoder``."""
     e = cfg.bank.encoder
-    return build_encoder(EncoderSpec(kind=e.kind, model_name=e.model_name, pretrained=e.pretrained,
-                                     input_size=e.input_size))
+    size = e.input_size or (cfg.data.patch_size if e.kind == "descriptor" else None)
+    return build_encoder(EncoderSpec(kind=e.kind, model_name=e.model_name, pretrained=e.pretrained, input_size=size))
 
 
 class Stage1Trainer(ConfiguredTrainer):
