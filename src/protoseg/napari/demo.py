@@ -19,12 +19,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """A CPU-sized run: ~3 minutes on 2 cores (PBIP stage 1 only, random-init ResNet-18)."""
+    """A CPU-sized run: a few minutes on 2 cores (PBIP stage 1, pseudo-masks, stage 2; random-init ResNet-18)."""
 
     n_train: int = 160
     n_val: int = 16
     patch: int = 96
     epochs: int = 3
+    epochs2: int = 3  # stage 2 on the pseudo-masks: dense masks for the overlays
     batch: int = 16
     lr: float = 1e-3
     backbone: str = "resnet18"
@@ -83,7 +84,8 @@ def _configure_training(train, data: Path, out: Path, s: DemoSettings) -> None:
     train.patch.setValue(s.patch)
     train.device.setCurrentText("cpu")
     train.out.setText(str(out / "run"))
-    train.stage2.setChecked(False)
+    train.epochs2.setValue(s.epochs2)
+    train.stage2.setChecked(True)
 
 
 def run_demo(out_dir: str | Path = "demo_out", headless: bool = False, settings: DemoSettings | None = None) -> list[Path]:
@@ -133,6 +135,9 @@ def run_demo(out_dir: str | Path = "demo_out", headless: bool = False, settings:
     if train.outcome is None or not predict.overlays:
         raise RuntimeError(f"demo training did not produce overlays: {train.status.text()}")
     predict.set_visible_class(0)
+    dock = viewer.window._dock_widgets.get("Predict")
+    if dock is not None:
+        dock.raise_()
     if predict.scheduler is not None:
         deadline = time.monotonic() + 300
         while not predict.scheduler.wait_idle(0.2) and time.monotonic() < deadline:
