@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     import dask.array
     import zarr
 
+    from protoseg.slide.array import SlideLevelArray
     from protoseg.slide.store import SlideLevelStore
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,9 @@ class Slide:
         self._backend = backend
         self._closed = False
         self._stores: dict[int, SlideLevelStore] = {}
-        self._lock = threading.Lock()
+        self._views: dict[int, SlideLevelArray] = {}
+        self._pyramid: list[dask.array.Array] | None = None
+        self._lock = threading.RLock()  # level_store builds its view through level_pixels
         self.associated_images: Mapping[str, np.ndarray] = _AssociatedImages(backend)
 
     # ---- metadata -------------------------------------------------------------------------------
@@ -204,16 +208,45 @@ class Slide:
 
         return zarr.open_array(self.level_store(level), mode="r", zarr_format=3)
 
+    def level_pixels(self, level: int) -> SlideLevelArray:
+        """Thread-safe numpy-style view of one level (any slice = one backend read); cached per level."""
+        from protoseg.slide.array import SlideLevelArray
+
+        self._check_open()
+        self._check_level(level)
+        with self._lock:
+            if level not in self._views:
+                self._views[level] = SlideLevelArray(self, level)
+            return self._views[level]
+
     def dask_pyramid(self) -> list[dask.array.Array]:
-        """One lazy (H, W, 3) uint8 dask array per level, chunked by native tiles."""
+        """One lazy (H, W, 3) uint8 dask array per level, chunked by native tiles (edge chunks clipped).
+
+        Chunks read the backend directly through ``level_pixels`` (no zarr round trip); the arrays
+        are built once per slide, so repeated calls share dask keys (and napari's chunk cache).
+        """
         import dask.array as da
 
+        self._check_open()
+        with self._lock:
+            cached = self._pyramid
+        if cached is not None:
+            return list(cached)
+        token = uuid.uuid4().hex[:16]  # unique per Slide object: keys never collide across slides
+        meta = np.empty((0, 0, 0), np.uint8)
         # inline_array keeps slicing O(chunks touched): without it dask culls the whole
-        # (possibly 40k-chunk) graph on every napari slice (~30 ms per read on a 50k^2 slide)
-        return [
-            da.from_zarr(self.level_array(lvl), inline_array=True, name=f"protoseg-slide-{id(self):x}-{lvl}")
-            for lvl in range(self.level_count)
+        # (possibly 40k-chunk) graph on every napari slice; meta avoids a probe read at build time
+        pyramid = [
+            da.from_array(
+                view, chunks=view.chunks, name=f"protoseg-slide-{token}-{lvl}", asarray=False, lock=False,
+                inline_array=True, meta=meta,
+            )
+            for lvl, view in ((lvl, self.level_pixels(lvl)) for lvl in range(self.level_count))
         ]
+        with self._lock:
+            if self._pyramid is None:
+                self._pyramid = pyramid
+            return list(self._pyramid)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:

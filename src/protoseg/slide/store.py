@@ -45,6 +45,7 @@ class SlideLevelStore(Store):
         self.width, self.height = slide.level_dimensions[self.level]
         self.tile_w, self.tile_h = slide.tile_size(self.level)
         self.grid = (-(-self.height // self.tile_h), -(-self.width // self.tile_w))  # (rows, cols)
+        self._view = slide.level_pixels(self.level)
         mpp = slide.mpp
         ds = slide.level_downsamples[self.level]
         meta = {
@@ -83,7 +84,7 @@ class SlideLevelStore(Store):
         """Full-size (tile_h, tile_w, 3) chunk; the part beyond the level edge is FILL."""
         x, y = col * self.tile_w, row * self.tile_h
         w, h = min(self.tile_w, self.width - x), min(self.tile_h, self.height - y)
-        pixels = self._slide.read_level(self.level, (x, y), (w, h))
+        pixels = self._view[y : y + h, x : x + w]  # one backend read, same pixels as the dask pyramid
         if w == self.tile_w and h == self.tile_h:
             return pixels
         out = np.full((self.tile_h, self.tile_w, 3), FILL, np.uint8)
