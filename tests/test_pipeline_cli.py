@@ -148,13 +148,21 @@ def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--recipe" in capsys.readouterr().out
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_ddp_two_cpu_processes_on_gloo(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "protoseg", "train", "stage1", "--data", str(dataset), "--out", str(run), "--recipe", "lpd",
            "--epochs", "1", *COMMON, "--set", "data.max_val=4"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(run / "stage1" / "last.pt")
     # each of the 2 ranks sees half of the 48 patches: 24 / batch 8 = 3 optimiser steps per epoch

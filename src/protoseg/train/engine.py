@@ -167,7 +167,7 @@ class Trainer(ABC):
         train_model: torch.nn.Module = model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+            train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
         step = start_epoch * steps_per_epoch
         epoch = start_epoch
@@ -185,6 +185,9 @@ class Trainer(ABC):
                     batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
                     with torch.autocast(self.device.type, enabled=use_amp):
                         loss, parts = self.training_loss(train_model, batch, step)
+                    if self.dist.enabled:  # every parameter gets a gradient (zero if unused) so DDP's
+                        # reducer sees the same set on every step (stage weights of 0, warm-ups, heads)
+                        loss = loss + 0.0 * sum(p.sum() for p in params)
                     if not torch.isfinite(loss):
                         raise TrainingCancelled(
                             f"loss became {loss.item()} at step {step}; lower the learning rate "
