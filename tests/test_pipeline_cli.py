@@ -31,7 +31,7 @@ def _json_line(text: str) -> dict:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
-    assert main(["synth", "dataset", str(root), "--n-train", "48", "--n-val", "8", "--n-test", "8",
+    assert main(["synth", "dataset", str(root), "--n-train", "64", "--n-val", "12", "--n-test", "12",
                  "--size", str(SIZE), "--seed", "3"]) == 0
     return root
 
@@ -59,7 +59,7 @@ def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest
     capsys.readouterr()
 
     assert main(["train", "stage1", "--data", str(dataset), "--out", str(run), "--recipe", "pbip",
-                 "--bank", str(bank), "--epochs", "3", *COMMON]) == 0
+                 "--bank", str(bank), "--epochs", "4", *COMMON]) == 0
     s1 = _json_line(capsys.readouterr().out)
     ckpt1 = Path(s1["best"])
     loaded = load_checkpoint(ckpt1)
@@ -69,9 +69,9 @@ def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest
     assert main(["pseudo", "--checkpoint", str(ckpt1), "--data", str(dataset), "--out", str(run / "pseudo"),
                  *COMMON]) == 0
     masks = sorted((run / "pseudo" / "mask").glob("*.png"))
-    assert len(masks) == 48 and len(list((run / "pseudo" / "conf").glob("*.png"))) == 48
+    assert len(masks) == 64 and len(list((run / "pseudo" / "conf").glob("*.png"))) == 64
 
-    assert main(["train", "stage2", "--data", str(dataset), "--out", str(run), "--epochs", "3",
+    assert main(["train", "stage2", "--data", str(dataset), "--out", str(run), "--epochs", "4",
                  "--set", "stage2.backbone=resnet18", "--set", "stage2.lr=1e-3", *COMMON]) == 0
     s2 = _json_line(capsys.readouterr().out)
     assert main(["eval", "--checkpoint", s2["best"], "--data", str(dataset), "--json", *COMMON]) == 0
@@ -81,8 +81,9 @@ def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest
     chance = _chance_miou(dataset)
     for key in ("mIoU", "FwIoU", "Dice", "bIoU", "IoU_TUM"):
         assert key in metrics2
+    print(f"chance {chance:.3f} stage1 {metrics1['mIoU']:.3f} stage2 {metrics2['mIoU']:.3f}")
     assert metrics1["mIoU"] > 2.0 * chance, (metrics1, chance)
-    assert metrics2["mIoU"] > 1.5 * chance, (metrics2, chance)
+    assert metrics2["mIoU"] > 1.8 * chance, (metrics2, chance)
 
 
 def test_resume_continues_from_checkpoint(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -92,7 +93,7 @@ def test_resume_continues_from_checkpoint(dataset: Path, tmp_path: Path, capsys:
     assert main([*args, "--epochs", "1"]) == 0
     first = load_checkpoint(run / "stage1" / "last.pt")
     steps_per_epoch = first.step
-    assert first.epoch == 1 and steps_per_epoch == 48 // 8
+    assert first.epoch == 1 and steps_per_epoch == 64 // 8
     assert main([*args, "--epochs", "2", "--resume"]) == 0
     second = load_checkpoint(run / "stage1" / "last.pt")
     assert second.epoch == 2 and second.step == 2 * steps_per_epoch
@@ -115,7 +116,7 @@ def test_cancel_leaves_usable_checkpoint(dataset: Path, tmp_path: Path) -> None:
 
     def on_event(ev) -> None:
         seen.append(ev.kind)
-        if ev.kind is EventKind.STEP and ev.epoch == 1 and ev.step == 8:
+        if ev.kind is EventKind.STEP and ev.epoch == 1 and ev.step == 10:
             token.cancel()  # during the second epoch
 
     result = train_stage1(cfg, [on_event], cancel=token)
@@ -165,6 +166,6 @@ def test_ddp_two_cpu_processes_on_gloo(dataset: Path, tmp_path: Path) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(run / "stage1" / "last.pt")
-    # each of the 2 ranks sees half of the 48 patches: 24 / batch 8 = 3 optimiser steps per epoch
-    assert ckpt.step == 3 and ckpt.epoch == 1
+    # each of the 2 ranks sees half of the 64 patches: 32 / batch 8 = 4 optimiser steps per epoch
+    assert ckpt.step == 4 and ckpt.epoch == 1
     assert not any(k.startswith("module.") for k in ckpt.state_dict)
