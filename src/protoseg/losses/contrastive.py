@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from protoseg.cams import pseudo_labels_with_ignore
 from protoseg.losses._common import (
     IGNORE_INDEX,
     LossInputError,
@@ -39,9 +40,7 @@ def pscl_labels(cams: Tensor, background: Tensor, tau: float = 0.25) -> Tensor:
         )
     if n_classes >= IGNORE_INDEX:
         raise LossInputError(f"at most {IGNORE_INDEX - 1} classes are supported, got {n_classes}")
-    peak, arg = cams.detach().max(dim=1)
-    labels = torch.where(peak > tau, arg, torch.full_like(arg, IGNORE_INDEX))
-    return labels.masked_fill(background.bool(), n_classes)
+    return pseudo_labels_with_ignore(cams.detach(), tau, background, IGNORE_INDEX)
 
 
 def _balanced_sample(

@@ -9,7 +9,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
     QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
@@ -19,8 +19,9 @@ from protoseg.napari.layers import (
 )
 from protoseg.napari.widgets._common import (
     BackgroundJob, LayerCombo, NapariProgress, PathEdit, StatusLabel, WidgetError, checkpoint_ready,
-    classes_from_checkpoint, rgb_to_hex, slide_meta,
+    classes_from_checkpoint, slide_meta,
 )
+from protoseg.napari.widgets.legend import Legend
 
 logger = logging.getLogger(__name__)
 
@@ -37,27 +38,6 @@ class _Bridge(QObject):
     """Carries 'a chunk is ready' from the overlay worker thread to the GUI thread (queued signal)."""
 
     ready = Signal()
-
-
-class Legend(QWidget):
-    """Colour swatch + class name rows for the overlay classes."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.grid = QGridLayout(self)
-        self.grid.setContentsMargins(0, 0, 0, 0)
-        self.rows: list[tuple[str, str]] = []
-
-    def set_classes(self, classes: ClassSpec | None) -> None:
-        while self.grid.count():
-            self.grid.takeAt(0).widget().deleteLater()
-        self.rows = [(n, rgb_to_hex(c)) for n, c in zip(classes.names, classes.colors)] if classes else []
-        for i, (name, colour) in enumerate(self.rows):
-            swatch = QLabel()
-            swatch.setFixedSize(14, 14)
-            swatch.setStyleSheet(f"background-color: {colour}; border: 1px solid #888")
-            self.grid.addWidget(swatch, i // 2, 2 * (i % 2))
-            self.grid.addWidget(QLabel(name), i // 2, 2 * (i % 2) + 1)
 
 
 class PredictWidget(QWidget):
