@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "synthetic_slide.tiff"
-DOC_IMAGES = REPO / "docs" / "images"
+#: Screenshots go to a temp folder; `PROTOSEG_SCREENSHOTS=docs/images make test` refreshes the README's.
+DOC_IMAGES = Path(os.environ.get("PROTOSEG_SCREENSHOTS") or Path(tempfile.gettempdir()) / "protoseg-screenshots")
 
 
 def settle(seconds: float = 0.5) -> None:
@@ -31,7 +34,7 @@ def open_sample(viewer):
 
 
 def widget_screenshot(viewer, name: str, max_width: int = 960) -> np.ndarray:
-    """Whole-window screenshot (canvas + docked widgets) saved small as docs/images/widget_<name>.png."""
+    """Whole-window screenshot (canvas + docked widgets) saved small as DOC_IMAGES/widget_<name>.png."""
     from PIL import Image
 
     settle(1.0)
