@@ -47,7 +47,7 @@ def make_checkpoint(folder: Path, backbone: str = "resnet18", patch: int = 224) 
 
     from protoseg.classes import BCSS_WSSS
     from protoseg.models import build_model
-    from protoseg.train.checkpoint import Checkpoint, Stage, save_checkpoint
+    from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
 
     cfg = {"kind": "segnet", "backbone": backbone, "num_classes": 4, "decoder_dim": 64, "weights": None}
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from protoseg.classes import BCSS_WSSS
 from protoseg.config import AddOn, ConfigError, ProtosegConfig, Recipe, load_config, save_config
 from protoseg.models.factory import model_config
 from protoseg.models.segnet import SegNet, SegNetConfig
-from protoseg.train.checkpoint import Checkpoint, CheckpointError, Stage, load_checkpoint, save_checkpoint
+from protoseg.models.checkpoint import Checkpoint, CheckpointError, Stage, load_checkpoint, save_checkpoint
 
 
 def test_overrides_and_yaml_round_trip(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_failed_write_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.Mo
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("protoseg.train.checkpoint.os.replace", boom)
+    monkeypatch.setattr("protoseg.models.checkpoint.os.replace", boom)
     with pytest.raises(OSError):
         save_checkpoint(ckpt.with_updates(epoch=9), path)
     assert path.read_bytes() == before

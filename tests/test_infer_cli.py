@@ -11,7 +11,7 @@ from protoseg.infer.batch import predict_slide_to_omezarr
 from protoseg.infer.distributed import output_names, predict_many
 from protoseg.infer.omezarr import open_prediction
 from protoseg.infer.predictor import Predictor
-from protoseg.train.checkpoint import Checkpoint, Stage, save_checkpoint
+from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
 
 from test_infer_fakes import CLASSES, smooth_image
 

@@ -14,7 +14,7 @@ from protoseg.infer.grid import PredictionGrid
 from protoseg.infer.memory import ArraySlide
 from protoseg.infer.predictor import Predictor
 from protoseg.infer.reader import PadMode, RegionReader
-from protoseg.train.checkpoint import Checkpoint, CheckpointError, Stage, save_checkpoint
+from protoseg.models.checkpoint import Checkpoint, CheckpointError, Stage, save_checkpoint
 
 from test_infer_fakes import CLASSES, ColourModel, ConstantModel, SmoothModel, TileMeanModel, smooth_image
 

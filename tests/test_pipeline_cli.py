@@ -15,7 +15,7 @@ import torch
 
 from protoseg.cli import main
 from protoseg.metrics import ConfusionMatrix
-from protoseg.train.checkpoint import Stage, load_checkpoint
+from protoseg.models.checkpoint import Stage, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,8 @@ def test_resume_continues_from_checkpoint(dataset: Path, tmp_path: Path, capsys:
 
 def test_cancel_leaves_usable_checkpoint(dataset: Path, tmp_path: Path) -> None:
     from protoseg.config import load_config
-    from protoseg.train.events import CancelToken, EventKind
+    from protoseg.train.events import EventKind
+    from protoseg.cancel import CancelToken
     from protoseg.train.pipeline import train_stage1
 
     cfg = load_config(None, [c for c in COMMON if c != "--set"] + [

@@ -126,7 +126,7 @@ def test_bank_of_a_checkpoint(make_napari_viewer, tmp_path: Path) -> None:
     from protoseg.bank import ImageBank, save_bank
     from protoseg.classes import BCSS_WSSS
     from protoseg.napari.widgets.bank import BankWidget
-    from protoseg.train.checkpoint import Checkpoint, Stage, save_checkpoint
+    from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
     from protoseg.bank import BankMember
 
     rng = np.random.default_rng(0)

@@ -43,7 +43,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     from protoseg.data.synthetic.writers import write_synthetic_slide
     from protoseg.models.factory import build_model
     from protoseg.slide import open_slide
-    from protoseg.train.checkpoint import Checkpoint, Stage, save_checkpoint
+    from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
 
     root = tmp_path_factory.mktemp("predict")
     slide = write_synthetic_slide(root / "slide.tiff", size=(768, 512), mpp=0.5, seed=0).path

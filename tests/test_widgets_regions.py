@@ -16,6 +16,7 @@ pytestmark = pytest.mark.gui
 from widget_support import open_sample, widget_screenshot  # noqa: E402
 
 from protoseg.config import ProtosegConfig  # noqa: E402
+from protoseg.train.jobs import source_data  # noqa: E402
 
 # two squares in world units (µm; the sample slide is 0.5 µm/px): 300 µm = 600 level-0 px each
 SQUARE_A = np.array([[100.0, 200.0], [100.0, 500.0], [400.0, 500.0], [400.0, 200.0]])  # (row, col) µm
@@ -91,7 +92,7 @@ def test_tag_save_reload_and_training_patches(make_napari_viewer, qtbot, tmp_pat
     assert "8 patches" in widget.status.text(), widget.status.text()
     source = region_sources()[reloaded.name]
     cfg = ProtosegConfig()
-    data = source.training_data(replace(cfg, data=replace(cfg.data, patch_size=100)), augment=False)
+    data = source_data(replace(cfg, data=replace(cfg.data, patch_size=100)), source, augment=False)
     # 600 px side, 100 px patches -> 6 x 6 per square, labels = the tags of the square they lie in
     assert len(data.train) == 72
     labels = data.train.labels()

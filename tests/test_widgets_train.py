@@ -76,7 +76,7 @@ def test_train_stage1_and_stage2_with_live_curve(make_napari_viewer, qtbot, tmp_
                                                   one_torch_thread) -> None:
     from protoseg.napari.widgets._common import checkpoint_ready
     from protoseg.napari.widgets.train import TrainWidget
-    from protoseg.train.checkpoint import Stage, load_checkpoint
+    from protoseg.models.checkpoint import Stage, load_checkpoint
 
     viewer = make_napari_viewer(show=True)
     open_sample(viewer)
@@ -131,7 +131,7 @@ def test_train_stage1_and_stage2_with_live_curve(make_napari_viewer, qtbot, tmp_
 def test_cancel_keeps_a_loadable_last_checkpoint(make_napari_viewer, qtbot, tmp_path, tiny_dataset,
                                                  one_torch_thread) -> None:
     from protoseg.napari.widgets.train import TrainWidget
-    from protoseg.train.checkpoint import load_checkpoint
+    from protoseg.models.checkpoint import load_checkpoint
 
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer)
@@ -163,7 +163,7 @@ def test_train_on_tagged_regions_and_form_errors(make_napari_viewer, qtbot, tmp_
     from protoseg.napari.widgets import _common
     from protoseg.napari.widgets._common import register_regions
     from protoseg.napari.widgets.train import TrainWidget
-    from protoseg.train.jobs import RegionSource
+    from protoseg.data.regions import RegionSource
     from widget_support import SAMPLE
 
     monkeypatch.setattr(_common, "_REGION_SOURCES", {})  # regions registered by other tests

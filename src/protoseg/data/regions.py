@@ -42,6 +42,17 @@ class RegionAnnotation:
         return float(x0), float(y0), float(x1), float(y1)
 
 
+@dataclass(frozen=True)
+class RegionSource:
+    """Tagged slide regions plus the classes and patch resolution (µm/px) to sample them at."""
+
+    name: str
+    regions: tuple[RegionAnnotation, ...]
+    classes: ClassSpec
+    mpp: float
+    fallback_mpp: float | None = None  # used for slides whose file records no mpp
+
+
 def _tags(props: dict) -> tuple[str, ...]:
     cls = props.get("classification") or {}
     if isinstance(cls, dict) and cls.get("names"):

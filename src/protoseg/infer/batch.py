@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from protoseg.cancel import CancelLike, Progress, check_cancelled
 from protoseg.infer.chunks import DEFAULT_CHUNK, SlideChunks, TissueLike
 from protoseg.infer.errors import OutputError
 from protoseg.infer.omezarr import check_output_dir, create_prediction_zarr, open_prediction, read_protoseg_attrs
@@ -33,7 +34,6 @@ from protoseg.infer.reader import SlideLike, open_any, slide_name
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], Any]
 _DONE = object()
 
 
@@ -100,8 +100,9 @@ def _build_pyramid(arrays: _Arrays, layout: SlideChunks) -> None:
 class _Pipeline:
     """Readers -> model -> writer over a stream of ``ChunkStep``s; first error stops everything."""
 
-    def __init__(self, layout: SlideChunks, steps, finish_chunk: Callable[[ChunkStep, dict], None], readers: int) -> None:
-        self.layout, self.finish_chunk = layout, finish_chunk
+    def __init__(self, layout: SlideChunks, steps, finish_chunk: Callable[[ChunkStep, dict], None], readers: int,
+                 cancel: CancelLike | None = None) -> None:
+        self.layout, self.finish_chunk, self.cancel = layout, finish_chunk, cancel
         self.predictor = layout.predictor
         self._steps = steps
         self._plan_lock = threading.Lock()
@@ -192,6 +193,7 @@ class _Pipeline:
         finished, batch = 0, []
         try:
             while finished < self.n_readers and not self.stop.is_set():
+                check_cancelled(self.cancel, "whole-slide prediction")
                 try:
                     item = self.read_q.get(timeout=0.1)
                 except queue.Empty:
@@ -236,8 +238,13 @@ def predict_slide_to_omezarr(
     progress: Progress | None = None,
     readers: int = 2,
     strip: int = 4,
+    cancel: CancelLike | None = None,
 ) -> BatchResult:
-    """Predict a whole slide into an OME-Zarr folder ``out_dir``; see the module docstring."""
+    """Predict a whole slide into an OME-Zarr folder ``out_dir``; see the module docstring.
+
+    ``cancel`` (a ``CancelToken``) stops the run at the next chunk with ``protoseg.cancel.Cancelled``;
+    finished chunks stay recorded, so a later call with ``resume=True`` continues from them.
+    """
     start = time.perf_counter()
     name = str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else slide_name(slide)
     slide = open_any(slide)
@@ -257,6 +264,7 @@ def predict_slide_to_omezarr(
         counts["done"] += 1
         if progress is not None:
             progress(counts["done"], total)
+        check_cancelled(cancel, "whole-slide prediction")
 
     if progress is not None:
         progress(counts["done"], total)
@@ -277,7 +285,7 @@ def predict_slide_to_omezarr(
     if tissue_chunks:
         order = strip_order(rows, cols, strip, include=lambda ch: ch in tissue_chunks)
         steps = plan_steps(order, layout.tiles_for_chunk, window=strip)
-        _Pipeline(layout, steps, finish, readers).run()
+        _Pipeline(layout, steps, finish, readers, cancel).run()
     _build_pyramid(arrays, layout)
     attrs = dict(root.attrs["protoseg"])
     attrs.update(complete=True, pyramid_complete=True)

@@ -93,7 +93,7 @@ def predict_many(
     from dask.distributed import Client, LocalCluster, as_completed
 
     from protoseg.infer.omezarr import check_output_dir
-    from protoseg.train.checkpoint import load_checkpoint
+    from protoseg.models.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint_path)  # fail fast, with a clear error, before starting any cluster
     check_output_dir(out_dir)

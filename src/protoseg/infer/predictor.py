@@ -73,7 +73,7 @@ class Predictor:
         window_floor: float = 0.1,
         pad: PadMode | str = PadMode.WHITE,
     ) -> None:
-        from protoseg.train.checkpoint import Checkpoint, load_checkpoint
+        from protoseg.models.checkpoint import Checkpoint, load_checkpoint
 
         self.checkpoint_path: str | None = None
         if isinstance(model, (str, os.PathLike)):

@@ -12,9 +12,10 @@ from torch.utils.data import Dataset
 from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig, Stage1Config, Stage2Config, to_dict
 from protoseg.models.factory import model_config
-from protoseg.train.checkpoint import Checkpoint, Stage
+from protoseg.models.checkpoint import Checkpoint, Stage
 from protoseg.train.engine import OptimConfig, Trainer
-from protoseg.train.events import Callback, CancelToken
+from protoseg.train.events import Callback
+from protoseg.cancel import CancelToken
 
 
 def optim_config(stage: Stage1Config | Stage2Config, cfg: ProtosegConfig) -> OptimConfig:

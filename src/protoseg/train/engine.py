@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from protoseg.runtime import seed_everything, select_device
-from protoseg.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from protoseg.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from protoseg.train.distributed import DistContext, barrier, init_distributed
-from protoseg.train.events import Callback, CancelToken, EventKind, TrainEvent, TrainingCancelled, emit
+from protoseg.train.events import Callback, EventKind, TrainEvent, emit
+from protoseg.cancel import CancelToken, Cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Trainer(ABC):
     def _loader(self) -> tuple[DataLoader, DistributedSampler | None]:
         ds = self.train_dataset
         if len(ds) == 0:  # type: ignore[arg-type]
-            raise TrainingCancelled("the training set is empty; check data.root and the dataset layout")
+            raise TrainingError("the training set is empty; check data.root and the dataset layout")
         sampler = DistributedSampler(ds, shuffle=True, seed=self.optim.seed) if self.dist.enabled else None
         loader = DataLoader(
             ds,
@@ -179,7 +180,7 @@ class Trainer(ABC):
                     sampler.set_epoch(epoch)
                 model.train()
                 for batch in loader:
-                    self.cancel.raise_if_cancelled()
+                    self.cancel.raise_if_cancelled(f"{self.stage} training")
                     for group in opt.param_groups:
                         group["lr"] = self.optim.lr * poly(step)
                     batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -189,7 +190,7 @@ class Trainer(ABC):
                         # reducer sees the same set on every step (stage weights of 0, warm-ups, heads)
                         loss = loss + 0.0 * sum(p.sum() for p in params)
                     if not torch.isfinite(loss):
-                        raise TrainingCancelled(
+                        raise TrainingError(
                             f"loss became {loss.item()} at step {step}; lower the learning rate "
                             f"(stage lr={self.optim.lr}) or disable AMP"
                         )
@@ -226,10 +227,8 @@ class Trainer(ABC):
                                                                  if k not in ("optimizer", "scaler")}), best_path)
                     self._event(EventKind.CHECKPOINT, epoch + 1, step, total, metrics=metrics, path=str(last_path))
                 barrier(self.dist)
-        except TrainingCancelled:
-            cancelled = self.cancel.cancelled
-            if not cancelled:
-                raise
+        except Cancelled:
+            cancelled = True
             if self.dist.is_main and not last_path.exists():
                 # keep the partial weights usable: an epoch-0 checkpoint that resumes from scratch
                 ckpt = self.make_checkpoint(epoch, epoch * steps_per_epoch, {}, {})

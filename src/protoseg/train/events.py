@@ -1,14 +1,11 @@
-"""Training events and cancellation: what trainers emit (progress, losses) and how they are stopped."""
+"""Training events: what trainers emit (progress, losses, checkpoints) to their callbacks."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-
-from protoseg.errors import ProtosegError
 
 logger = logging.getLogger(__name__)
 
@@ -48,28 +45,6 @@ class TrainEvent:
 Callback = Callable[[TrainEvent], None]
 
 
-class TrainingCancelled(ProtosegError):
-    """Raised inside a trainer when its cancel token is set; the last checkpoint stays usable."""
-
-
-class CancelToken:
-    """Thread-safe cancel flag shared between a GUI/CLI and a running trainer."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise TrainingCancelled("training was cancelled; resume from the last checkpoint (last.pt)")
-
-
 def emit(callbacks: Sequence[Callback], event: TrainEvent) -> None:
     """Deliver an event to every callback; a failing callback is logged, never kills training."""
     for cb in callbacks:
@@ -77,21 +52,3 @@ def emit(callbacks: Sequence[Callback], event: TrainEvent) -> None:
             cb(event)
         except Exception:  # noqa: BLE001 - user callbacks must not break a run
             logger.exception("training callback %r failed on %s", cb, event.kind.value)
-
-
-class LossHistory:
-    """Callback that records the loss curve (used by tests, the CLI summary and the napari plot)."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.losses: list[dict[str, float]] = []
-        self.metrics: list[tuple[int, dict[str, float]]] = []
-        self.events: list[TrainEvent] = []
-
-    def __call__(self, event: TrainEvent) -> None:
-        self.events.append(event)
-        if event.kind is EventKind.STEP:
-            self.steps.append(event.step)
-            self.losses.append(dict(event.losses))
-        elif event.kind is EventKind.VALIDATION:
-            self.metrics.append((event.epoch, dict(event.metrics)))

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig
-from protoseg.data.regions import RegionAnnotation
+from protoseg.data.regions import RegionSource
 from protoseg.train.engine import FitResult
-from protoseg.train.events import Callback, CancelToken, EventKind, TrainEvent, TrainingCancelled, emit
+from protoseg.train.events import Callback, EventKind, TrainEvent, emit
+from protoseg.cancel import CancelToken, Cancelled
 from protoseg.train.pipeline import (
     TrainingData,
     best_or_last,
@@ -33,21 +33,6 @@ PSEUDO_STAGE = "pseudo"
 
 
 @dataclass(frozen=True)
-class RegionSource:
-    """Tagged slide regions plus the classes and patch resolution (µm/px) to sample them at."""
-
-    name: str
-    regions: tuple[RegionAnnotation, ...]
-    classes: ClassSpec
-    mpp: float
-    fallback_mpp: float | None = None  # used for slides whose file records no mpp
-
-    def training_data(self, cfg: ProtosegConfig, augment: bool | None = None) -> TrainingData:
-        """Patches of ``cfg.data.patch_size`` px tiled over the regions (``region_data``)."""
-        return region_data(cfg, list(self.regions), self.classes, self.mpp, self.fallback_mpp, augment)
-
-
-@dataclass(frozen=True)
 class JobOutcome:
     """What a training job produced; ``checkpoint`` is the one to predict with (best, else last)."""
 
@@ -59,8 +44,11 @@ class JobOutcome:
     cancelled: bool
 
 
-def _data(cfg: ProtosegConfig, source: RegionSource | None, augment: bool | None) -> TrainingData:
-    return source.training_data(cfg, augment) if source is not None else folder_data(cfg, augment=augment)
+def source_data(cfg: ProtosegConfig, source: RegionSource | None, augment: bool | None = None) -> TrainingData:
+    """Training data of a job: patches tiled over ``source`` regions, or the dataset folder ``data.root``."""
+    if source is None:
+        return folder_data(cfg, augment=augment)
+    return region_data(cfg, list(source.regions), source.classes, source.mpp, source.fallback_mpp, augment)
 
 
 def _fresh_pseudo_dir(out: Path) -> None:
@@ -100,14 +88,14 @@ def run_training(
     """Stage 1 on ``regions`` (or the folder ``data.root``); with ``stage2`` also pseudo-masks + stage 2."""
     cancel = cancel or CancelToken()
     cfg = with_default_bank(cfg)
-    s1 = train_stage1(cfg, callbacks, cancel, resume, data=_data(cfg, regions, None))
+    s1 = train_stage1(cfg, callbacks, cancel, resume, data=source_data(cfg, regions, None))
     ckpt1 = best_or_last(Path(cfg.run.out_dir) / "stage1")
     if s1.cancelled or not stage2:
         return JobOutcome(s1, None, None, ckpt1, s1.best_metric, s1.cancelled)
-    plain = _data(cfg, regions, False)
+    plain = source_data(cfg, regions, False)
     try:
         pseudo = _pseudo(cfg, ckpt1, plain, callbacks, cancel, resume)
-    except TrainingCancelled:
+    except Cancelled:
         emit(callbacks, TrainEvent(EventKind.CANCELLED, PSEUDO_STAGE, 0, 0, 0, message="cancelled"))
         logger.warning("cancelled while exporting pseudo-masks; stage-1 checkpoint: %s", ckpt1)
         return JobOutcome(s1, None, None, ckpt1, s1.best_metric, True)
@@ -124,7 +112,7 @@ def build_bank_job(
     encoder: Any | None = None,
 ) -> Any:
     """Build the image bank from the folder ``data.root`` or from ``regions`` and save it to ``out``."""
-    return build_bank_from_config(cfg, out, encoder, _data(cfg, regions, False), progress)
+    return build_bank_from_config(cfg, out, encoder, source_data(cfg, regions, False), progress)
 
 
 __all__ = ["JobOutcome", "PSEUDO_STAGE", "RegionSource", "build_bank_job", "run_training"]

@@ -21,9 +21,10 @@ from protoseg.data.datasets import PatchDataset, open_dataset
 from protoseg.data.layouts import parse_mpp
 from protoseg.data.records import Split
 from protoseg.runtime import select_device
-from protoseg.train.checkpoint import Checkpoint, Stage, load_checkpoint
+from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.train.engine import BEST, LAST, FitResult
-from protoseg.train.events import Callback, CancelToken
+from protoseg.train.events import Callback
+from protoseg.cancel import CancelToken
 from protoseg.train.pseudo import PseudoMaskDataset, export_pseudo_masks
 from protoseg.train.evaluation import evaluate_pseudo, evaluate_segmentation
 from protoseg.train.stage1 import Stage1Trainer, encoder_from_config
@@ -215,7 +216,7 @@ def evaluate_checkpoint(cfg: ProtosegConfig, checkpoint: str | Path, split: Spli
 
 def _check_classes(ckpt: Checkpoint, classes: ClassSpec) -> None:
     if tuple(ckpt.classes.names) != tuple(classes.names):
-        from protoseg.train.checkpoint import CheckpointError
+        from protoseg.models.checkpoint import CheckpointError
 
         raise CheckpointError(f"checkpoint classes {ckpt.classes.names} differ from the dataset's {classes.names}")
 

@@ -19,7 +19,7 @@ from protoseg.data.masks import save_palette_mask
 from protoseg.errors import ProtosegError
 from protoseg.models.classnet import ClassNet
 from protoseg.runtime import select_device
-from protoseg.train.checkpoint import Checkpoint, Stage
+from protoseg.models.checkpoint import Checkpoint, Stage
 from protoseg.train.evaluation import pseudo_masks
 
 logger = logging.getLogger(__name__)

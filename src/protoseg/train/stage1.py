@@ -13,10 +13,11 @@ from protoseg.classes import ClassSpec
 from protoseg.config import AddOn, ProtosegConfig, Recipe
 from protoseg.models.classnet import ClassNet
 from protoseg.models.encoders import EncoderSpec, ImageEncoder, TextEncoder, build_encoder
-from protoseg.train.checkpoint import Stage
+from protoseg.models.checkpoint import Stage
 from protoseg.train.configured import ConfiguredTrainer
 from protoseg.train.evaluation import evaluate_pseudo
-from protoseg.train.events import Callback, CancelToken
+from protoseg.train.events import Callback
+from protoseg.cancel import CancelToken
 from protoseg.train.recipes import RecipeError, Stage1Objective, classnet_config, encode_class_prompts
 
 logger = logging.getLogger(__name__)

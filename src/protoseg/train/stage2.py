@@ -13,10 +13,11 @@ from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig
 from protoseg.losses.noise_ce import noise_reduced_ce, segmentation_ce
 from protoseg.models.segnet import SegNet, SegNetConfig
-from protoseg.train.checkpoint import Stage
+from protoseg.models.checkpoint import Stage
 from protoseg.train.configured import ConfiguredTrainer
 from protoseg.train.evaluation import evaluate_segmentation
-from protoseg.train.events import Callback, CancelToken
+from protoseg.train.events import Callback
+from protoseg.cancel import CancelToken
 
 logger = logging.getLogger(__name__)
 

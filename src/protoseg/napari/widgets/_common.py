@@ -16,10 +16,10 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdi
 
 from protoseg.classes import BCSS_WSSS, LUAD_HISTOSEG, ClassSpec
 from protoseg.errors import ProtosegError
-from protoseg.train.events import CancelToken
+from protoseg.cancel import CancelToken
 
 if TYPE_CHECKING:
-    from protoseg.train.jobs import RegionSource
+    from protoseg.data.regions import RegionSource
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def classes_from_text(text: str) -> ClassSpec:
 
 def classes_from_checkpoint(path: str | Path) -> ClassSpec:
     """Classes stored in a protoseg checkpoint."""
-    from protoseg.train.checkpoint import load_checkpoint
+    from protoseg.models.checkpoint import load_checkpoint
 
     return load_checkpoint(path).classes
 

@@ -199,7 +199,7 @@ class BankWidget(QWidget):
 
     def load_checkpoint_bank(self) -> str:
         """Show and load the bank recorded in a checkpoint (``extra['bank_path']``)."""
-        from protoseg.train.checkpoint import load_checkpoint
+        from protoseg.models.checkpoint import load_checkpoint
 
         path = load_checkpoint(self.ckpt.text()).extra.get("bank_path")
         if not path:

@@ -17,13 +17,13 @@ from qtpy.QtWidgets import (
 from protoseg.classes import BCSS_WSSS, ClassSpec
 from protoseg.config import ProtosegConfig
 from protoseg.data.regions import (
-    RegionAnnotation, load_regions_geojson, regions_from_napari, regions_to_napari, save_regions_geojson,
+    RegionAnnotation, RegionSource, load_regions_geojson, regions_from_napari, regions_to_napari, save_regions_geojson,
 )
 from protoseg.napari.widgets._common import (
     LayerCombo, PathEdit, StatusLabel, WidgetError, classes_from_checkpoint, classes_from_dataset, classes_from_text, layer_to_level0,
     level0_to_layer, register_regions, slide_meta,
 )
-from protoseg.train.jobs import RegionSource
+from protoseg.train.jobs import source_data
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class RegionTagWidget(QWidget):
         mpp = float(self.mpp_spin.value())
         fallback = None if slide_meta(slide).get("mpp") else mpp
         source = RegionSource(layer.name, tuple(regions), self.classes, mpp, fallback)
-        data = source.training_data(ProtosegConfig(), augment=False)
+        data = source_data(ProtosegConfig(), source, augment=False)
         counts = data.train.labels().sum(axis=0).astype(int)  # type: ignore[attr-defined]
         per_class = ", ".join(f"{n} {c}" for n, c in zip(self.classes.names, counts))
         register_regions(source)
