@@ -10,7 +10,7 @@ APT_PACKAGES := xvfb xauth libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb
 	libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
 	libxcb-cursor0 libdbus-1-3 libfontconfig1 libegl1 libgl1 libglib2.0-0
 
-.PHONY: install sysdeps test demo bench clean
+.PHONY: install sysdeps lint test test-random demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,16 @@ sysdeps:
 		echo "WARNING: not root; install these Debian packages for GUI tests: $(APT_PACKAGES)"; \
 	fi
 
-test: install sysdeps
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: install sysdeps lint
 	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# same suite in a random order (pytest-random-order), to catch tests that depend on each other
+test-random: install sysdeps
+	xvfb-run -a -s "-screen 0 1280x1024x24" $(BIN)/python -m pytest -q --random-order $(PYTEST_ARGS)
 
 demo: install
 	@if [ -n "$(HEADLESS)" ]; then \

@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from infer_common import make_checkpoint, make_slide, threads  # noqa: E402
-
-from protoseg.infer.lazy import LazyPrediction  # noqa: E402
-from protoseg.infer.predictor import Predictor  # noqa: E402
+from infer_common import make_checkpoint, make_slide, threads
+from protoseg.infer.lazy import LazyPrediction
+from protoseg.infer.predictor import Predictor
 
 
 def timed(fn) -> float:

@@ -53,11 +53,18 @@ def child(size: int, backbone: str) -> None:
         res = predict_slide_to_omezarr(predictor, slide, tmp / "out.zarr", tissue_only=False)
         stop.set()
         th.join()
-        print(json.dumps({
-            "size": size, "tiles": res.tiles_predicted, "seconds": time.perf_counter() - start,
-            "baseline_mb": base / 2**20, "peak_mb": peak[0] / 2**20,
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }))
+        print(
+            json.dumps(
+                {
+                    "size": size,
+                    "tiles": res.tiles_predicted,
+                    "seconds": time.perf_counter() - start,
+                    "baseline_mb": base / 2**20,
+                    "peak_mb": peak[0] / 2**20,
+                    "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                }
+            )
+        )
 
 
 def main() -> None:
@@ -73,12 +80,16 @@ def main() -> None:
     for size in (args.size, 2 * args.size):
         out = subprocess.run(
             [sys.executable, __file__, "--child", str(size), "--backbone", args.backbone],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{size}x{size}: {r['tiles']} tiles in {r['seconds']:.1f} s, baseline {r['baseline_mb']:.0f} MB, "
-              f"peak during prediction {r['peak_mb']:.0f} MB (+{r['peak_mb'] - r['baseline_mb']:.0f} MB)")
+        print(
+            f"{size}x{size}: {r['tiles']} tiles in {r['seconds']:.1f} s, baseline {r['baseline_mb']:.0f} MB, "
+            f"peak during prediction {r['peak_mb']:.0f} MB (+{r['peak_mb'] - r['baseline_mb']:.0f} MB)"
+        )
     a, b = rows
     print(f"peak RSS ratio for 4x area: {b['peak_mb'] / a['peak_mb']:.3f} (target < 1.3)")
     da, db = a["peak_mb"] - a["baseline_mb"], b["peak_mb"] - b["baseline_mb"]

@@ -17,11 +17,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from infer_common import make_checkpoint, make_slide, threads  # noqa: E402
-
-from protoseg.infer.batch import predict_slide_to_omezarr  # noqa: E402
-from protoseg.infer.predictor import Predictor  # noqa: E402
-from protoseg.slide import open_slide  # noqa: E402
+from infer_common import make_checkpoint, make_slide, threads
+from protoseg.infer.batch import predict_slide_to_omezarr
+from protoseg.infer.predictor import Predictor
+from protoseg.slide import open_slide
 
 
 def model_only(predictor: Predictor, tiles: np.ndarray, repeats: int = 1) -> float:
@@ -54,8 +53,10 @@ def main() -> None:
         ckpt = make_checkpoint(tmp, args.backbone)
         predictor = Predictor(ckpt, device="cpu", batch_size=args.batch_size)
         tiles, read_s = read_tiles(predictor, slide)
-        print(f"slide {args.size}x{args.size} px, {len(tiles)} tiles of {predictor.tile_size} px, "
-              f"overlap {predictor.overlap}, backbone {args.backbone}, torch threads {torch.get_num_threads()}")
+        print(
+            f"slide {args.size}x{args.size} px, {len(tiles)} tiles of {predictor.tile_size} px, "
+            f"overlap {predictor.overlap}, backbone {args.backbone}, torch threads {torch.get_num_threads()}"
+        )
         print(f"read+decode only : {len(tiles) / read_s:8.1f} tiles/s")
         m_before = model_only(predictor, tiles)
         before = predictor.tiles_predicted
@@ -66,8 +67,10 @@ def main() -> None:
         m_after = model_only(predictor, tiles)  # measured before and after: other load on the machine drifts
         m_rate = (m_before + m_after) / 2
         print(f"model only       : {m_rate:8.1f} tiles/s (before {m_before:.1f}, after {m_after:.1f})")
-        print(f"pipeline         : {p_rate:8.1f} tiles/s ({res.tiles_predicted} tiles incl. "
-              f"{res.tiles_predicted - len(tiles)} recomputed at strip borders, {seconds:.1f} s, pyramid included)")
+        print(
+            f"pipeline         : {p_rate:8.1f} tiles/s ({res.tiles_predicted} tiles incl. "
+            f"{res.tiles_predicted - len(tiles)} recomputed at strip borders, {seconds:.1f} s, pyramid included)"
+        )
         print(f"ratio pipeline/model-only: {p_rate / m_rate:.3f} (target >= 0.85)")
         useful = len(tiles) / seconds
         print(f"ratio counting each slide tile once: {useful / m_rate:.3f}")

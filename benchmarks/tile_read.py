@@ -6,7 +6,7 @@ reads THE SAME pixels through each reader, interleaved item by item in a shuffle
 
 * tile      one random native level-0 tile per call. protoseg: ``pyr[0][y:y+t, x:x+t].compute(
             scheduler="sync")`` (as napari slices); openslide: ``read_region`` (PIL RGBA, "raw") and
-            ``read_region`` -> RGB ndarray. Also protoseg without dask (``level_pixels``) and via zarr.
+            ``read_region`` -> RGB ndarray. Also protoseg without dask (``level_pixels``).
 * viewport  a tile-aligned 2048 x 2048 level-0 region (64 tiles) per call. protoseg: one threaded
             dask compute; openslide: one ``read_region`` and 64 tile-by-tile ``read_region`` calls.
 * parallel  all random tiles at once on ``--threads`` threads (dask.compute vs a thread pool).
@@ -47,7 +47,7 @@ def load_sources(data: Path) -> list[np.ndarray]:
 
     blocks: list[np.ndarray] = []
     for f in sorted((data / "tiles").glob("*.png")):
-        if "tissue-" in f.name and "no-tissue" not in f.name or "nuclei" in f.name:
+        if ("tissue-" in f.name and "no-tissue" not in f.name) or "nuclei" in f.name:
             blocks.append(np.asarray(Image.open(f).convert("RGB"))[:BLOCK, :BLOCK])
     for name in ("cmu-1-small-region.svs", "target_image.png", "OS-1-detail.ome.tif"):
         p = data / "slides" / name
@@ -100,12 +100,11 @@ def protoseg_fns(path: Path, ts: int, level: int, threads: int) -> tuple[dict[st
 
     slide = open_slide(path, backend=Backend.OPENSLIDE)
     pyr = slide.dask_pyramid()
-    view, zarr0 = slide.level_pixels(0), slide.level_array(0)
+    view = slide.level_pixels(0)
     low = pyr[level]
     return {
         "tile": lambda yx: pyr[0][yx[0] : yx[0] + ts, yx[1] : yx[1] + ts].compute(scheduler="sync"),
         "tile_direct": lambda yx: view[yx[0] : yx[0] + ts, yx[1] : yx[1] + ts],
-        "tile_zarr": lambda yx: zarr0[yx[0] : yx[0] + ts, yx[1] : yx[1] + ts],
         "viewport": lambda yx: pyr[0][yx[0] : yx[0] + VIEW, yx[1] : yx[1] + VIEW].compute(
             scheduler="threads", num_workers=threads
         ),
@@ -164,8 +163,14 @@ def dask_floor_fns(path: Path, ts: int, level: int, threads: int) -> tuple[dict[
 
     with openslide.OpenSlide(str(path)) as osr:
         w, h = osr.level_dimensions[0]
-    arr = da.from_array(_NoIO((h, w, 3), ts), chunks=(ts, ts, 3), asarray=False, lock=False, inline_array=True,
-                        meta=np.empty((0, 0, 0), np.uint8))
+    arr = da.from_array(
+        _NoIO((h, w, 3), ts),
+        chunks=(ts, ts, 3),
+        asarray=False,
+        lock=False,
+        inline_array=True,
+        meta=np.empty((0, 0, 0), np.uint8),
+    )
     return {"tile": lambda yx: arr[yx[0] : yx[0] + ts, yx[1] : yx[1] + ts].compute(scheduler="sync")}, lambda: None
 
 
@@ -237,7 +242,10 @@ def report(title: str, unit_n: int, unit: str, res: dict[str, list[float]], pair
     """Print best/median throughput per contender and protoseg/baseline ratios; return verdict lines."""
     print(f"\n{title}")
     for name, secs in res.items():
-        print(f"  {name:28s} best {unit_n / min(secs):9.1f} {unit}/s   median {unit_n / statistics.median(secs):9.1f} {unit}/s")
+        print(
+            f"  {name:28s} best {unit_n / min(secs):9.1f} {unit}/s   "
+            f"median {unit_n / statistics.median(secs):9.1f} {unit}/s"
+        )
     verdicts = []
     for ours, base in pairs:
         if ours not in res or base not in res:
@@ -263,8 +271,12 @@ def build(args: argparse.Namespace) -> tuple[Path, Path | None]:
     logger.info("building %s from %d source blocks", path, len(blocks))
     t0 = time.perf_counter()
     write_pyramidal_tiff_from_tiles(
-        path, (args.size, args.size), make_tile_fn(blocks, args.size, args.seed), mpp=0.5,
-        tile_size=args.tile_size, quality=90,
+        path,
+        (args.size, args.size),
+        make_tile_fn(blocks, args.size, args.seed),
+        mpp=0.5,
+        tile_size=args.tile_size,
+        quality=90,
     )
     print(f"built {args.size}x{args.size} px, {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s")
     return path, tmp
@@ -281,8 +293,10 @@ def run(path: Path, args: argparse.Namespace) -> None:
     ts, (w0, h0) = tw, dims[0]
     level = next(i for i, (w, h) in enumerate(dims) if max(w, h) <= 4096)
     rng = np.random.default_rng(args.seed + 1)
-    tiles = [(int(r) * ts, int(c) * ts) for r, c in zip(rng.integers(0, h0 // ts, args.n_tiles),
-                                                        rng.integers(0, w0 // ts, args.n_tiles), strict=True)]
+    tiles = [
+        (int(r) * ts, int(c) * ts)
+        for r, c in zip(rng.integers(0, h0 // ts, args.n_tiles), rng.integers(0, w0 // ts, args.n_tiles), strict=True)
+    ]
     nv = (min(h0, w0) - VIEW) // ts
     views = [(int(r) * ts, int(c) * ts) for r, c in rng.integers(0, nv, (args.n_views, 2))]
     cold = min(open_first_fresh_process(path, ts, t) for t in tiles[: args.rounds])
@@ -299,36 +313,69 @@ def run(path: Path, args: argparse.Namespace) -> None:
     p, o = fresh(protoseg_fns), fresh(openslide_fns)
     nw = fresh(napari_wsi_fns) if args.napari_wsi else {}
     n = args.rounds
-    print(f"slide {path.name}: {w0}x{h0}, tile {ts}, level {level} = {dims[level][0]}x{dims[level][1]}; "
-          f"{len(tiles)} random tiles, {len(views)} viewports of {VIEW}^2, {args.threads} threads, {n} rounds")
+    print(
+        f"slide {path.name}: {w0}x{h0}, tile {ts}, level {level} = {dims[level][0]}x{dims[level][1]}; "
+        f"{len(tiles)} random tiles, {len(views)} viewports of {VIEW}^2, {args.threads} threads, {n} rounds"
+    )
     verdicts: list[str] = []
-    tile_c = {"protoseg dask (sync)": p["tile"], "protoseg no-dask": fresh(protoseg_fns)["tile_direct"],
-              "protoseg zarr": fresh(protoseg_fns)["tile_zarr"], "openslide raw (PIL)": o["tile"],
-              "openslide + RGB ndarray": fresh(openslide_fns)["tile_np"]}
+    tile_c = {
+        "protoseg dask (sync)": p["tile"],
+        "protoseg no-dask": fresh(protoseg_fns)["tile_direct"],
+        "openslide raw (PIL)": o["tile"],
+        "openslide + RGB ndarray": fresh(openslide_fns)["tile_np"],
+    }
     if nw:
         tile_c["napari-wsi dask (sync)"] = nw["tile"]
     tile_c["dask alone, no I/O (sync)"] = fresh(dask_floor_fns)["tile"]
     res = interleaved(tile_c, tiles, n, args.seed)
-    verdicts += report("tile: one native tile per call", len(tiles), "tiles", res, [
-        ("protoseg dask (sync)", "openslide raw (PIL)"), ("protoseg dask (sync)", "openslide + RGB ndarray"),
-        ("protoseg no-dask", "openslide raw (PIL)"), ("protoseg zarr", "openslide raw (PIL)")])
-    view_c = {"protoseg dask (threads)": p["viewport"], "openslide one read_region": o["viewport"],
-              "openslide tile by tile": fresh(openslide_fns)["viewport_tiles"]}
+    verdicts += report(
+        "tile: one native tile per call",
+        len(tiles),
+        "tiles",
+        res,
+        [
+            ("protoseg dask (sync)", "openslide raw (PIL)"),
+            ("protoseg dask (sync)", "openslide + RGB ndarray"),
+            ("protoseg no-dask", "openslide raw (PIL)"),
+        ],
+    )
+    view_c = {
+        "protoseg dask (threads)": p["viewport"],
+        "openslide one read_region": o["viewport"],
+        "openslide tile by tile": fresh(openslide_fns)["viewport_tiles"],
+    }
     if nw:
         view_c["napari-wsi dask (threads)"] = nw["viewport"]
     res = interleaved(view_c, views, n, args.seed)
-    verdicts += report(f"viewport: {VIEW}x{VIEW} level-0 region ({(VIEW // ts) ** 2} tiles) per call", len(views),
-                       "views", res, [("protoseg dask (threads)", "openslide one read_region"),
-                                      ("protoseg dask (threads)", "openslide tile by tile")])
+    verdicts += report(
+        f"viewport: {VIEW}x{VIEW} level-0 region ({(VIEW // ts) ** 2} tiles) per call",
+        len(views),
+        "views",
+        res,
+        [
+            ("protoseg dask (threads)", "openslide one read_region"),
+            ("protoseg dask (threads)", "openslide tile by tile"),
+        ],
+    )
     res = interleaved({"protoseg dask (threads)": p["par"], "openslide thread pool": o["par"]}, [tiles], n, args.seed)
-    verdicts += report(f"parallel: all {len(tiles)} tiles on {args.threads} threads", len(tiles), "tiles", res,
-                       [("protoseg dask (threads)", "openslide thread pool")])
-    res = interleaved({"protoseg dask (threads)": p["level"], "openslide read_region": o["level"]}, [None], n, args.seed)
-    verdicts += report(f"level: whole level {level} per call", 1, "levels", res,
-                       [("protoseg dask (threads)", "openslide read_region")])
+    verdicts += report(
+        f"parallel: all {len(tiles)} tiles on {args.threads} threads",
+        len(tiles),
+        "tiles",
+        res,
+        [("protoseg dask (threads)", "openslide thread pool")],
+    )
+    res = interleaved(
+        {"protoseg dask (threads)": p["level"], "openslide read_region": o["level"]}, [None], n, args.seed
+    )
+    verdicts += report(
+        f"level: whole level {level} per call", 1, "levels", res, [("protoseg dask (threads)", "openslide read_region")]
+    )
     warm = min(open_first(path, ts, t) for t in tiles[1 : 1 + n])
-    print(f"\nopen+1st: protoseg open_slide + dask_pyramid + first chunk: {warm:.3f} s warm (best of {n}), "
-          f"{cold:.3f} s in a fresh process incl. imports (best of {n}; target < 0.5 s)")
+    print(
+        f"\nopen+1st: protoseg open_slide + dask_pyramid + first chunk: {warm:.3f} s warm (best of {n}), "
+        f"{cold:.3f} s in a fresh process incl. imports (best of {n}; target < 0.5 s)"
+    )
     for what, secs in (("warm process (dask imported, as in napari)", warm), ("fresh process incl. imports", cold)):
         verdicts.append(f"open+1st, {what}: {secs:.3f} s -> {'MEETS' if secs < 0.5 else 'misses'} < 0.5 s")
     print("\nverdicts (MEETS needs best-vs-best AND median ratio >= 0.9):")

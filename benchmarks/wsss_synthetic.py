@@ -35,13 +35,25 @@ RECIPES: dict[str, list[str]] = {
 
 
 def base_config(args: argparse.Namespace, data: Path) -> ProtosegConfig:
-    return load_config(None, [
-        f"data.root={data}", f"data.patch_size={args.size}", f"data.batch_size={args.batch}",
-        f"model.backbone={args.backbone}", f"stage2.backbone={args.backbone}",
-        f"stage1.epochs={args.epochs}", f"stage2.epochs={args.epochs2}", f"stage1.lr={args.lr}",
-        f"stage2.lr={args.lr2}", f"bank.encoder.input_size={args.encoder_size}", f"bank.n_per_cluster={args.n_per_cluster}",
-        "run.device=cpu", f"run.seed={args.seed}", "run.log_every=1000",
-    ])
+    return load_config(
+        None,
+        [
+            f"data.root={data}",
+            f"data.patch_size={args.size}",
+            f"data.batch_size={args.batch}",
+            f"model.backbone={args.backbone}",
+            f"stage2.backbone={args.backbone}",
+            f"stage1.epochs={args.epochs}",
+            f"stage2.epochs={args.epochs2}",
+            f"stage1.lr={args.lr}",
+            f"stage2.lr={args.lr2}",
+            f"bank.encoder.input_size={args.encoder_size}",
+            f"bank.n_per_cluster={args.n_per_cluster}",
+            "run.device=cpu",
+            f"run.seed={args.seed}",
+            "run.log_every=1000",
+        ],
+    )
 
 
 def cpu_seconds() -> float:
@@ -74,14 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     data = args.out / "data"
     if not (data / "train").is_dir():
-        write_bcss_dataset(data, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, size=args.size,
-                           seed=args.seed)
+        write_bcss_dataset(
+            data, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, size=args.size, seed=args.seed
+        )
     base = base_config(args, data)
     rows: dict[str, dict] = {}
     for name in [r.strip() for r in args.recipes.split(",") if r.strip()]:
         cfg = load_config(None, RECIPES[name])
-        cfg = replace(base, stage1=replace(base.stage1, recipe=cfg.stage1.recipe, addons=cfg.stage1.addons),
-                      run=replace(base.run, out_dir=str(args.out / name.replace(" ", "_").replace("+", "_"))))
+        cfg = replace(
+            base,
+            stage1=replace(base.stage1, recipe=cfg.stage1.recipe, addons=cfg.stage1.addons),
+            run=replace(base.run, out_dir=str(args.out / name.replace(" ", "_").replace("+", "_"))),
+        )
         t0, c0 = time.perf_counter(), cpu_seconds()
         fit = train_stage1(cfg)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -106,12 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, r in rows.items():
         v = r["val"]
-        lines.append(f"| {name} | 1 (pseudo-masks, label-gated) | val | {100 * v['mIoU']:.1f} | {100 * v['FwIoU']:.1f} | "
-                     f"{100 * v['Dice']:.1f} | {100 * v.get('bIoU', float('nan')):.1f} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} |")
-    lines.append(f"| {best_name} | 1 (score-gated, no labels) | test | {100 * test1['mIoU']:.1f} | {100 * test1['FwIoU']:.1f} | "
-                 f"{100 * test1['Dice']:.1f} | {100 * test1.get('bIoU', float('nan')):.1f} | - | - |")
-    lines.append(f"| {best_name} → stage 2 | 2 | test | {100 * test2['mIoU']:.1f} | {100 * test2['FwIoU']:.1f} | "
-                 f"{100 * test2['Dice']:.1f} | {100 * test2.get('bIoU', float('nan')):.1f} | {wall2:.0f} | {cpu2:.0f} |")
+        lines.append(
+            f"| {name} | 1 (pseudo-masks, label-gated) | val | {100 * v['mIoU']:.1f} | {100 * v['FwIoU']:.1f} | "
+            f"{100 * v['Dice']:.1f} | {100 * v.get('bIoU', float('nan')):.1f} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} |"
+        )
+    lines.append(
+        f"| {best_name} | 1 (score-gated, no labels) | test | {100 * test1['mIoU']:.1f} | {100 * test1['FwIoU']:.1f} | "
+        f"{100 * test1['Dice']:.1f} | {100 * test1.get('bIoU', float('nan')):.1f} | - | - |"
+    )
+    lines.append(
+        f"| {best_name} → stage 2 | 2 | test | {100 * test2['mIoU']:.1f} | {100 * test2['FwIoU']:.1f} | "
+        f"{100 * test2['Dice']:.1f} | {100 * test2.get('bIoU', float('nan')):.1f} | {wall2:.0f} | {cpu2:.0f} |"
+    )
     cam = rows.get("CAM baseline", {}).get("val", {}).get("mIoU")
     print()
     print("\n".join(lines))
@@ -121,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             if name in rows:
                 gain = 100 * (rows[name]["val"]["mIoU"] - cam)
                 print(f"{name} vs CAM baseline: {gain:+.1f} mIoU points (target >= +5)")
-    print(f"stage 2 test mIoU {100 * test2['mIoU']:.1f} vs its stage 1 (score-gated) {100 * test1['mIoU']:.1f}; "
-          f"pseudo-mask export {t_pseudo:.0f} s")
+    print(
+        f"stage 2 test mIoU {100 * test2['mIoU']:.1f} vs its stage 1 (score-gated) {100 * test1['mIoU']:.1f}; "
+        f"pseudo-mask export {t_pseudo:.0f} s"
+    )
     summary = {n: {k: v for k, v in r.items() if k != "cfg"} for n, r in rows.items()}
     summary["stage2"] = {"from": best_name, "test": test2, "stage1_test": test1, "wall_s": wall2, "cpu_s": cpu2}
     summary["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -40,8 +40,14 @@ def smooth_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def make_pyramid(
-    path: Path, h: int = 600, w: int = 1000, mpp: float | None = 0.5, tile_size: int = 128,
-    compression: str | None = "jpeg", n_levels: int | None = None, seed: int = 0,
+    path: Path,
+    h: int = 600,
+    w: int = 1000,
+    mpp: float | None = 0.5,
+    tile_size: int = 128,
+    compression: str | None = "jpeg",
+    n_levels: int | None = None,
+    seed: int = 0,
 ) -> tuple[Path, np.ndarray]:
     """Write a pyramidal TIFF with protoseg's writer; return (path, level-0 source pixels)."""
     from protoseg.slide.writer import write_pyramidal_tiff

@@ -99,7 +99,7 @@ def test_white_fraction_counts_pixels_above_220_in_all_channels() -> None:
 def test_white_patches_dropped_by_threshold() -> None:
     def patch(frac_white: float) -> np.ndarray:
         a = solid((150, 60, 120), 10)
-        a.reshape(-1, 3)[: int(round(frac_white * 100))] = 245
+        a.reshape(-1, 3)[: round(frac_white * 100)] = 245
         return a
 
     samples = [BankSample(patch(f), (1, 0), f"w{f}") for f in (0.0, 0.6, 0.7, 0.8, 1.0)]
@@ -172,8 +172,9 @@ def test_exclude_include_pin_change_prototypes(built) -> None:
         exclude(bank, ["nope"])
     both = exclude(bank, red)
     # an emptied sub-cluster falls back to the mean of the class's remaining members
-    np.testing.assert_allclose(recompute_prototypes(both)[0, _cluster_of(bank, "red")].numpy(),
-                               _class_mean(both, 0), atol=1e-5)
+    np.testing.assert_allclose(
+        recompute_prototypes(both)[0, _cluster_of(bank, "red")].numpy(), _class_mean(both, 0), atol=1e-5
+    )
     all_b = [m.member_id for m in bank.members if m.class_index == 1]
     with pytest.raises(BankError, match="no active bank members"):
         exclude(bank, all_b).prototypes()
@@ -196,7 +197,7 @@ def test_pinned_member_counts_even_if_flagged_excluded() -> None:
 
 
 def test_add_member_goes_to_nearest_prototype(built) -> None:
-    bank, colours = built
+    bank, _colours = built
     enc = MeanColour()
     added = add_member(bank, solid((30, 30, 210), 20), 0, enc, source="user.png", box=(1, 2, 20, 20))
     new = added.members[-1]
@@ -216,7 +217,9 @@ def test_add_member_goes_to_nearest_prototype(built) -> None:
 
 
 class FakeSlide:
-    """Duck-typed slide: level-0 canvas, read_region returns an RGBA PIL image like openslide."""
+    """Duck-typed ``SlideLike``: level-0 canvas, read_region returns an RGBA PIL image like openslide."""
+
+    level_count, level_dimensions, level_downsamples = 1, ((100, 100),), (1.0,)
 
     def __init__(self, mpp: float | None = 0.25) -> None:
         self.canvas = np.zeros((100, 100, 3), np.uint8)
@@ -245,11 +248,13 @@ def test_add_from_slide_reads_level0_region(built) -> None:
 
 
 def test_recluster_recovers_groups_and_keeps_flags(built) -> None:
-    bank, colours = built
-    scrambled = bank.replace(members=tuple(
-        BankMember(m.member_id, m.class_index, i % (bank.k if m.class_index == 0 else 2), m.source, m.box, m.mpp)
-        for i, m in enumerate(bank.members)
-    ))
+    bank, _colours = built
+    scrambled = bank.replace(
+        members=tuple(
+            BankMember(m.member_id, m.class_index, i % (bank.k if m.class_index == 0 else 2), m.source, m.box, m.mpp)
+            for i, m in enumerate(bank.members)
+        )
+    )
     red0 = next(m.member_id for m in bank.members if m.source.startswith("A-red"))
     green0 = next(m.member_id for m in bank.members if m.source.startswith("A-green"))
     curated = pin(exclude(scrambled, red0), green0)

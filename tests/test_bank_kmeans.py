@@ -11,7 +11,9 @@ import torch
 from protoseg.bank import BankError, cosine_kmeans
 
 
-def _planted(seed: int = 0, per: int = 30, d: int = 16, noise: float = 0.15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _planted(
+    seed: int = 0, per: int = 30, d: int = 16, noise: float = 0.15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(d, 3)))
     dirs = q.T  # 3 orthonormal directions
@@ -57,7 +59,7 @@ def test_assignment_is_nearest_centre() -> None:
 def test_no_empty_cluster_with_duplicate_points() -> None:
     x = np.array([[1.0, 0.0]] * 5 + [[0.0, 1.0]])
     for seed in range(5):
-        centers, assign = cosine_kmeans(x, 3, seed=seed)
+        _centers, assign = cosine_kmeans(x, 3, seed=seed)
         assert np.bincount(assign, minlength=3).min() >= 1
         assert len(np.unique(assign)) == 3
 

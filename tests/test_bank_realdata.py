@@ -34,8 +34,12 @@ def _crops(img: np.ndarray, n: int, size: int, rng: np.random.Generator) -> list
 
 
 def test_descriptor_groups_crops_of_the_same_real_tissue() -> None:
-    files = ["tiles/tissue-level0-7352-11762-7864-12274.png", "tiles/tissue-level2-4760-5241-8856-9338.png",
-             "slides/target_image.png", "tiles/no-tissue-red-pen.png"]
+    files = [
+        "tiles/tissue-level0-7352-11762-7864-12274.png",
+        "tiles/tissue-level2-4760-5241-8856-9338.png",
+        "slides/target_image.png",
+        "tiles/no-tissue-red-pen.png",
+    ]
     rng = np.random.default_rng(0)
     crops, labels = [], []
     for i, f in enumerate(files):
@@ -61,11 +65,21 @@ def test_bank_from_real_tiles_drops_blank_tiles_and_round_trips(tmp_path: Path) 
     bank = build_bank(samples, spec, HEDescriptor(input_size=64), k=2, n_per_cluster=10)
     kept = {m.source.split("/")[-1] for m in bank.members}
     # blank / nearly blank tiles (white fraction > 0.7 at level 220, measured when writing this test) are gone
-    for blank in ("almost-white-1.png", "almost-white-2.png", "no-tissue.png", "no-tissue2.png",
-                  "no-tissue-line.png", "high-nuclei-score-level2.png"):
+    for blank in (
+        "almost-white-1.png",
+        "almost-white-2.png",
+        "no-tissue.png",
+        "no-tissue2.png",
+        "no-tissue-line.png",
+        "high-nuclei-score-level2.png",
+    ):
         assert blank not in kept
-    assert {"tissue-level0-4302-10273-4814-10785.png", "no-tissue-red-pen.png", "no-tissue-green-pen.png",
-            "low-nuclei-score-level1.png"} <= kept
+    assert {
+        "tissue-level0-4302-10273-4814-10785.png",
+        "no-tissue-red-pen.png",
+        "no-tissue-green-pen.png",
+        "low-nuclei-score-level1.png",
+    } <= kept
     protos = bank.prototypes()
     assert protos.shape == (2, 2, bank.dim)
     torch.testing.assert_close(protos.norm(dim=-1), torch.ones(2, 2))

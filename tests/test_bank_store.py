@@ -45,8 +45,15 @@ def small_bank() -> ImageBank:
     feats = rng.normal(size=(6, 3)).astype(np.float32) + 2.0
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     members = tuple(
-        BankMember(f"m{i:06d}", i // 3, i % 2, f"/data/p{i}.png", box=(i, 2 * i, 32, 32) if i % 2 else None,
-                   mpp=0.5 if i % 2 else None, distance=float(np.float32(0.01 * i)))
+        BankMember(
+            f"m{i:06d}",
+            i // 3,
+            i % 2,
+            f"/data/p{i}.png",
+            box=(i, 2 * i, 32, 32) if i % 2 else None,
+            mpp=0.5 if i % 2 else None,
+            distance=float(np.float32(0.01 * i)),
+        )
         for i in range(6)
     )
     thumbs = rng.integers(0, 256, size=(6, 64, 64, 3), dtype=np.uint8)
@@ -58,7 +65,9 @@ def test_curated_round_trip(tmp_path: Path) -> None:
     bank = exclude(bank, ["m000001", "m000004"])
     bank = include(bank, "m000004")
     bank = pin(bank, "m000002")
-    bank = add_member(bank, np.full((20, 20, 3), (40, 160, 60), np.uint8), 1, MeanColour(), source="viewer", box=(5, 6, 20, 20))
+    bank = add_member(
+        bank, np.full((20, 20, 3), (40, 160, 60), np.uint8), 1, MeanColour(), source="viewer", box=(5, 6, 20, 20)
+    )
     folder = save_bank(bank, tmp_path / "bank")
     assert sorted(p.name for p in folder.iterdir()) == ["features.npy", "manifest.json", "thumbnails.npy"]
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -67,7 +76,11 @@ def test_curated_round_trip(tmp_path: Path) -> None:
     assert manifest["encoder_id"] == "test-mean-colour" and manifest["k"] == 2
     rec = {r["id"]: r for r in manifest["members"]}
     assert rec["m000001"]["excluded"] and not rec["m000004"]["excluded"] and rec["m000002"]["pinned"]
-    assert rec["m000006"]["added_by_user"] and rec["m000006"]["box"] == [5, 6, 20, 20] and rec["m000006"]["class_name"] == "STR"
+    assert (
+        rec["m000006"]["added_by_user"]
+        and rec["m000006"]["box"] == [5, 6, 20, 20]
+        and rec["m000006"]["class_name"] == "STR"
+    )
     loaded = load_bank(folder)
     assert bank_manifest(loaded) == bank_manifest(bank)
     assert loaded.members == bank.members
@@ -103,6 +116,7 @@ def _edit_manifest(change):
         m = json.loads((folder / "manifest.json").read_text())
         change(m)
         (folder / "manifest.json").write_text(json.dumps(m))
+
     return edit
 
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from protoseg.data import ColorJitter, Compose, HEDJitter, RandomFlip, RandomRot90, compute_normalization, open_dataset
+from protoseg.data import ColorJitter, Compose, HEDJitter, RandomFlip, RandomRot90
 from protoseg.data.augment import hed_to_rgb, rgb_to_hed
-from protoseg.data.stats import STATS_FILE
 
 
 def _coord_sample(h=5, w=7):
@@ -81,25 +77,3 @@ def test_hed_matches_skimage_up_to_channel_scale_and_roundtrips():
     stains = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]) / norms[:, None]
     expected = np.clip(10 ** -((ours + shift) @ stains), 0, 1)
     np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, atol=1e-5)
-
-
-def test_compute_normalization_and_cache(tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = []
-    for i in range(3):
-        a = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
-        arrays.append(a)
-        Image.fromarray(a).save(tmp_path / f"p{i}.png")
-    (tmp_path / "labels.csv").write_text("path,A\n" + "".join(f"p{i}.png,1\n" for i in range(3)))
-    ds = open_dataset(tmp_path, transform=Compose([ColorJitter(0.5, 0.5, 0.5)]))
-    mean, std = compute_normalization(ds, max_samples=10)
-    pix = np.concatenate([a.reshape(-1, 3) for a in arrays]).astype(np.float64) / 255
-    np.testing.assert_allclose(mean, pix.mean(0), atol=1e-6)
-    np.testing.assert_allclose(std, pix.std(0), atol=1e-6)
-    assert ds.transform is not None  # restored after computing raw statistics
-    cache = json.loads((tmp_path / STATS_FILE).read_text())
-    (key, entry), = cache.items()
-    entry["mean"] = [0.1, 0.2, 0.3]
-    (tmp_path / STATS_FILE).write_text(json.dumps({key: entry}))
-    assert compute_normalization(ds, max_samples=10)[0] == (0.1, 0.2, 0.3)  # served from the cache
-    assert compute_normalization(ds, max_samples=2)[0] != (0.1, 0.2, 0.3)  # different sample -> new key

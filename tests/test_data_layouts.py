@@ -123,7 +123,8 @@ def test_generic_csv_multi_hot_and_tags(tmp_path):
     for n in ("p0", "p1", "p2"):
         _img(tmp_path / "imgs" / f"{n}.png")
     (tmp_path / "labels.csv").write_text(
-        "path,A,B,C,split\nimgs/p0.png,1,0,1,train\nimgs/p1.png,0,1,0,train\nimgs/p2.png,0,0,1,val\n")
+        "path,A,B,C,split\nimgs/p0.png,1,0,1,train\nimgs/p1.png,0,1,0,train\nimgs/p2.png,0,0,1,val\n"
+    )
     assert detect_layout(tmp_path) is Layout.GENERIC
     ds = open_dataset(tmp_path, "train")
     assert ds.classes.names == ("A", "B", "C") and ds.classes.colors[1] == (4, 5, 6)
@@ -145,7 +146,8 @@ def test_generic_class_folders_and_json_classes(tmp_path):
     assert ds.classes.names == ("STR", "TUM")
     assert {r.name: r.label for r in ds.records} == {"STR/s1": (1, 0), "TUM/t1": (0, 1), "TUM/t2": (0, 1)}
     (tmp_path / "classes.json").write_text(
-        json.dumps([{"name": "TUM", "color": [255, 0, 0]}, {"name": "STR", "color": [0, 255, 0]}]))
+        json.dumps([{"name": "TUM", "color": [255, 0, 0]}, {"name": "STR", "color": [0, 255, 0]}])
+    )
     ds = open_dataset(tmp_path)
     assert ds.classes.names == ("TUM", "STR")
     assert {r.name: r.label for r in ds.records}["STR/s1"] == (0, 1)

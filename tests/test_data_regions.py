@@ -29,21 +29,19 @@ def _canvas() -> np.ndarray:
 
 
 class FakeSlide:
-    """Minimal stand-in for protoseg.slide.Slide (level 0 only, nearest-neighbour resampling)."""
+    """Minimal ``protoseg.slide.SlideLike`` (level 0 only); the dataset resamples with read_at_scale."""
 
     opened = 0
+    level_count, level_dimensions, level_downsamples = 1, ((CANVAS_W, CANVAS_H),), (1.0,)
 
     def __init__(self, path: str, mpp: float | None = 0.5) -> None:
         self.path, self.mpp, self.pixels = path, mpp, _canvas()
         FakeSlide.opened += 1
 
-    def read(self, region, mpp, fallback_mpp=None):
-        x, y, w, h = region
-        f = mpp / (self.mpp or fallback_mpp)
-        out_w, out_h = round(w / f), round(h / f)
-        ys = (y + np.arange(out_h) * f).astype(int)
-        xs = (x + np.arange(out_w) * f).astype(int)
-        return self.pixels[ys][:, xs]
+    def read_region(self, location, level, size):
+        (x, y), (w, h) = location, size
+        assert level == 0 and x >= 0 and y >= 0 and x + w <= CANVAS_W and y + h <= CANVAS_H  # clipped by caller
+        return self.pixels[y : y + h, x : x + w]
 
     def close(self) -> None:
         pass
@@ -58,8 +56,10 @@ def _rect(x0, y0, x1, y1):
 
 
 def test_patch_labels_are_union_of_overlapping_region_tags():
-    regions = [RegionAnnotation(_rect(0, 0, 400, 200), ("TUM",), "s.tif"),
-               RegionAnnotation(_rect(300, 0, 600, 200), ("STR", "LYM"), "s.tif")]
+    regions = [
+        RegionAnnotation(_rect(0, 0, 400, 200), ("TUM",), "s.tif"),
+        RegionAnnotation(_rect(300, 0, 600, 200), ("STR", "LYM"), "s.tif"),
+    ]
     ds = WsiRegionDataset(regions, ["TUM", "STR", "LYM", "NEC"], mpp=0.5, patch_size=100, slide_opener=fake_opener)
     boxes = sorted(p.box for p in ds.patches)
     # grid of 100 px over both rectangles, duplicates at x=300 merged
@@ -88,7 +88,9 @@ def test_min_inside_and_target_mpp_scaling():
     img = ds2[0]["image"]
     assert img.shape == (3, 50, 50)
     x, y = ds2.patches[0].box[:2]
-    np.testing.assert_array_equal((img[0].numpy() * 255).round(), _canvas()[y:y + 100:2, x:x + 100:2, 0])
+    # area (BOX) resampling: each output pixel is the mean of its 2x2 level-0 block, rounded
+    blocks = _canvas()[y : y + 100, x : x + 100, 0].astype(float).reshape(50, 2, 50, 2).mean(axis=(1, 3))
+    assert np.abs((img[0].numpy() * 255).round() - blocks).max() <= 0.5
 
 
 def test_jitter_is_seeded_and_slides_open_lazily_and_pickle():
@@ -123,35 +125,52 @@ def test_png_backed_protoseg_slide(tmp_path):
     path = tmp_path / "canvas.png"
     Image.fromarray(_canvas()).save(path)
     region = [RegionAnnotation(_rect(100, 50, 300, 250), ("STR",), str(path))]
-    ds = WsiRegionDataset(region, ["TUM", "STR"], mpp=0.25, patch_size=100, fallback_mpp=0.25,
-                          slide_opener=slide_mod.open_slide)
+    ds = WsiRegionDataset(
+        region, ["TUM", "STR"], mpp=0.25, patch_size=100, fallback_mpp=0.25, slide_opener=slide_mod.open_slide
+    )
     assert len(ds) == 4
     p = ds.patches[0]
     x, y = p.box[:2]
     got = (ds[0]["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    np.testing.assert_array_equal(got, _canvas()[y:y + 100, x:x + 100])
+    np.testing.assert_array_equal(got, _canvas()[y : y + 100, x : x + 100])
 
 
 def test_geojson_roundtrip_and_qupath_variants(tmp_path):
-    regions = [RegionAnnotation(_rect(0, 0, 10, 20), ("TUM", "NEC"), "/slides/a.svs"),
-               RegionAnnotation(np.array([[5, 5], [9, 5], [7, 9]], float), ("STR",), "/slides/a.svs")]
+    regions = [
+        RegionAnnotation(_rect(0, 0, 10, 20), ("TUM", "NEC"), "/slides/a.svs"),
+        RegionAnnotation(np.array([[5, 5], [9, 5], [7, 9]], float), ("STR",), "/slides/a.svs"),
+    ]
     path = save_regions_geojson(tmp_path / "r.geojson", regions)
     back = load_regions_geojson(path)
     assert [r.classes for r in back] == [("TUM", "NEC"), ("STR",)]
     assert all(np.array_equal(a.polygon, b.polygon) and a.slide_path == b.slide_path for a, b in zip(regions, back))
     feats = [
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]},
-         "properties": {"classification": {"name": "LYM", "color": [0, 0, 255]}}},
-        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [
-            [[[0, 0], [1, 0], [1, 1], [0, 0]]], [[[5, 5], [6, 5], [6, 6], [5, 5]]]]},
-         "properties": {"classes": ["TUM", "STR"]}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
-         "properties": {}},
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]},
+            "properties": {"classification": {"name": "LYM", "color": [0, 0, 255]}},
+        },
+        {
+            "type": "Feature",
+            "geometry": {
+                "type": "MultiPolygon",
+                "coordinates": [[[[0, 0], [1, 0], [1, 1], [0, 0]]], [[[5, 5], [6, 5], [6, 6], [5, 5]]]],
+            },
+            "properties": {"classes": ["TUM", "STR"]},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+            "properties": {},
+        },
     ]
     (tmp_path / "q.geojson").write_text(json.dumps(feats))
     got = load_regions_geojson(tmp_path / "q.geojson", slide_path="b.svs")
     assert [(r.classes, len(r.polygon), r.slide_path) for r in got] == [
-        (("LYM",), 3, "b.svs"), (("TUM", "STR"), 3, "b.svs"), (("TUM", "STR"), 3, "b.svs")]
+        (("LYM",), 3, "b.svs"),
+        (("TUM", "STR"), 3, "b.svs"),
+        (("TUM", "STR"), 3, "b.svs"),
+    ]
     np.testing.assert_array_equal(got[2].polygon, [[5, 5], [6, 5], [6, 6]])
     with pytest.raises(RegionError, match="slide_path"):
         load_regions_geojson(tmp_path / "q.geojson")

@@ -159,8 +159,16 @@ def test_other_sizes_are_resized_to_input_size(descriptor: HEDescriptor) -> None
     img = texture("lymphocytes", 5)
     big = np.kron(img, np.ones((2, 2, 1), np.uint8))  # same content at twice the pixel count
     with torch.no_grad():
-        f = descriptor.encode(torch.cat([_to_tensor([img]), torch.nn.functional.interpolate(
-            _to_tensor([big]), size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)]))
+        f = descriptor.encode(
+            torch.cat(
+                [
+                    _to_tensor([img]),
+                    torch.nn.functional.interpolate(
+                        _to_tensor([big]), size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False
+                    ),
+                ]
+            )
+        )
         g = descriptor.encode(_to_tensor([big]))
     np.testing.assert_allclose(g[0].numpy(), f[1].numpy(), atol=1e-5)
     assert float(f[0] @ g[0]) > 0.95

@@ -11,10 +11,19 @@ import torch
 
 from protoseg.classes import ClassSpec
 from protoseg.export import (
-    ExportError, class_areas, export_prediction, load_geojson_mask, mask_to_geojson, write_area_csv,
+    ExportError,
+    ExportFormat,
+    class_areas,
+    copy_prediction,
+    default_output,
+    export_format,
+    export_prediction,
+    load_geojson_mask,
+    mask_to_geojson,
+    read_area_csv,
+    write_area_csv,
     write_mask_ometiff,
 )
-
 from test_infer_fakes import CLASSES, SmoothModel, smooth_image
 
 torch.set_num_threads(1)
@@ -140,3 +149,63 @@ def test_export_without_mpp_fails_for_areas(tmp_path):
     with pytest.raises(ExportError, match="--slide-mpp"):
         export_prediction(tmp_path / "n.zarr", "areas")
     export_prediction(tmp_path / "n.zarr", "ome-tiff")  # no physical size, still a valid file
+
+
+def test_export_format_enum_values_and_default_names(tmp_path):
+    assert [f.value for f in ExportFormat] == ["ome-zarr", "ome-tiff", "geojson", "areas"]
+    assert export_format("geojson") is ExportFormat.GEOJSON and ExportFormat.AREAS == "areas"
+    names = {f: default_output(tmp_path / "s.zarr", f).name for f in ExportFormat}
+    assert names == {
+        ExportFormat.OME_ZARR: "s-copy.zarr",
+        ExportFormat.OME_TIFF: "s.mask.ome.tif",
+        ExportFormat.GEOJSON: "s.geojson",
+        ExportFormat.AREAS: "s.areas.csv",
+    }
+    with pytest.raises(ExportError, match="ome-zarr, ome-tiff, geojson, areas"):
+        export_format("png")
+
+
+def test_area_csv_round_trip(tmp_path):
+    m = np.full((10, 10), BG, np.uint8)
+    m[:4] = 0
+    m[4:6, :5] = 2
+    rows = class_areas(m, mpp=0.5, classes=CLASSES)
+    back = read_area_csv(write_area_csv(rows, tmp_path / "a.csv"))
+    assert [(r.class_index, r.name, r.pixels) for r in back] == [(r.class_index, r.name, r.pixels) for r in rows]
+    assert [r.area_mm2 for r in back] == pytest.approx([r.area_mm2 for r in rows], rel=1e-9)
+    assert [r.tissue_fraction for r in back[:-1]] == pytest.approx([r.tissue_fraction for r in rows[:-1]], rel=1e-9)
+    assert back[-1].tissue_fraction is None  # background
+    (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(ExportError, match="area table"):
+        read_area_csv(tmp_path / "bad.csv")
+
+
+def _finished_prediction(path):
+    from protoseg.infer.batch import predict_slide_to_omezarr
+    from protoseg.infer.memory import ArraySlide
+    from protoseg.infer.predictor import Predictor
+
+    p = Predictor(SmoothModel(), classes=CLASSES, mpp=0.5, tile_size=16, overlap=4)
+    predict_slide_to_omezarr(p, ArraySlide(smooth_image(40, 48, seed=2), mpp=0.5), path, chunk=32, tissue_only=False)
+    return path
+
+
+def test_ome_zarr_copy_refuses_non_empty_folders_and_copies_into_empty_ones(tmp_path):
+    from protoseg.infer.omezarr import open_prediction
+
+    src = _finished_prediction(tmp_path / "s.zarr")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not empty"):
+        export_prediction(src, ExportFormat.OME_ZARR, foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]  # nothing merged into it
+    (tmp_path / "file.zarr").write_text("")
+    with pytest.raises(ExportError, match="not empty"):
+        copy_prediction(src, tmp_path / "file.zarr")
+    (tmp_path / "empty.zarr").mkdir()
+    out = export_prediction(src, "ome-zarr", tmp_path / "empty.zarr")
+    assert open_prediction(out).complete
+    np.testing.assert_array_equal(open_prediction(out).mask(0)[...], open_prediction(src).mask(0)[...])
+    assert export_prediction(src, ExportFormat.OME_ZARR) == tmp_path / "s-copy.zarr"  # default name
+    assert copy_prediction(src, src) == src  # onto itself: nothing to do

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from protoseg.infer.batch import predict_slide_to_omezarr
-from protoseg.infer.errors import MissingMppError, OutputError
+from protoseg.infer.errors import OutputError
 from protoseg.infer.lazy import LazyPrediction
 from protoseg.infer.memory import ArraySlide
 from protoseg.infer.omezarr import open_prediction
 from protoseg.infer.plan import plan_steps, strip_order
 from protoseg.infer.predictor import Predictor
-
+from protoseg.slide import MissingMppError
 from test_infer_fakes import CLASSES, Counting, SmoothModel, smooth_image
 
 torch.set_num_threads(1)
@@ -221,4 +221,6 @@ def test_real_slides(tmp_path):
     res = predict_slide_to_omezarr(p, str(cmu), tmp_path / "cmu.zarr", chunk=128)
     pz = open_prediction(tmp_path / "cmu.zarr")
     assert pz.mask(0).shape == (round(2967 * 0.499 / 4), round(2220 * 0.499 / 4))
-    assert res.chunks_predicted > 0 and pz.complete and pz.attrs["layout"]["slide_mpp"] == pytest.approx(0.499, abs=1e-3)
+    assert (
+        res.chunks_predicted > 0 and pz.complete and pz.attrs["layout"]["slide_mpp"] == pytest.approx(0.499, abs=1e-3)
+    )

@@ -12,7 +12,6 @@ from protoseg.infer.distributed import output_names, predict_many
 from protoseg.infer.omezarr import open_prediction
 from protoseg.infer.predictor import Predictor
 from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
-
 from test_infer_fakes import CLASSES, smooth_image
 
 torch.set_num_threads(1)
@@ -46,8 +45,22 @@ def test_output_names_are_unique():
 def test_cli_predict_and_export(files, tmp_path, capsys):
     root, slides = files
     out = tmp_path / "preds"
-    rc = main(["predict", str(slides[0]), "--checkpoint", str(root / "m.pt"), "--out", str(out), "--device", "cpu",
-               "--batch-size", "4", "--chunk", "32"])
+    rc = main(
+        [
+            "predict",
+            str(slides[0]),
+            "--checkpoint",
+            str(root / "m.pt"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--chunk",
+            "32",
+        ]
+    )
     assert rc == 0
     pz = open_prediction(out / "s0.zarr")
     assert pz.complete and pz.mask(0).shape == (48, 64)
@@ -66,8 +79,19 @@ def test_cli_errors_are_one_line(files, tmp_path, capsys):
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     rc = main(["predict", str(root / "nompp.tif"), "--checkpoint", str(root / "m.pt"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "--slide-mpp" in capsys.readouterr().err
-    rc = main(["predict", str(root / "nompp.tif"), "--checkpoint", str(root / "m.pt"), "--out", str(tmp_path / "o"),
-               "--slide-mpp", "0.5", "--no-tissue-only"])
+    rc = main(
+        [
+            "predict",
+            str(root / "nompp.tif"),
+            "--checkpoint",
+            str(root / "m.pt"),
+            "--out",
+            str(tmp_path / "o"),
+            "--slide-mpp",
+            "0.5",
+            "--no-tissue-only",
+        ]
+    )
     assert rc == 0
     rc = main(["export", str(tmp_path), "--format", "areas"])
     assert rc == 2 and "not a protoseg prediction" in capsys.readouterr().err
@@ -78,8 +102,14 @@ def test_predict_many_on_local_cluster(files, tmp_path):
     seen = []
     # processes=True works too (the CLI default) but its worker start-up took ~30 s on the 2-core test machine
     outcomes = predict_many(
-        [*slides, root / "broken.svs"], root / "m.pt", tmp_path / "many", n_workers=2, processes=False,
-        predictor_options={"device": "cpu", "batch_size": 8}, on_result=seen.append, chunk=32,
+        [*slides, root / "broken.svs"],
+        root / "m.pt",
+        tmp_path / "many",
+        n_workers=2,
+        processes=False,
+        predictor_options={"device": "cpu", "batch_size": 8},
+        on_result=seen.append,
+        chunk=32,
     )
     assert [o.ok for o in outcomes] == [True, True, False] and len(seen) == 3
     assert "broken.svs" in outcomes[2].slide and outcomes[2].error

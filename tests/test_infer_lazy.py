@@ -15,7 +15,6 @@ from protoseg.infer.lazy import LazyPrediction
 from protoseg.infer.memory import ArraySlide
 from protoseg.infer.predictor import Predictor
 from protoseg.infer.pyramid import quantize
-
 from test_infer_fakes import CLASSES, Counting, SmoothModel, smooth_image
 
 torch.set_num_threads(1)
@@ -85,7 +84,7 @@ def test_lazy_level0_equals_whole_region_prediction():
 
 
 def test_lazy_reads_compute_only_needed_chunks_and_cache():
-    lazy, p, model, _ = _lazy()
+    lazy, _p, model, _ = _lazy()
     grid = lazy.layout.geom.grid
     part = lazy.mask(0)[70:100, 10:40].compute()  # inside chunk (1, 0)
     assert part.shape == (30, 30)
@@ -97,6 +96,28 @@ def test_lazy_reads_compute_only_needed_chunks_and_cache():
     lazy.mask(0)[64:128, 64:128].compute()  # neighbour shares a column of tiles through the tile cache
     shared = set(grid.tiles_for_box((0, 64, 64, 64))) & set(grid.tiles_for_box((64, 64, 64, 64)))
     assert model.tiles - before == len(grid.tiles_for_box((64, 64, 64, 64))) - len(shared)
+
+
+def test_cached_chunk_peeks_without_computing():
+    lazy, _, model, _ = _lazy()
+    assert lazy.cached_chunk(0, 1, 0) is None and model.tiles == 0 and lazy.chunks_computed == 0
+    data = lazy.chunk(0, 1, 0)
+    tiles = model.tiles
+    assert lazy.cached_chunk(0, 1, 0) is data  # the cached object, no model call
+    assert lazy.cached_chunk(1, 0, 0) is None  # coarse level not computed by peeking either
+    assert model.tiles == tiles and lazy.chunks_computed == 1
+    lazy.cache.clear()  # evicted: None again, still nothing computed
+    assert lazy.cached_chunk(0, 1, 0) is None and lazy.chunks_computed == 1
+
+
+def test_lru_peek_touches_but_never_computes():
+    cache = ByteLRU(max_bytes=200)
+    assert cache.peek("a") is None and len(cache) == 0
+    a = cache.get("a", lambda: np.zeros(100, np.uint8))
+    cache.get("b", lambda: np.zeros(100, np.uint8))
+    assert cache.peek("a") is a  # a becomes the newest: b is evicted next
+    cache.get("c", lambda: np.zeros(100, np.uint8))
+    assert "a" in cache and "b" not in cache
 
 
 def test_lazy_concurrent_reads_of_one_chunk_compute_once():

@@ -8,14 +8,14 @@ import torch
 
 from protoseg.infer.blending import BlendWindow, make_window
 from protoseg.infer.device import autocast_for, select_device
-from protoseg.infer.errors import InferenceError, MissingMppError
-from protoseg.runtime import DeviceError
+from protoseg.infer.errors import InferenceError
 from protoseg.infer.grid import PredictionGrid
 from protoseg.infer.memory import ArraySlide
 from protoseg.infer.predictor import Predictor
 from protoseg.infer.reader import PadMode, RegionReader
 from protoseg.models.checkpoint import Checkpoint, CheckpointError, Stage, save_checkpoint
-
+from protoseg.runtime import DeviceError
+from protoseg.slide import MissingMppError
 from test_infer_fakes import CLASSES, ColourModel, ConstantModel, SmoothModel, TileMeanModel, smooth_image
 
 torch.set_num_threads(1)
@@ -67,9 +67,13 @@ def test_grid_covers_and_lists_intersecting_tiles():
             assert (x, y) == (c * 24 - 4, r * 24 - 4)
     box = (30, 10, 20, 25)
     brute = [
-        (r, c) for r in range(rows) for c in range(cols)
-        if g.origin((r, c))[0] < 50 and g.origin((r, c))[0] + 32 > 30
-        and g.origin((r, c))[1] < 35 and g.origin((r, c))[1] + 32 > 10
+        (r, c)
+        for r in range(rows)
+        for c in range(cols)
+        if g.origin((r, c))[0] < 50
+        and g.origin((r, c))[0] + 32 > 30
+        and g.origin((r, c))[1] < 35
+        and g.origin((r, c))[1] + 32 > 10
     ]
     assert g.tiles_for_box(box) == brute
     last_x, last_y = g.origin((rows - 1, cols - 1))
@@ -111,6 +115,7 @@ def test_blending_matches_explicit_weighted_average():
     w1 = 0.1 + 0.9 * np.sin(np.pi * pos) ** 2
     num = np.zeros((4, 20, 26))
     den = np.zeros((20, 26))
+
     def origins(length):  # from -overlap/2, every stride, until a tile reaches the end
         out = [-2]
         while out[-1] + t < length:

@@ -124,9 +124,7 @@ def test_fg_bg_images_no_present_class_is_empty_and_safe() -> None:
     images, cams, _ = _images_and_cams()
     out = fg_bg_images(images, cams, torch.zeros(2, 3), delta=0.5)
     assert out.x_fg.shape == (0, 3, 3, 3) and out.x_bg.shape == (0, 3, 3, 3)
-    loss = prototype_similarity_loss(
-        out.x_fg.flatten(1), out.x_bg.flatten(1), out.class_index, torch.randn(3, 2, 27)
-    )
+    loss = prototype_similarity_loss(out.x_fg.flatten(1), out.x_bg.flatten(1), out.class_index, torch.randn(3, 2, 27))
     loss.total.backward()
     assert loss.total.item() == 0.0 and not torch.isnan(loss.total)
 
@@ -145,9 +143,9 @@ def _similarity_ref(fg, bg, cls, protos, t):
     fgs, bgs = [], []
     for n, c in enumerate(cls.tolist()):
         own = math.exp(s(fg[n], c) / t)
-        neg = sum(math.exp(s(fg[n], l) / t) for l in range(n_classes) if l != c)
+        neg = sum(math.exp(s(fg[n], j) / t) for j in range(n_classes) if j != c)
         fgs.append(-math.log(own / (own + neg)))
-        pos = sum(math.exp(s(bg[n], l) / t) for l in range(n_classes) if l != c) / (n_classes - 1)
+        pos = sum(math.exp(s(bg[n], j) / t) for j in range(n_classes) if j != c) / (n_classes - 1)
         own_bg = math.exp(s(bg[n], c) / t)
         bgs.append(-math.log(pos / (pos + own_bg)))
     return sum(fgs) / len(fgs), sum(bgs) / len(bgs)
@@ -158,8 +156,7 @@ def test_prototype_similarity_loss_matches_loop_reference() -> None:
     fg, bg = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
     protos = torch.randn(3, 2, 5, generator=g)
     cls = torch.tensor([0, 2, 1, 2])
-    got = prototype_similarity_loss(fg, bg, cls, protos, temperature=0.3, fg_weight=1.0,
-                                    bg_weight=0.5)
+    got = prototype_similarity_loss(fg, bg, cls, protos, temperature=0.3, fg_weight=1.0, bg_weight=0.5)
     want_fg, want_bg = _similarity_ref(fg, bg, cls, protos, 0.3)
     assert got.l_fgs.item() == pytest.approx(want_fg, rel=1e-5)
     assert got.l_bgs.item() == pytest.approx(want_bg, rel=1e-5)

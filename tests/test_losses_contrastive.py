@@ -32,10 +32,12 @@ def _supcon_ref(feats: list[list[float]], labels: list[int], t: float) -> float:
 def _pixel_case():
     g = torch.Generator().manual_seed(4)
     emb = torch.randn(2, 4, 3, 3, generator=g)
-    labels = torch.tensor([
-        [[0, 1, 255], [1, 2, 255], [0, 0, 3]],
-        [[255, 255, 2], [1, 0, 255], [3, 255, 1]],
-    ])
+    labels = torch.tensor(
+        [
+            [[0, 1, 255], [1, 2, 255], [0, 0, 3]],
+            [[255, 255, 2], [1, 0, 255], [3, 255, 1]],
+        ]
+    )
     labels[1, 2, 0] = 4  # classes 3 and 4 now have one pixel each: anchors without positives
     return emb, labels
 
@@ -81,16 +83,19 @@ def test_supcon_from_features_small_cases() -> None:
 
 def test_pixel_supcon_empty_and_single_pixel_give_zero_with_grad() -> None:
     emb = torch.randn(1, 4, 3, 3, requires_grad=True)
-    for labels in (torch.full((1, 3, 3), 255), torch.full((1, 3, 3), 255).index_put_(
-            (torch.tensor([0]), torch.tensor([1]), torch.tensor([1])), torch.tensor(2))):
+    for labels in (
+        torch.full((1, 3, 3), 255),
+        torch.full((1, 3, 3), 255).index_put_(
+            (torch.tensor([0]), torch.tensor([1]), torch.tensor([1])), torch.tensor(2)
+        ),
+    ):
         loss = pixel_supcon_loss(emb, labels)
         loss.backward()
         assert loss.item() == 0.0 and not torch.isnan(loss)
 
 
 def test_pixel_supcon_sampling_bounded_balanced_and_seeded() -> None:
-    labels = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(4, dtype=torch.long),
-                        torch.full((30,), 255)])
+    labels = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(4, dtype=torch.long), torch.full((30,), 255)])
     idx = _balanced_sample(labels, 20, torch.Generator().manual_seed(0))
     assert idx.numel() == 20 and len(set(idx.tolist())) == 20
     assert int((labels[idx] == 1).sum()) == 4 and int((labels[idx] == 0).sum()) == 16
@@ -106,8 +111,7 @@ def test_pixel_supcon_resizes_labels_nearest() -> None:
     emb = torch.randn(1, 4, 2, 2)
     low = torch.tensor([[[0, 1], [1, 0]]])
     high = low.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # (1, 4, 4)
-    assert pixel_supcon_loss(emb, high).item() == pytest.approx(
-        pixel_supcon_loss(emb, low).item(), rel=1e-6)
+    assert pixel_supcon_loss(emb, high).item() == pytest.approx(pixel_supcon_loss(emb, low).item(), rel=1e-6)
 
 
 def test_pscl_labels_by_hand() -> None:

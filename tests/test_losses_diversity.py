@@ -19,8 +19,7 @@ from protoseg.losses import (
 
 def _pixels(sim_maps, region, b, c):
     k = sim_maps.shape[2]
-    coords = [(y, x) for y in range(region.shape[2]) for x in range(region.shape[3])
-              if bool(region[b, c, y, x])]
+    coords = [(y, x) for y in range(region.shape[2]) for x in range(region.shape[3]) if bool(region[b, c, y, x])]
     return [[float(sim_maps[b, c, i, y, x]) for (y, x) in coords] for i in range(k)]
 
 
@@ -103,8 +102,7 @@ def test_diversity_empty_inputs_and_gradients(kind: DiversityKind) -> None:
 
 def test_diversity_rejects_bad_shapes() -> None:
     with pytest.raises(LossInputError, match="region"):
-        prototype_diversity_loss(torch.zeros(1, 2, 3, 4, 4), torch.ones(1, 2, 3, 3, dtype=torch.bool),
-                                 torch.ones(1, 2))
+        prototype_diversity_loss(torch.zeros(1, 2, 3, 4, 4), torch.ones(1, 2, 3, 3, dtype=torch.bool), torch.ones(1, 2))
 
 
 def test_warmup_schedule() -> None:

@@ -18,8 +18,7 @@ from protoseg.losses import (
 
 
 def _sim_ref(a: list[float], b: list[float], eps: float, affine: bool = False) -> float:
-    cos = sum(x * y for x, y in zip(a, b)) / (
-        math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+    cos = sum(x * y for x, y in zip(a, b)) / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
     if affine:
         cos = (cos + 1) / 2
     return min(max(cos, eps), 1 - eps)
@@ -31,9 +30,9 @@ def _plim_ref(t, b, q, cls, eps, affine=False):
     for n, k in enumerate(cls.tolist()):
         ttp += -math.log(_sim_ref(t[n].tolist(), q[k].tolist(), eps, affine))
         btp += -math.log(1 - _sim_ref(b[n].tolist(), q[k].tolist(), eps, affine))
-        for l in range(n_classes):
-            if l != k:
-                tbp += -math.log(1 - _sim_ref(t[n].tolist(), q[l].tolist(), eps, affine))
+        for j in range(n_classes):
+            if j != k:
+                tbp += -math.log(1 - _sim_ref(t[n].tolist(), q[j].tolist(), eps, affine))
     n = len(cls)
     return ttp / n, btp / n, tbp / n
 
@@ -80,7 +79,9 @@ def test_plim_empty_and_gradient() -> None:
 def test_prompt_templates_and_text_encoding() -> None:
     prompts = PromptTemplates()
     assert prompts.prompts(["tumor", "stroma"]) == [
-        "a histopathology image of tumor", "a histopathology image of stroma"]
+        "a histopathology image of tumor",
+        "a histopathology image of stroma",
+    ]
 
     class FakeText:
         def encode_text(self, texts: list[str]) -> torch.Tensor:
@@ -132,8 +133,7 @@ def _ce_case():
 def test_plain_and_noise_reduced_ce_match_reference() -> None:
     logits, target, conf = _ce_case()
     assert segmentation_ce(logits, target).item() == pytest.approx(_ce_ref(logits, target), rel=1e-5)
-    assert noise_reduced_ce(logits, target).item() == pytest.approx(
-        _ce_ref(logits, target), rel=1e-5)
+    assert noise_reduced_ce(logits, target).item() == pytest.approx(_ce_ref(logits, target), rel=1e-5)
     got = noise_reduced_ce(logits, target, conf, confidence_threshold=0.3, drop_fraction=0.25)
     assert got.item() == pytest.approx(_ce_ref(logits, target, conf, 0.3, 0.25), rel=1e-5)
 
@@ -142,8 +142,11 @@ def test_noise_reduced_ce_edge_cases() -> None:
     logits, target, conf = _ce_case()
     logits.requires_grad_(True)
     all_ignored = torch.full_like(target, 255)
-    for loss in (segmentation_ce(logits, all_ignored), noise_reduced_ce(logits, all_ignored, conf),
-                 noise_reduced_ce(logits, target, torch.zeros_like(conf))):
+    for loss in (
+        segmentation_ce(logits, all_ignored),
+        noise_reduced_ce(logits, all_ignored, conf),
+        noise_reduced_ce(logits, target, torch.zeros_like(conf)),
+    ):
         loss.backward()
         assert loss.item() == 0.0 and not torch.isnan(loss)
     bad = target.clone()
@@ -153,5 +156,4 @@ def test_noise_reduced_ce_edge_cases() -> None:
     # low-resolution logits are upsampled to the target: constant logits stay constant
     low = torch.tensor([2.0, 0.0, 0.0, 0.0])[None, :, None, None].expand(1, 4, 2, 2)
     want = -math.log(math.exp(2) / (math.exp(2) + 3))
-    assert segmentation_ce(low, torch.zeros(1, 4, 4, dtype=torch.long)).item() == pytest.approx(
-        want, rel=1e-6)
+    assert segmentation_ce(low, torch.zeros(1, 4, 4, dtype=torch.long)).item() == pytest.approx(want, rel=1e-6)

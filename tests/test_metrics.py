@@ -67,7 +67,7 @@ def test_accumulate_merge_and_state():
 def _reference_boundary(mask: np.ndarray, d: float) -> np.ndarray:
     """Brute force: mask pixels whose nearest non-mask pixel (outside the image counts) is <= d away."""
     h, w = mask.shape
-    yy, xx = np.mgrid[-1:h + 1, -1:w + 1]
+    yy, xx = np.mgrid[-1 : h + 1, -1 : w + 1]
     inside = np.zeros((h + 2, w + 2), bool)
     inside[1:-1, 1:-1] = mask
     outside_pts = np.stack([yy[~inside], xx[~inside]], 1)

@@ -233,8 +233,15 @@ def test_segnet_shapes_softmax_and_flip_tta(images):
 @pytest.mark.parametrize(
     "cfg",
     [
-        {"kind": "classnet", "backbone": "resnet18", "head": "bank", "num_classes": 3, "k": 2, "proto_dim": 8,
-         "projector_hidden": 8},
+        {
+            "kind": "classnet",
+            "backbone": "resnet18",
+            "head": "bank",
+            "num_classes": 3,
+            "k": 2,
+            "proto_dim": 8,
+            "projector_hidden": 8,
+        },
         {"kind": "classnet", "backbone": "resnet18", "head": "cam", "num_classes": 2},
         {"kind": "segnet", "backbone": "pvt_v2_b0", "num_classes": 3, "decoder_dim": 16},
     ],

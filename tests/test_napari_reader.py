@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("napari")
 
-from protoseg.napari.reader import get_reader  # noqa: E402
+from protoseg.napari.reader import get_reader
 
 SLIDES = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 TCGA = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
@@ -42,7 +42,7 @@ def test_reader_declines_what_it_cannot_read(tmp_path: Path) -> None:
 def test_reader_layer_data_for_svs_with_mpp() -> None:
     reader = get_reader(str(CMU))
     assert reader is not None
-    data, kwargs, kind = reader(str(CMU))[0]
+    _data, kwargs, kind = reader(str(CMU))[0]
     assert kind == "image" and kwargs["rgb"]
     assert kwargs["scale"] == pytest.approx((0.499, 0.499), abs=1e-3)
     assert kwargs["units"] == ("um", "um")
@@ -98,9 +98,9 @@ def test_prediction_omezarr_of_tcga_opens_in_napari(make_napari_viewer, tmp_path
     """`predict` output for the real TCGA slide (mpp given by the user) opens over the slide."""
     import torch
 
+    from protoseg.classes import BCSS_WSSS
     from protoseg.infer.batch import predict_slide_to_omezarr
     from protoseg.infer.predictor import Predictor
-    from protoseg.classes import BCSS_WSSS
 
     class Redness(torch.nn.Module):
         """Stand-in model: class 0 where the tissue is pink, background elsewhere."""

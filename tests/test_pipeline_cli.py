@@ -20,8 +20,20 @@ from protoseg.models.checkpoint import Stage, load_checkpoint
 pytestmark = pytest.mark.slow
 
 SIZE = 96
-COMMON = ["--set", "model.backbone=resnet18", "--set", f"data.patch_size={SIZE}", "--set", "data.batch_size=8",
-          "--set", f"bank.encoder.input_size={SIZE}", "--set", "run.device=cpu", "--set", "stage1.lr=1e-3"]
+COMMON = [
+    "--set",
+    "model.backbone=resnet18",
+    "--set",
+    f"data.patch_size={SIZE}",
+    "--set",
+    "data.batch_size=8",
+    "--set",
+    f"bank.encoder.input_size={SIZE}",
+    "--set",
+    "run.device=cpu",
+    "--set",
+    "stage1.lr=1e-3",
+]
 
 
 def _json_line(text: str) -> dict:
@@ -31,8 +43,26 @@ def _json_line(text: str) -> dict:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
-    assert main(["synth", "dataset", str(root), "--n-train", "64", "--n-val", "12", "--n-test", "12",
-                 "--size", str(SIZE), "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "dataset",
+                str(root),
+                "--n-train",
+                "64",
+                "--n-val",
+                "12",
+                "--n-test",
+                "12",
+                "--size",
+                str(SIZE),
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -58,21 +88,58 @@ def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest
     assert main(["bank", "show", str(bank)]) == 0
     capsys.readouterr()
 
-    assert main(["train", "stage1", "--data", str(dataset), "--out", str(run), "--recipe", "pbip",
-                 "--bank", str(bank), "--epochs", "4", *COMMON]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "stage1",
+                "--data",
+                str(dataset),
+                "--out",
+                str(run),
+                "--recipe",
+                "pbip",
+                "--bank",
+                str(bank),
+                "--epochs",
+                "4",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     s1 = _json_line(capsys.readouterr().out)
     ckpt1 = Path(s1["best"])
     loaded = load_checkpoint(ckpt1)
     assert loaded.stage is Stage.STAGE1 and loaded.mpp == 0.5 and loaded.extra["recipe"] == "pbip"
     assert loaded.extra["bank_path"] == str(bank)
 
-    assert main(["pseudo", "--checkpoint", str(ckpt1), "--data", str(dataset), "--out", str(run / "pseudo"),
-                 *COMMON]) == 0
+    assert (
+        main(["pseudo", "--checkpoint", str(ckpt1), "--data", str(dataset), "--out", str(run / "pseudo"), *COMMON]) == 0
+    )
     masks = sorted((run / "pseudo" / "mask").glob("*.png"))
     assert len(masks) == 64 and len(list((run / "pseudo" / "conf").glob("*.png"))) == 64
 
-    assert main(["train", "stage2", "--data", str(dataset), "--out", str(run), "--epochs", "4",
-                 "--set", "stage2.backbone=resnet18", "--set", "stage2.lr=1e-3", *COMMON]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "stage2",
+                "--data",
+                str(dataset),
+                "--out",
+                str(run),
+                "--epochs",
+                "4",
+                "--set",
+                "stage2.backbone=resnet18",
+                "--set",
+                "stage2.lr=1e-3",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     s2 = _json_line(capsys.readouterr().out)
     assert main(["eval", "--checkpoint", s2["best"], "--data", str(dataset), "--json", *COMMON]) == 0
     metrics2 = _json_line(capsys.readouterr().out)
@@ -88,8 +155,19 @@ def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest
 
 def test_resume_continues_from_checkpoint(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    args = ["train", "stage1", "--data", str(dataset), "--out", str(run), "--recipe", "cam", *COMMON,
-            "--set", "data.max_val=4"]
+    args = [
+        "train",
+        "stage1",
+        "--data",
+        str(dataset),
+        "--out",
+        str(run),
+        "--recipe",
+        "cam",
+        *COMMON,
+        "--set",
+        "data.max_val=4",
+    ]
     assert main([*args, "--epochs", "1"]) == 0
     first = load_checkpoint(run / "stage1" / "last.pt")
     steps_per_epoch = first.step
@@ -104,14 +182,22 @@ def test_resume_continues_from_checkpoint(dataset: Path, tmp_path: Path, capsys:
 
 
 def test_cancel_leaves_usable_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    from protoseg.cancel import CancelToken
     from protoseg.config import load_config
     from protoseg.train.events import EventKind
-    from protoseg.cancel import CancelToken
     from protoseg.train.pipeline import train_stage1
 
-    cfg = load_config(None, [c for c in COMMON if c != "--set"] + [
-        f"data.root={dataset}", f"run.out_dir={tmp_path / 'run'}", "stage1.recipe=cam", "stage1.epochs=5",
-        "data.max_val=4"])
+    cfg = load_config(
+        None,
+        [c for c in COMMON if c != "--set"]
+        + [
+            f"data.root={dataset}",
+            f"run.out_dir={tmp_path / 'run'}",
+            "stage1.recipe=cam",
+            "stage1.epochs=5",
+            "data.max_val=4",
+        ],
+    )
     token = CancelToken()
     seen: list[EventKind] = []
 
@@ -142,8 +228,15 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_help_for_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    for cmd in (["synth", "dataset"], ["bank", "build"], ["bank", "show"], ["train", "stage1"], ["train", "stage2"],
-                ["pseudo"], ["eval"]):
+    for cmd in (
+        ["synth", "dataset"],
+        ["bank", "build"],
+        ["bank", "show"],
+        ["train", "stage1"],
+        ["train", "stage2"],
+        ["pseudo"],
+        ["eval"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main([*cmd, "--help"])
         assert exc.value.code == 0
@@ -161,9 +254,30 @@ def _free_port() -> int:
 def test_ddp_two_cpu_processes_on_gloo(dataset: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "protoseg", "train", "stage1", "--data", str(dataset), "--out", str(run), "--recipe", "lpd",
-           "--epochs", "1", *COMMON, "--set", "data.max_val=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "protoseg",
+        "train",
+        "stage1",
+        "--data",
+        str(dataset),
+        "--out",
+        str(run),
+        "--recipe",
+        "lpd",
+        "--epochs",
+        "1",
+        *COMMON,
+        "--set",
+        "data.max_val=4",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(run / "stage1" / "last.pt")

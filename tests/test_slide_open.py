@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from slide_fixtures import make_pyramid, real_slide
 
 from protoseg.errors import ProtosegError
 from protoseg.slide import (
@@ -17,6 +16,7 @@ from protoseg.slide import (
     UnsupportedSlideError,
     open_slide,
 )
+from slide_fixtures import make_pyramid, real_slide
 
 
 def test_cmu_svs_openslide_metadata_and_associated() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from slide_fixtures import make_pyramid, real_tiles
 
 from protoseg.slide import MissingMppError, TileGrid, TissueMask, open_slide, tissue_mask
+from slide_fixtures import make_pyramid, real_tiles
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-from slide_fixtures import smooth_rgb
 
 from protoseg.slide import open_slide
 from protoseg.slide.writer import _downsample2, write_pyramidal_tiff, write_pyramidal_tiff_from_tiles
+from slide_fixtures import smooth_rgb
 
 
 def test_downsample2_is_box_mean() -> None:
     a = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
     out = _downsample2(a)
     assert out.shape == (2, 3, 3)  # odd sizes floor
-    ref = np.array([[a[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].astype(float).mean((0, 1)) for j in range(3)] for i in range(2)])
+    ref = np.array(
+        [[a[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].astype(float).mean((0, 1)) for j in range(3)] for i in range(2)]
+    )
     assert np.abs(out - ref).max() <= 0.5
 
 
@@ -32,7 +34,9 @@ def test_streaming_writer_matches_in_memory(tmp_path) -> None:
     assert a == b == [(300, 520), (150, 260), (75, 130), (37, 65)]  # until it fits one tile
     assert calls[0] == (0, 0, 128, 128) and calls[-1] == (512, 256, 8, 44) and len(calls) == 3 * 5
     for key in range(4):
-        np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif", key=key), tifffile.imread(tmp_path / "b.tif", key=key))
+        np.testing.assert_array_equal(
+            tifffile.imread(tmp_path / "a.tif", key=key), tifffile.imread(tmp_path / "b.tif", key=key)
+        )
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "b.tif", key=1), _downsample2(rgb))
     assert not list(tmp_path.glob("protoseg-pyramid-*"))  # temporary memmaps removed
     with open_slide(tmp_path / "b.tif", backend="tiffslide") as s:

@@ -18,8 +18,9 @@ from protoseg.data.synthetic import random_layout, render_tissue, synthetic_patc
 
 
 def _digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.png"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.png"))
+    }
 
 
 def test_same_seed_same_bytes_and_labels_match_masks(tmp_path):
@@ -31,7 +32,7 @@ def test_same_seed_same_bytes_and_labels_match_masks(tmp_path):
     assert sum(da[k] != dc.get(k) for k in da) >= 6
     assert detect_layout(a) is Layout.BCSS_WSSS
     train = open_dataset(a, "train")
-    for i, rec in enumerate(train.records):
+    for rec in train.records:
         assert re.fullmatch(r"synth_\d{6}_MPP-0\.5000\+0\[[01]{4}\]", rec.name)
         _, label_map = synthetic_patch(3, "train", int(rec.name[6:12]), 64)
         assert rec.label == tuple(int(v) for v in labels_from_mask(label_map, 4))
@@ -81,9 +82,17 @@ def _texture_features(rgb: np.ndarray) -> np.ndarray:
     sizes = np.bincount(lab.ravel())[1:] if n else np.zeros(1)
     gy, gx = np.gradient(ndimage.gaussian_filter(h, 1.0))
     jxx, jyy, jxy = (gx * gx).mean(), (gy * gy).mean(), (gx * gy).mean()
-    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy + 1e-9)
-    return np.array([blobs.mean(), n / h.size * 1000, np.log1p(np.median(sizes)), np.log1p(sizes.mean()),
-                     coherence, h.std() / (h.mean() + 1e-3)])
+    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + 1e-9)
+    return np.array(
+        [
+            blobs.mean(),
+            n / h.size * 1000,
+            np.log1p(np.median(sizes)),
+            np.log1p(sizes.mean()),
+            coherence,
+            h.std() / (h.mean() + 1e-3),
+        ]
+    )
 
 
 def _nearest_centroid_accuracy(x: np.ndarray, y: np.ndarray) -> float:

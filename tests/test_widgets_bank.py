@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from widget_support import SAMPLE, open_sample, widget_screenshot  # noqa: E402
+from widget_support import SAMPLE, open_sample, widget_screenshot
 
 # world (row, col) µm rectangle over tissue of the sample slide (0.5 µm/px): 80 x 100 µm
 BOX_WORLD = np.array([[600.0, 700.0], [600.0, 800.0], [680.0, 800.0], [680.0, 700.0]])
@@ -24,7 +24,9 @@ def _items(widget):
 
 def _expected_prototype(bank, c: int, j: int) -> np.ndarray:
     """Mean of the unit features of the active members of (class c, cluster j), renormalised."""
-    rows = [i for i, m in enumerate(bank.members) if m.class_index == c and m.cluster == j and (m.pinned or not m.excluded)]
+    rows = [
+        i for i, m in enumerate(bank.members) if m.class_index == c and m.cluster == j and (m.pinned or not m.excluded)
+    ]
     f = bank.features[rows].astype(np.float64)
     mean = (f / np.linalg.norm(f, axis=1, keepdims=True)).mean(axis=0)
     return mean / np.linalg.norm(mean)
@@ -86,8 +88,15 @@ def test_build_curate_save_add_and_navigate(make_napari_viewer, qtbot, tmp_path:
     assert len(widget.bank) == len(bank)
 
     # add a rectangle drawn over the slide as a TUM prototype (level-0 box = world / mpp)
-    shapes = viewer.add_shapes([BOX_WORLD], shape_type="rectangle", name="prototype boxes", units=slide.units,
-                              edge_color="yellow", face_color="transparent", edge_width=4)
+    shapes = viewer.add_shapes(
+        [BOX_WORLD],
+        shape_type="rectangle",
+        name="prototype boxes",
+        units=slide.units,
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=4,
+    )
     shapes.selected_data = {0}
     widget.shapes_combo.set_layer(shapes)
     widget.slide_combo.set_layer(slide)
@@ -122,17 +131,42 @@ def test_build_curate_save_add_and_navigate(make_napari_viewer, qtbot, tmp_path:
     assert len(widget.lists) == 4
 
 
-def test_bank_of_a_checkpoint(make_napari_viewer, tmp_path: Path) -> None:
-    from protoseg.bank import ImageBank, save_bank
-    from protoseg.classes import BCSS_WSSS
+def test_cancelled_build_leaves_no_bank(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    from protoseg.cancel import Cancelled
+    from protoseg.data.synthetic.writers import write_bcss_dataset
     from protoseg.napari.widgets.bank import BankWidget
+
+    data = write_bcss_dataset(tmp_path / "ds", n_train=16, n_val=0, n_test=0, size=64, seed=0)
+    widget = BankWidget(make_napari_viewer())
+    widget.folder.setText(str(data))
+    widget.bank_dir.setText(str(tmp_path / "bank"))
+    errors: list[BaseException] = []
+    job = widget.build()
+    on_error = job.on_error
+    job.on_error = lambda exc: (errors.append(exc), on_error(exc))
+    widget.cancel()  # the build stops at its first progress report, before saving
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    assert len(errors) == 1 and isinstance(errors[0], Cancelled)
+    assert widget.bank is None and not (tmp_path / "bank" / "manifest.json").exists()
+    assert "cancelled" in widget.status.text() and widget.status.styleSheet() == ""  # a notice, not an error
+
+
+def test_bank_of_a_checkpoint(make_napari_viewer, tmp_path: Path) -> None:
+    from protoseg.bank import BankMember, ImageBank, save_bank
+    from protoseg.classes import BCSS_WSSS
     from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
-    from protoseg.bank import BankMember
+    from protoseg.napari.widgets.bank import BankWidget
 
     rng = np.random.default_rng(0)
     members = tuple(BankMember(f"m{i:06d}", i % 4, 0, f"patch{i}.png") for i in range(8))
-    bank = ImageBank(BCSS_WSSS, "he-descriptor-v1", 1, members, rng.normal(size=(8, 5)).astype(np.float32),
-                     rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8))
+    bank = ImageBank(
+        BCSS_WSSS,
+        "he-descriptor-v1",
+        1,
+        members,
+        rng.normal(size=(8, 5)).astype(np.float32),
+        rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8),
+    )
     save_bank(bank, tmp_path / "bank")
     ckpt = Checkpoint(Stage.STAGE1, {}, {}, BCSS_WSSS, extra={"bank_path": str(tmp_path / "bank")})
     save_checkpoint(ckpt, tmp_path / "best.pt")

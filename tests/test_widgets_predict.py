@@ -16,12 +16,11 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-import timm  # noqa: E402,F401  - load torch/timm native libs before Qt (avoids a crash importing them later)
-import torch  # noqa: E402
+import timm  # noqa: F401  - load torch/timm native libs before Qt (avoids a crash importing them later)
+import torch
 
-from widget_support import DOC_IMAGES, settle, widget_screenshot  # noqa: E402
-
-from protoseg.classes import BCSS_WSSS  # noqa: E402
+from protoseg.classes import BCSS_WSSS
+from widget_support import DOC_IMAGES, settle, widget_screenshot
 
 TCGA = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
 CHUNK = 64  # small chunks: a 768x512 slide at 0.5 um/px gives a 384x256 prediction with a 4-level pyramid
@@ -41,9 +40,9 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     from PIL import Image
 
     from protoseg.data.synthetic.writers import write_synthetic_slide
+    from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
     from protoseg.models.factory import build_model
     from protoseg.slide import open_slide
-    from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
 
     root = tmp_path_factory.mktemp("predict")
     slide = write_synthetic_slide(root / "slide.tiff", size=(768, 512), mpp=0.5, seed=0).path
@@ -60,8 +59,9 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         for _ in range(3):
             model(crops)
         model.decoder.classify.weight.mul_(3)
-    ckpt = Checkpoint(stage=Stage.STAGE2, model_config=cfg, state_dict=model.state_dict(), classes=BCSS_WSSS,
-                      mpp=1.0, patch_size=64)
+    ckpt = Checkpoint(
+        stage=Stage.STAGE2, model_config=cfg, state_dict=model.state_dict(), classes=BCSS_WSSS, mpp=1.0, patch_size=64
+    )
     return {"ckpt": save_checkpoint(ckpt, root / "model.pt"), "slide": slide, "png": root / "nompp.png"}
 
 
@@ -114,7 +114,8 @@ def _colour_fractions(img: np.ndarray, colours: list[tuple[int, int, int]]) -> n
 # ---- layer data without a viewer ------------------------------------------------------------------
 def test_lazy_layers_compute_only_what_is_read_and_match_predict_region(assets) -> None:
     from protoseg.infer import LazyPrediction, Predictor
-    from protoseg.napari.layers import MASK_OFFSET, ChunkScheduler, Placement, lazy_layer_data, mask_colormap
+    from protoseg.napari.overlays import MASK_OFFSET, Placement, lazy_layer_data, mask_colormap
+    from protoseg.napari.scheduler import ChunkScheduler
 
     predictor = Predictor(assets["ckpt"], device="cpu", batch_size=8)
     lazy = LazyPrediction(predictor, str(assets["slide"]), chunk=CHUNK)
@@ -149,7 +150,7 @@ def test_lazy_layers_compute_only_what_is_read_and_match_predict_region(assets) 
 # ---- overlays in the viewer --------------------------------------------------------------------------
 def test_show_overlays_aligned_lazy_and_coloured(make_napari_viewer, qtbot, assets, monkeypatch) -> None:
     from protoseg.infer import Predictor
-    from protoseg.napari.layers import MASK_OFFSET
+    from protoseg.napari.overlays import MASK_OFFSET
     from protoseg.napari.widgets._common import checkpoint_ready
 
     viewer, slide, widget = _viewer_with_widget(make_napari_viewer, assets["slide"])
@@ -157,7 +158,9 @@ def test_show_overlays_aligned_lazy_and_coloured(make_napari_viewer, qtbot, asse
     assert widget.checkpoint.text() == str(assets["ckpt"])
     _type_checkpoint(qtbot, widget, assets["ckpt"])
     assert [widget.class_combo.itemText(i) for i in range(4)] == list(BCSS_WSSS.names)
-    assert widget.legend.rows == [(n, "#{:02x}{:02x}{:02x}".format(*c)) for n, c in zip(BCSS_WSSS.names, BCSS_WSSS.colors)]
+    assert widget.legend.rows == [
+        (n, "#{:02x}{:02x}{:02x}".format(*c)) for n, c in zip(BCSS_WSSS.names, BCSS_WSSS.colors)
+    ]
     assert widget.slide.layer() is slide and "0.5" in widget.mpp_hint.text()
     widget.class_combo.setCurrentIndex(1)
     threads: list[bool] = []
@@ -239,7 +242,11 @@ def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, assets) -> Non
     widget.set_checkpoint(assets["ckpt"])
     n = len(viewer.layers)
     _click(qtbot, widget.show_btn)
-    assert len(viewer.layers) == n and "no microns-per-pixel" in widget.status.text() and "Slide mpp" in widget.status.text()
+    assert (
+        len(viewer.layers) == n
+        and "no microns-per-pixel" in widget.status.text()
+        and "Slide mpp" in widget.status.text()
+    )
     widget.slide_mpp.setValue(0.5)  # the user says it was scanned at 20x
     _click(qtbot, widget.show_btn)
     added = list(viewer.layers)[n:]
@@ -252,7 +259,7 @@ def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, assets) -> Non
 
 @pytest.mark.skipif(not TCGA.is_file(), reason="real slides in ../shared/data/slides are absent")
 def test_real_slide_without_mpp_gets_a_clear_message(make_napari_viewer, qtbot, assets) -> None:
-    viewer, slide, widget = _viewer_with_widget(make_napari_viewer, TCGA)
+    viewer, _slide, widget = _viewer_with_widget(make_napari_viewer, TCGA)
     assert "no microns-per-pixel" in widget.mpp_hint.text() and "Slide mpp" in widget.mpp_hint.text()
     widget.set_checkpoint(assets["ckpt"])
     n = len(viewer.layers)
@@ -300,7 +307,9 @@ def test_batch_cancel_resume_open_and_export(make_napari_viewer, qtbot, assets, 
     assert widget.bar.value() == widget.bar.maximum() == 24
     pred = open_prediction(out)
     assert pred.complete
-    region = widget.predictor().predict_region(str(assets["slide"]), (0, 256, 768, 256))  # across cancelled/resumed chunks
+    region = widget.predictor().predict_region(
+        str(assets["slide"]), (0, 256, 768, 256)
+    )  # across cancelled/resumed chunks
     np.testing.assert_array_equal(pred.mask(0)[128:256, :], region.mask)
     scores = np.rint(region.probs.astype(np.float64) * 255)  # tiles batched differently: allow 1/255
     np.testing.assert_allclose(pred.probs(0)[:, 128:256, :], scores, atol=1)

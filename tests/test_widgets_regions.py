@@ -13,10 +13,9 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from widget_support import open_sample, widget_screenshot  # noqa: E402
-
-from protoseg.config import ProtosegConfig  # noqa: E402
-from protoseg.train.jobs import source_data  # noqa: E402
+from protoseg.config import ProtosegConfig
+from protoseg.train.jobs import source_data
+from widget_support import open_sample, widget_screenshot
 
 # two squares in world units (µm; the sample slide is 0.5 µm/px): 300 µm = 600 level-0 px each
 SQUARE_A = np.array([[100.0, 200.0], [100.0, 500.0], [400.0, 500.0], [400.0, 200.0]])  # (row, col) µm

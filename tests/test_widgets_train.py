@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from widget_support import open_sample, settle, widget_screenshot  # noqa: E402
+import timm  # noqa: F401
 
 # Import the model stack (timm: ~3 s of imports) before any viewer exists, as the rest of the suite does:
 # the GUI-gap measurement below is about the training loop, not about first-time module imports.
-import protoseg.models  # noqa: E402,F401
-import timm  # noqa: E402,F401
+import protoseg.models  # noqa: F401
+from widget_support import open_sample, settle, widget_screenshot
 
 
 @pytest.fixture
@@ -72,11 +72,12 @@ class GapMeter:
         return float(np.max(np.diff(self.ticks))) if len(self.ticks) > 1 else float("inf")
 
 
-def test_train_stage1_and_stage2_with_live_curve(make_napari_viewer, qtbot, tmp_path, tiny_dataset,
-                                                  one_torch_thread) -> None:
+def test_train_stage1_and_stage2_with_live_curve(
+    make_napari_viewer, qtbot, tmp_path, tiny_dataset, one_torch_thread
+) -> None:
+    from protoseg.models.checkpoint import Stage, load_checkpoint
     from protoseg.napari.widgets._common import checkpoint_ready
     from protoseg.napari.widgets.train import TrainWidget
-    from protoseg.models.checkpoint import Stage, load_checkpoint
 
     viewer = make_napari_viewer(show=True)
     open_sample(viewer)
@@ -128,10 +129,11 @@ def test_train_stage1_and_stage2_with_live_curve(make_napari_viewer, qtbot, tmp_
     assert img.std() > 10
 
 
-def test_cancel_keeps_a_loadable_last_checkpoint(make_napari_viewer, qtbot, tmp_path, tiny_dataset,
-                                                 one_torch_thread) -> None:
-    from protoseg.napari.widgets.train import TrainWidget
+def test_cancel_keeps_a_loadable_last_checkpoint(
+    make_napari_viewer, qtbot, tmp_path, tiny_dataset, one_torch_thread
+) -> None:
     from protoseg.models.checkpoint import load_checkpoint
+    from protoseg.napari.widgets.train import TrainWidget
 
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer)
@@ -156,14 +158,14 @@ def test_cancel_keeps_a_loadable_last_checkpoint(make_napari_viewer, qtbot, tmp_
     assert load_checkpoint(tmp_path / "run" / "stage1" / "last.pt").epoch == widget.epochs.value()
 
 
-def test_train_on_tagged_regions_and_form_errors(make_napari_viewer, qtbot, tmp_path, one_torch_thread,
-                                                 monkeypatch) -> None:
+def test_train_on_tagged_regions_and_form_errors(
+    make_napari_viewer, qtbot, tmp_path, one_torch_thread, monkeypatch
+) -> None:
     from protoseg.classes import BCSS_WSSS
-    from protoseg.data.regions import RegionAnnotation
+    from protoseg.data.regions import RegionAnnotation, RegionSource
     from protoseg.napari.widgets import _common
     from protoseg.napari.widgets._common import register_regions
     from protoseg.napari.widgets.train import TrainWidget
-    from protoseg.data.regions import RegionSource
     from widget_support import SAMPLE
 
     monkeypatch.setattr(_common, "_REGION_SOURCES", {})  # regions registered by other tests
@@ -175,8 +177,9 @@ def test_train_on_tagged_regions_and_form_errors(make_napari_viewer, qtbot, tmp_
     assert widget.job is None and "Region tagging" in widget.status.text()
 
     square = np.array([[400, 400], [656, 400], [656, 656], [400, 656]], dtype=float)  # 256 px, level 0
-    register_regions(RegionSource("sample regions", (RegionAnnotation(square, ("TUM", "STR"), str(SAMPLE)),),
-                                  BCSS_WSSS, mpp=1.0))
+    register_regions(
+        RegionSource("sample regions", (RegionAnnotation(square, ("TUM", "STR"), str(SAMPLE)),), BCSS_WSSS, mpp=1.0)
+    )
     assert widget.regions.findText("sample regions") >= 0
     widget.regions.setCurrentText("sample regions")
     widget.start_btn.click()

@@ -13,11 +13,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from protoseg.classes import IGNORE_INDEX
+
 #: Stage fusion weights of PBIP for stages 2, 3 and 4.
 DEFAULT_FUSION_WEIGHTS: tuple[float, ...] = (0.3, 0.3, 0.4)
 #: Grey level above which a pixel is white background (200 of 255).
 DEFAULT_WHITE_THRESHOLD: float = 200.0 / 255.0
-IGNORE_INDEX: int = 255
 #: ITU-R BT.601 luma weights, as in the usual RGB -> grey conversion.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -53,7 +54,7 @@ def fuse_cams(
         raise ValueError("fuse_cams needs at least one CAM")
     if len(weights) > len(cams):
         raise ValueError(f"{len(weights)} fusion weights for only {len(cams)} CAM stages")
-    chosen = list(cams)[len(cams) - len(weights):]
+    chosen = list(cams)[len(cams) - len(weights) :]
     total = float(sum(weights))
     if total <= 0:
         raise ValueError(f"fusion weights must have a positive sum, got {tuple(weights)}")

@@ -6,10 +6,21 @@ from dataclasses import dataclass, field
 
 RGB = tuple[int, int, int]
 
+#: Pixel value that marks "no label" in masks, pseudo-masks and targets (losses and metrics skip it).
+IGNORE_INDEX: int = 255
+
 #: Default palette used when a class has no colour of its own.
 _FALLBACK_COLORS: tuple[RGB, ...] = (
-    (255, 0, 0), (0, 255, 0), (0, 0, 255), (153, 0, 255), (255, 165, 0),
-    (0, 255, 255), (255, 0, 255), (128, 128, 0), (0, 128, 128), (128, 0, 0),
+    (255, 0, 0),
+    (0, 255, 0),
+    (0, 0, 255),
+    (153, 0, 255),
+    (255, 165, 0),
+    (0, 255, 255),
+    (255, 0, 255),
+    (128, 128, 0),
+    (0, 128, 128),
+    (128, 0, 0),
 )
 
 
@@ -59,7 +70,7 @@ class ClassSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassSpec":
+    def from_dict(cls, d: dict) -> ClassSpec:
         return cls(
             names=tuple(d["names"]),
             colors=tuple(tuple(c) for c in d.get("colors", ())),

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from protoseg.errors import ProtosegError
 
+if TYPE_CHECKING:
+    from protoseg.data.records import Layout
+    from protoseg.models.encoders.spec import EncoderKind
+
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
+E = TypeVar("E", bound=Enum)
 
 
 class ConfigError(ProtosegError):
@@ -36,12 +44,36 @@ class AddOn(str, Enum):
     PLIM = "plim"
 
 
+def _home_enums() -> dict[str, type[Enum]]:
+    """``EncoderKind`` and ``Layout`` from their own modules, imported on first use: both packages import
+    torch, which ``import protoseg.config`` (and so the CLI's argument parser) should not."""
+    from protoseg.data.records import Layout
+    from protoseg.models.encoders.spec import EncoderKind
+
+    return {"EncoderKind": EncoderKind, "Layout": Layout}
+
+
+def _to_enum(tp: type[E], value: Any, where: str) -> E:
+    """``tp(value)`` or a one-line ConfigError naming the key and the allowed values."""
+    try:
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not one of {[m.value for m in tp]}") from None
+
+
+def _set_home_enum(obj: Any, name: str, enum_name: str, where: str) -> None:
+    """Parse a (frozen) dataclass field given as text into its enum; None stays None."""
+    value = getattr(obj, name)
+    if value is not None:
+        object.__setattr__(obj, name, _to_enum(_home_enums()[enum_name], value, where))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the patches are and how they are batched."""
 
     root: str = ""
-    layout: str | None = None  # auto-detected when None
+    layout: Layout | None = None  # protoseg.data.records.Layout; auto-detected when None
     patch_size: int = 224
     batch_size: int = 8
     num_workers: int = 0
@@ -49,15 +81,21 @@ class DataConfig:
     max_train: int | None = None  # subsample training patches (quick runs)
     max_val: int | None = None
 
+    def __post_init__(self) -> None:
+        _set_home_enum(self, "layout", "Layout", "data.layout")
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """Frozen image(/text) encoder used by the bank and the prototype losses."""
 
-    kind: str = "descriptor"  # descriptor | open_clip | timm
+    kind: EncoderKind = "descriptor"  # type: ignore[assignment]  # an EncoderKind once constructed
     model_name: str = ""
     pretrained: str | None = None
     input_size: int | None = None  # None: the patch size for the descriptor, the model's own for open_clip/timm
+
+    def __post_init__(self) -> None:
+        _set_home_enum(self, "kind", "EncoderKind", "bank.encoder.kind")
 
 
 @dataclass(frozen=True)
@@ -83,8 +121,57 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SimilarityConfig:
+    """FG/BG prototype similarity L_SIM of PBIP (bank prototypes) and LPD (learnable prototypes)."""
+
+    weight: float = 0.5  # b in a*L_CLS + b*L_SIM
+    fg_weight: float = 1.0
+    bg_weight: float = 0.5
+    temperature: float = 0.1
+
+
+@dataclass(frozen=True)
+class LpdConfig:
+    """LPD prototype-diversity regulariser, switched on after a warm-up."""
+
+    diversity_weight: float = 0.5
+    diversity_warmup_epochs: float = 1.0
+    diversity_temperature: float = 0.1  # softmax over pixel cosines in the Jeffrey penalty
+
+
+@dataclass(frozen=True)
+class PsclConfig:
+    """PSCL add-on: pixel supervised-contrastive loss on stage-3 features with CAM pseudo-labels."""
+
+    weight: float = 0.1
+    tau: float = 0.25
+    temperature: float = 0.1
+    max_pixels: int = 1024
+
+
+@dataclass(frozen=True)
+class PlimConfig:
+    """PLIM add-on: image-text losses L_TTP/L_BTP/L_TBP with class prompts."""
+
+    weights: tuple[float, float, float] = (10.0, 24.0, 1.0)
+    template: str = "a histopathology image of {}"
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """CAM -> pseudo-label rules (validation, pseudo-mask export, PSCL labels): background seed and threshold."""
+
+    bg_threshold: float = 0.25  # pseudo-label background where max CAM is below this
+    bg_grey: float = 0.8  # colour background seed: grey level in [0,1]
+    bg_min_size: int = 300
+
+
+@dataclass(frozen=True)
 class Stage1Config:
-    """Stage-1 optimisation and loss weights (defaults from PBIP / LPD / PSCL / PLIMSeg)."""
+    """Stage-1 optimisation and loss weights (defaults from PBIP / LPD / PSCL / PLIMSeg).
+
+    Settings every recipe uses sit at the top; each method's own settings are in its section.
+    """
 
     recipe: Recipe = Recipe.PBIP
     addons: tuple[AddOn, ...] = ()
@@ -94,27 +181,37 @@ class Stage1Config:
     grad_clip: float = 1.0
     stage_weights: tuple[float, ...] = (0.0, 0.1, 1.0, 1.0)
     fusion_weights: tuple[float, ...] = (0.3, 0.3, 0.4)
-    cls_weight: float = 1.0
-    sim_weight: float = 0.5
-    fg_weight: float = 1.0
-    bg_weight: float = 0.5
-    delta: float = 0.5
-    max_pairs: int = 16  # FG/BG (image, class) pairs encoded per batch (0 = all); bounds encoder cost
-    temperature: float = 0.1
-    cam_area_weight: float = 0.0
-    diversity_weight: float = 0.5
-    diversity_warmup_epochs: float = 1.0
-    diversity_temperature: float = 0.1  # softmax over pixel cosines in the Jeffrey penalty
-    pscl_weight: float = 0.1
-    pscl_tau: float = 0.25
-    pscl_temperature: float = 0.1
-    pscl_max_pixels: int = 1024
-    plim_weights: tuple[float, float, float] = (10.0, 24.0, 1.0)
-    plim_template: str = "a histopathology image of {}"
     score_gate: float = 0.8
-    bg_threshold: float = 0.25  # pseudo-label background where max CAM is below this
-    bg_grey: float = 0.8  # colour background seed: grey level in [0,1]
-    bg_min_size: int = 300
+    cls_weight: float = 1.0
+    cam_area_weight: float = 0.0
+    delta: float = 0.5  # adaptive CAM mask threshold for the FG/BG images (similarity and plim)
+    max_pairs: int = 16  # FG/BG (image, class) pairs encoded per batch (0 = all); bounds encoder cost
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    lpd: LpdConfig = field(default_factory=LpdConfig)
+    pscl: PsclConfig = field(default_factory=PsclConfig)
+    plim: PlimConfig = field(default_factory=PlimConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+
+
+#: Flat ``stage1`` keys of configs and checkpoints written before the sections existed -> new place.
+STAGE1_RENAMED: dict[str, str] = {
+    "sim_weight": "similarity.weight",
+    "fg_weight": "similarity.fg_weight",
+    "bg_weight": "similarity.bg_weight",
+    "temperature": "similarity.temperature",
+    "diversity_weight": "lpd.diversity_weight",
+    "diversity_warmup_epochs": "lpd.diversity_warmup_epochs",
+    "diversity_temperature": "lpd.diversity_temperature",
+    "pscl_weight": "pscl.weight",
+    "pscl_tau": "pscl.tau",
+    "pscl_temperature": "pscl.temperature",
+    "pscl_max_pixels": "pscl.max_pixels",
+    "plim_weights": "plim.weights",
+    "plim_template": "plim.template",
+    "bg_threshold": "pseudo.bg_threshold",
+    "bg_grey": "pseudo.bg_grey",
+    "bg_min_size": "pseudo.bg_min_size",
+}
 
 
 @dataclass(frozen=True)
@@ -199,10 +296,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, f"{where}.")
     if isinstance(tp, type) and issubclass(tp, Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not one of {[m.value for m in tp]}") from None
+        return _to_enum(tp, value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -224,9 +318,42 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _warn_renamed(pairs: list[tuple[str, str]]) -> None:
+    logger.warning(
+        "deprecated config key(s) %s; they still work, but write them as %s",
+        ", ".join(old for old, _ in pairs),
+        ", ".join(new for _, new in pairs),
+    )
+
+
+def _upgrade_keys(data: dict[str, Any], renamed: dict[str, str], where: str) -> dict[str, Any]:
+    """Move old flat keys into their sections (``bg_threshold`` -> ``pseudo.bg_threshold``), logging it."""
+    old = [k for k in data if k in renamed]
+    if not old:
+        return data
+    out = {k: v for k, v in data.items() if k not in renamed}
+    for key in old:
+        section, name = renamed[key].split(".")
+        node = out.get(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}{section}: expected a mapping, got {node!r}")
+        if name in node:
+            raise ConfigError(f"both {where}{key} (deprecated) and {where}{renamed[key]} are set; keep only the second")
+        out[section] = {**node, name: data[key]}
+    _warn_renamed([(f"{where}{k}", f"{where}{renamed[k]}") for k in old])
+    return out
+
+
+#: Per config class, its renamed keys (old flat name -> "section.name").
+_RENAMED: dict[type, dict[str, str]] = {Stage1Config: STAGE1_RENAMED}
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build a (nested) config dataclass from a mapping; unknown keys are errors (typos)."""
-    hints = typing.get_type_hints(cls)
+    """Build a (nested) config dataclass from a mapping; unknown keys are errors (typos), renamed keys
+    of older configs are moved to their new place with a deprecation warning."""
+    if cls in _RENAMED:
+        data = _upgrade_keys(data, _RENAMED[cls], where)
+    hints = typing.get_type_hints(cls, localns=_home_enums() if cls in (DataConfig, EncoderConfig) else None)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
@@ -251,8 +378,9 @@ def apply_overrides(cfg: ProtosegConfig, overrides: list[str]) -> ProtosegConfig
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. stage1.epochs=3)")
         key, raw = item.split("=", 1)
+        key = _renamed_override(key.strip())
         node = data
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], dict):
                 raise ConfigError(f"override {item!r}: no config section {part!r}")
@@ -260,6 +388,27 @@ def apply_overrides(cfg: ProtosegConfig, overrides: list[str]) -> ProtosegConfig
         if parts[-1] not in node:
             raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}; valid: {sorted(node)}")
         node[parts[-1]] = _parse_scalar(raw)
+    return from_dict(ProtosegConfig, data)
+
+
+def _renamed_override(key: str) -> str:
+    """``stage1.bg_threshold`` -> ``stage1.pseudo.bg_threshold`` (old flat keys keep working, with a warning)."""
+    section, _, name = key.partition(".")
+    renamed = {"stage1": STAGE1_RENAMED}.get(section, {})
+    if name in renamed:
+        new = f"{section}.{renamed[name]}"
+        _warn_renamed([(key, new)])
+        return new
+    return key
+
+
+def config_from_dict(data: dict[str, Any]) -> ProtosegConfig:
+    """A run config from a plain mapping (a YAML file, or a checkpoint's ``train_config``); old flat
+    ``stage1`` keys are accepted."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"a config must be a mapping of sections (data, model, stage1, ...), got {type(data).__name__}"
+        )
     return from_dict(ProtosegConfig, data)
 
 
@@ -276,7 +425,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections (data, model, stage1, ...)")
-        cfg = from_dict(ProtosegConfig, data)
+        cfg = config_from_dict(data)
     return apply_overrides(cfg, overrides or [])
 
 

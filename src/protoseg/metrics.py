@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from protoseg.classes import IGNORE_INDEX
 from protoseg.errors import ProtosegError
 
 
@@ -42,7 +43,7 @@ def _check(pred, target, num_classes: int, ignore_index: int | None) -> tuple[np
     return pred, target, valid
 
 
-def confusion_matrix(pred, target, num_classes: int, ignore_index: int | None = 255) -> np.ndarray:
+def confusion_matrix(pred, target, num_classes: int, ignore_index: int | None = IGNORE_INDEX) -> np.ndarray:
     """(num_classes, num_classes) int64 counts, rows = target, columns = prediction (numpy or torch)."""
     pred, target, valid = _check(pred, target, num_classes, ignore_index)
     idx = target[valid] * num_classes + pred[valid]
@@ -63,8 +64,9 @@ def boundary_region(mask: np.ndarray, d: float) -> np.ndarray:
     return mask & (dist <= d)
 
 
-def boundary_counts(pred, target, num_classes: int, dilation_ratio: float = 0.02,
-                    ignore_index: int | None = 255) -> tuple[np.ndarray, np.ndarray]:
+def boundary_counts(
+    pred, target, num_classes: int, dilation_ratio: float = 0.02, ignore_index: int | None = IGNORE_INDEX
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-class boundary intersection and union pixel counts of one 2-D map or a (B, H, W) batch."""
     pred, target, valid = _check(pred, target, num_classes, ignore_index)
     if pred.ndim == 2:
@@ -81,8 +83,9 @@ def boundary_counts(pred, target, num_classes: int, dilation_ratio: float = 0.02
     return inter, union
 
 
-def boundary_iou(pred, target, num_classes: int, dilation_ratio: float = 0.02,
-                 ignore_index: int | None = 255) -> np.ndarray:
+def boundary_iou(
+    pred, target, num_classes: int, dilation_ratio: float = 0.02, ignore_index: int | None = IGNORE_INDEX
+) -> np.ndarray:
     """Per-class boundary IoU (NaN for classes absent from both); see :func:`boundary_counts`."""
     inter, union = boundary_counts(pred, target, num_classes, dilation_ratio, ignore_index)
     return _safe_div(inter.astype(float), union.astype(float))
@@ -106,8 +109,10 @@ class SegMetrics:
 
     def as_dict(self) -> dict:
         """Plain-Python summary (per-class values keyed by class name; NaN -> None)."""
+
         def clean(v):
             return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
         keys = ("miou", "fwiou", "mean_dice", "pixel_accuracy", "mean_boundary_iou")
         out = {k: clean(getattr(self, k)) for k in keys}
         for key in ("iou", "dice", "boundary_iou"):
@@ -125,8 +130,14 @@ def _nanmean(x: np.ndarray) -> float:
 class ConfusionMatrix:
     """Accumulate a confusion matrix (and optionally boundary IoU counts) over batches."""
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, background_index: int | None = None,
-                 class_names: Sequence[str] | None = None, boundary_dilation_ratio: float | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = IGNORE_INDEX,
+        background_index: int | None = None,
+        class_names: Sequence[str] | None = None,
+        boundary_dilation_ratio: float | None = None,
+    ) -> None:
         if num_classes < 1:
             raise MetricsError("num_classes must be >= 1 (tissue classes + background)")
         self.num_classes = num_classes
@@ -140,7 +151,7 @@ class ConfusionMatrix:
         self.b_inter = np.zeros(num_classes, np.int64)
         self.b_union = np.zeros(num_classes, np.int64)
 
-    def update(self, pred, target) -> "ConfusionMatrix":
+    def update(self, pred, target) -> ConfusionMatrix:
         """Add a prediction / target pair (any shape; (H, W) or (B, H, W) for boundary IoU)."""
         self.matrix += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
         if self.boundary_dilation_ratio is not None:
@@ -149,7 +160,7 @@ class ConfusionMatrix:
             self.b_union += u
         return self
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add another accumulator's counts (e.g. from another process before/after all-reduce)."""
         if other.num_classes != self.num_classes:
             raise MetricsError(f"cannot merge {other.num_classes}-class counts into {self.num_classes}-class counts")
@@ -162,12 +173,12 @@ class ConfusionMatrix:
         """All counts as one flat int64 vector (sum it across processes, then :meth:`load_state`)."""
         return np.concatenate([self.matrix.ravel(), self.b_inter, self.b_union])
 
-    def load_state(self, state) -> "ConfusionMatrix":
+    def load_state(self, state) -> ConfusionMatrix:
         """Replace the counts by a vector produced by :meth:`state` (possibly summed)."""
         s = _as_numpy(state).astype(np.int64).ravel()
         n = self.num_classes
         self.matrix = s[: n * n].reshape(n, n).copy()
-        self.b_inter, self.b_union = s[n * n: n * n + n].copy(), s[n * n + n:].copy()
+        self.b_inter, self.b_union = s[n * n : n * n + n].copy(), s[n * n + n :].copy()
         return self
 
     def reset(self) -> None:
@@ -193,9 +204,15 @@ class ConfusionMatrix:
             biou = _safe_div(self.b_inter.astype(float), self.b_union.astype(float))
         total = m.sum()
         return SegMetrics(
-            class_names=self.class_names, iou=iou, dice=dice, class_accuracy=acc,
-            miou=_nanmean(iou[keep]), fwiou=fwiou, mean_dice=_nanmean(dice[keep]),
+            class_names=self.class_names,
+            iou=iou,
+            dice=dice,
+            class_accuracy=acc,
+            miou=_nanmean(iou[keep]),
+            fwiou=fwiou,
+            mean_dice=_nanmean(dice[keep]),
             pixel_accuracy=float(tp.sum() / total) if total else float("nan"),
-            boundary_iou=biou, mean_boundary_iou=_nanmean(biou[keep]) if biou is not None else None,
+            boundary_iou=biou,
+            mean_boundary_iou=_nanmean(biou[keep]) if biou is not None else None,
             include_background=include_background,
         )

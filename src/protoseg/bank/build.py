@@ -14,20 +14,13 @@ from protoseg.bank.errors import BankError
 from protoseg.bank.kmeans import cosine_kmeans
 from protoseg.classes import ClassSpec
 from protoseg.models.encoders.base import ImageEncoder
+from protoseg.slide.pixels import as_rgb_uint8
 
 logger = logging.getLogger(__name__)
 
 _Kept = tuple[int, str, Box | None, float | None]  # class, source, box, mpp
 WHITE_LEVEL = 220  # a pixel is "white" when all three channels exceed this value
 WHITE_THRESHOLD = 0.7  # patches with a larger white fraction are dropped
-
-
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Validate an (H, W, 3|4) uint8 image and return its RGB part."""
-    a = np.asarray(image)
-    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
-        raise BankError(f"bank images must be uint8 (H, W, 3) RGB arrays, got {a.dtype} {a.shape}")
-    return a[..., :3]
 
 
 def white_fraction(image: np.ndarray, level: int = WHITE_LEVEL) -> float:
@@ -37,7 +30,7 @@ def white_fraction(image: np.ndarray, level: int = WHITE_LEVEL) -> float:
 
 def make_thumbnail(image: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
     """(size, size, 3) uint8 thumbnail (area-averaged resize of the whole patch)."""
-    x = torch.from_numpy(np.ascontiguousarray(as_rgb_uint8(image))).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(as_rgb_uint8(image)).permute(2, 0, 1)[None].float()
     y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
@@ -49,7 +42,7 @@ def embed_images(encoder: ImageEncoder, images: Sequence[np.ndarray], batch_size
     for i in range(0, len(images), max(1, batch_size)):
         batch = []
         for img in images[i : i + batch_size]:
-            x = torch.from_numpy(np.ascontiguousarray(as_rgb_uint8(img))).permute(2, 0, 1)[None].float() / 255
+            x = torch.from_numpy(as_rgb_uint8(img)).permute(2, 0, 1)[None].float() / 255
             if x.shape[-2:] != (size, size):
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
             batch.append(x.clamp(0, 1))
@@ -64,14 +57,21 @@ def _single_class(label: Sequence[int], num_classes: int, source: str) -> int | 
     """Index of the only present class, or None when the label has zero or several classes."""
     lab = np.asarray(label)
     if lab.shape != (num_classes,):
-        raise BankError(f"sample {source!r}: label {tuple(label)} has {lab.size} entries, the class spec has {num_classes}")
+        raise BankError(
+            f"sample {source!r}: label {tuple(label)} has {lab.size} entries, the class spec has {num_classes}"
+        )
     present = np.flatnonzero(lab > 0)
     return int(present[0]) if present.size == 1 else None
 
 
 def _select_and_embed(
-    samples: Iterable[BankSample], class_spec: ClassSpec, encoder: ImageEncoder,
-    white_threshold: float, white_level: int, batch_size: int, thumbnail_size: int,
+    samples: Iterable[BankSample],
+    class_spec: ClassSpec,
+    encoder: ImageEncoder,
+    white_threshold: float,
+    white_level: int,
+    batch_size: int,
+    thumbnail_size: int,
     progress: Callable[[int], None] | None,
 ) -> tuple[list[_Kept], np.ndarray, np.ndarray]:
     """Stream samples, keep single-class non-white ones; only thumbnails and features stay in memory."""
@@ -145,7 +145,9 @@ def build_bank(
             continue
         k_c = min(k, idx.size)
         if k_c < k:
-            logger.warning("bank: class %s has only %d samples; using %d sub-clusters instead of %d", name, idx.size, k_c, k)
+            logger.warning(
+                "bank: class %s has only %d samples; using %d sub-clusters instead of %d", name, idx.size, k_c, k
+            )
         centers, assign = cosine_kmeans(feats[idx], k_c, n_iter=n_iter, seed=seed)
         dist = 1.0 - np.sum(feats[idx] * centers[assign], axis=1)
         for j in range(k_c):
@@ -154,14 +156,22 @@ def build_bank(
             rows.extend((c, j, float(dist[r]), int(idx[r])) for r in order)
     members = tuple(
         BankMember(
-            member_id=f"m{i:06d}", class_index=c, cluster=j, source=kept[r][1], box=kept[r][2],
-            mpp=kept[r][3], distance=float(np.float32(d)),
+            member_id=f"m{i:06d}",
+            class_index=c,
+            cluster=j,
+            source=kept[r][1],
+            box=kept[r][2],
+            mpp=kept[r][3],
+            distance=float(np.float32(d)),
         )
         for i, (c, j, d, r) in enumerate(rows)
     )
     sel = np.array([r for *_, r in rows], dtype=np.int64)
     return ImageBank(
-        class_spec=class_spec, encoder_id=encoder.encoder_id, k=k, members=members,
+        class_spec=class_spec,
+        encoder_id=encoder.encoder_id,
+        k=k,
+        members=members,
         features=feats[sel] if sel.size else np.zeros((0, int(encoder.dim)), np.float32),
         thumbnails=thumbs[sel] if sel.size else np.zeros((0, thumbnail_size, thumbnail_size, 3), np.uint8),
         n_per_cluster=n_per_cluster,

@@ -128,7 +128,7 @@ class ImageBank:
                 counts[m.class_index, m.cluster] += 1
         return counts
 
-    def replace(self, **changes: object) -> "ImageBank":
+    def replace(self, **changes: object) -> ImageBank:
         """Copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -160,7 +160,8 @@ class ImageBank:
                 else:
                     logger.warning(
                         "bank class %s sub-cluster %d has no active members; using the class mean",
-                        self.class_spec.names[c], j,
+                        self.class_spec.names[c],
+                        j,
                     )
                     out[c, j] = class_mean
         out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 import torch
 
-from protoseg.bank.build import as_rgb_uint8, embed_images, make_thumbnail
+from protoseg.bank.build import embed_images, make_thumbnail
 from protoseg.bank.core import BankMember, Box, ImageBank
 from protoseg.bank.errors import BankCurationError, BankError
 from protoseg.bank.kmeans import cosine_kmeans
 from protoseg.models.encoders.base import ImageEncoder
+from protoseg.slide.pixels import as_rgb_uint8
+from protoseg.slide.resample import SlideLike, read_at_scale
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,10 @@ def add_member(
     cluster: int | None = None,
     pinned: bool = False,
 ) -> ImageBank:
-    """Embed a uint8 RGB patch and append it to a class; ``cluster=None`` picks the nearest prototype's."""
+    """Embed a patch (any picture ``protoseg.slide.as_rgb_uint8`` accepts) and append it to a class.
+
+    ``cluster=None`` picks the nearest prototype's.
+    """
     if encoder.encoder_id != bank.encoder_id:
         raise BankCurationError(
             f"the bank was built with encoder {bank.encoder_id!r} but {encoder.encoder_id!r} was given; "
@@ -108,31 +112,28 @@ def add_member(
         cluster = 0 if cluster is None else cluster
         distance = 0.0
     member = BankMember(
-        member_id=_next_id(bank), class_index=int(class_index), cluster=int(cluster), source=str(source),
+        member_id=_next_id(bank),
+        class_index=int(class_index),
+        cluster=int(cluster),
+        source=str(source),
         box=None if box is None else tuple(int(v) for v in box),  # type: ignore[arg-type]
-        mpp=None if mpp is None else float(mpp), pinned=pinned, added_by_user=True,
+        mpp=None if mpp is None else float(mpp),
+        pinned=pinned,
+        added_by_user=True,
         distance=float(np.float32(distance)),
     )
     thumb = make_thumbnail(rgb, int(bank.thumbnails.shape[1]))
     logger.info("bank: added %s to class %s cluster %d", member.member_id, bank.class_spec.names[class_index], cluster)
     return bank.replace(
-        members=bank.members + (member,),
+        members=(*bank.members, member),
         features=np.concatenate([bank.features, feat[None].astype(np.float32)]),
         thumbnails=np.concatenate([bank.thumbnails, thumb[None]]),
     )
 
 
-def _region_to_rgb(region: Any) -> np.ndarray:
-    """RGB uint8 array from whatever ``read_region`` returned (PIL image or RGB/RGBA array)."""
-    arr = np.asarray(region.convert("RGB") if hasattr(region, "convert") else region)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise BankCurationError(f"slide.read_region returned an array of shape {arr.shape}, expected (h, w, 3|4)")
-    return np.ascontiguousarray(arr[..., :3].astype(np.uint8))
-
-
 def add_from_slide(
     bank: ImageBank,
-    slide: Any,
+    slide: SlideLike,
     box: Box,
     class_index: int,
     encoder: ImageEncoder,
@@ -140,25 +141,33 @@ def add_from_slide(
     cluster: int | None = None,
     pinned: bool = False,
 ) -> ImageBank:
-    """Read level-0 region ``box`` = (x, y, w, h) with ``slide.read_region`` and add it as a member.
+    """Read level-0 region ``box`` = (x, y, w, h) of a slide (``SlideLike``) and add it as a member.
 
-    When ``mpp`` is given and the slide reports its level-0 ``mpp``, the region is resized to that
-    resolution before embedding (so it matches patches taken at ``mpp``); ``mpp`` is recorded either way.
+    When ``mpp`` is given and the slide reports its level-0 ``mpp``, the region is read at that
+    resolution with ``protoseg.slide.read_at_scale`` (so it matches patches taken at ``mpp``), else
+    at level 0; ``mpp`` is recorded either way.
     """
     x, y, w, h = (int(v) for v in box)
     if w <= 0 or h <= 0:
         raise BankCurationError(f"region size must be positive, got w={w}, h={h}")
-    rgb = _region_to_rgb(slide.read_region((x, y), 0, (w, h)))
     slide_mpp = getattr(slide, "mpp", None)
+    size = (w, h)
     if mpp is not None and isinstance(slide_mpp, (int, float)) and slide_mpp > 0 and abs(slide_mpp - mpp) > 1e-6:
         scale = float(slide_mpp) / float(mpp)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-        t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
-        rgb = t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    rgb = read_at_scale(slide, (x, y, w, h), size)
     source = str(getattr(slide, "path", None) or getattr(slide, "source", None) or "slide")
-    return add_member(bank, rgb, class_index, encoder, source=source, box=(x, y, w, h),
-                      mpp=mpp if mpp is not None else slide_mpp, cluster=cluster, pinned=pinned)
+    return add_member(
+        bank,
+        rgb,
+        class_index,
+        encoder,
+        source=source,
+        box=(x, y, w, h),
+        mpp=mpp if mpp is not None else slide_mpp,
+        cluster=cluster,
+        pinned=pinned,
+    )
 
 
 def recluster(bank: ImageBank, k: int | None = None, n_iter: int = 50, seed: int = 0) -> ImageBank:

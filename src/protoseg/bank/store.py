@@ -95,10 +95,16 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BankFormatError(f"image bank {folder}: {MANIFEST} is not valid JSON ({exc})") from exc
-    _require(isinstance(data, dict) and data.get("format") == FORMAT_NAME, folder,
-             f"{MANIFEST} is not a protoseg image bank manifest (format must be {FORMAT_NAME!r})")
-    _require(data.get("version") == FORMAT_VERSION, folder,
-             f"manifest version {data.get('version')!r} is not supported (this protoseg reads {FORMAT_VERSION})")
+    _require(
+        isinstance(data, dict) and data.get("format") == FORMAT_NAME,
+        folder,
+        f"{MANIFEST} is not a protoseg image bank manifest (format must be {FORMAT_NAME!r})",
+    )
+    _require(
+        data.get("version") == FORMAT_VERSION,
+        folder,
+        f"manifest version {data.get('version')!r} is not supported (this protoseg reads {FORMAT_VERSION})",
+    )
     missing = [key for key in ("classes", "encoder_id", "k", "members") if key not in data]
     _require(not missing, folder, f"manifest lacks the keys {missing}")
     return data
@@ -117,19 +123,26 @@ def _member(rec: dict[str, Any], spec: ClassSpec, folder: Path) -> BankMember:
     try:
         box = rec.get("box")
         member = BankMember(
-            member_id=str(rec["id"]), class_index=int(rec["class"]), cluster=int(rec["cluster"]),
+            member_id=str(rec["id"]),
+            class_index=int(rec["class"]),
+            cluster=int(rec["cluster"]),
             source=str(rec.get("source", "")),
             box=None if box is None else tuple(int(v) for v in box),  # type: ignore[arg-type]
             mpp=None if rec.get("mpp") is None else float(rec["mpp"]),
-            excluded=bool(rec.get("excluded", False)), pinned=bool(rec.get("pinned", False)),
-            added_by_user=bool(rec.get("added_by_user", False)), distance=float(rec.get("distance", 0.0)),
+            excluded=bool(rec.get("excluded", False)),
+            pinned=bool(rec.get("pinned", False)),
+            added_by_user=bool(rec.get("added_by_user", False)),
+            distance=float(rec.get("distance", 0.0)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BankFormatError(f"image bank {folder}: bad member record {rec!r} ({exc})") from exc
     _require(member.box is None or len(member.box) == 4, folder, f"member {member.member_id}: box must be [x, y, w, h]")
     name = rec.get("class_name")
-    _require(name is None or (0 <= member.class_index < spec.num_classes and spec.names[member.class_index] == name),
-             folder, f"member {member.member_id}: class index {member.class_index} does not match name {name!r}")
+    _require(
+        name is None or (0 <= member.class_index < spec.num_classes and spec.names[member.class_index] == name),
+        folder,
+        f"member {member.member_id}: class index {member.class_index} does not match name {name!r}",
+    )
     return member
 
 
@@ -146,16 +159,31 @@ def load_bank(folder: str | Path) -> ImageBank:
     feats = _load_array(folder, FEATURES)
     thumbs = _load_array(folder, THUMBNAILS)
     n = len(members)
-    _require(feats.ndim == 2 and feats.shape[0] == n, folder,
-             f"{FEATURES} has shape {feats.shape}, expected ({n}, d) for {n} members")
-    _require(thumbs.ndim == 4 and thumbs.shape[0] == n and thumbs.shape[3] == 3 and thumbs.dtype == np.uint8, folder,
-             f"{THUMBNAILS} has shape {thumbs.shape} {thumbs.dtype}, expected ({n}, t, t, 3) uint8")
+    _require(
+        feats.ndim == 2 and feats.shape[0] == n,
+        folder,
+        f"{FEATURES} has shape {feats.shape}, expected ({n}, d) for {n} members",
+    )
+    _require(
+        thumbs.ndim == 4 and thumbs.shape[0] == n and thumbs.shape[3] == 3 and thumbs.dtype == np.uint8,
+        folder,
+        f"{THUMBNAILS} has shape {thumbs.shape} {thumbs.dtype}, expected ({n}, t, t, 3) uint8",
+    )
     dim = data.get("feature_dim")
-    _require(dim is None or dim == feats.shape[1], folder, f"manifest feature_dim {dim} but {FEATURES} has {feats.shape[1]} columns")
+    _require(
+        dim is None or dim == feats.shape[1],
+        folder,
+        f"manifest feature_dim {dim} but {FEATURES} has {feats.shape[1]} columns",
+    )
     try:
         return ImageBank(
-            class_spec=spec, encoder_id=str(data["encoder_id"]), k=int(data["k"]), members=members,
-            features=feats, thumbnails=thumbs, n_per_cluster=int(data.get("n_per_cluster", 100)),
+            class_spec=spec,
+            encoder_id=str(data["encoder_id"]),
+            k=int(data["k"]),
+            members=members,
+            features=feats,
+            thumbnails=thumbs,
+            n_per_cluster=int(data.get("n_per_cluster", 100)),
         )
     except BankError as exc:
         raise BankFormatError(f"image bank {folder}: {exc}") from exc

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "protoseg.cli.pseudo",
     "protoseg.cli.evaluate",
     "protoseg.cli.predict",
+    "protoseg.cli.export",
     "protoseg.cli.demo",
 )
 

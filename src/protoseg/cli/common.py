@@ -14,7 +14,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` plus repeatable ``--set section.key=value`` overrides."""
     parser.add_argument("--config", type=Path, help="YAML config (sections: data, bank, model, stage1, stage2, run)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set stage1.epochs=3 (repeatable)",
     )
 
@@ -36,16 +40,19 @@ class ProgressBar:
 
     def __call__(self, event: TrainEvent) -> None:
         if event.kind is EventKind.START:
-            self.bar = self._tqdm(total=event.total_steps, initial=event.step, desc=self.desc, file=sys.stderr,
-                                  dynamic_ncols=True)
+            self.bar = self._tqdm(
+                total=event.total_steps, initial=event.step, desc=self.desc, file=sys.stderr, dynamic_ncols=True
+            )
         elif self.bar is None:
             return
         elif event.kind is EventKind.STEP:
             self.bar.update(event.step - self.bar.n)
             self.bar.set_postfix({k: f"{v:.3f}" for k, v in list(event.losses.items())[:4]}, refresh=False)
         elif event.kind is EventKind.VALIDATION:
-            self.bar.write(f"{event.stage} epoch {event.epoch}: "
-                           + " ".join(f"{k}={v:.4f}" for k, v in event.metrics.items() if isinstance(v, float)))
+            self.bar.write(
+                f"{event.stage} epoch {event.epoch}: "
+                + " ".join(f"{k}={v:.4f}" for k, v in event.metrics.items() if isinstance(v, float))
+            )
         elif event.kind in (EventKind.END, EventKind.CANCELLED):
             self.bar.close()
             self.bar = None

@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="dataset folder with val/ or test/ masks")
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--use-labels", action="store_true",
-                   help="stage 1: gate CAMs with the image-level labels (pseudo-mask quality)")
+    p.add_argument(
+        "--use-labels", action="store_true", help="stage 1: gate CAMs with the image-level labels (pseudo-mask quality)"
+    )
     p.add_argument("--tta", action="store_true", help="stage 2: flip test-time augmentation")
     p.add_argument("--json", action="store_true", help="one-line JSON output")
     p.set_defaults(func=_run)

@@ -1,4 +1,4 @@
-"""``protoseg predict`` (slides -> OME-Zarr predictions) and ``protoseg export`` (-> OME-TIFF/GeoJSON/areas)."""
+"""``protoseg predict``: slides -> OME-Zarr predictions (``protoseg export`` is in ``protoseg.cli.export``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "predict", help="predict whole slides into OME-Zarr folders (resumable)",
+        "predict",
+        help="predict whole slides into OME-Zarr folders (resumable)",
         description="Predict each SLIDE with a checkpoint into OUT/<slide>.zarr (probabilities + mask pyramids).",
     )
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (.svs, .tif, .ndpi, .mrxs, ...)")
@@ -24,21 +25,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="tiles per model call")
     p.add_argument("--tta", action="store_true", help="average over flips (4x slower)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.add_argument("--slide-mpp", type=float, default=None, help="microns per pixel of the slide (when the file has none)")
+    p.add_argument(
+        "--slide-mpp", type=float, default=None, help="microns per pixel of the slide (when the file has none)"
+    )
     p.add_argument("--no-tissue-only", action="store_true", help="predict background chunks too")
     p.add_argument("--chunk", type=int, default=512, help="chunk size of the output arrays (px)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in px (default: tile size / 4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing protoseg outputs instead of resuming")
     p.set_defaults(func=run_predict)
-
-    e = subparsers.add_parser(
-        "export", help="export a prediction (OME-Zarr) as OME-TIFF mask, QuPath GeoJSON or area table",
-    )
-    e.add_argument("zarr", metavar="ZARR", help="prediction folder written by `protoseg predict`")
-    e.add_argument("--format", "-f", required=True, choices=["ome-tiff", "geojson", "areas"])
-    e.add_argument("--out", "-o", default=None, help="output file (default: next to ZARR)")
-    e.add_argument("--level", type=int, default=None, help="pyramid level to export (default: 0; GeoJSON: finest that fits)")
-    e.set_defaults(func=run_export)
 
 
 def _batch_options(args: argparse.Namespace) -> dict:
@@ -52,8 +46,13 @@ def _batch_options(args: argparse.Namespace) -> dict:
 
 
 def _predictor_options(args: argparse.Namespace) -> dict:
-    return {"device": args.device, "batch_size": args.batch_size, "tta": args.tta, "amp": not args.no_amp,
-            "overlap": args.overlap}
+    return {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "tta": args.tta,
+        "amp": not args.no_amp,
+        "overlap": args.overlap,
+    }
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -73,19 +72,27 @@ def run_predict(args: argparse.Namespace) -> int:
     outcomes: list[SlideOutcome] = []
     if args.scheduler or args.workers > 1:
         with tqdm(total=len(args.slides), unit="slide", desc="slides") as bar:
+
             def done(o: SlideOutcome) -> None:
                 bar.update(1)
                 bar.write(f"{'ok ' if o.ok else 'FAILED'} {o.slide} -> {o.output}" + ("" if o.ok else f": {o.error}"))
 
             outcomes = predict_many(
-                args.slides, args.checkpoint, args.out, scheduler=args.scheduler, n_workers=args.workers,
-                predictor_options=_predictor_options(args), on_result=done, **_batch_options(args),
+                args.slides,
+                args.checkpoint,
+                args.out,
+                scheduler=args.scheduler,
+                n_workers=args.workers,
+                predictor_options=_predictor_options(args),
+                on_result=done,
+                **_batch_options(args),
             )
     else:
         check_output_dir(args.out)
         predictor = Predictor(args.checkpoint, **_predictor_options(args))
         for slide, out in zip(args.slides, output_names(args.slides, args.out)):
             with tqdm(total=0, unit="chunk", desc=Path(slide).name) as bar:
+
                 def progress(done: int, total: int) -> None:
                     bar.total = total
                     bar.n = done
@@ -98,19 +105,13 @@ def run_predict(args: argparse.Namespace) -> int:
                         raise
                     outcomes.append(SlideOutcome(str(slide), str(out), False, f"{type(exc).__name__}: {exc}"))
                     continue
-            outcomes.append(SlideOutcome(str(slide), str(out), True, None, res.chunks_total, res.tiles_predicted, res.seconds))
+            outcomes.append(
+                SlideOutcome(str(slide), str(out), True, None, res.chunks_total, res.tiles_predicted, res.seconds)
+            )
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
         print(f"{'ok' if o.ok else 'FAILED'}\t{o.slide}\t{o.output}" + ("" if o.ok else f"\t{o.error}"))
     if failed:
         print(f"protoseg: {len(failed)} of {len(outcomes)} slides failed", file=sys.stderr)
         return 1
-    return 0
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from protoseg.export import export_prediction
-
-    path = export_prediction(args.zarr, args.format, args.out, level=args.level)
-    print(path)
     return 0

@@ -16,24 +16,32 @@ def _size(text: str) -> tuple[int, int]:
 def _dataset(args: argparse.Namespace) -> int:
     from protoseg.data.synthetic.writers import write_bcss_dataset
 
-    root = write_bcss_dataset(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                              size=args.size, seed=args.seed, mpp=args.mpp)
+    root = write_bcss_dataset(
+        args.out,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        size=args.size,
+        seed=args.seed,
+        mpp=args.mpp,
+    )
     print(root)
     return 0
 
 
 def _slide(args: argparse.Namespace) -> int:
-    from protoseg.data.synthetic.writers import write_synthetic_slide
+    from dataclasses import replace
 
-    s = write_synthetic_slide(args.out, size=args.size, mpp=args.mpp, seed=args.seed, tile_size=args.tile)
+    from protoseg.data.synthetic.writers import SAMPLE_SLIDE
+
+    given = {"size": args.size, "mpp": args.mpp, "seed": args.seed, "tile_size": args.tile}
+    s = replace(SAMPLE_SLIDE, **{k: v for k, v in given.items() if v is not None}).write(args.out)
     print(s.path)
     print(s.mask_path)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from protoseg.napari.sample import SAMPLE_MPP, SAMPLE_SEED, SAMPLE_SIZE
-
     p = sub.add_parser("synth", help="write synthetic H&E data with known ground truth")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     d = kinds.add_parser("dataset", help="patches in the BCSS-WSSS layout (train names carry labels; val/test masks)")
@@ -45,10 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--mpp", type=float, default=0.5)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_dataset)
-    s = kinds.add_parser("slide", help="a small pyramidal TIFF section with its mask (<stem>_mask.png)")
+    # unset options take the sample slide's values (protoseg.data.synthetic.SAMPLE_SLIDE), read only when run
+    s = kinds.add_parser(
+        "slide",
+        help="a small pyramidal TIFF section with its mask (<stem>_mask.png); "
+        "the defaults make the plugin's sample slide",
+    )
     s.add_argument("out")
-    s.add_argument("--size", type=_size, default=SAMPLE_SIZE, help="WIDTHxHEIGHT")
-    s.add_argument("--mpp", type=float, default=SAMPLE_MPP)
-    s.add_argument("--seed", type=int, default=SAMPLE_SEED)
-    s.add_argument("--tile", type=int, default=256)
+    s.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the sample slide's)")
+    s.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: the sample slide's)")
+    s.add_argument("--seed", type=int, default=None, help="random seed (default: the sample slide's)")
+    s.add_argument("--tile", type=int, default=None, help="TIFF tile size in px (default: the sample slide's)")
     s.set_defaults(func=_slide)

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from protoseg.cli.common import ProgressBar, add_config_args, config_from_args
+from protoseg.config import AddOn, Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,14 @@ def _run(args: argparse.Namespace) -> int:
     else:
         pseudo = args.pseudo or str(Path(cfg.run.out_dir) / "pseudo")
         result = train_stage2(cfg, pseudo, [bar], resume=args.resume)
-    summary = {"stage": args.stage, "best": str(result.best) if result.best else None, "last": str(result.last),
-               "best_metric": result.best_metric, "epochs": result.epochs_done, "seconds": round(result.seconds, 1)}
+    summary = {
+        "stage": args.stage,
+        "best": str(result.best) if result.best else None,
+        "last": str(result.last),
+        "best_metric": result.best_metric,
+        "epochs": result.epochs_done,
+        "seconds": round(result.seconds, 1),
+    }
     print(json.dumps(summary))
     return 0
 
@@ -50,8 +57,10 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train stage 1 (CAM network) or stage 2 (segmentation network)")
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for stage, text in (("stage1", "stage-1 ClassNet on image-level labels"),
-                        ("stage2", "stage-2 SegNet on exported pseudo-masks")):
+    for stage, text in (
+        ("stage1", "stage-1 ClassNet on image-level labels"),
+        ("stage2", "stage-2 SegNet on exported pseudo-masks"),
+    ):
         s = stages.add_parser(stage, help=text, description=text)
         add_config_args(s)
         s.add_argument("--data", help="dataset folder (BCSS-WSSS, LUAD-HistoSeg or generic layout)")
@@ -60,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
         s.add_argument("--resume", action="store_true", help="continue from OUT/<stage>/last.pt")
         if stage == "stage1":
-            s.add_argument("--recipe", choices=["cam", "pbip", "lpd"])
-            s.add_argument("--addons", help="comma-separated add-on losses: pscl, plim")
+            s.add_argument("--recipe", choices=[r.value for r in Recipe])
+            s.add_argument("--addons", help="comma-separated add-on losses: " + ", ".join(a.value for a in AddOn))
             s.add_argument("--bank", help="image bank folder (PBIP; built from the training set when absent)")
         else:
             s.add_argument("--pseudo", help="pseudo-mask folder (default OUT/pseudo)")

@@ -3,7 +3,6 @@
 - :func:`open_dataset` / :func:`detect_layout`: BCSS-WSSS, LUAD-HistoSeg and generic patch folders.
 - :class:`WsiRegionDataset`: class-tagged polygons on slides (GeoJSON / napari shapes) as patches.
 - :mod:`protoseg.data.augment`: flips, rot90, colour and HED stain jitter (seeded).
-- :func:`compute_normalization`: cached per-channel mean/std.
 - :mod:`protoseg.data.synthetic`: H&E-like images with exact ground truth.
 """
 
@@ -18,7 +17,7 @@ from protoseg.data.augment import (
 from protoseg.data.datasets import PatchDataset, load_image, open_dataset
 from protoseg.data.errors import DataError, DatasetLayoutError, MaskError, RegionError
 from protoseg.data.layouts import detect_layout
-from protoseg.data.masks import IGNORE_INDEX, labels_from_mask, load_mask, save_palette_mask
+from protoseg.data.masks import labels_from_mask, load_mask, save_palette_mask
 from protoseg.data.records import Layout, PatchRecord, Split
 from protoseg.data.region_dataset import RegionPatch, WsiRegionDataset
 from protoseg.data.regions import (
@@ -28,13 +27,33 @@ from protoseg.data.regions import (
     regions_to_napari,
     save_regions_geojson,
 )
-from protoseg.data.stats import compute_normalization
 
 __all__ = [
-    "IGNORE_INDEX", "ColorJitter", "Compose", "DataError", "DatasetLayoutError", "HEDJitter", "Layout",
-    "MaskError", "PatchDataset", "PatchRecord", "RandomFlip", "RandomRot90", "RegionAnnotation",
-    "RegionError", "RegionPatch", "Split", "WsiRegionDataset", "compute_normalization",
-    "default_augmentation", "detect_layout", "labels_from_mask", "load_image", "load_mask",
-    "load_regions_geojson", "open_dataset", "regions_from_napari", "regions_to_napari",
-    "save_palette_mask", "save_regions_geojson",
+    "ColorJitter",
+    "Compose",
+    "DataError",
+    "DatasetLayoutError",
+    "HEDJitter",
+    "Layout",
+    "MaskError",
+    "PatchDataset",
+    "PatchRecord",
+    "RandomFlip",
+    "RandomRot90",
+    "RegionAnnotation",
+    "RegionError",
+    "RegionPatch",
+    "Split",
+    "WsiRegionDataset",
+    "default_augmentation",
+    "detect_layout",
+    "labels_from_mask",
+    "load_image",
+    "load_mask",
+    "load_regions_geojson",
+    "open_dataset",
+    "regions_from_napari",
+    "regions_to_napari",
+    "save_palette_mask",
+    "save_regions_geojson",
 ]

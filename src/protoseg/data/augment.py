@@ -7,9 +7,7 @@ from collections.abc import Sequence
 import torch
 
 # Ruifrok & Johnston optical-density vectors (rows: haematoxylin, eosin, DAB/residual).
-_RGB_FROM_HED = torch.tensor(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
-)
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
 _RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 _OD_EPS = 1e-6
@@ -117,12 +115,17 @@ class Compose:
 
 def default_augmentation(seed: int | None = None, stain: float = 0.05) -> Compose:
     """Flips, rot90, small colour and HED stain jitter: the usual histology training augmentation."""
-    return Compose(
-        [RandomFlip(), RandomRot90(), ColorJitter(), HEDJitter(alpha=stain, beta=stain)], seed=seed
-    )
+    return Compose([RandomFlip(), RandomRot90(), ColorJitter(), HEDJitter(alpha=stain, beta=stain)], seed=seed)
 
 
 __all__ = [
-    "Augmentation", "RandomFlip", "RandomRot90", "ColorJitter", "HEDJitter", "Compose",
-    "default_augmentation", "rgb_to_hed", "hed_to_rgb",
+    "Augmentation",
+    "ColorJitter",
+    "Compose",
+    "HEDJitter",
+    "RandomFlip",
+    "RandomRot90",
+    "default_augmentation",
+    "hed_to_rgb",
+    "rgb_to_hed",
 ]

@@ -17,6 +17,7 @@ from protoseg.data.generic import generic_records
 from protoseg.data.layouts import detect_layout, named_records
 from protoseg.data.masks import labels_from_mask, load_mask
 from protoseg.data.records import Layout, PatchRecord, Split
+from protoseg.slide.pixels import as_rgb_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +25,9 @@ Transform = Callable[[dict], dict]
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3); alpha is composited onto white."""
+    """Read an image file as uint8 RGB (H, W, 3); alpha is composited onto white (``as_rgb_uint8``)."""
     with Image.open(path) as im:
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        return np.array(im.convert("RGB"))
+        return np.array(as_rgb_uint8(im))  # a writable copy
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:

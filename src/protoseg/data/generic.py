@@ -83,8 +83,7 @@ def _csv_records(csv_path: Path, split: Split, filter_split: bool, spec: ClassSp
         missing = [n for n in spec.names if n not in cols]
         if missing or not class_cols:
             raise DatasetLayoutError(
-                f"{csv_path}: expected columns path,{','.join(spec.names)} (multi-hot 0/1) or path,tags; "
-                f"found {cols}"
+                f"{csv_path}: expected columns path,{','.join(spec.names)} (multi-hot 0/1) or path,tags; found {cols}"
             )
         try:
             labels = [tuple(int(float(r[n])) for n in spec.names) for r in rows]

@@ -77,7 +77,8 @@ def _palette_style(root: Path) -> Layout | None:
         with Image.open(masks[0]) as im:
             pal = im.getpalette() if im.mode == "P" else None
             colours = (
-                {tuple(pal[i:i + 3]) for i in range(0, 15, 3)} if pal
+                {tuple(pal[i : i + 3]) for i in range(0, 15, 3)}
+                if pal
                 else {tuple(c) for c in np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)}
             )
         scores = {

@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from protoseg.classes import ClassSpec
+from protoseg.classes import IGNORE_INDEX, ClassSpec
 from protoseg.data.errors import MaskError
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = 255
 
 
 def rgb_to_index(rgb: np.ndarray, classes: ClassSpec, source: str = "mask") -> np.ndarray:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from skimage.measure import points_in_poly
 from torch.utils.data import Dataset
 
@@ -18,6 +17,7 @@ from protoseg.classes import ClassSpec
 from protoseg.data.datasets import Transform, to_tensor
 from protoseg.data.errors import RegionError
 from protoseg.data.regions import RegionAnnotation
+from protoseg.slide.resample import read_at_scale
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class WsiRegionDataset(Dataset):
 
     Slides are opened lazily in each process (handles are dropped when pickled for DataLoader
     workers); the index is built from geometry and each slide's mpp (read once, then closed).
+    ``slide_opener`` returns a ``protoseg.slide.SlideLike`` (default ``open_slide``); patches are
+    read with ``protoseg.slide.read_at_scale``.
     """
 
     def __init__(
@@ -90,8 +92,9 @@ class WsiRegionDataset(Dataset):
         self._slides: dict[str, object] = {}
         self.slide_mpp: dict[str, float | None] = {}
         self.patches = self._build_index(np.random.default_rng(seed))
-        logger.info("%d patches from %d regions on %d slides",
-                    len(self.patches), len(self.regions), len(self.slide_mpp))
+        logger.info(
+            "%d patches from %d regions on %d slides", len(self.patches), len(self.regions), len(self.slide_mpp)
+        )
 
     # -- slides ---------------------------------------------------------------------------
     def _open(self, path: str):
@@ -146,8 +149,13 @@ class WsiRegionDataset(Dataset):
                     if key in seen:
                         continue
                     seen.add(key)
-                    tags = {c for r in others if _boxes_meet(r.bounds, x, y, side)
-                            for c in r.classes if _inside_fraction(r.polygon, x, y, side, self._k) > 0}
+                    tags = {
+                        c
+                        for r in others
+                        if _boxes_meet(r.bounds, x, y, side)
+                        for c in r.classes
+                        if _inside_fraction(r.polygon, x, y, side, self._k) > 0
+                    }
                     label = tuple(int(n in tags) for n in self.classes.names)
                     box = (round(x), round(y), max(1, round(side)), max(1, round(side)))
                     patches.append(RegionPatch(region.slide_path, box, label))
@@ -161,19 +169,13 @@ class WsiRegionDataset(Dataset):
         return len(self.patches)
 
     def read_patch(self, index: int) -> np.ndarray:
-        """uint8 (patch_size, patch_size, 3) pixels of one patch at the target mpp."""
+        """uint8 (patch_size, patch_size, 3) pixels of one patch at the target mpp.
+
+        The level-0 box (whose side is ``patch_size`` times the slide's scale, rounded) is resampled
+        once to exactly ``patch_size``; the scale, fallback mpp included, was fixed at indexing time.
+        """
         p = self.patches[index]
-        slide = self._slide(p.slide_path)
-        x, y, w, h = p.box
-        if self.slide_mpp.get(p.slide_path) is not None:
-            arr = np.asarray(slide.read((x, y, w, h), self.mpp))
-        else:  # the file records no mpp: the slide resamples using the caller's fallback
-            arr = np.asarray(slide.read((x, y, w, h), self.mpp, fallback_mpp=self.fallback_mpp))
-        arr = arr[..., :3]
-        if arr.shape[:2] != (self.patch_size, self.patch_size):
-            arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize(
-                (self.patch_size, self.patch_size), Image.Resampling.BILINEAR))
-        return arr
+        return read_at_scale(self._slide(p.slide_path), p.box, (self.patch_size, self.patch_size))
 
     def __getitem__(self, index: int) -> dict:
         p = self.patches[index]

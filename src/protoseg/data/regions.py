@@ -123,17 +123,19 @@ def save_regions_geojson(
             classification["name"] = r.classes[0]
         if r.classes and r.classes[0] in colours:
             classification["color"] = list(colours[r.classes[0]])
-        features.append({
-            "type": "Feature",
-            "id": f"region-{i}",
-            "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {
-                "objectType": "annotation",
-                "classification": classification,
-                "classes": list(r.classes),
-                "slide_path": r.slide_path,
-            },
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"region-{i}",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {
+                    "objectType": "annotation",
+                    "classification": classification,
+                    "classes": list(r.classes),
+                    "slide_path": r.slide_path,
+                },
+            }
+        )
     path = Path(path)
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path

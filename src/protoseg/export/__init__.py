@@ -1,20 +1,22 @@
-"""Exports of predictions: pyramidal OME-TIFF masks, QuPath GeoJSON polygons, per-class areas (mm²).
+"""Exports of predictions: OME-Zarr copies, pyramidal OME-TIFF masks, QuPath GeoJSON polygons, per-class
+areas (mm²).
 
-``export_prediction(zarr_path, fmt, out)`` turns a batch OME-Zarr (``protoseg.infer``) into any of
-them; the format modules also work on plain numpy masks.
+``export_prediction(zarr_path, fmt, out)`` turns a batch OME-Zarr (``protoseg.infer``) into any
+:class:`ExportFormat`; the format modules also work on plain numpy masks.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
-from protoseg.export.areas import AreaRow, class_areas, count_classes, write_area_csv
+from protoseg.export.areas import AreaRow, class_areas, count_classes, read_area_csv, write_area_csv
 from protoseg.export.errors import ExportError
 from protoseg.export.geojson import class_polygons, load_geojson_mask, mask_to_geojson, write_geojson
 from protoseg.export.ometiff import write_mask_ometiff
+from protoseg.export.omezarr import copy_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -22,38 +24,60 @@ logger = logging.getLogger(__name__)
 GEOJSON_MAX_PIXELS = 64 * 2**20
 
 
-class ExportFormat(str, Enum):
-    """What ``protoseg export`` writes."""
+class ExportFormat(StrEnum):
+    """What an export writes (``protoseg export --format`` and the Predict widget's export buttons)."""
 
+    OME_ZARR = "ome-zarr"
     OME_TIFF = "ome-tiff"
     GEOJSON = "geojson"
     AREAS = "areas"
 
 
-_SUFFIX = {ExportFormat.OME_TIFF: ".mask.ome.tif", ExportFormat.GEOJSON: ".geojson", ExportFormat.AREAS: ".areas.csv"}
+def export_format(fmt: ExportFormat | str) -> ExportFormat:
+    """``fmt`` as an :class:`ExportFormat` ("ome-zarr", "ome-tiff", "geojson", "areas")."""
+    try:
+        return ExportFormat(fmt)
+    except ValueError:
+        raise ExportError(f"unknown export {fmt!r}; choose one of {', '.join(f.value for f in ExportFormat)}") from None
+
+
+_SUFFIX = {
+    ExportFormat.OME_ZARR: "-copy.zarr",
+    ExportFormat.OME_TIFF: ".mask.ome.tif",
+    ExportFormat.GEOJSON: ".geojson",
+    ExportFormat.AREAS: ".areas.csv",
+}
 
 
 def default_output(zarr_path: str | os.PathLike[str], fmt: ExportFormat | str) -> Path:
-    """``<name>.mask.ome.tif`` / ``<name>.geojson`` / ``<name>.areas.csv`` next to ``<name>.zarr``."""
+    """``<name>-copy.zarr`` / ``<name>.mask.ome.tif`` / ``<name>.geojson`` / ``<name>.areas.csv`` next to
+    ``<name>.zarr``."""
     p = Path(zarr_path)
-    return p.with_name(p.name.removesuffix(".zarr") + _SUFFIX[ExportFormat(fmt)])
+    return p.with_name(p.name.removesuffix(".zarr") + _SUFFIX[export_format(fmt)])
 
 
 def export_prediction(
-    zarr_path: str | os.PathLike[str], fmt: ExportFormat | str, out: str | os.PathLike[str] | None = None,
+    zarr_path: str | os.PathLike[str],
+    fmt: ExportFormat | str,
+    out: str | os.PathLike[str] | None = None,
     level: int | None = None,
 ) -> Path:
-    """Export a batch prediction folder; returns the written file."""
+    """Export a finished batch prediction folder; returns the written file (or folder, for OME-Zarr)."""
     from protoseg.infer.omezarr import open_prediction
 
-    fmt = ExportFormat(fmt)
+    fmt = export_format(fmt)
     pred = open_prediction(zarr_path)
     if not pred.complete:
-        raise ExportError(f"{zarr_path} is an unfinished prediction; re-run `protoseg predict` (it resumes) first.")
+        raise ExportError(
+            f"{zarr_path} is an unfinished prediction; run it again (`protoseg predict` or the Predict "
+            "widget's 'Whole slide'; it resumes) first."
+        )
     out = Path(out) if out is not None else default_output(zarr_path, fmt)
     n = pred.num_levels
     if level is not None and not 0 <= level < n:
         raise ExportError(f"level {level} does not exist; the prediction has levels 0..{n - 1}")
+    if fmt is ExportFormat.OME_ZARR:
+        return copy_prediction(zarr_path, out)
     if fmt is ExportFormat.OME_TIFF:
         levels = [pred.mask(k) for k in range(level or 0, n)]
         return write_mask_ometiff(levels, out, pred.level_mpp(level or 0), pred.classes)
@@ -63,15 +87,31 @@ def export_prediction(
     if level is None:
         level = next((k for k in range(n) if pred.mask(k).size <= GEOJSON_MAX_PIXELS), n - 1)
         if level:
-            logger.warning("GeoJSON from pyramid level %d (vertices on a %dx coarser grid); pass --level 0 "
-                           "for full resolution", level, 2**level)
+            logger.warning(
+                "GeoJSON from pyramid level %d (vertices on a %dx coarser grid); pass --level 0 for full resolution",
+                level,
+                2**level,
+            )
     mask = pred.mask(level)[...]
     collection = mask_to_geojson(mask, pred.classes, factor=pred.scale * 2**level)
     return write_geojson(collection, out)
 
 
 __all__ = [
-    "AreaRow", "ExportError", "ExportFormat", "class_areas", "class_polygons", "count_classes",
-    "default_output", "export_prediction", "load_geojson_mask", "mask_to_geojson", "write_area_csv",
-    "write_geojson", "write_mask_ometiff",
+    "AreaRow",
+    "ExportError",
+    "ExportFormat",
+    "class_areas",
+    "class_polygons",
+    "copy_prediction",
+    "count_classes",
+    "default_output",
+    "export_format",
+    "export_prediction",
+    "load_geojson_mask",
+    "mask_to_geojson",
+    "read_area_csv",
+    "write_area_csv",
+    "write_geojson",
+    "write_mask_ometiff",
 ]

@@ -1,4 +1,4 @@
-"""Per-class tissue areas in mm² from a class mask, as rows and as a CSV table."""
+"""Per-class tissue areas in mm² from a class mask, as rows and as a CSV table (written and read back)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,22 @@ def write_area_csv(rows: list[AreaRow], path: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise ExportError(f"cannot write {path} ({exc.strerror or exc}); choose a writable path.") from exc
     return path
+
+
+def read_area_csv(path: str | os.PathLike[str]) -> list[AreaRow]:
+    """Rows of a CSV written by :func:`write_area_csv` (tissue_fraction None for background)."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as fh:
+            return [
+                AreaRow(
+                    int(r["class_index"]),
+                    r["class"],
+                    int(r["pixels"]),
+                    float(r["area_mm2"]),
+                    float(r["tissue_fraction"]) if r["tissue_fraction"] else None,
+                )
+                for r in csv.DictReader(fh)
+            ]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ExportError(f"{path} is not a readable area table ({exc}); write it with the 'areas' export.") from exc

@@ -47,7 +47,7 @@ def _ring(corners_rc: np.ndarray, oy: float, ox: float, factor: float, offset: t
         xy = xy[::-1]
     xy = xy * factor + np.asarray(offset, dtype=np.float64)
     pts = [[_num(x), _num(y)] for x, y in xy]
-    return pts + [pts[0]]
+    return [*pts, pts[0]]
 
 
 def _num(v: float) -> float | int:
@@ -62,7 +62,7 @@ def class_polygons(
     from scipy import ndimage
     from skimage.measure import find_contours
 
-    labels, n = ndimage.label(binary)
+    labels, _ = ndimage.label(binary)
     polys = []
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -96,17 +96,19 @@ def mask_to_geojson(
         polys = class_polygons(mask == idx, factor, offset, min_pixels)
         if not polys:
             continue
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "MultiPolygon", "coordinates": polys},
-            "properties": {
-                "objectType": "annotation",
-                "name": name,
-                "classification": {"name": name, "color": list(color)},
-                "isLocked": False,
-                "class_index": idx,
-            },
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "MultiPolygon", "coordinates": polys},
+                "properties": {
+                    "objectType": "annotation",
+                    "name": name,
+                    "classification": {"name": name, "color": list(color)},
+                    "isLocked": False,
+                    "class_index": idx,
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 

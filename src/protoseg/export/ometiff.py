@@ -74,7 +74,10 @@ def write_mask_ometiff(
         with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
             for k, lv in enumerate(levels):
                 kw: dict[str, Any] = dict(
-                    shape=tuple(lv.shape), dtype=np.uint8, tile=(tile, tile), photometric="minisblack",
+                    shape=tuple(lv.shape),
+                    dtype=np.uint8,
+                    tile=(tile, tile),
+                    photometric="minisblack",
                     compression=compression,
                 )
                 if mpp is not None:

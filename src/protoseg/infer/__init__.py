@@ -25,7 +25,7 @@ _EXPORTS = {
     "SlideOutcome": "protoseg.infer.distributed",
     "ArraySlide": "protoseg.infer.memory",
     "InferenceError": "protoseg.infer.errors",
-    "MissingMppError": "protoseg.infer.errors",
+    "MissingMppError": "protoseg.slide.errors",
     "OutputError": "protoseg.infer.errors",
 }
 

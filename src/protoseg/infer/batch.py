@@ -100,8 +100,14 @@ def _build_pyramid(arrays: _Arrays, layout: SlideChunks) -> None:
 class _Pipeline:
     """Readers -> model -> writer over a stream of ``ChunkStep``s; first error stops everything."""
 
-    def __init__(self, layout: SlideChunks, steps, finish_chunk: Callable[[ChunkStep, dict], None], readers: int,
-                 cancel: CancelLike | None = None) -> None:
+    def __init__(
+        self,
+        layout: SlideChunks,
+        steps,
+        finish_chunk: Callable[[ChunkStep, dict], None],
+        readers: int,
+        cancel: CancelLike | None = None,
+    ) -> None:
         self.layout, self.finish_chunk, self.cancel = layout, finish_chunk, cancel
         self.predictor = layout.predictor
         self._steps = steps
@@ -185,7 +191,9 @@ class _Pipeline:
                 return
 
     def run(self) -> None:
-        threads = [threading.Thread(target=self._reader, name=f"protoseg-read-{i}", daemon=True) for i in range(self.n_readers)]
+        threads = [
+            threading.Thread(target=self._reader, name=f"protoseg-read-{i}", daemon=True) for i in range(self.n_readers)
+        ]
         writer = threading.Thread(target=self._writer, name="protoseg-write", daemon=True)
         for th in (*threads, writer):
             th.start()
@@ -208,7 +216,7 @@ class _Pipeline:
                     batch = []
                     self._dispatch(store)
             self._dispatch(store)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - any failure (or Cancelled) stops the threads, then re-raised
             self._fail(exc)
         finally:
             if self.error is None:
@@ -291,8 +299,13 @@ def predict_slide_to_omezarr(
     attrs.update(complete=True, pyramid_complete=True)
     root.attrs["protoseg"] = attrs
     result = BatchResult(
-        out, total, resumed, counts["background"], counts["predicted"],
-        predictor.tiles_predicted - tiles_before, time.perf_counter() - start,
+        out,
+        total,
+        resumed,
+        counts["background"],
+        counts["predicted"],
+        predictor.tiles_predicted - tiles_before,
+        time.perf_counter() - start,
     )
     logger.info("predicted %s -> %s: %s", name, out, result)
     return result

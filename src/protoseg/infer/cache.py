@@ -46,6 +46,15 @@ class ByteLRU:
         with self._lock:
             return key in self._data
 
+    def peek(self, key: Hashable) -> Any | None:
+        """The cached value of ``key`` (marked recently used), or None; never computes nor waits."""
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            self._data.move_to_end(key)
+            return entry[0]
+
     def clear(self) -> None:
         with self._lock:
             self._data.clear()

@@ -76,7 +76,7 @@ class SlideChunks:
             return True
         x, y, w, h = self.grid0.box(cy, cx)
         s = self.geom.scale
-        box0 = (int(x * s), int(y * s), max(1, int(round(w * s))), max(1, int(round(h * s))))
+        box0 = (int(x * s), int(y * s), max(1, round(w * s)), max(1, round(h * s)))
         return float(self.tissue.fraction(*box0)) > self.min_tissue
 
     def tiles_for_chunk(self, cy: int, cx: int) -> list[TileIndex]:

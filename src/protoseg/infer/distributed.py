@@ -65,7 +65,7 @@ def predict_one(slide: str, checkpoint: str, out: str, options: dict[str, Any]) 
         predictor = Predictor(checkpoint, **predictor_kw)
         res = predict_slide_to_omezarr(predictor, slide, out, **opts)
         return SlideOutcome(slide, out, True, None, res.chunks_total, res.tiles_predicted, time.perf_counter() - start)
-    except Exception as exc:  # noqa: BLE001 - reported per slide
+    except Exception as exc:
         logger.exception("prediction of %s failed", slide)
         return SlideOutcome(slide, out, False, f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
 
@@ -108,8 +108,12 @@ def predict_many(
         n_workers = max(1, int(n_workers))
         options.setdefault("torch_threads", max(1, (os.cpu_count() or 1) // n_workers))
         cluster = LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=processes, memory_limit=_memory_limit(n_workers),
-            dashboard_address=None, silence_logs=logging.WARNING,
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=processes,
+            memory_limit=_memory_limit(n_workers),
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
         )
         client = Client(cluster)
     logger.info("predicting %d slides on %s", len(paths), client.scheduler.address if client.scheduler else scheduler)
@@ -122,7 +126,7 @@ def predict_many(
             slide = futures[fut]
             try:
                 outcome = fut.result()
-            except Exception as exc:  # worker died, task lost
+            except Exception as exc:  # noqa: BLE001 - worker died or task lost: reported per slide
                 outcome = SlideOutcome(slide, outs[paths.index(slide)], False, f"{type(exc).__name__}: {exc}")
             results[slide] = outcome
             if on_result is not None:

@@ -6,11 +6,11 @@ from protoseg.errors import ProtosegError
 
 
 class InferenceError(ProtosegError):
-    """Prediction cannot run as asked (bad model output, missing mpp, bad tiling parameters)."""
+    """Prediction cannot run as asked (bad model output, bad tiling parameters).
 
-
-class MissingMppError(InferenceError):
-    """The slide has no microns-per-pixel metadata and none was given."""
+    A slide without microns-per-pixel raises ``protoseg.slide.MissingMppError`` instead (also a
+    ``ProtosegError``; exported here as ``protoseg.infer.MissingMppError`` too).
+    """
 
 
 class OutputError(ProtosegError):

@@ -94,6 +94,10 @@ class LazyPrediction:
             raise IndexError(f"level {level} out of range 0..{len(self.levels) - 1}")
         return self.cache.get(("chunk", level, cy, cx), lambda: self._compute(level, cy, cx))
 
+    def cached_chunk(self, level: int, cy: int, cx: int) -> ChunkData | None:
+        """The chunk (level, row, col) if it is in the cache, else None; never runs the model."""
+        return self.cache.peek(("chunk", level, cy, cx))
+
     def read(self, level: int, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores (C+1, h, w) and mask (h, w) of a window of one level (assembled from chunks)."""
         c = self.layout.chunk
@@ -111,7 +115,7 @@ class LazyPrediction:
         return probs, mask
 
     # ------------------------------------------------------------------ arrays
-    def level_array(self, level: int, kind: str = "probs") -> "LazyLevelArray":
+    def level_array(self, level: int, kind: str = "probs") -> LazyLevelArray:
         """Numpy-indexable array of one level (``kind`` = "probs" or "mask")."""
         return LazyLevelArray(self, level, kind)
 
@@ -140,8 +144,13 @@ class LazyPrediction:
         c = self.layout.chunk
         chunks = (c, c) if kind == "mask" else (arr.shape[0], c, c)
         return da.from_array(
-            arr, chunks=chunks, name=f"protoseg-lazy-{self._uid}-{kind}-{level}", lock=False, fancy=False,
-            asarray=False, meta=np.empty((0,) * arr.ndim, np.uint8),
+            arr,
+            chunks=chunks,
+            name=f"protoseg-lazy-{self._uid}-{kind}-{level}",
+            lock=False,
+            fancy=False,
+            asarray=False,
+            meta=np.empty((0,) * arr.ndim, np.uint8),
         )
 
 

@@ -32,7 +32,7 @@ class ArraySlide:
         """(h, w, 3) uint8 at ``level``; ``location`` in level-0 px; outside pixels are white."""
         img = self._levels[level]
         ds = self.level_downsamples[level]
-        x, y = int(round(location[0] / ds)), int(round(location[1] / ds))
+        x, y = round(location[0] / ds), round(location[1] / ds)
         w, h = int(size[0]), int(size[1])
         out = np.full((h, w, 3), 255, np.uint8)
         x0, y0 = max(0, x), max(0, y)

@@ -103,15 +103,25 @@ def create_prediction_zarr(
     mask = root.create_group("mask")
     for k, (w, h) in enumerate(levels):
         probs.create_array(
-            str(k), shape=(channels, h, w), chunks=(channels, chunk, chunk), dtype="uint8", fill_value=0,
+            str(k),
+            shape=(channels, h, w),
+            chunks=(channels, chunk, chunk),
+            dtype="uint8",
+            fill_value=0,
             dimension_names=("c", "y", "x"),
         )
         mask.create_array(
-            str(k), shape=(h, w), chunks=(chunk, chunk), dtype="uint8", fill_value=classes.num_classes,
+            str(k),
+            shape=(h, w),
+            chunks=(chunk, chunk),
+            dtype="uint8",
+            fill_value=classes.num_classes,
             dimension_names=("y", "x"),
         )
     rows, cols = -(-levels[0][1] // chunk), -(-levels[0][0] // chunk)
-    root.create_array("done", shape=(rows, cols), chunks=(min(rows, 1024), min(cols, 1024)), dtype="uint8", fill_value=0)
+    root.create_array(
+        "done", shape=(rows, cols), chunks=(min(rows, 1024), min(cols, 1024)), dtype="uint8", fill_value=0
+    )
     names = [*classes.names, classes.background_name]
     palette = classes.palette()
     probs.attrs["ome"] = {

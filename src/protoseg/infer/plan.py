@@ -38,7 +38,9 @@ def strip_order(rows: int, cols: int, strip: int, include: Callable[[Chunk], boo
                     yield (r, c)
 
 
-def plan_steps(chunks: Iterable[Chunk], tiles_for: Callable[[int, int], list[TileIndex]], window: int) -> Iterator[ChunkStep]:
+def plan_steps(
+    chunks: Iterable[Chunk], tiles_for: Callable[[int, int], list[TileIndex]], window: int
+) -> Iterator[ChunkStep]:
     """Yield a ``ChunkStep`` per chunk, reusing tile jobs needed again within ``window`` chunks."""
     source = iter(chunks)
     ahead: deque[tuple[Chunk, tuple[TileIndex, ...]]] = deque()

@@ -88,7 +88,9 @@ class Predictor:
         if not isinstance(model, nn.Module):
             raise InferenceError(f"Predictor needs an nn.Module, a Checkpoint or a checkpoint path, got {type(model)}")
         if classes is None:
-            raise InferenceError("Predictor(model) with a bare module needs classes=ClassSpec(...) (or use a Checkpoint)")
+            raise InferenceError(
+                "Predictor(model) with a bare module needs classes=ClassSpec(...) (or use a Checkpoint)"
+            )
         if batch_size < 1:
             raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
         self.classes = classes

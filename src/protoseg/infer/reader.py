@@ -7,32 +7,20 @@ can pass in-memory slides. The slide's own mpp may be missing: callers pass ``sl
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-from protoseg.infer.errors import MissingMppError
+from protoseg.slide.errors import MissingMppError
+from protoseg.slide.resample import SlideLike, best_level, read_at_scale
 
 logger = logging.getLogger(__name__)
 
 #: Relative mpp mismatch under which the slide is read at its native resolution (no resampling).
 MPP_SNAP_TOLERANCE = 0.02
-
-
-@runtime_checkable
-class SlideLike(Protocol):
-    """The part of ``protoseg.slide.Slide`` that inference needs."""
-
-    level_count: int
-    level_dimensions: Any  # sequence of (w, h)
-    level_downsamples: Any  # sequence of float
-    mpp: float | None
-
-    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray: ...
 
 
 class PadMode(str, Enum):
@@ -92,41 +80,24 @@ def prediction_size(slide: SlideLike, scale: float) -> tuple[int, int]:
 
 
 class RegionReader:
-    """Reads (x, y, w, h) boxes of the prediction grid as uint8 (h, w, 3), padded past the edges."""
+    """Reads (x, y, w, h) boxes of the prediction grid as uint8 (h, w, 3), padded past the edges.
+
+    Prediction pixel (i, j) covers level-0 [i * scale, (i + 1) * scale) x [j * scale, (j + 1) * scale);
+    pixels come from ``protoseg.slide.read_at_scale`` (sub-pixel exact, so tiles agree where they overlap).
+    """
 
     def __init__(self, slide: SlideLike, scale: float, pad: PadMode | str = PadMode.WHITE) -> None:
         self.slide = slide
         self.scale = float(scale)
         self.pad = PadMode(pad)
         self.width, self.height = prediction_size(slide, self.scale)
-        self.level = self._best_level()
-
-    def _best_level(self) -> int:
-        downs = [float(d) for d in self.slide.level_downsamples]
-        ok = [i for i, d in enumerate(downs) if d <= self.scale * (1 + 1e-6)]
-        return max(ok, key=lambda i: downs[i]) if ok else 0
+        self.level = best_level(slide.level_downsamples, self.scale)  # the same level for every tile
 
     def _read_inside(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        """Pixels of the prediction box [x0, x1) x [y0, y1), which lies inside the slide."""
-        if self.scale == 1.0:
-            return _rgb(self.slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0)))
-        from PIL import Image
-
-        lvl = self.level
-        ds = float(self.slide.level_downsamples[lvl])
-        lw, lh = self.slide.level_dimensions[lvl]
-        f = self.scale / ds  # level-L px per prediction px
-        sx0, sy0, sx1, sy1 = x0 * f, y0 * f, x1 * f, y1 * f
-        margin = math.ceil(f) + 2
-        bx0, by0 = max(0, math.floor(sx0) - margin), max(0, math.floor(sy0) - margin)
-        bx1, by1 = min(lw, math.ceil(sx1) + margin), min(lh, math.ceil(sy1) + margin)
-        if bx1 <= bx0 or by1 <= by0:
-            return np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
-        src = _rgb(self.slide.read_region((round(bx0 * ds), round(by0 * ds)), lvl, (bx1 - bx0, by1 - by0)))
-        img = Image.fromarray(src)
-        box = (sx0 - bx0, sy0 - by0, min(sx1, lw) - bx0, min(sy1, lh) - by0)
-        out = img.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=box)
-        return np.asarray(out, dtype=np.uint8)
+        """Pixels of the prediction box [x0, x1) x [y0, y1), which lies inside the prediction grid."""
+        s = self.scale
+        box = (x0 * s, y0 * s, (x1 - x0) * s, (y1 - y0) * s)
+        return read_at_scale(self.slide, box, (x1 - x0, y1 - y0), level=self.level)
 
     def read(self, box: tuple[int, int, int, int]) -> np.ndarray:
         """uint8 (h, w, 3) for the box (x, y, w, h) on the prediction grid; outside pixels padded."""
@@ -136,21 +107,9 @@ class RegionReader:
         if ix0 >= ix1 or iy0 >= iy1:
             return np.full((h, w, 3), 255, np.uint8)
         inside = self._read_inside(ix0, iy0, ix1, iy1)
-        if inside.shape[:2] != (iy1 - iy0, ix1 - ix0):  # backends may clip at the last column/row
-            fixed = np.full((iy1 - iy0, ix1 - ix0, 3), 255, np.uint8)
-            hh, ww = min(inside.shape[0], fixed.shape[0]), min(inside.shape[1], fixed.shape[1])
-            fixed[:hh, :ww] = inside[:hh, :ww]
-            inside = fixed
         pads = ((iy0 - y, y + h - iy1), (ix0 - x, x + w - ix1), (0, 0))
         if not any(p for pair in pads for p in pair):
             return inside
         if self.pad is PadMode.REFLECT:
             return np.pad(inside, pads, mode="symmetric")
         return np.pad(inside, pads, mode="constant", constant_values=255)
-
-
-def _rgb(arr: np.ndarray) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    return np.ascontiguousarray(arr, dtype=np.uint8)

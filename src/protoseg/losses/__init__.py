@@ -5,7 +5,7 @@ Pure functions over tensors; each docstring names the paper and equation it impl
 
 from __future__ import annotations
 
-from protoseg.losses._common import IGNORE_INDEX, LossInputError
+from protoseg.losses._common import LossInputError
 from protoseg.losses.classification import (
     DEFAULT_STAGE_WEIGHTS,
     multilabel_soft_margin,
@@ -40,7 +40,6 @@ from protoseg.losses.similarity import (
 __all__ = [
     "DEFAULT_STAGE_WEIGHTS",
     "DEFAULT_TEMPLATE",
-    "IGNORE_INDEX",
     "DiversityKind",
     "DiversityWarmup",
     "FgBgBatch",
@@ -61,6 +60,7 @@ __all__ = [
     "plim_losses",
     "plim_similarity",
     "prototype_diversity_loss",
+    "prototype_similarity_loss",
     "pscl_labels",
     "segmentation_ce",
     "supcon_from_features",

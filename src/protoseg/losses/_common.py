@@ -9,9 +9,6 @@ from torch import Tensor
 
 from protoseg.errors import ProtosegError
 
-#: Pixel-map value meaning "no label" (see docs/interfaces.md).
-IGNORE_INDEX = 255
-
 
 class LossInputError(ProtosegError, ValueError):
     """A loss got tensors of the wrong shape, dtype or value range; the message says what to pass."""
@@ -33,9 +30,7 @@ def zero_like_graph(*tensors: Tensor) -> Tensor:
 def check_ndim(name: str, tensor: Tensor, ndim: int, layout: str) -> None:
     """Raise :class:`LossInputError` unless ``tensor`` has ``ndim`` dimensions (layout for the message)."""
     if tensor.ndim != ndim:
-        raise LossInputError(
-            f"{name} must have shape {layout} ({ndim} dims), got shape {tuple(tensor.shape)}"
-        )
+        raise LossInputError(f"{name} must have shape {layout} ({ndim} dims), got shape {tuple(tensor.shape)}")
 
 
 def check_same(name_a: str, a: int, name_b: str, b: int) -> None:

@@ -24,9 +24,7 @@ def multilabel_soft_margin(logits: Tensor, labels: Tensor) -> Tensor:
     """Multi-label soft-margin loss = BCE-with-logits averaged over classes and images."""
     check_ndim("logits", logits, 2, "(B, C)")
     if labels.shape != logits.shape:
-        raise LossInputError(
-            f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
-        )
+        raise LossInputError(f"labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
     if logits.numel() == 0:
         return zero_like_graph(logits)
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="mean")
@@ -44,9 +42,7 @@ def multistage_classification_loss(
     """
     w = as_tuple(weights)
     if len(logits) != len(w):
-        raise LossInputError(
-            f"got {len(logits)} stage logits but {len(w)} stage weights; pass one weight per stage"
-        )
+        raise LossInputError(f"got {len(logits)} stage logits but {len(w)} stage weights; pass one weight per stage")
     if len(logits) == 0:
         raise LossInputError("multistage_classification_loss needs at least one stage of logits")
     total: Tensor | None = None

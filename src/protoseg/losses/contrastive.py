@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from protoseg.cams import pseudo_labels_with_ignore
+from protoseg.classes import IGNORE_INDEX
 from protoseg.losses._common import (
-    IGNORE_INDEX,
     LossInputError,
     check_ndim,
     check_positive,
@@ -35,17 +35,14 @@ def pscl_labels(cams: Tensor, background: Tensor, tau: float = 0.25) -> Tensor:
     n_classes = cams.shape[1]
     if background.shape != (cams.shape[0], *cams.shape[-2:]):
         raise LossInputError(
-            f"background must have shape {(cams.shape[0], *cams.shape[-2:])}, "
-            f"got {tuple(background.shape)}"
+            f"background must have shape {(cams.shape[0], *cams.shape[-2:])}, got {tuple(background.shape)}"
         )
     if n_classes >= IGNORE_INDEX:
         raise LossInputError(f"at most {IGNORE_INDEX - 1} classes are supported, got {n_classes}")
     return pseudo_labels_with_ignore(cams.detach(), tau, background, IGNORE_INDEX)
 
 
-def _balanced_sample(
-    labels: Tensor, max_pixels: int, generator: torch.Generator | None
-) -> Tensor:
+def _balanced_sample(labels: Tensor, max_pixels: int, generator: torch.Generator | None) -> Tensor:
     """Indices of at most ``max_pixels`` labelled entries of flat CPU ``labels``, class-balanced.
 
     Each class gets an equal share of the budget; shares a small class cannot use pass on to the
@@ -113,8 +110,7 @@ def pixel_supcon_loss(
     check_ndim("labels", labels, 3, "(B, H, W)")
     if labels.shape[0] != embeddings.shape[0]:
         raise LossInputError(
-            f"labels batch size {labels.shape[0]} must equal embeddings batch size "
-            f"{embeddings.shape[0]}"
+            f"labels batch size {labels.shape[0]} must equal embeddings batch size {embeddings.shape[0]}"
         )
     if max_pixels < 2:
         raise LossInputError(f"max_pixels must be >= 2, got {max_pixels}")
@@ -128,6 +124,4 @@ def pixel_supcon_loss(
         return zero_like_graph(embeddings)
     feats = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
     device_index = index.to(embeddings.device)
-    return supcon_from_features(
-        feats[device_index], flat_labels[index].to(embeddings.device), temperature
-    )
+    return supcon_from_features(feats[device_index], flat_labels[index].to(embeddings.device), temperature)

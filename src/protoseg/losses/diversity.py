@@ -89,9 +89,7 @@ def prototype_diversity_loss(
     check_positive("temperature", temperature)
     b, c, k, h, w = sim_maps.shape
     if region.shape != (b, c, h, w):
-        raise LossInputError(
-            f"region must have shape {(b, c, h, w)} to match sim_maps, got {tuple(region.shape)}"
-        )
+        raise LossInputError(f"region must have shape {(b, c, h, w)} to match sim_maps, got {tuple(region.shape)}")
     check_same("labels batch size", labels.shape[0], "sim_maps batch size", b)
     check_same("labels classes", labels.shape[1], "sim_maps classes", c)
     inside = region.bool().reshape(b, c, 1, h * w)
@@ -136,9 +134,7 @@ class DiversityWarmup:
         return float(self.weight) * progress
 
 
-def lpd_pseudo_region(
-    cams: Tensor, background_score: float = 0.2, labels: Tensor | None = None
-) -> Tensor:
+def lpd_pseudo_region(cams: Tensor, background_score: float = 0.2, labels: Tensor | None = None) -> Tensor:
     """LPD pseudo region: one-hot argmax over [constant background_score, CAMs], bool (B, C, H, W).
 
     Pixels where no CAM exceeds ``background_score`` (ties go to background) belong to no
@@ -149,9 +145,7 @@ def lpd_pseudo_region(
     if labels is not None:
         check_ndim("labels", labels, 2, "(B, C)")
         if labels.shape != cams.shape[:2]:
-            raise LossInputError(
-                f"labels must have shape {tuple(cams.shape[:2])}, got {tuple(labels.shape)}"
-            )
+            raise LossInputError(f"labels must have shape {tuple(cams.shape[:2])}, got {tuple(labels.shape)}")
         absent = (labels <= 0.5)[:, :, None, None]
         scores = scores.masked_fill(absent, float("-inf"))
     bg = torch.full_like(scores[:, :1], float(background_score))

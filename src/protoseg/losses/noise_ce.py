@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from protoseg.losses._common import IGNORE_INDEX, LossInputError, check_ndim, zero_like_graph
+from protoseg.classes import IGNORE_INDEX
+from protoseg.losses._common import LossInputError, check_ndim, zero_like_graph
 
 
 def _prepare(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -19,9 +20,7 @@ def _prepare(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     check_ndim("logits", logits, 4, "(B, C+1, H, W)")
     check_ndim("target", target, 3, "(B, H, W)")
     if target.shape[0] != logits.shape[0]:
-        raise LossInputError(
-            f"target batch size {target.shape[0]} must equal logits batch size {logits.shape[0]}"
-        )
+        raise LossInputError(f"target batch size {target.shape[0]} must equal logits batch size {logits.shape[0]}")
     if target.is_floating_point():
         raise LossInputError("target must be an integer (long) class map, got a float tensor")
     target = target.long()
@@ -33,9 +32,7 @@ def _prepare(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
             f"{n_out - 1}) or {IGNORE_INDEX} (ignore); found {sorted(set(target[bad].tolist()))[:5]}"
         )
     if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(
-            logits, size=target.shape[-2:], mode="bilinear", align_corners=False
-        )
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     return logits, target
 
 
@@ -77,8 +74,7 @@ def noise_reduced_ce(
     else:
         if confidence.shape != target.shape:
             raise LossInputError(
-                f"confidence must have the target's shape {tuple(target.shape)}, "
-                f"got {tuple(confidence.shape)}"
+                f"confidence must have the target's shape {tuple(target.shape)}, got {tuple(confidence.shape)}"
             )
         weight = confidence.detach().to(ce.dtype).clamp(0.0, 1.0)
         keep = keep & (confidence.detach() >= confidence_threshold)

@@ -37,8 +37,7 @@ class PromptTemplates:
     def __post_init__(self) -> None:
         if not self.templates or any("{}" not in t for t in self.templates):
             raise LossInputError(
-                f"each prompt template needs a '{{}}' placeholder for the class name, "
-                f"got {self.templates}"
+                f"each prompt template needs a '{{}}' placeholder for the class name, got {self.templates}"
             )
 
     def prompts(self, class_names: Sequence[str]) -> list[str]:
@@ -50,9 +49,7 @@ class PromptTemplates:
         feats = text_encoder.encode_text(self.prompts(class_names))
         expected = len(class_names) * len(self.templates)
         if feats.ndim != 2 or feats.shape[0] != expected:
-            raise LossInputError(
-                f"text encoder returned shape {tuple(feats.shape)}, expected ({expected}, d)"
-            )
+            raise LossInputError(f"text encoder returned shape {tuple(feats.shape)}, expected ({expected}, d)")
         feats = F.normalize(feats, dim=-1).reshape(len(class_names), len(self.templates), -1)
         return F.normalize(feats.mean(dim=1), dim=-1)
 

@@ -46,9 +46,7 @@ class SimilarityLoss:
     l_bgs: Tensor
 
 
-def adaptive_masks(
-    cams: Tensor, size: tuple[int, int], delta: float = 0.5
-) -> tuple[Tensor, Tensor]:
+def adaptive_masks(cams: Tensor, size: tuple[int, int], delta: float = 0.5) -> tuple[Tensor, Tensor]:
     """PBIP adaptive mask: bilinearly upsample CAMs to ``size`` and threshold at delta * max.
 
     Returns ``(M_up, b)``: M_up (B, C, H, W) float in [0, 1] (clamped; CAMs are expected
@@ -69,9 +67,7 @@ def adaptive_masks(
     return m_up, b
 
 
-def fg_bg_images(
-    images: Tensor, cams: Tensor, labels: Tensor, delta: float = 0.5
-) -> FgBgBatch:
+def fg_bg_images(images: Tensor, cams: Tensor, labels: Tensor, delta: float = 0.5) -> FgBgBatch:
     """PBIP X_FG = b*M*X and X_BG = (1-b)*(1-M)*X for every (image, class) with label == 1.
 
     ``images`` (B, 3, H, W) in [0, 1], ``cams`` (B, C, h, w), ``labels`` (B, C) multi-hot.

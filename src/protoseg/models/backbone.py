@@ -147,7 +147,7 @@ def _match_keys(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torc
             return best
         for prefix in _WRAPPER_PREFIXES:
             if any(k.startswith(prefix) for k in best):
-                best = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in best.items()}
+                best = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in best.items()}
                 break
         else:
             return best
@@ -176,9 +176,12 @@ def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
         )
     result = backbone.model.load_state_dict(state, strict=False)
     logger.info(
-        "backbone %s: loaded %d tensors from %s (%d missing, %d unexpected, %d classifier keys "
-        "dropped)%s%s",
-        backbone.name, len(overlap), path, len(result.missing_keys), len(result.unexpected_keys),
+        "backbone %s: loaded %d tensors from %s (%d missing, %d unexpected, %d classifier keys dropped)%s%s",
+        backbone.name,
+        len(overlap),
+        path,
+        len(result.missing_keys),
+        len(result.unexpected_keys),
         len(head),
         f"; missing e.g. {result.missing_keys[:3]}" if result.missing_keys else "",
         f"; unexpected e.g. {result.unexpected_keys[:3]}" if result.unexpected_keys else "",

@@ -15,12 +15,11 @@ import torch
 
 from protoseg.classes import ClassSpec
 from protoseg.errors import ProtosegError
+from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class CheckpointError(ProtosegError):
@@ -58,7 +57,7 @@ class Checkpoint:
     metrics: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def with_updates(self, **changes: Any) -> "Checkpoint":
+    def with_updates(self, **changes: Any) -> Checkpoint:
         """Copy with some fields replaced (dataclass is frozen)."""
         return replace(self, **changes)
 
@@ -84,7 +83,7 @@ class Checkpoint:
         }
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any], source: str = "<memory>") -> "Checkpoint":
+    def from_payload(cls, payload: dict[str, Any], source: str = "<memory>") -> Checkpoint:
         if not isinstance(payload, dict) or payload.get("format") != "protoseg-checkpoint":
             raise CheckpointError(
                 f"{source} is not a protoseg checkpoint (no 'format: protoseg-checkpoint' key); "
@@ -125,8 +124,7 @@ class Checkpoint:
             model.load_state_dict(self.state_dict, strict=strict)
         except RuntimeError as exc:
             raise CheckpointError(
-                f"checkpoint weights do not match its model config ({exc}); the file is damaged or was "
-                "edited by hand."
+                f"checkpoint weights do not match its model config ({exc}); the file is damaged or was edited by hand."
             ) from exc
         model.eval()
         return model

@@ -19,9 +19,7 @@ from torch import nn
 from protoseg import cams as cam_ops
 from protoseg.models.backbone import build_backbone
 from protoseg.models.heads import BankPrototypes, LearnablePrototypes, PrototypeProjector
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 class HeadKind(str, enum.Enum):

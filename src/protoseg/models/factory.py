@@ -74,10 +74,8 @@ def model_config(model: nn.Module, keep_weights: bool = False) -> dict[str, Any]
     ``weights`` is reset to None unless ``keep_weights``: the checkpoint carries the weights, and
     a rebuild must not need the hub or the original weights file.
     """
-    for kind, cls in _MODELS.items():
-        if isinstance(model, cls):
-            break
-    else:
+    kind = next((k for k, cls in _MODELS.items() if isinstance(model, cls)), None)
+    if kind is None:
         raise ModelConfigError(f"model_config supports ClassNet and SegNet, got {type(model).__name__}")
     out: dict[str, Any] = {"kind": kind.value}
     for f in dataclasses.fields(model.config):

@@ -36,7 +36,7 @@ class BankPrototypes(nn.Module):
             logger.debug("BankPrototypes: zero buffer (C=%d, K=%d, d=%d) until a bank is set", num_classes, k, dim)
 
     @classmethod
-    def from_tensor(cls, prototypes: torch.Tensor) -> "BankPrototypes":
+    def from_tensor(cls, prototypes: torch.Tensor) -> BankPrototypes:
         """Wrap a (C, K, d) tensor of bank prototypes."""
         p = _check_prototypes(prototypes, "bank prototypes")
         return cls(p.shape[0], p.shape[1], p.shape[2], p)
@@ -59,9 +59,7 @@ class BankPrototypes(nn.Module):
 class LearnablePrototypes(nn.Module):
     """Learnable prototypes (C, k, d), initialised random normal or from a given tensor (LPD)."""
 
-    def __init__(
-        self, num_classes: int, k: int, dim: int, init: torch.Tensor | None = None, std: float = 1.0
-    ) -> None:
+    def __init__(self, num_classes: int, k: int, dim: int, init: torch.Tensor | None = None, std: float = 1.0) -> None:
         super().__init__()
         self.prototypes = nn.Parameter(torch.randn(num_classes, k, dim) * std)
         if init is not None:
@@ -74,14 +72,13 @@ class LearnablePrototypes(nn.Module):
         c, k, d = self.prototypes.shape
         if p.shape[0] != c or p.shape[2] != d or p.shape[1] > k:
             raise ValueError(
-                f"initial prototypes have shape {tuple(p.shape)}; need ({c}, <= {k}, {d}) "
-                "(classes, sub-clusters, dim)"
+                f"initial prototypes have shape {tuple(p.shape)}; need ({c}, <= {k}, {d}) (classes, sub-clusters, dim)"
             )
         reps = -(-k // p.shape[1])
         tiled = p.repeat(1, reps, 1)[:, :k].clone()
         if p.shape[1] < k:
             scale = 0.01 * p.std().clamp_min(1e-6)
-            tiled[:, p.shape[1]:] += torch.randn_like(tiled[:, p.shape[1]:]) * scale
+            tiled[:, p.shape[1] :] += torch.randn_like(tiled[:, p.shape[1] :]) * scale
         self.prototypes.copy_(tiled)
 
     def forward(self) -> torch.Tensor:
@@ -94,8 +91,7 @@ class PrototypeProjector(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dims: Sequence[int]) -> None:
         super().__init__()
         self.mlps = nn.ModuleList(
-            nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, c))
-            for c in out_dims
+            nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, c)) for c in out_dims
         )
 
     def forward(self, prototypes: torch.Tensor) -> list[torch.Tensor]:

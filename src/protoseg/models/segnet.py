@@ -13,7 +13,8 @@ from torch import nn
 
 from protoseg import cams as cam_ops
 from protoseg.models.backbone import build_backbone
-from protoseg.models.classnet import IMAGENET_MEAN, IMAGENET_STD, eval_mode
+from protoseg.models.classnet import eval_mode
+from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,11 @@ def _configure_training(train, data: Path, out: Path, s: DemoSettings) -> None:
     train.stage2.setChecked(True)
 
 
-def run_demo(out_dir: str | Path = "demo_out", headless: bool = False, settings: DemoSettings | None = None) -> list[Path]:
+def run_demo(
+    out_dir: str | Path = "demo_out",
+    headless: bool = False,
+    settings: DemoSettings | None = None,
+) -> list[Path]:
     """Run the demo; returns the screenshots written (headless) or [] after the window closes."""
     import napari
 

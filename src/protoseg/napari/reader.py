@@ -7,14 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protoseg.slide import SlideError, open_slide
+from protoseg.slide import SlideError, is_slide_path, open_slide
 
 logger = logging.getLogger(__name__)
-
-SLIDE_SUFFIXES: tuple[str, ...] = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide",
-    ".png", ".jpg", ".jpeg",
-)
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -30,7 +25,7 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         from protoseg.infer.omezarr import read_protoseg_attrs
 
         return read_prediction if read_protoseg_attrs(Path(path)) is not None else None
-    if not str(path).lower().endswith(SLIDE_SUFFIXES):
+    if not is_slide_path(path):  # protoseg.slide.SUPPORTED_EXTENSIONS, as in napari.yaml
         return None
     try:
         slide = open_slide(path)
@@ -85,7 +80,7 @@ def prediction_layer_data(path: str | Path) -> list[LayerData]:
     """CAM images + class-mask Labels of a ``protoseg predict`` OME-Zarr, placed like its slide opened
     by this reader (µm when the slide file records its mpp, slide pixels otherwise)."""
     from protoseg.infer.omezarr import open_prediction
-    from protoseg.napari.layers import Placement, zarr_layer_data
+    from protoseg.napari.overlays import Placement, zarr_layer_data
 
     pred = open_prediction(path)
     file_mpp = None

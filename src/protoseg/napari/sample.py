@@ -10,11 +10,9 @@ from protoseg.napari.reader import LayerData, slide_layer_data
 
 logger = logging.getLogger(__name__)
 
+#: File name of the sample; how it is rendered is ``protoseg.data.synthetic.SAMPLE_SLIDE``
+#: (`protoseg synth slide sample_data/synthetic_slide.tiff` with the defaults).
 SAMPLE_NAME = "synthetic_slide.tiff"
-#: How the committed sample was made: `protoseg synth slide sample_data/synthetic_slide.tiff` (defaults).
-SAMPLE_SIZE = (3072, 2304)
-SAMPLE_MPP = 0.5
-SAMPLE_SEED = 0
 
 
 def sample_slide_path() -> Path:
@@ -24,10 +22,10 @@ def sample_slide_path() -> Path:
         return repo_copy
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "protoseg" / SAMPLE_NAME
     if not cache.is_file():
-        from protoseg.data.synthetic.writers import write_synthetic_slide
+        from protoseg.data.synthetic.writers import SAMPLE_SLIDE
 
         logger.info("generating the protoseg sample slide into %s", cache)
-        write_synthetic_slide(cache, size=SAMPLE_SIZE, mpp=SAMPLE_MPP, seed=SAMPLE_SEED)
+        SAMPLE_SLIDE.write(cache)
     return cache
 
 

@@ -1,7 +1,10 @@
-"""Lazy whole-slide image access: backends, zarr/dask pyramids, reads at an mpp, tissue mask, tile grid.
+"""Lazy whole-slide image access: backends, dask pyramids, reads at an mpp, tissue mask, tile grid.
 
-Entry point: ``open_slide(path, backend=None) -> Slide``. Errors (all derive from ``SlideError``,
-itself a ``protoseg.errors.ProtosegError``):
+Entry point: ``open_slide(path, backend=None) -> Slide``. Any level-0 box of a slide (or of any
+``SlideLike`` stand-in) is read at another resolution by ``read_at_scale``; every picture is
+normalised to (H, W, 3) uint8 RGB by ``as_rgb_uint8``; ``SUPPORTED_EXTENSIONS`` lists the file types.
+
+Errors (all derive from ``SlideError``, itself a ``protoseg.errors.ProtosegError``):
 
 - ``SlideNotFoundError``: the path does not exist (also a ``FileNotFoundError``).
 - ``UnsupportedSlideError``: extension nobody reads (the message lists ``SUPPORTED_EXTENSIONS``), a
@@ -9,7 +12,8 @@ itself a ``protoseg.errors.ProtosegError``):
 - ``CorruptSlideError``: supported extension but the bytes cannot be decoded (truncated, random,
   damaged); re-export or re-download the file. Raised by ``open_slide`` and by later reads.
 - ``MissingMppError``: ``Slide.read(..., mpp=...)`` or an mpp ``TileGrid`` on a slide without mpp
-  and without ``fallback_mpp``.
+  and without ``fallback_mpp`` (inference raises the same class).
+- ``ImageFormatError`` (also ``ValueError``): ``as_rgb_uint8`` got something that is not a picture.
 - ``SlideRequestError`` (also ``ValueError``): bad level, negative size, closed slide.
 """
 
@@ -17,15 +21,18 @@ from __future__ import annotations
 
 from protoseg.slide.backends import Backend
 from protoseg.slide.errors import (
-    SUPPORTED_EXTENSIONS,
     CorruptSlideError,
+    ImageFormatError,
     MissingMppError,
     SlideError,
     SlideNotFoundError,
     SlideRequestError,
     UnsupportedSlideError,
 )
+from protoseg.slide.formats import SUPPORTED_EXTENSIONS, is_slide_path
 from protoseg.slide.opener import open_slide
+from protoseg.slide.pixels import as_rgb_uint8
+from protoseg.slide.resample import SlideLike, read_at_scale
 from protoseg.slide.slide import Slide
 from protoseg.slide.tiles import Tile, TileGrid, TileSet
 from protoseg.slide.tissue import TissueMask, tissue_mask
@@ -35,9 +42,11 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "Backend",
     "CorruptSlideError",
+    "ImageFormatError",
     "MissingMppError",
     "Slide",
     "SlideError",
+    "SlideLike",
     "SlideNotFoundError",
     "SlideRequestError",
     "Tile",
@@ -45,7 +54,10 @@ __all__ = [
     "TileSet",
     "TissueMask",
     "UnsupportedSlideError",
+    "as_rgb_uint8",
+    "is_slide_path",
     "open_slide",
+    "read_at_scale",
     "tissue_mask",
     "write_pyramidal_tiff",
     "write_pyramidal_tiff_from_tiles",

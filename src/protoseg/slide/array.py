@@ -55,7 +55,7 @@ def _axis(key: Any, n: int, axis: str) -> tuple[int, int, Any]:
 class SlideLevelArray:
     """Read-only (H, W, 3) uint8 array-like of one level; safe to index from many threads at once."""
 
-    __slots__ = ("_slide", "_read", "level", "shape", "dtype", "ndim", "tile_size")
+    __slots__ = ("_read", "_slide", "dtype", "level", "ndim", "shape", "tile_size")
 
     def __init__(self, slide: Slide, level: int) -> None:
         slide._check_level(level)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from protoseg.slide._pixels import pil_to_rgb, rgba_to_rgb
 from protoseg.slide.errors import CorruptSlideError, SlideRequestError, UnsupportedSlideError
+from protoseg.slide.pixels import as_rgb_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +113,11 @@ class OpenSlideBackend(SlideBackend):
             raise CorruptSlideError(
                 f"{self._path} is damaged (openslide: {exc}); re-export or re-download the slide"
             ) from exc
-        return pil_to_rgb(img)
+        return as_rgb_uint8(img)
 
     def associated(self, name: str) -> np.ndarray:
         try:
-            return pil_to_rgb(self._osr.associated_images[name])
+            return as_rgb_uint8(self._osr.associated_images[name])
         except self._errors as exc:
             raise CorruptSlideError(f"associated image {name!r} of {self._path} is damaged: {exc}") from exc
 
@@ -144,7 +144,7 @@ class TiffSlideBackend(SlideBackend):
         self.objective_power = _parse_float(self.properties.get("tiffslide.objective-power"))
         try:
             self.associated_names = tuple(ts.associated_images.keys())
-        except Exception:  # noqa: BLE001 - a broken associated-image table must not hide the slide
+        except Exception:
             logger.warning("could not list associated images of %s", path, exc_info=True)
             self.associated_names = ()
 
@@ -160,8 +160,7 @@ class TiffSlideBackend(SlideBackend):
                 ts = tiffslide.TiffSlide(str(self._path))
             except Exception as exc:  # tifffile raises many types for damaged files
                 raise CorruptSlideError(
-                    f"tiffslide cannot decode {self._path}: {exc}; the file may be damaged, "
-                    "re-export or re-download it"
+                    f"tiffslide cannot decode {self._path}: {exc}; the file may be damaged, re-export or re-download it"
                 ) from exc
             self._local.ts = ts
             with self._lock:
@@ -188,14 +187,14 @@ class TiffSlideBackend(SlideBackend):
                 f"{self._path} holds {arr.dtype} pixels with shape {arr.shape}; only 8-bit RGB(A) "
                 "brightfield slides are supported"
             )
-        return rgba_to_rgb(arr)
+        return as_rgb_uint8(arr)
 
     def associated(self, name: str) -> np.ndarray:
         try:
             img = self._handle().associated_images[name]
         except Exception as exc:
             raise CorruptSlideError(f"associated image {name!r} of {self._path} is damaged: {exc}") from exc
-        return pil_to_rgb(img) if hasattr(img, "convert") else rgba_to_rgb(np.asarray(img))
+        return as_rgb_uint8(img)
 
     def close(self) -> None:
         with self._lock:
@@ -229,7 +228,7 @@ class ImageBackend(SlideBackend):
             ) from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptSlideError(f"{path} is damaged ({exc}); re-export or re-download it") from exc
-        self._rgb = rgba_to_rgb(arr)
+        self._rgb = as_rgb_uint8(arr)
         self._rgb.setflags(write=False)
         h, w = self._rgb.shape[:2]
         self.level_dimensions = ((w, h),)

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 from protoseg.errors import ProtosegError
 
-#: File extensions that :func:`protoseg.slide.open_slide` accepts (lower case).
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide",
-    ".dcm", ".ome.tif", ".ome.tiff", ".png", ".jpg", ".jpeg",
-)
-
 
 class SlideError(ProtosegError):
     """Base class of every error raised by protoseg.slide."""
@@ -28,7 +22,15 @@ class CorruptSlideError(SlideError):
 
 
 class MissingMppError(SlideError):
-    """A physical resolution (mpp) was requested but the slide does not record one."""
+    """A physical resolution (mpp) was needed but the slide records none and none was given.
+
+    The one missing-mpp error of protoseg: ``Slide.read``, ``TileGrid`` and inference
+    (``protoseg.infer``, whose messages name ``--slide-mpp``) all raise it.
+    """
+
+
+class ImageFormatError(SlideError, ValueError):
+    """An array or image is not a grey, RGB or RGBA picture (see ``protoseg.slide.pixels.as_rgb_uint8``)."""
 
 
 class SlideRequestError(SlideError, ValueError):

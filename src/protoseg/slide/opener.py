@@ -13,12 +13,12 @@ from protoseg.slide.backends import (
     TiffSlideBackend,
 )
 from protoseg.slide.errors import (
-    SUPPORTED_EXTENSIONS,
     CorruptSlideError,
     SlideError,
     SlideNotFoundError,
     UnsupportedSlideError,
 )
+from protoseg.slide.formats import SUPPORTED_EXTENSIONS
 from protoseg.slide.slide import Slide
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""``Slide``: one opened whole-slide image with levels, mpp, region reads and lazy zarr/dask levels."""
+"""``Slide``: one opened whole-slide image with levels, mpp, region reads and a lazy dask pyramid."""
 
 from __future__ import annotations
 
@@ -12,21 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from protoseg.slide._pixels import resize_rgb
 from protoseg.slide.backends import Backend, SlideBackend
 from protoseg.slide.errors import MissingMppError, SlideRequestError
+from protoseg.slide.resample import best_level, read_at_scale
 
 if TYPE_CHECKING:
     import dask.array
-    import zarr
 
     from protoseg.slide.array import SlideLevelArray
-    from protoseg.slide.store import SlideLevelStore
 
 logger = logging.getLogger(__name__)
-
-#: a level whose downsample exceeds the wanted one by at most this factor still counts as "<= wanted"
-LEVEL_TOLERANCE = 1.01
 
 
 class _AssociatedImages(Mapping[str, np.ndarray]):
@@ -57,10 +52,9 @@ class Slide:
         self.path = path
         self._backend = backend
         self._closed = False
-        self._stores: dict[int, SlideLevelStore] = {}
         self._views: dict[int, SlideLevelArray] = {}
         self._pyramid: list[dask.array.Array] | None = None
-        self._lock = threading.RLock()  # level_store builds its view through level_pixels
+        self._lock = threading.RLock()
         self.associated_images: Mapping[str, np.ndarray] = _AssociatedImages(backend)
 
     # ---- metadata -------------------------------------------------------------------------------
@@ -108,11 +102,7 @@ class Slide:
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """Coarsest level whose downsample is <= ``downsample`` (1% tolerance); 0 if none."""
-        best = 0
-        for i, ds in enumerate(self.level_downsamples):
-            if ds <= downsample * LEVEL_TOLERANCE:
-                best = i
-        return best
+        return best_level(self.level_downsamples, downsample)
 
     # ---- pixels ---------------------------------------------------------------------------------
     def read_level(self, level: int, location: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
@@ -148,7 +138,9 @@ class Slide:
     ) -> np.ndarray:
         """Pixels of the level-0 box ``(x, y, w, h)`` at ``mpp`` (or at ``level``, or level 0).
 
-        The coarsest level with downsample <= the needed one is read, then resized (area averaging).
+        The output is ``round(w / downsample)`` x ``round(h / downsample)`` pixels, read from the coarsest
+        level with downsample <= the needed one and resampled by ``protoseg.slide.resample.read_at_scale``
+        (area averaging with a sub-pixel box; unchanged pixels when the box is on the level's grid).
         Raises MissingMppError when ``mpp`` is given but the slide has none and no ``fallback_mpp``.
         """
         x, y, w, h = (int(v) for v in region)
@@ -173,11 +165,8 @@ class Slide:
             lvl = self.best_level_for_downsample(target_ds) if level is None else level
             self._check_level(lvl)
             out_size = (max(1, round(w / target_ds)) if w else 0, max(1, round(h / target_ds)) if h else 0)
-        ds = self.level_downsamples[lvl]
-        lx, ly = math.floor(x / ds + 1e-9), math.floor(y / ds + 1e-9)
-        lw, lh = math.ceil((x + w) / ds - 1e-9) - lx, math.ceil((y + h) / ds - 1e-9) - ly
-        pixels = self.read_level(lvl, (lx, ly), (lw, lh))
-        return resize_rgb(pixels, out_size)
+        self._check_open()
+        return read_at_scale(self, (x, y, w, h), out_size, level=lvl)
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
         """Whole slide downscaled (area) so that its longer side is at most ``max_size``."""
@@ -185,29 +174,10 @@ class Slide:
         scale = max(w0, h0) / max_size
         if scale <= 1:
             return self.read_level(0, (0, 0), (w0, h0))
-        lvl = self.best_level_for_downsample(scale)
-        lw, lh = self.level_dimensions[lvl]
-        pixels = self.read_level(lvl, (0, 0), (lw, lh))
-        return resize_rgb(pixels, (max(1, round(w0 / scale)), max(1, round(h0 / scale))))
+        self._check_open()
+        return read_at_scale(self, (0, 0, w0, h0), (max(1, round(w0 / scale)), max(1, round(h0 / scale))))
 
     # ---- lazy arrays ----------------------------------------------------------------------------
-    def level_store(self, level: int) -> SlideLevelStore:
-        """Read-only zarr v3 store of one level; chunks are the native tiles (cached per level)."""
-        from protoseg.slide.store import SlideLevelStore
-
-        self._check_open()
-        self._check_level(level)
-        with self._lock:
-            if level not in self._stores:
-                self._stores[level] = SlideLevelStore(self, level)
-            return self._stores[level]
-
-    def level_array(self, level: int) -> zarr.Array:
-        """The level as a read-only ``zarr.Array`` of shape (H, W, 3) uint8."""
-        import zarr
-
-        return zarr.open_array(self.level_store(level), mode="r", zarr_format=3)
-
     def level_pixels(self, level: int) -> SlideLevelArray:
         """Thread-safe numpy-style view of one level (any slice = one backend read); cached per level."""
         from protoseg.slide.array import SlideLevelArray
@@ -222,7 +192,7 @@ class Slide:
     def dask_pyramid(self) -> list[dask.array.Array]:
         """One lazy (H, W, 3) uint8 dask array per level, chunked by native tiles (edge chunks clipped).
 
-        Chunks read the backend directly through ``level_pixels`` (no zarr round trip); the arrays
+        Chunks read the backend directly through ``level_pixels``; the arrays
         are built once per slide, so repeated calls share dask keys (and napari's chunk cache).
         """
         import dask.array as da
@@ -238,8 +208,13 @@ class Slide:
         # (possibly 40k-chunk) graph on every napari slice; meta avoids a probe read at build time
         pyramid = [
             da.from_array(
-                view, chunks=view.chunks, name=f"protoseg-slide-{token}-{lvl}", asarray=False, lock=False,
-                inline_array=True, meta=meta,
+                view,
+                chunks=view.chunks,
+                name=f"protoseg-slide-{token}-{lvl}",
+                asarray=False,
+                lock=False,
+                inline_array=True,
+                meta=meta,
             )
             for lvl, view in ((lvl, self.level_pixels(lvl)) for lvl in range(self.level_count))
         ]
@@ -267,8 +242,7 @@ class Slide:
 
     def __repr__(self) -> str:
         return (
-            f"Slide({str(self.path)!r}, backend={self.backend.value}, levels={self.level_dimensions}, "
-            f"mpp={self.mpp})"
+            f"Slide({str(self.path)!r}, backend={self.backend.value}, levels={self.level_dimensions}, mpp={self.mpp})"
         )
 
     def _check_level(self, level: int) -> None:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
-from protoseg.slide._pixels import resize_rgb
 from protoseg.slide.errors import MissingMppError
+from protoseg.slide.resample import read_at_scale
 
 if TYPE_CHECKING:
     from protoseg.slide.slide import Slide
@@ -97,9 +97,7 @@ class TileGrid:
         rows, cols = self._axes(slide, fallback_mpp)
         return len(rows), len(cols)
 
-    def tiles(
-        self, slide: Slide, tissue: TissueMask | None = None, fallback_mpp: float | None = None
-    ) -> TileSet:
+    def tiles(self, slide: Slide, tissue: TissueMask | None = None, fallback_mpp: float | None = None) -> TileSet:
         """Tiles in reading order (row-major); with ``min_tissue`` > 0 only those with enough tissue.
 
         When ``min_tissue`` > 0 and no ``tissue`` mask is given, one is computed with ``tissue_mask``.
@@ -126,7 +124,11 @@ class TileSet(Sequence[Tile]):
     """The tiles chosen by a ``TileGrid`` for one slide; ``shape`` is the full grid (rows, cols)."""
 
     def __init__(
-        self, tiles: tuple[Tile, ...], shape: tuple[int, int], slide: Slide, grid: TileGrid,
+        self,
+        tiles: tuple[Tile, ...],
+        shape: tuple[int, int],
+        slide: Slide,
+        grid: TileGrid,
         fallback_mpp: float | None,
     ) -> None:
         self._tiles = tiles
@@ -149,9 +151,5 @@ class TileSet(Sequence[Tile]):
         return iter(self._tiles)
 
     def read(self, tile: Tile) -> np.ndarray:
-        """Pixels of ``tile`` at the grid mpp, exactly ``tile.size`` (h, w, 3) uint8."""
-        if self.grid.mpp is None:
-            pixels = self.slide.read(tile.box)
-        else:
-            pixels = self.slide.read(tile.box, mpp=self.grid.mpp, fallback_mpp=self._fallback)
-        return resize_rgb(pixels, tile.size)
+        """Pixels of ``tile`` at the grid mpp, exactly ``tile.size`` (h, w, 3) uint8 (one resampling)."""
+        return read_at_scale(self.slide, tile.box, tile.size)

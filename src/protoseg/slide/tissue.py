@@ -105,7 +105,9 @@ def tissue_mask(
     min_obj = max(16, mask.size // 2000) if min_object_px is None else int(min_object_px)
     max_hole = 4 * min_obj if max_hole_px is None else int(max_hole_px)
     if min_obj > 0:
-        mask = remove_small_objects(mask, max_size=min_obj - 1) if _has_max_size() else remove_small_objects(mask, min_obj)
+        mask = (
+            remove_small_objects(mask, max_size=min_obj - 1) if _has_max_size() else remove_small_objects(mask, min_obj)
+        )
     if max_hole > 0:
         mask = remove_small_holes(mask, max_size=max_hole) if _has_max_size() else remove_small_holes(mask, max_hole)
     w0, h0 = slide.dimensions

@@ -50,8 +50,13 @@ def _check(tile_size: int, compression: str | None) -> None:
 
 
 def _write_kwargs(
-    level: int, shape0: tuple[int, int], shape: tuple[int, int], mpp: float | None,
-    tile_size: int, compression: str | None, quality: int,
+    level: int,
+    shape0: tuple[int, int],
+    shape: tuple[int, int],
+    mpp: float | None,
+    tile_size: int,
+    compression: str | None,
+    quality: int,
 ) -> dict:
     kw: dict = {
         "tile": (tile_size, tile_size),
@@ -159,7 +164,7 @@ def write_pyramidal_tiff_from_tiles(
                 del prev
                 nxt = cur
     finally:
-        prev = nxt = None  # type: ignore[assignment]
+        nxt = None  # type: ignore[assignment]
         for f in Path(tmpdir).glob("*"):
             f.unlink()
         os.rmdir(tmpdir)

@@ -16,11 +16,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from protoseg.runtime import seed_everything, select_device
+from protoseg.cancel import Cancelled, CancelToken
 from protoseg.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from protoseg.runtime import seed_everything, select_device
 from protoseg.train.distributed import DistContext, barrier, init_distributed
+from protoseg.train.errors import TrainingError
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
-from protoseg.cancel import CancelToken, Cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,26 @@ class FitResult:
     steps_done: int
     cancelled: bool
     seconds: float
+
+
+@dataclass
+class _FitState:
+    """Mutable state of one ``Trainer.fit`` call, handed between its steps."""
+
+    model: torch.nn.Module  # unwrapped network
+    train_model: torch.nn.Module  # what the loss runs through (DDP wrapper under torchrun)
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    steps_per_epoch: int
+    total: int
+    epoch: int = 0  # index of the epoch being trained (the start epoch before the loop)
+    epochs_done: int = 0
+    step: int = 0
+    best: float | None = None
 
 
 class Trainer(ABC):
@@ -93,7 +114,9 @@ class Trainer(ABC):
         """Training samples (dicts with image/label[/mask])."""
 
     @abstractmethod
-    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss of one batch (at global optimiser ``step``) plus its named components."""
 
     @abstractmethod
@@ -127,16 +150,48 @@ class Trainer(ABC):
 
     def _event(self, kind: EventKind, epoch: int, step: int, total: int, **kw: Any) -> None:
         if self.dist.is_main:
-            emit(self.callbacks, TrainEvent(kind=kind, stage=self.stage, epoch=epoch, step=step, total_steps=total, **kw))
+            event = TrainEvent(kind=kind, stage=self.stage, epoch=epoch, step=step, total_steps=total, **kw)
+            emit(self.callbacks, event)
 
     def _log_metrics(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
             with open(self.out_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
+    # ---- fit: one small step per concern ------------------------------------------------------
     def fit(self, resume: bool = False) -> FitResult:
-        """Train for ``optim.epochs`` epochs (continuing from ``last.pt`` when ``resume``)."""
+        """Train for ``optim.epochs`` epochs (continuing from ``last.pt`` when ``resume``).
+
+        A set ``CancelToken`` stops the run cleanly (``FitResult.cancelled``, ``last.pt`` usable);
+        failures (empty training set, non-finite loss) raise ``TrainingError``.
+        """
         t0 = time.perf_counter()
+        run = self._prepare()
+        if resume:
+            self._restore(run)
+        run.train_model = self._wrap(run.model)
+        run.step = run.epoch * run.steps_per_epoch
+        self._event(
+            EventKind.START,
+            run.epoch,
+            run.step,
+            run.total,
+            message=f"{self.stage}: {run.total - run.step} steps to run",
+        )
+        cancelled = False
+        try:
+            for epoch in range(run.epoch, self.optim.epochs):
+                run.epoch = epoch
+                self._train_epoch(run)
+                self._end_epoch(run)
+                run.epochs_done = epoch + 1
+        except Cancelled:
+            cancelled = True
+            self._on_cancel(run)
+        return self._finish(run, cancelled, t0)
+
+    def _prepare(self) -> _FitState:
+        """Model on the device, optimiser, AMP scaler and the training loader of a fresh run."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         model = self.model.to(self.device)
         params = self.trainable_parameters()
@@ -145,104 +200,146 @@ class Trainer(ABC):
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         loader, sampler = self._loader()
         steps_per_epoch = max(1, len(loader))
-        total = steps_per_epoch * self.optim.epochs
-        start_epoch, best = 0, None
-        last_path, best_path = self.out_dir / LAST, self.out_dir / BEST
-        if resume and last_path.is_file():
-            ckpt = load_checkpoint(last_path)
-            if ckpt.stage.value != self.stage:
-                raise CheckpointError(f"{last_path} is a {ckpt.stage.value} checkpoint, cannot resume {self.stage}")
-            model.load_state_dict(ckpt.state_dict)
-            if "optimizer" in ckpt.extra:
-                opt.load_state_dict(ckpt.extra["optimizer"])
-            if "scaler" in ckpt.extra and use_amp:
-                scaler.load_state_dict(ckpt.extra["scaler"])
-            start_epoch, best = ckpt.epoch, ckpt.best_metric
-            logger.info("resuming %s from %s at epoch %d", self.stage, last_path, start_epoch)
-        elif resume:
+        return _FitState(
+            model=model,
+            train_model=model,
+            params=params,
+            opt=opt,
+            scaler=scaler,
+            use_amp=use_amp,
+            loader=loader,
+            sampler=sampler,
+            steps_per_epoch=steps_per_epoch,
+            total=steps_per_epoch * self.optim.epochs,
+        )
+
+    def _restore(self, run: _FitState) -> None:
+        """Load weights, optimiser/scaler state, epoch and best metric from ``last.pt`` (if it exists)."""
+        last_path = self.out_dir / LAST
+        if not last_path.is_file():
             logger.warning("resume requested but %s does not exist; starting from scratch", last_path)
+            return
+        ckpt = load_checkpoint(last_path)
+        if ckpt.stage.value != self.stage:
+            raise CheckpointError(f"{last_path} is a {ckpt.stage.value} checkpoint, cannot resume {self.stage}")
+        run.model.load_state_dict(ckpt.state_dict)
+        if "optimizer" in ckpt.extra:
+            run.opt.load_state_dict(ckpt.extra["optimizer"])
+        if "scaler" in ckpt.extra and run.use_amp:
+            run.scaler.load_state_dict(ckpt.extra["scaler"])
+        run.epoch = run.epochs_done = ckpt.epoch
+        run.best = ckpt.best_metric
+        logger.info("resuming %s from %s at epoch %d", self.stage, last_path, run.epoch)
 
-        def poly(step: int) -> float:
-            return max(0.0, 1.0 - step / max(1, total)) ** self.optim.poly_power
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the loss runs through: ``model`` itself, or its DDP wrapper under torchrun."""
+        if not self.dist.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-        train_model: torch.nn.Module = model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    def _train_epoch(self, run: _FitState) -> None:
+        """One pass over the loader; the cancel token is checked before every batch."""
+        if run.sampler is not None:
+            run.sampler.set_epoch(run.epoch)
+        run.model.train()
+        for batch in run.loader:
+            self.cancel.raise_if_cancelled(f"{self.stage} training")
+            parts = self._step(run, batch)
+            run.step += 1
+            self._event(EventKind.STEP, run.epoch, run.step, run.total, losses=parts)
+            if run.step % max(1, self.optim.log_every) == 0:
+                logger.info(
+                    "%s epoch %d step %d/%d %s",
+                    self.stage,
+                    run.epoch + 1,
+                    run.step,
+                    run.total,
+                    " ".join(f"{k}={v:.4f}" for k, v in parts.items()),
+                )
 
-        step = start_epoch * steps_per_epoch
-        epoch = start_epoch
-        self._event(EventKind.START, epoch, step, total, message=f"{self.stage}: {total - step} steps to run")
-        cancelled = False
-        try:
-            for epoch in range(start_epoch, self.optim.epochs):
-                if sampler is not None:
-                    sampler.set_epoch(epoch)
-                model.train()
-                for batch in loader:
-                    self.cancel.raise_if_cancelled(f"{self.stage} training")
-                    for group in opt.param_groups:
-                        group["lr"] = self.optim.lr * poly(step)
-                    batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                    with torch.autocast(self.device.type, enabled=use_amp):
-                        loss, parts = self.training_loss(train_model, batch, step)
-                    if self.dist.enabled:  # every parameter gets a gradient (zero if unused) so DDP's
-                        # reducer sees the same set on every step (stage weights of 0, warm-ups, heads)
-                        loss = loss + 0.0 * sum(p.sum() for p in params)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"loss became {loss.item()} at step {step}; lower the learning rate "
-                            f"(stage lr={self.optim.lr}) or disable AMP"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if self.optim.grad_clip > 0:
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    step += 1
-                    parts = {"loss": float(loss.detach()), **parts}
-                    self._event(EventKind.STEP, epoch, step, total, losses=parts)
-                    if step % max(1, self.optim.log_every) == 0:
-                        logger.info("%s epoch %d step %d/%d %s", self.stage, epoch + 1, step, total,
-                                    " ".join(f"{k}={v:.4f}" for k, v in parts.items()))
-                self._event(EventKind.EPOCH_END, epoch + 1, step, total)
-                metrics: dict[str, float] = {}
-                if self.dist.is_main:
-                    model.eval()
-                    with torch.no_grad():
-                        metrics = self.validate()
-                    self._event(EventKind.VALIDATION, epoch + 1, step, total, metrics=metrics)
-                    self._log_metrics({"stage": self.stage, "epoch": epoch + 1, "step": step, **metrics})
-                    value = metrics.get(self.monitor)
-                    improved = value is not None and not math.isnan(value) and (best is None or value > best)
-                    if improved:
-                        best = value
-                    extra = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict()}
-                    ckpt = self.make_checkpoint(epoch + 1, step, metrics, extra).with_updates(best_metric=best)
-                    save_checkpoint(ckpt, last_path)
-                    if improved or value is None:
-                        save_checkpoint(ckpt.with_updates(extra={k: v for k, v in ckpt.extra.items()
-                                                                 if k not in ("optimizer", "scaler")}), best_path)
-                    self._event(EventKind.CHECKPOINT, epoch + 1, step, total, metrics=metrics, path=str(last_path))
-                barrier(self.dist)
-        except Cancelled:
-            cancelled = True
-            if self.dist.is_main and not last_path.exists():
-                # keep the partial weights usable: an epoch-0 checkpoint that resumes from scratch
-                ckpt = self.make_checkpoint(epoch, epoch * steps_per_epoch, {}, {})
-                save_checkpoint(ckpt, last_path)
-            self._event(EventKind.CANCELLED, epoch, step, total, path=str(last_path), message="cancelled")
-            logger.warning("%s cancelled at step %d; last checkpoint: %s", self.stage, step, last_path)
-        done_epochs = epoch + 1 if not cancelled else epoch
-        self._event(EventKind.END, done_epochs, step, total, path=str(best_path if best_path.exists() else last_path))
+    def _lr(self, step: int, total: int) -> float:
+        """Poly schedule: lr * (1 - step/total) ** poly_power."""
+        return self.optim.lr * max(0.0, 1.0 - step / max(1, total)) ** self.optim.poly_power
+
+    def _step(self, run: _FitState, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimiser step (schedule, AMP, finite-loss check, clipping); returns the named losses."""
+        for group in run.opt.param_groups:
+            group["lr"] = self._lr(run.step, run.total)
+        batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        with torch.autocast(self.device.type, enabled=run.use_amp):
+            loss, parts = self.training_loss(run.train_model, batch, run.step)
+        if self.dist.enabled:  # every parameter gets a gradient (zero if unused) so DDP's
+            # reducer sees the same set on every step (stage weights of 0, warm-ups, heads)
+            loss = loss + 0.0 * sum(p.sum() for p in run.params)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at step {run.step}; lower the learning rate "
+                f"(stage lr={self.optim.lr}) or disable AMP"
+            )
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if self.optim.grad_clip > 0:
+            run.scaler.unscale_(run.opt)
+            torch.nn.utils.clip_grad_norm_(run.params, self.optim.grad_clip)
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        return {"loss": float(loss.detach()), **parts}
+
+    def _end_epoch(self, run: _FitState) -> None:
+        """EPOCH_END event, then (main rank) validation and checkpoints; all ranks meet at a barrier."""
+        self._event(EventKind.EPOCH_END, run.epoch + 1, run.step, run.total)
+        if self.dist.is_main:
+            self._save(run, self._validate(run))
+        barrier(self.dist)
+
+    def _validate(self, run: _FitState) -> dict[str, float]:
+        """Validation metrics (eval mode, no grad), reported as an event and a metrics.jsonl row."""
+        run.model.eval()
+        with torch.no_grad():
+            metrics = self.validate()
+        self._event(EventKind.VALIDATION, run.epoch + 1, run.step, run.total, metrics=metrics)
+        self._log_metrics({"stage": self.stage, "epoch": run.epoch + 1, "step": run.step, **metrics})
+        return metrics
+
+    def _save(self, run: _FitState, metrics: dict[str, float]) -> None:
+        """``last.pt`` (with optimiser state) every epoch; ``best.pt`` when the monitor improved or is absent."""
+        value = metrics.get(self.monitor)
+        improved = value is not None and not math.isnan(value) and (run.best is None or value > run.best)
+        if improved:
+            run.best = value
+        last_path, best_path = self.out_dir / LAST, self.out_dir / BEST
+        extra = {"optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict()}
+        ckpt = self.make_checkpoint(run.epoch + 1, run.step, metrics, extra).with_updates(best_metric=run.best)
+        save_checkpoint(ckpt, last_path)
+        if improved or value is None:
+            save_checkpoint(
+                ckpt.with_updates(extra={k: v for k, v in ckpt.extra.items() if k not in ("optimizer", "scaler")}),
+                best_path,
+            )
+        self._event(EventKind.CHECKPOINT, run.epoch + 1, run.step, run.total, metrics=metrics, path=str(last_path))
+
+    def _on_cancel(self, run: _FitState) -> None:
+        """Keep the partial run usable: without an earlier ``last.pt``, write an epoch-start one."""
+        last_path = self.out_dir / LAST
+        if self.dist.is_main and not last_path.exists():
+            # resuming from it starts the interrupted epoch again
+            ckpt = self.make_checkpoint(run.epoch, run.epoch * run.steps_per_epoch, {}, {})
+            save_checkpoint(ckpt, last_path)
+        self._event(EventKind.CANCELLED, run.epoch, run.step, run.total, path=str(last_path), message="cancelled")
+        logger.warning("%s cancelled at step %d; last checkpoint: %s", self.stage, run.step, last_path)
+
+    def _finish(self, run: _FitState, cancelled: bool, t0: float) -> FitResult:
+        """END event and the result (``best.pt`` when validation produced one, else ``last.pt``)."""
+        last_path, best_path = self.out_dir / LAST, self.out_dir / BEST
+        best = best_path if best_path.exists() else None
+        self._event(EventKind.END, run.epochs_done, run.step, run.total, path=str(best or last_path))
         return FitResult(
             last=last_path,
-            best=best_path if best_path.exists() else None,
-            best_metric=best,
-            epochs_done=done_epochs,
-            steps_done=step,
+            best=best,
+            best_metric=run.best,
+            epochs_done=run.epochs_done,
+            steps_done=run.step,
             cancelled=cancelled,
             seconds=time.perf_counter() - t0,
         )

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from protoseg import cams as cam_ops
-from protoseg.classes import ClassSpec
+from protoseg.classes import IGNORE_INDEX, ClassSpec
 from protoseg.config import ProtosegConfig
 from protoseg.metrics import ConfusionMatrix, SegMetrics
 from protoseg.models.classnet import ClassNet
@@ -25,22 +25,34 @@ def flat_metrics(m: SegMetrics) -> dict[str, float]:
 
 
 def _matrix(classes: ClassSpec, boundary: bool) -> ConfusionMatrix:
-    return ConfusionMatrix(classes.num_classes + 1, ignore_index=255, background_index=classes.background_index,
-                           class_names=[*classes.names, classes.background_name],
-                           boundary_dilation_ratio=0.02 if boundary else None)
+    return ConfusionMatrix(
+        classes.num_classes + 1,
+        ignore_index=IGNORE_INDEX,
+        background_index=classes.background_index,
+        class_names=[*classes.names, classes.background_name],
+        boundary_dilation_ratio=0.02 if boundary else None,
+    )
 
 
-def pseudo_masks(net: ClassNet, images: torch.Tensor, labels: torch.Tensor | None,
-                 cfg: ProtosegConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_masks(
+    net: ClassNet, images: torch.Tensor, labels: torch.Tensor | None, cfg: ProtosegConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-mask (B,H,W; background = C) and confidence (B,H,W) from fused, gated CAMs."""
-    s1 = cfg.stage1
+    rules = cfg.stage1.pseudo
     cams = net.cams(images, labels=labels)
-    bg = cam_ops.background_seed(images, s1.bg_grey, s1.bg_min_size)
-    return cam_ops.pseudo_labels(cams, bg, s1.bg_threshold), cam_ops.confidence(cams)
+    bg = cam_ops.background_seed(images, rules.bg_grey, rules.bg_min_size)
+    return cam_ops.pseudo_labels(cams, bg, rules.bg_threshold), cam_ops.confidence(cams)
 
 
-def evaluate_pseudo(net: ClassNet, dataset: Dataset, classes: ClassSpec, cfg: ProtosegConfig,
-                    device: torch.device, use_labels: bool = True, boundary: bool = False) -> dict[str, float]:
+def evaluate_pseudo(
+    net: ClassNet,
+    dataset: Dataset,
+    classes: ClassSpec,
+    cfg: ProtosegConfig,
+    device: torch.device,
+    use_labels: bool = True,
+    boundary: bool = False,
+) -> dict[str, float]:
     """Quality of stage-1 pseudo-masks (label-gated CAMs when ``use_labels``) on a masked split."""
     cm = _matrix(classes, boundary)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False)
@@ -54,8 +66,15 @@ def evaluate_pseudo(net: ClassNet, dataset: Dataset, classes: ClassSpec, cfg: Pr
     return flat_metrics(cm.compute())
 
 
-def evaluate_segmentation(model: torch.nn.Module, dataset: Dataset, classes: ClassSpec, device: torch.device,
-                          batch_size: int = 8, tta: bool = False, boundary: bool = False) -> dict[str, float]:
+def evaluate_segmentation(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    classes: ClassSpec,
+    device: torch.device,
+    batch_size: int = 8,
+    tta: bool = False,
+    boundary: bool = False,
+) -> dict[str, float]:
     """Metrics of ``model.predict`` argmax maps (stage 2, or stage 1 score-gated) on a masked split."""
     cm = _matrix(classes, boundary)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)

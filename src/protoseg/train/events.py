@@ -50,5 +50,5 @@ def emit(callbacks: Sequence[Callback], event: TrainEvent) -> None:
     for cb in callbacks:
         try:
             cb(event)
-        except Exception:  # noqa: BLE001 - user callbacks must not break a run
+        except Exception:
             logger.exception("training callback %r failed on %s", cb, event.kind.value)

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protoseg.cancel import Cancelled, CancelToken
 from protoseg.config import ProtosegConfig
 from protoseg.data.regions import RegionSource
 from protoseg.train.engine import FitResult
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
-from protoseg.cancel import CancelToken, Cancelled
 from protoseg.train.pipeline import (
     TrainingData,
     best_or_last,
@@ -59,8 +59,14 @@ def _fresh_pseudo_dir(out: Path) -> None:
             shutil.rmtree(out / sub)
 
 
-def _pseudo(cfg: ProtosegConfig, checkpoint: Path, data: TrainingData, callbacks: Sequence[Callback],
-            cancel: CancelToken, resume: bool) -> Path:
+def _pseudo(
+    cfg: ProtosegConfig,
+    checkpoint: Path,
+    data: TrainingData,
+    callbacks: Sequence[Callback],
+    cancel: CancelToken,
+    resume: bool,
+) -> Path:
     out = Path(cfg.run.out_dir) / "pseudo"
     if not resume:
         _fresh_pseudo_dir(out)
@@ -69,11 +75,29 @@ def _pseudo(cfg: ProtosegConfig, checkpoint: Path, data: TrainingData, callbacks
         emit(callbacks, TrainEvent(EventKind.STEP, PSEUDO_STAGE, 0, done, total))
         cancel.raise_if_cancelled()
 
-    emit(callbacks, TrainEvent(EventKind.START, PSEUDO_STAGE, 0, 0, len(data.train),  # type: ignore[arg-type]
-                               message="exporting pseudo-masks"))
+    emit(
+        callbacks,
+        TrainEvent(
+            EventKind.START,
+            PSEUDO_STAGE,
+            0,
+            0,
+            len(data.train),  # type: ignore[arg-type]
+            message="exporting pseudo-masks",
+        ),
+    )
     path = make_pseudo_masks(cfg, checkpoint, out, progress, data)
-    emit(callbacks, TrainEvent(EventKind.END, PSEUDO_STAGE, 0, len(data.train), len(data.train),  # type: ignore[arg-type]
-                               path=str(path)))
+    emit(
+        callbacks,
+        TrainEvent(
+            EventKind.END,
+            PSEUDO_STAGE,
+            0,
+            len(data.train),
+            len(data.train),  # type: ignore[arg-type]
+            path=str(path),
+        ),
+    )
     return path
 
 
@@ -115,4 +139,4 @@ def build_bank_job(
     return build_bank_from_config(cfg, out, encoder, source_data(cfg, regions, False), progress)
 
 
-__all__ = ["JobOutcome", "PSEUDO_STAGE", "RegionSource", "build_bank_job", "run_training"]
+__all__ = ["PSEUDO_STAGE", "JobOutcome", "RegionSource", "build_bank_job", "run_training"]

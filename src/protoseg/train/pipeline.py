@@ -14,19 +14,19 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig, Recipe, save_config
 from protoseg.data.augment import default_augmentation
 from protoseg.data.datasets import PatchDataset, open_dataset
 from protoseg.data.layouts import parse_mpp
 from protoseg.data.records import Split
-from protoseg.runtime import select_device
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
+from protoseg.runtime import select_device
 from protoseg.train.engine import BEST, LAST, FitResult
-from protoseg.train.events import Callback
-from protoseg.cancel import CancelToken
-from protoseg.train.pseudo import PseudoMaskDataset, export_pseudo_masks
 from protoseg.train.evaluation import evaluate_pseudo, evaluate_segmentation
+from protoseg.train.events import Callback
+from protoseg.train.pseudo import PseudoMaskDataset, export_pseudo_masks
 from protoseg.train.stage1 import Stage1Trainer, encoder_from_config
 from protoseg.train.stage2 import Stage2Trainer
 
@@ -81,15 +81,27 @@ def folder_data(cfg: ProtosegConfig, augment: bool | None = None) -> TrainingDat
     return TrainingData(train, open_split(cfg, Split.VAL), train.classes, mpp)
 
 
-def region_data(cfg: ProtosegConfig, regions: Sequence[Any], classes: ClassSpec, mpp: float,
-                fallback_mpp: float | None = None, augment: bool | None = None) -> TrainingData:
+def region_data(
+    cfg: ProtosegConfig,
+    regions: Sequence[Any],
+    classes: ClassSpec,
+    mpp: float,
+    fallback_mpp: float | None = None,
+    augment: bool | None = None,
+) -> TrainingData:
     """Patches sampled on the fly from tagged slide regions (no val masks: validation is skipped)."""
     from protoseg.data.region_dataset import WsiRegionDataset
 
     use_aug = cfg.data.augment if augment is None else augment
-    ds = WsiRegionDataset(regions, classes, mpp=mpp, patch_size=cfg.data.patch_size, seed=cfg.run.seed,
-                          fallback_mpp=fallback_mpp,
-                          transform=default_augmentation(seed=cfg.run.seed) if use_aug else None)
+    ds = WsiRegionDataset(
+        regions,
+        classes,
+        mpp=mpp,
+        patch_size=cfg.data.patch_size,
+        seed=cfg.run.seed,
+        fallback_mpp=fallback_mpp,
+        transform=default_augmentation(seed=cfg.run.seed) if use_aug else None,
+    )
     return TrainingData(ds, None, classes, mpp)
 
 
@@ -102,17 +114,27 @@ def iter_bank_samples(ds: Dataset, mpp: float | None) -> Iterator[Any]:
     for i in range(len(ds)):  # type: ignore[arg-type]
         if records is not None:  # folder patches: read the file itself (no augmentation)
             label = tuple(int(v) for v in ds.label(i))  # type: ignore[attr-defined]
-            yield BankSample(image=load_image(records[i].image), label=label, source=str(records[i].image),
-                             box=None, mpp=mpp)
+            yield BankSample(
+                image=load_image(records[i].image), label=label, source=str(records[i].image), box=None, mpp=mpp
+            )
             continue
         patch = ds.patches[i]  # type: ignore[attr-defined]
-        yield BankSample(image=ds.read_patch(i), label=tuple(int(v) for v in patch.label),  # type: ignore[attr-defined]
-                         source=patch.slide_path, box=tuple(patch.box), mpp=mpp)
+        yield BankSample(
+            image=ds.read_patch(i),
+            label=tuple(int(v) for v in patch.label),  # type: ignore[attr-defined]
+            source=patch.slide_path,
+            box=tuple(patch.box),
+            mpp=mpp,
+        )
 
 
-def build_bank_from_config(cfg: ProtosegConfig, out: str | Path, encoder: Any | None = None,
-                           data: TrainingData | None = None,
-                           progress: Callable[[int, int], None] | None = None) -> Any:
+def build_bank_from_config(
+    cfg: ProtosegConfig,
+    out: str | Path,
+    encoder: Any | None = None,
+    data: TrainingData | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
     """Build the image bank from the single-class training patches and save it to ``out``;
     ``progress(seen, total)`` after each embedded batch."""
     from protoseg.bank import build_bank, save_bank
@@ -121,9 +143,15 @@ def build_bank_from_config(cfg: ProtosegConfig, out: str | Path, encoder: Any | 
         data = folder_data(cfg, augment=False)
     encoder = encoder or encoder_from_config(cfg)
     total = len(data.train)  # type: ignore[arg-type]
-    bank = build_bank(iter_bank_samples(data.train, data.mpp), data.classes, encoder, k=cfg.bank.k,
-                      n_per_cluster=cfg.bank.n_per_cluster, white_threshold=cfg.bank.white_threshold,
-                      progress=(lambda seen: progress(seen, total)) if progress is not None else None)
+    bank = build_bank(
+        iter_bank_samples(data.train, data.mpp),
+        data.classes,
+        encoder,
+        k=cfg.bank.k,
+        n_per_cluster=cfg.bank.n_per_cluster,
+        white_threshold=cfg.bank.white_threshold,
+        progress=(lambda seen: progress(seen, total)) if progress is not None else None,
+    )
     save_bank(bank, out)
     logger.info("image bank with %d members saved to %s", len(bank.members), out)
     return bank
@@ -148,8 +176,13 @@ def _bank_for(cfg: ProtosegConfig, encoder: Any, data: TrainingData) -> Any | No
     return None
 
 
-def train_stage1(cfg: ProtosegConfig, callbacks: Sequence[Callback] = (), cancel: CancelToken | None = None,
-                 resume: bool = False, data: TrainingData | None = None) -> FitResult:
+def train_stage1(
+    cfg: ProtosegConfig,
+    callbacks: Sequence[Callback] = (),
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    data: TrainingData | None = None,
+) -> FitResult:
     """Train stage 1 as configured (on ``data``, default the folder at ``data.root``);
     checkpoints in ``<out_dir>/stage1/{last,best}.pt``."""
     data = data or folder_data(cfg)
@@ -159,9 +192,16 @@ def train_stage1(cfg: ProtosegConfig, callbacks: Sequence[Callback] = (), cancel
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "stage1_config.yaml")
-    trainer = Stage1Trainer(cfg, _subset(data.train, cfg.data.max_train, cfg.run.seed),
-                            _subset(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None,
-                            data.classes, bank=bank, encoder=encoder, callbacks=callbacks, cancel=cancel)
+    trainer = Stage1Trainer(
+        cfg,
+        _subset(data.train, cfg.data.max_train, cfg.run.seed),
+        _subset(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None,
+        data.classes,
+        bank=bank,
+        encoder=encoder,
+        callbacks=callbacks,
+        cancel=cancel,
+    )
     return trainer.fit(resume=resume)
 
 
@@ -171,19 +211,31 @@ def best_or_last(folder: str | Path) -> Path:
     return folder / BEST if (folder / BEST).is_file() else folder / LAST
 
 
-def make_pseudo_masks(cfg: ProtosegConfig, checkpoint: str | Path, out: str | Path | None = None,
-                      progress: Callable[[int, int], None] | None = None, data: TrainingData | None = None) -> Path:
+def make_pseudo_masks(
+    cfg: ProtosegConfig,
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    data: TrainingData | None = None,
+) -> Path:
     """Export pseudo-masks of the (un-augmented) training patches from a stage-1 checkpoint."""
     ckpt = load_checkpoint(checkpoint)
     data = data or folder_data(cfg, augment=False)
     out = Path(out) if out is not None else Path(cfg.run.out_dir) / "pseudo"
-    return export_pseudo_masks(ckpt, _subset(data.train, cfg.data.max_train, cfg.run.seed), out, cfg,
-                               cfg.run.device, progress)
+    return export_pseudo_masks(
+        ckpt, _subset(data.train, cfg.data.max_train, cfg.run.seed), out, cfg, cfg.run.device, progress
+    )
 
 
-def train_stage2(cfg: ProtosegConfig, pseudo_dir: str | Path, callbacks: Sequence[Callback] = (),
-                 cancel: CancelToken | None = None, resume: bool = False, stage1: str | Path | None = None,
-                 data: TrainingData | None = None) -> FitResult:
+def train_stage2(
+    cfg: ProtosegConfig,
+    pseudo_dir: str | Path,
+    callbacks: Sequence[Callback] = (),
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    stage1: str | Path | None = None,
+    data: TrainingData | None = None,
+) -> FitResult:
     """Train stage 2 on exported pseudo-masks (``data`` un-augmented: the pseudo-mask dataset augments
     image, mask and confidence together); checkpoints in ``<out_dir>/stage2/``."""
     data = data or folder_data(cfg, augment=False)
@@ -196,8 +248,9 @@ def train_stage2(cfg: ProtosegConfig, pseudo_dir: str | Path, callbacks: Sequenc
     return trainer.fit(resume=resume)
 
 
-def evaluate_checkpoint(cfg: ProtosegConfig, checkpoint: str | Path, split: Split = Split.TEST,
-                        use_labels: bool = False) -> dict[str, float]:
+def evaluate_checkpoint(
+    cfg: ProtosegConfig, checkpoint: str | Path, split: Split = Split.TEST, use_labels: bool = False
+) -> dict[str, float]:
     """Metrics of a checkpoint on a labelled split: stage 2 by argmax, stage 1 by its pseudo-masks
     (label-gated when ``use_labels``, as for pseudo-mask quality; score-gated otherwise)."""
     ckpt = load_checkpoint(checkpoint)
@@ -208,10 +261,18 @@ def evaluate_checkpoint(cfg: ProtosegConfig, checkpoint: str | Path, split: Spli
     device = select_device(cfg.run.device)
     model = ckpt.build_model().to(device)
     if ckpt.stage is Stage.STAGE1:
-        return evaluate_pseudo(model, ds, ckpt.classes, cfg, device, use_labels=use_labels,  # type: ignore[arg-type]
-                               boundary=True)
-    return evaluate_segmentation(model, ds, ckpt.classes, device, cfg.data.batch_size, tta=cfg.stage2.tta,
-                                 boundary=True)
+        return evaluate_pseudo(
+            model,
+            ds,
+            ckpt.classes,
+            cfg,
+            device,
+            use_labels=use_labels,  # type: ignore[arg-type]
+            boundary=True,
+        )
+    return evaluate_segmentation(
+        model, ds, ckpt.classes, device, cfg.data.batch_size, tta=cfg.stage2.tta, boundary=True
+    )
 
 
 def _check_classes(ckpt: Checkpoint, classes: ClassSpec) -> None:
@@ -222,6 +283,15 @@ def _check_classes(ckpt: Checkpoint, classes: ClassSpec) -> None:
 
 
 __all__ = [
-    "TrainingData", "best_or_last", "build_bank_from_config", "folder_data", "region_data", "with_default_bank", "evaluate_checkpoint", "make_pseudo_masks", "open_split",
-    "train_stage1", "train_stage2",
+    "TrainingData",
+    "best_or_last",
+    "build_bank_from_config",
+    "evaluate_checkpoint",
+    "folder_data",
+    "make_pseudo_masks",
+    "open_split",
+    "region_data",
+    "train_stage1",
+    "train_stage2",
+    "with_default_bank",
 ]

@@ -17,9 +17,9 @@ from protoseg.config import ProtosegConfig
 from protoseg.data.augment import ColorJitter, Compose, HEDJitter, RandomFlip, RandomRot90
 from protoseg.data.masks import save_palette_mask
 from protoseg.errors import ProtosegError
+from protoseg.models.checkpoint import Checkpoint, Stage
 from protoseg.models.classnet import ClassNet
 from protoseg.runtime import select_device
-from protoseg.models.checkpoint import Checkpoint, Stage
 from protoseg.train.evaluation import pseudo_masks
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def export_pseudo_masks(
                 y = batch["label"][todo].to(dev)
                 pred, conf = pseudo_masks(net, x, y, cfg)
                 for j, i in enumerate(todo):
-                    save_palette_mask(out / "mask" / f"{names[i]}.png", pred[j].cpu().numpy().astype(np.uint8), ckpt.classes)
+                    mask = pred[j].cpu().numpy().astype(np.uint8)
+                    save_palette_mask(out / "mask" / f"{names[i]}.png", mask, ckpt.classes)
                     c8 = (conf[j].clamp(0, 1) * 255).round().byte().cpu().numpy()
                     tmp = out / "conf" / f".{names[i]}.tmp.png"
                     Image.fromarray(c8, mode="L").save(tmp)
@@ -68,8 +69,12 @@ def export_pseudo_masks(
             done += len(names)
             if progress:
                 progress(done, total)
-    manifest = {"classes": ckpt.classes.to_dict(), "count": total, "checkpoint_epoch": ckpt.epoch,
-                "recipe": ckpt.extra.get("recipe")}
+    manifest = {
+        "classes": ckpt.classes.to_dict(),
+        "count": total,
+        "checkpoint_epoch": ckpt.epoch,
+        "recipe": ckpt.extra.get("recipe"),
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     logger.info("wrote %d pseudo-masks to %s", total, out)
     return out

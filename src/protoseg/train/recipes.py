@@ -75,8 +75,8 @@ class Stage1Objective:
                 "the plim add-on needs an image-text encoder: set bank.encoder.kind=open_clip with "
                 "bank.encoder.model_name and bank.encoder.pretrained (hub id or local checkpoint)"
             )
-        warm = int(round(s1.diversity_warmup_epochs * self.steps_per_epoch))
-        self.warmup = DiversityWarmup(weight=s1.diversity_weight, warmup_steps=warm)
+        warm = round(s1.lpd.diversity_warmup_epochs * self.steps_per_epoch)
+        self.warmup = DiversityWarmup(weight=s1.lpd.diversity_weight, warmup_steps=warm)
         self.generator = torch.Generator().manual_seed(self.cfg.run.seed)
 
     def __call__(self, model: nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -91,7 +91,7 @@ class Stage1Objective:
         cam = cam_ops.normalize_cams(out.maps[-1])  # differentiable last-stage CAM in [0, 1]
         if s1.recipe in (Recipe.PBIP, Recipe.LPD):
             l_sim = self._similarity(net, x, cam, y)
-            total = total + s1.sim_weight * l_sim
+            total = total + s1.similarity.weight * l_sim
             parts["sim"] = float(l_sim.detach())
         if s1.cam_area_weight > 0:
             total = total + s1.cam_area_weight * cam_area_regulariser(cam)
@@ -100,12 +100,12 @@ class Stage1Objective:
             if w > 0:
                 region = lpd_pseudo_region(cam.detach(), labels=y)
                 cos = out.subcluster_maps[-1] / net.logit_scale[-1].detach()  # back to cosines
-                l_div = prototype_diversity_loss(cos, region, y, temperature=s1.diversity_temperature)
+                l_div = prototype_diversity_loss(cos, region, y, temperature=s1.lpd.diversity_temperature)
                 total = total + w * l_div
                 parts["div"] = float(l_div.detach())
         if AddOn.PSCL in s1.addons:
             l_pscl = self._pscl(net, out, x, y)
-            total = total + s1.pscl_weight * l_pscl
+            total = total + s1.pscl.weight * l_pscl
             parts["pscl"] = float(l_pscl.detach())
         if AddOn.PLIM in s1.addons:
             l_plim = self._plim(x, cam, y)
@@ -114,7 +114,7 @@ class Stage1Objective:
         return total, parts
 
     def _similarity(self, net: ClassNet, x: torch.Tensor, cam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        s1 = self.cfg.stage1
+        s1, sim = self.cfg.stage1, self.cfg.stage1.similarity
         fb = fg_bg_images(x, cam, y, s1.delta)
         assert self.encoder is not None
         rows = torch.arange(len(fb.class_index), device=x.device)
@@ -125,20 +125,20 @@ class Stage1Objective:
         f_fg = self.encoder.encode(fb.x_fg[rows])
         f_bg = self.encoder.encode(fb.x_bg[rows])
         res = prototype_similarity_loss(
-            f_fg, f_bg, fb.class_index[rows], net.prototypes(), s1.temperature, s1.fg_weight, s1.bg_weight
+            f_fg, f_bg, fb.class_index[rows], net.prototypes(), sim.temperature, sim.fg_weight, sim.bg_weight
         )
         return res.total
 
     def _pscl(self, net: ClassNet, out: ClassNetOutput, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        s1 = self.cfg.stage1
+        pscl, pseudo = self.cfg.stage1.pscl, self.cfg.stage1.pseudo
         emb = out.features[min(PSCL_STAGE, len(out.features) - 1)]
         size = tuple(emb.shape[-2:])
         with torch.no_grad():
             fused = net.fused_cams(out, size, labels=y).detach()
-            bg = cam_ops.background_seed(x, s1.bg_grey, s1.bg_min_size)
+            bg = cam_ops.background_seed(x, pseudo.bg_grey, pseudo.bg_min_size)
             bg = F.interpolate(bg[:, None].float(), size=size, mode="area")[:, 0] > 0.5
-            labels = cam_ops.pseudo_labels_with_ignore(fused, s1.pscl_tau, bg)
-        return pixel_supcon_loss(emb, labels, s1.pscl_temperature, s1.pscl_max_pixels, self.generator)
+            labels = cam_ops.pseudo_labels_with_ignore(fused, pscl.tau, bg)
+        return pixel_supcon_loss(emb, labels, pscl.temperature, pscl.max_pixels, self.generator)
 
     def _plim(self, x: torch.Tensor, cam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s1 = self.cfg.stage1
@@ -153,7 +153,7 @@ class Stage1Objective:
         m = m_up[bi, ci].unsqueeze(1)
         t = self.encoder.encode(x[bi] * m)
         b = self.encoder.encode(x[bi] * (1 - m))
-        res = plim_losses(t, b, self.text_features.to(t), ci, weights=s1.plim_weights)
+        res = plim_losses(t, b, self.text_features.to(t), ci, weights=s1.plim.weights)
         return res.total
 
 

@@ -9,15 +9,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
 from protoseg.config import AddOn, ProtosegConfig, Recipe
-from protoseg.models.classnet import ClassNet
-from protoseg.models.encoders import EncoderSpec, ImageEncoder, TextEncoder, build_encoder
 from protoseg.models.checkpoint import Stage
+from protoseg.models.classnet import ClassNet
+from protoseg.models.encoders import EncoderKind, EncoderSpec, ImageEncoder, TextEncoder, build_encoder
 from protoseg.train.configured import ConfiguredTrainer
 from protoseg.train.evaluation import evaluate_pseudo
 from protoseg.train.events import Callback
-from protoseg.cancel import CancelToken
 from protoseg.train.recipes import RecipeError, Stage1Objective, classnet_config, encode_class_prompts
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 def encoder_from_config(cfg: ProtosegConfig) -> ImageEncoder:
     """The frozen bank encoder named by ``bank.encoder``."""
     e = cfg.bank.encoder
-    size = e.input_size or (cfg.data.patch_size if e.kind == "descriptor" else None)
+    size = e.input_size or (cfg.data.patch_size if e.kind is EncoderKind.DESCRIPTOR else None)
     return build_encoder(EncoderSpec(kind=e.kind, model_name=e.model_name, pretrained=e.pretrained, input_size=size))
 
 
@@ -54,7 +54,9 @@ class Stage1Trainer(ConfiguredTrainer):
         prototypes, k, dim = None, 1, 1
         if s1.recipe is Recipe.PBIP:
             if bank is None:
-                raise RecipeError("recipe pbip needs an image bank: set bank.path or build one with `protoseg bank build`")
+                raise RecipeError(
+                    "recipe pbip needs an image bank: set bank.path or build one with `protoseg bank build`"
+                )
             if self.encoder is not None and bank.encoder_id != self.encoder.encoder_id:
                 raise RecipeError(
                     f"the bank was built with encoder {bank.encoder_id!r} but bank.encoder gives "
@@ -74,13 +76,15 @@ class Stage1Trainer(ConfiguredTrainer):
         if AddOn.PLIM in s1.addons:
             if not isinstance(self.encoder, TextEncoder):
                 raise RecipeError("the plim add-on needs bank.encoder.kind=open_clip (an image-text model)")
-            text = encode_class_prompts(self.encoder, classes.names, s1.plim_template)
+            text = encode_class_prompts(self.encoder, classes.names, s1.plim.template)
         if self.encoder is not None:
             self.encoder.to(self.device)
         steps = max(1, len(train_ds) // max(1, cfg.data.batch_size))  # type: ignore[arg-type]
         self.objective = Stage1Objective(cfg, self.encoder, text, steps_per_epoch=steps)
 
-    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         return self.objective(model, batch, step)
 
     def validate(self) -> dict[str, float]:

@@ -9,15 +9,15 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig
 from protoseg.losses.noise_ce import noise_reduced_ce, segmentation_ce
-from protoseg.models.segnet import SegNet, SegNetConfig
 from protoseg.models.checkpoint import Stage
+from protoseg.models.segnet import SegNet, SegNetConfig
 from protoseg.train.configured import ConfiguredTrainer
 from protoseg.train.evaluation import evaluate_segmentation
 from protoseg.train.events import Callback
-from protoseg.cancel import CancelToken
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,10 @@ def segnet_config(cfg: ProtosegConfig, num_classes: int) -> SegNetConfig:
     """Stage-2 architecture from the run config."""
     s2 = cfg.stage2
     return SegNetConfig(
-        backbone=s2.backbone, weights=s2.weights, num_classes=num_classes, decoder_dim=s2.decoder_dim,
+        backbone=s2.backbone,
+        weights=s2.weights,
+        num_classes=num_classes,
+        decoder_dim=s2.decoder_dim,
         img_size=cfg.data.patch_size if s2.backbone.startswith(("swin", "vit")) else None,
     )
 
@@ -50,7 +53,9 @@ class Stage2Trainer(ConfiguredTrainer):
         self.net = SegNet(segnet_config(cfg, classes.num_classes))
         self.stage1_info = stage1_info or {}
 
-    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(batch["image"])
         target = batch["mask"].long()
         if self.cfg.stage2.noise_reduced and "confidence" in batch:
@@ -62,8 +67,9 @@ class Stage2Trainer(ConfiguredTrainer):
     def validate(self) -> dict[str, float]:
         if self._val is None or len(self._val) == 0:  # type: ignore[arg-type]
             return {}
-        return evaluate_segmentation(self.net, self._val, self.classes, self.device,
-                                     self.cfg.data.batch_size, self.cfg.stage2.tta)
+        return evaluate_segmentation(
+            self.net, self._val, self.classes, self.device, self.cfg.data.batch_size, self.cfg.stage2.tta
+        )
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"stage1": self.stage1_info}

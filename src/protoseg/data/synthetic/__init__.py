@@ -8,7 +8,9 @@ from protoseg.data.synthetic.layout import random_layout
 from protoseg.data.synthetic.render import NUM_CLASSES, render_tissue
 from protoseg.data.synthetic.stains import Stain
 from protoseg.data.synthetic.writers import (
+    SAMPLE_SLIDE,
     SyntheticSlide,
+    SyntheticSlideSpec,
     mask_path_for,
     synthetic_patch,
     write_bcss_dataset,
@@ -16,6 +18,15 @@ from protoseg.data.synthetic.writers import (
 )
 
 __all__ = [
-    "NUM_CLASSES", "Stain", "SyntheticSlide", "mask_path_for", "random_layout", "render_tissue",
-    "synthetic_patch", "write_bcss_dataset", "write_synthetic_slide",
+    "NUM_CLASSES",
+    "SAMPLE_SLIDE",
+    "Stain",
+    "SyntheticSlide",
+    "SyntheticSlideSpec",
+    "mask_path_for",
+    "random_layout",
+    "render_tissue",
+    "synthetic_patch",
+    "write_bcss_dataset",
+    "write_synthetic_slide",
 ]

@@ -29,11 +29,12 @@ def random_layout(
     scale = float(scale or max(h, w) / 2.5)
     k = int(rng.integers(lo, hi + 1))
     chosen = rng.choice(num_classes, size=k, replace=False)
-    fields = np.stack([
-        smooth_noise((h, w), scale * rng.uniform(0.7, 1.3), rng)
-        + 0.25 * smooth_noise((h, w), scale / 6, rng)
-        for _ in range(k)
-    ])
+    fields = np.stack(
+        [
+            smooth_noise((h, w), scale * rng.uniform(0.7, 1.3), rng) + 0.25 * smooth_noise((h, w), scale / 6, rng)
+            for _ in range(k)
+        ]
+    )
     active = np.ones(k, dtype=bool)
     while True:
         idx = np.argmax(np.where(active[:, None, None], fields, -np.inf), axis=0)

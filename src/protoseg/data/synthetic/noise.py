@@ -25,8 +25,12 @@ def _upsample(arr: np.ndarray, n: int, scale: float, axis: int) -> np.ndarray:
     pos = (np.arange(n) + 0.5) / scale + 1.5
     i = np.floor(pos).astype(int)
     t = pos - i
-    coef = (0.5 * (-t + 2 * t * t - t ** 3), 0.5 * (2 - 5 * t * t + 3 * t ** 3),
-            0.5 * (t + 4 * t * t - 3 * t ** 3), 0.5 * (-t * t + t ** 3))
+    coef = (
+        0.5 * (-t + 2 * t * t - t**3),
+        0.5 * (2 - 5 * t * t + 3 * t**3),
+        0.5 * (t + 4 * t * t - 3 * t**3),
+        0.5 * (-t * t + t**3),
+    )
     out = None
     for k, c in enumerate(coef):
         term = np.take(arr, i - 1 + k, axis=axis) * (c[:, None] if axis == 0 else c[None, :])
@@ -43,8 +47,12 @@ def fine_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -
 
 
 def jittered_points(
-    shape: tuple[int, int], spacing: float, jitter: float, rng: np.random.Generator,
-    mask: np.ndarray | None = None, keep: float = 1.0,
+    shape: tuple[int, int],
+    spacing: float,
+    jitter: float,
+    rng: np.random.Generator,
+    mask: np.ndarray | None = None,
+    keep: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Points on a hexagonal grid of ``spacing`` px, jittered by ``jitter*spacing``, kept inside ``mask``."""
     h, w = shape

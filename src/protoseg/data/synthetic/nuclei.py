@@ -11,10 +11,10 @@ import numpy as np
 class Profile:
     """Radial density profiles inside a nucleus (rho = 0 centre, 1 edge)."""
 
-    SOLID = "solid"            # evenly dark (lymphocytes, pyknotic fragments, fibroblasts)
-    VESICULAR = "vesicular"    # dark rim, paler centre (tumour nuclei with open chromatin)
-    RING = "ring"              # only a faint rim (ghost nuclei, red-cell outline)
-    PALLOR = "pallor"          # disc with central pallor (red blood cells)
+    SOLID = "solid"  # evenly dark (lymphocytes, pyknotic fragments, fibroblasts)
+    VESICULAR = "vesicular"  # dark rim, paler centre (tumour nuclei with open chromatin)
+    RING = "ring"  # only a faint rim (ghost nuclei, red-cell outline)
+    PALLOR = "pallor"  # disc with central pallor (red blood cells)
 
 
 @dataclass
@@ -23,23 +23,29 @@ class Nuclei:
 
     cy: np.ndarray
     cx: np.ndarray
-    a: np.ndarray          # semi-axis along ``theta`` (px)
-    b: np.ndarray          # semi-axis across ``theta`` (px)
-    theta: np.ndarray      # orientation of the ``a`` axis, radians, in (x, y) image coordinates
-    strength: np.ndarray   # peak optical density
+    a: np.ndarray  # semi-axis along ``theta`` (px)
+    b: np.ndarray  # semi-axis across ``theta`` (px)
+    theta: np.ndarray  # orientation of the ``a`` axis, radians, in (x, y) image coordinates
+    strength: np.ndarray  # peak optical density
     irregularity: float = 0.0
     nucleoli: np.ndarray | None = None  # optical density of one nucleolus per nucleus (0 = none)
 
 
-def stamp(shape: tuple[int, int], n: Nuclei, profile: str, rng: np.random.Generator,
-          texture: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
+def stamp(
+    shape: tuple[int, int],
+    n: Nuclei,
+    profile: str,
+    rng: np.random.Generator,
+    texture: np.ndarray | None = None,
+    chunk: int = 4096,
+) -> np.ndarray:
     """Density map (H, W): sum of the nuclei stamps; ``texture`` (H, W) modulates chromatin."""
     h, w = shape
     out = np.zeros(h * w)
     count = n.cy.size
     if count == 0:
         return out.reshape(shape)
-    radius = int(math.ceil(float(np.max(np.maximum(n.a, n.b))))) + 2
+    radius = math.ceil(float(np.max(np.maximum(n.a, n.b)))) + 2
     off = np.arange(-radius, radius + 1, dtype=np.float64)
     oy, ox = np.meshgrid(off, off, indexing="ij")
     harm = rng.uniform(0, 2 * np.pi, (count, 2))
@@ -56,15 +62,18 @@ def stamp(shape: tuple[int, int], n: Nuclei, profile: str, rng: np.random.Genera
         rho = np.sqrt(u * u + v * v)
         if n.irregularity > 0:
             phi = np.arctan2(v, u)
-            rho = rho * (1 + amps[sl, 0, None, None] * np.sin(2 * phi + harm[sl, 0, None, None])
-                         + 0.6 * amps[sl, 1, None, None] * np.sin(3 * phi + harm[sl, 1, None, None]))
+            rho = rho * (
+                1
+                + amps[sl, 0, None, None] * np.sin(2 * phi + harm[sl, 0, None, None])
+                + 0.6 * amps[sl, 1, None, None] * np.sin(3 * phi + harm[sl, 1, None, None])
+            )
         edge = 1.0 / np.minimum(n.a[sl], n.b[sl])[:, None, None]  # about one pixel of soft edge
         inside = np.clip((1.0 - rho) / edge + 0.5, 0.0, 1.0)
         r = np.clip(rho, 0.0, 1.0)
         if profile == Profile.VESICULAR:
-            val = 0.5 + 0.5 * r ** 3
+            val = 0.5 + 0.5 * r**3
         elif profile == Profile.RING:
-            val = 0.15 + 0.85 * r ** 4
+            val = 0.15 + 0.85 * r**4
         elif profile == Profile.PALLOR:
             val = 0.45 + 0.55 * np.clip(r * 1.4, 0, 1) ** 2
         else:
@@ -73,7 +82,7 @@ def stamp(shape: tuple[int, int], n: Nuclei, profile: str, rng: np.random.Genera
         if n.nucleoli is not None:
             du, dv = u - nuc_pos[sl, 0, None, None], v - nuc_pos[sl, 1, None, None]
             d2 = (du * n.a[sl][:, None, None]) ** 2 + (dv * n.b[sl][:, None, None]) ** 2
-            val = val + n.nucleoli[sl][:, None, None] * np.exp(-d2 / (2 * 1.1 ** 2)) * inside
+            val = val + n.nucleoli[sl][:, None, None] * np.exp(-d2 / (2 * 1.1**2)) * inside
         py, px = iy[:, None, None] + oy[None].astype(int), ix[:, None, None] + ox[None].astype(int)
         ok = (py >= 0) & (py < h) & (px >= 0) & (px < w) & (inside > 0)
         flat = (py * w + px)[ok]

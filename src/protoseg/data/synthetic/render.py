@@ -14,8 +14,10 @@ NUM_CLASSES = len(RENDERERS)  # TUM, STR, LYM, NEC (BCSS-WSSS order)
 
 def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, mask.shape[0])),
-            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, mask.shape[1])))
+    return (
+        slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, mask.shape[0])),
+        slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, mask.shape[1])),
+    )
 
 
 def render_tissue(

@@ -30,7 +30,7 @@ class Stain:
     glass: np.ndarray  # (3,) transmitted light through blank glass, 0..255
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "Stain":
+    def random(cls, rng: np.random.Generator) -> Stain:
         """Draw a plausible stain appearance (lab-to-lab and scanner variation)."""
         return cls(
             h=_perturb(H_VECTOR, 0.05, rng),
@@ -41,11 +41,21 @@ class Stain:
             glass=np.clip(rng.uniform(228, 252) + rng.normal(0, 4, 3), 200, 255),
         )
 
-    def to_rgb(self, h_od: np.ndarray, e_od: np.ndarray, r_od: np.ndarray,
-               rng: np.random.Generator, blur: float = 0.6, noise: float = 2.0) -> np.ndarray:
+    def to_rgb(
+        self,
+        h_od: np.ndarray,
+        e_od: np.ndarray,
+        r_od: np.ndarray,
+        rng: np.random.Generator,
+        blur: float = 0.6,
+        noise: float = 2.0,
+    ) -> np.ndarray:
         """Compose stain densities (H, W) into uint8 RGB with slight optical blur and sensor noise."""
-        od = (h_od[..., None] * (self.h_scale * self.h) + e_od[..., None] * (self.e_scale * self.e)
-              + r_od[..., None] * self.r)
+        od = (
+            h_od[..., None] * (self.h_scale * self.h)
+            + e_od[..., None] * (self.e_scale * self.e)
+            + r_od[..., None] * self.r
+        )
         if blur > 0:
             od = ndimage.gaussian_filter(od, (blur, blur, 0))
         rgb = self.glass * np.exp(-od) + rng.normal(0, noise, od.shape)

@@ -17,8 +17,15 @@ Fields = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # H bg, E bg, re
 
 
 def _nuclei(cy, cx, a, b, theta, strength, **kw) -> Nuclei:
-    return Nuclei(cy=cy, cx=cx, a=np.asarray(a, float), b=np.asarray(b, float),
-                  theta=np.asarray(theta, float), strength=np.asarray(strength, float), **kw)
+    return Nuclei(
+        cy=cy,
+        cx=cx,
+        a=np.asarray(a, float),
+        b=np.asarray(b, float),
+        theta=np.asarray(theta, float),
+        strength=np.asarray(strength, float),
+        **kw,
+    )
 
 
 def fibre_phase(shape, rng, angle: float, waviness: float, scale: float) -> np.ndarray:
@@ -77,8 +84,16 @@ def tumour(shape, mask, rng) -> Fields:
             near = dist[iy, ix] < spacing * 1.3
             theta = np.where(near, np.arctan2(ly[iy, ix] - cy, lx[iy, ix] - cx), theta)
             a = np.where(near, a * 1.25, a)
-    nuc = _nuclei(cy, cx, a, b, theta, rng.uniform(1.1, 1.8, n) * rng.uniform(0.8, 1.2),
-                  irregularity=0.12, nucleoli=np.where(rng.random(n) < 0.6, rng.uniform(0.8, 1.6, n), 0.0))
+    nuc = _nuclei(
+        cy,
+        cx,
+        a,
+        b,
+        theta,
+        rng.uniform(1.1, 1.8, n) * rng.uniform(0.8, 1.2),
+        irregularity=0.12,
+        nucleoli=np.where(rng.random(n) < 0.6, rng.uniform(0.8, 1.6, n), 0.0),
+    )
     h_nuc = stamp(shape, nuc, Profile.VESICULAR, rng, texture=0.35 * fine_noise(shape, 0.8, rng))
     membranes = voronoi_edges(shape, cy, cx) * rng.uniform(0.08, 0.2)
     soft_lumen = ndimage.gaussian_filter(lumen.astype(float), 1.0)
@@ -102,14 +117,21 @@ def stroma(shape, mask, rng) -> Fields:
     cy, cx = jittered_points(shape, spacing, 0.45, rng, mask)
     n = cy.size
     theta = fibre_angle_at(phase, cy, cx) + rng.normal(0, 0.15, n)
-    nuc = _nuclei(cy, cx, rng.uniform(6, 12, n), rng.uniform(1.6, 2.8, n), theta,
-                  rng.uniform(1.0, 1.8, n), irregularity=0.08)
+    nuc = _nuclei(
+        cy, cx, rng.uniform(6, 12, n), rng.uniform(1.6, 2.8, n), theta, rng.uniform(1.0, 1.8, n), irregularity=0.08
+    )
     h_nuc = stamp(shape, nuc, Profile.SOLID, rng, texture=0.2 * fine_noise(shape, 0.8, rng))
     # a few scattered inflammatory cells so that "small dark round nucleus" alone is not LYM
     ly, lx = jittered_points(shape, rng.uniform(30, 60), 0.5, rng, mask, keep=0.5)
     m = ly.size
-    h_nuc += stamp(shape, _nuclei(ly, lx, rng.uniform(3, 4.5, m), rng.uniform(2.8, 4, m),
-                                  rng.uniform(0, np.pi, m), rng.uniform(1.5, 2.2, m)), Profile.SOLID, rng)
+    h_nuc += stamp(
+        shape,
+        _nuclei(
+            ly, lx, rng.uniform(3, 4.5, m), rng.uniform(2.8, 4, m), rng.uniform(0, np.pi, m), rng.uniform(1.5, 2.2, m)
+        ),
+        Profile.SOLID,
+        rng,
+    )
     return h_bg, e, np.zeros(shape), h_nuc
 
 
@@ -123,8 +145,15 @@ def lymphocytes(shape, mask, rng) -> Fields:
     r = rng.uniform(3.2, 4.4) * rng.lognormal(0, 0.08, n)
     big = rng.random(n) < 0.05  # occasional plasma cells / histiocytes
     r = np.where(big, r * 1.6, r)
-    nuc = _nuclei(cy, cx, r, r * rng.uniform(0.85, 1.0, n), rng.uniform(0, np.pi, n),
-                  np.where(big, 1.1, rng.uniform(1.5, 2.3, n)), irregularity=0.05)
+    nuc = _nuclei(
+        cy,
+        cx,
+        r,
+        r * rng.uniform(0.85, 1.0, n),
+        rng.uniform(0, np.pi, n),
+        np.where(big, 1.1, rng.uniform(1.5, 2.3, n)),
+        irregularity=0.05,
+    )
     h_nuc = stamp(shape, nuc, Profile.SOLID, rng, texture=0.2 * fine_noise(shape, 0.7, rng))
     e = rng.uniform(0.15, 0.4) * (1 + 0.25 * smooth_noise(shape, 10, rng))
     if kind != "aggregate":  # lymphocytes sitting in stroma
@@ -139,14 +168,26 @@ def necrosis(shape, mask, rng) -> Fields:
     kind = rng.choice(["coagulative", "dirty", "hemorrhagic"], p=[0.35, 0.4, 0.25])
     e = rng.uniform(0.3, 0.6) * (1 + 0.3 * smooth_noise(shape, 10, rng) + 0.25 * fine_noise(shape, 1.2, rng))
     h_bg = rng.uniform(0.05, 0.15) + (rng.uniform(0.1, 0.35) if kind == "dirty" else 0.0) * np.clip(
-        1 + smooth_noise(shape, 18, rng), 0, None)
+        1 + smooth_noise(shape, 18, rng), 0, None
+    )
     gy, gx = jittered_points(shape, rng.uniform(14, 20), 0.2, rng, mask)
     e = e + voronoi_edges(shape, gy, gx) * rng.uniform(0.05, 0.15)  # ghost-cell outlines
     g = gy.size
     ghost = rng.random(g) < (0.7 if kind == "coagulative" else 0.35)
     gs = rng.uniform(4, 7, g)
-    h_nuc = stamp(shape, _nuclei(gy[ghost], gx[ghost], gs[ghost], gs[ghost] * 0.85, rng.uniform(0, np.pi, g)[ghost],
-                                 rng.uniform(0.25, 0.6, int(ghost.sum()))), Profile.RING, rng)
+    h_nuc = stamp(
+        shape,
+        _nuclei(
+            gy[ghost],
+            gx[ghost],
+            gs[ghost],
+            gs[ghost] * 0.85,
+            rng.uniform(0, np.pi, g)[ghost],
+            rng.uniform(0.25, 0.6, int(ghost.sum())),
+        ),
+        Profile.RING,
+        rng,
+    )
     # karyorrhexis: clusters of tiny dark fragments
     ky, kx = jittered_points(shape, rng.uniform(14, 22) if kind == "dirty" else rng.uniform(22, 34), 0.4, rng, mask)
     per = rng.integers(3, 9, ky.size)
@@ -156,16 +197,24 @@ def necrosis(shape, mask, rng) -> Fields:
     fy, fx = fy[ok], fx[ok]
     k = fy.size
     fr = rng.uniform(0.8, 2.2, k)
-    h_nuc += stamp(shape, _nuclei(fy, fx, fr, fr * rng.uniform(0.6, 1.0, k), rng.uniform(0, np.pi, k),
-                                  rng.uniform(1.3, 2.4, k)), Profile.SOLID, rng)
+    h_nuc += stamp(
+        shape,
+        _nuclei(fy, fx, fr, fr * rng.uniform(0.6, 1.0, k), rng.uniform(0, np.pi, k), rng.uniform(1.3, 2.4, k)),
+        Profile.SOLID,
+        rng,
+    )
     red = np.zeros(shape)
     if kind == "hemorrhagic":
         blood = mask & (smooth_noise(shape, rng.uniform(15, 30), rng) > rng.uniform(-0.3, 0.5))
         ry, rx = jittered_points(shape, rng.uniform(6.5, 8), 0.2, rng, blood)
         m = ry.size
         rr = rng.uniform(2.8, 3.8, m)
-        red = stamp(shape, _nuclei(ry, rx, rr, rr * rng.uniform(0.8, 1.0, m), rng.uniform(0, np.pi, m),
-                                   rng.uniform(0.9, 1.5, m)), Profile.PALLOR, rng)
+        red = stamp(
+            shape,
+            _nuclei(ry, rx, rr, rr * rng.uniform(0.8, 1.0, m), rng.uniform(0, np.pi, m), rng.uniform(0.9, 1.5, m)),
+            Profile.PALLOR,
+            rng,
+        )
         e = e * (1 - 0.5 * ndimage.gaussian_filter(blood.astype(float), 2))
     return h_bg, e, red, h_nuc
 

@@ -26,8 +26,14 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLITS[split], index)))
 
 
-def synthetic_patch(seed: int, split: str, index: int, size: int = 224,
-                    n_classes_range: tuple[int, int] = (1, 3), background_prob: float = 0.3):
+def synthetic_patch(
+    seed: int,
+    split: str,
+    index: int,
+    size: int = 224,
+    n_classes_range: tuple[int, int] = (1, 3),
+    background_prob: float = 0.3,
+):
     """(rgb uint8 (H, W, 3), label map int64 (H, W)) of one synthetic patch, deterministic."""
     rng = _rng(seed, split, index)
     label_map = random_layout(size, rng, n_classes_range=n_classes_range, background_prob=background_prob)
@@ -35,8 +41,13 @@ def synthetic_patch(seed: int, split: str, index: int, size: int = 224,
 
 
 def write_bcss_dataset(
-    root: str | Path, n_train: int = 200, n_val: int = 40, n_test: int = 40, size: int = 224,
-    seed: int = 0, mpp: float = 0.5,
+    root: str | Path,
+    n_train: int = 200,
+    n_val: int = 40,
+    n_test: int = 40,
+    size: int = 224,
+    seed: int = 0,
+    mpp: float = 0.5,
 ) -> Path:
     """Write synthetic patches in the BCSS-WSSS layout (train names carry labels; val/test masks)."""
     root = Path(root)
@@ -71,6 +82,28 @@ class SyntheticSlide:
     size: tuple[int, int]  # (width, height)
 
 
+@dataclass(frozen=True)
+class SyntheticSlideSpec:
+    """How a synthetic slide is rendered: ``size`` (width, height) px, ``mpp``, ``seed`` and TIFF ``tile_size``.
+
+    The defaults are those of the plugin's sample slide (``sample_data/synthetic_slide.tiff``, made by
+    ``protoseg synth slide`` with its defaults): :data:`SAMPLE_SLIDE`.
+    """
+
+    size: tuple[int, int] = (3072, 2304)
+    mpp: float = 0.5
+    seed: int = 0
+    tile_size: int = 256
+
+    def write(self, path: str | Path) -> SyntheticSlide:
+        """Render this slide into ``path`` (pyramidal TIFF) and its mask."""
+        return write_synthetic_slide(path, size=self.size, mpp=self.mpp, seed=self.seed, tile_size=self.tile_size)
+
+
+#: The plugin's sample slide and the defaults of ``protoseg synth slide``.
+SAMPLE_SLIDE = SyntheticSlideSpec()
+
+
 def mask_path_for(path: str | Path) -> Path:
     """``<stem>_mask.png`` beside a slide (``.ome.tif``-style double suffixes are stripped)."""
     path = Path(path)
@@ -87,8 +120,9 @@ def mask_path_for(path: str | Path) -> Path:
 def slide_layout(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Label map of a tissue section: all four classes in large regions inside an irregular outline."""
     w, h = size
-    label = random_layout((h, w), rng, n_classes_range=(4, 4), background_prob=0.0,
-                          scale=max(h, w) / 4, min_fraction=0.08)
+    label = random_layout(
+        (h, w), rng, n_classes_range=(4, 4), background_prob=0.0, scale=max(h, w) / 4, min_fraction=0.08
+    )
     yy, xx = np.mgrid[0:h, 0:w]
     radial = ((yy - h / 2) / (0.48 * h)) ** 2 + ((xx - w / 2) / (0.48 * w)) ** 2
     outline = 1.0 - radial + 0.25 * smooth_noise((h, w), max(h, w) / 5, rng) + 0.05 * smooth_noise((h, w), 12, rng)
@@ -97,8 +131,13 @@ def slide_layout(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 
 
 def write_synthetic_slide(
-    path: str | Path, size: tuple[int, int] = (2048, 1536), mpp: float = 0.5, seed: int = 0,
-    tile_size: int = 256, compression: str = "jpeg", quality: int = 90,
+    path: str | Path,
+    size: tuple[int, int] = (2048, 1536),
+    mpp: float = 0.5,
+    seed: int = 0,
+    tile_size: int = 256,
+    compression: str = "jpeg",
+    quality: int = 90,
 ) -> SyntheticSlide:
     """Render a synthetic section of ``size`` (width, height) and write it as a pyramidal TIFF + mask."""
     from protoseg.slide.writer import write_pyramidal_tiff

@@ -84,7 +84,7 @@ class ImageEncoder(nn.Module, ABC):
             p.requires_grad_(False)
         nn.Module.train(self, False)
 
-    def train(self, mode: bool = True) -> "ImageEncoder":
+    def train(self, mode: bool = True) -> ImageEncoder:
         """Stay in eval mode whatever the parent module asks: the encoder is frozen."""
         return nn.Module.train(self, False)
 

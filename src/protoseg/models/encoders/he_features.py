@@ -130,13 +130,23 @@ def he_features(x: Tensor, minv: Tensor) -> Tensor:
     od = optical_density(x)
     hed = stains(od, minv)
     h, e = hed[:, 0:1], hed[:, 1:2]
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     rgb_m, rgb_s = _mean_std(x)
     od_m, od_s = _mean_std(od.mean(dim=1, keepdim=True))
     hed_m, hed_s = _mean_std(hed)
     white = torch.sigmoid((x.min(dim=1).values - 0.86) / 0.02).mean(dim=(1, 2))
-    colour = [rgb_m, rgb_s, od_m, od_s, hed_m, hed_s, white[:, None],
-              soft_histogram(h[:, 0], H_BINS), soft_histogram(e[:, 0], E_BINS), soft_histogram(grey[:, 0], GREY_BINS)]
+    colour = [
+        rgb_m,
+        rgb_s,
+        od_m,
+        od_s,
+        hed_m,
+        hed_s,
+        white[:, None],
+        soft_histogram(h[:, 0], H_BINS),
+        soft_histogram(e[:, 0], E_BINS),
+        soft_histogram(grey[:, 0], GREY_BINS),
+    ]
     texture: list[Tensor] = []
     grey_p, h_p, e_p = _pyramid(grey, 3), _pyramid(h, 3), _pyramid(e, 3)
     for level in range(3):  # gradient magnitude, local std and Laplacian energy at 3 scales

@@ -36,7 +36,11 @@ class EncoderSpec:
         except ValueError:
             choices = ", ".join(k.value for k in EncoderKind)
             raise EncoderError(f"unknown encoder kind {self.kind!r}; choose one of: {choices}") from None
-        if self.kind is not EncoderKind.DESCRIPTOR and not self.model_name and not str(self.pretrained or "").startswith("hf-hub:"):
+        if (
+            self.kind is not EncoderKind.DESCRIPTOR
+            and not self.model_name
+            and not str(self.pretrained or "").startswith("hf-hub:")
+        ):
             raise EncoderError(f"encoder kind {self.kind.value!r} needs a model_name (e.g. 'ViT-B-32' or 'resnet50')")
         if self.input_size is not None and int(self.input_size) <= 0:
             raise EncoderError(f"encoder input_size must be positive, got {self.input_size}")

@@ -17,11 +17,10 @@ from protoseg.models.encoders.weights import (
     seeded_init,
     weights_error,
 )
+from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 #: ``pretrained`` values that mean "timm's default pretrained tag of this model".
 DEFAULT_TAGS = ("default", "hub", "timm")
 
@@ -69,8 +68,8 @@ class TimmImageEncoder(ImageEncoder):
             raise weights_error(model_name, source, exc, setting) from exc
         self.model = model
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        mean = tuple(cfg.get("mean", _IMAGENET_MEAN))
-        std = tuple(cfg.get("std", _IMAGENET_STD))
+        mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+        std = tuple(cfg.get("std", IMAGENET_STD))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.input_size = int(input_size or cfg.get("input_size", (3, 224, 224))[-1])
@@ -84,7 +83,7 @@ class TimmImageEncoder(ImageEncoder):
         """True for models (ViTs) whose position embeddings fix the input size at creation."""
         try:
             cfg = timm.models.get_pretrained_cfg(name)
-        except Exception:
+        except Exception:  # noqa: BLE001 - unknown or odd names: treat as resizable
             return False
         return bool(getattr(cfg, "fixed_input_size", False)) if cfg is not None else False
 

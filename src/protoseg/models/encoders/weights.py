@@ -54,14 +54,13 @@ class WeightSource:
 
 def _looks_like_path(value: str) -> bool:
     return (
-        os.sep in value
-        or "/" in value
-        or value.startswith((".", "~"))
-        or value.lower().endswith(_WEIGHT_SUFFIXES)
+        os.sep in value or "/" in value or value.startswith((".", "~")) or value.lower().endswith(_WEIGHT_SUFFIXES)
     ) and not value.startswith("hf-hub:")
 
 
-def resolve_weights(pretrained: str | os.PathLike | None, model_name: str, setting: str = PRETRAINED_SETTING) -> WeightSource:
+def resolve_weights(
+    pretrained: str | os.PathLike | None, model_name: str, setting: str = PRETRAINED_SETTING
+) -> WeightSource:
     """Classify a ``pretrained`` value; a path that does not exist raises ``EncoderWeightsError`` now."""
     if pretrained is None or str(pretrained).strip() == "":
         return WeightSource(WeightKind.RANDOM)
@@ -81,7 +80,9 @@ def resolve_weights(pretrained: str | os.PathLike | None, model_name: str, setti
     return WeightSource(WeightKind.TAG, value)
 
 
-def weights_error(model_name: str, source: WeightSource, cause: BaseException, setting: str = PRETRAINED_SETTING) -> EncoderWeightsError:
+def weights_error(
+    model_name: str, source: WeightSource, cause: BaseException, setting: str = PRETRAINED_SETTING
+) -> EncoderWeightsError:
     """Build the error raised when a library failed to fetch or load the weights."""
     where = {
         WeightKind.TAG: "hub tag",
@@ -92,7 +93,8 @@ def weights_error(model_name: str, source: WeightSource, cause: BaseException, s
     }[source.kind]
     return EncoderWeightsError(
         f"could not load weights for encoder {model_name!r} from {where} {source.value!r}: "
-        f"{type(cause).__name__}: {str(cause).rstrip('. ')}. Without network access, download the weights elsewhere and set "
+        f"{type(cause).__name__}: {str(cause).rstrip('. ')}. Without network access, download the weights "
+        "elsewhere and set "
         f"`{setting}` to the local checkpoint path (e.g. /data/weights/model.pt); check that the file "
         "matches the model architecture."
     )

@@ -1,10 +1,12 @@
 """Shared widget plumbing: background jobs (progress, cancel, events delivered on the GUI thread),
-slide-layer lookups and coordinate conversion, cross-widget signals and a region-source registry."""
+slide-layer lookups and coordinate conversion, cross-widget signals and a region-source registry, the
+choices several widgets offer (devices, data sources), a row layout helper and the triton/LLVM guard."""
 
 from __future__ import annotations
 
 import logging
 import queue
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,9 +16,9 @@ from psygnal import Signal
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
 
+from protoseg.cancel import Cancelled, CancelToken
 from protoseg.classes import BCSS_WSSS, LUAD_HISTOSEG, ClassSpec
 from protoseg.errors import ProtosegError
-from protoseg.cancel import CancelToken
 
 if TYPE_CHECKING:
     from protoseg.data.regions import RegionSource
@@ -26,6 +28,35 @@ logger = logging.getLogger(__name__)
 
 class WidgetError(ProtosegError):
     """A widget cannot do what was asked with the current inputs; the message says what to set."""
+
+
+# ---- choices shared by several widgets ---------------------------------------------------------
+#: Device choices of the Train and Predict widgets (auto: CUDA, then MPS, then CPU).
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Data sources of the Train and Image bank widgets: a patch-dataset folder or the tagged regions.
+FOLDER, REGIONS = "Dataset folder", "Tagged regions"
+
+
+# ---- triton / Mesa LLVM ------------------------------------------------------------------------
+def guard_triton_llvm_clash() -> bool:
+    """Keep triton out of a process whose OpenGL driver already loaded Mesa's libLLVM (llvmpipe, radeonsi).
+
+    Loading triton's own LLVM after that segfaults the viewer; torch imports triton only for
+    ``torch.compile`` (torchvision -> torch._dynamo probes for it), which protoseg does not use.
+    Call it before code that may import torchvision (building a model, starting a job); it is cheap
+    and idempotent. Returns True when triton was marked unavailable.
+    """
+    if "triton" in sys.modules:
+        return False
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux: no Mesa libLLVM clash
+        return False
+    if "libLLVM" not in maps:
+        return False
+    sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` now raises ImportError
+    logger.info("OpenGL uses Mesa's LLVM: triton disabled in this napari session to avoid an LLVM clash")
+    return True
 
 
 # ---- cross-widget signals and registry ---------------------------------------------------------
@@ -39,7 +70,7 @@ class _Hub:
 hub = _Hub()
 checkpoint_ready = hub.checkpoint_ready
 regions_changed = hub.regions_changed
-_REGION_SOURCES: dict[str, "RegionSource"] = {}
+_REGION_SOURCES: dict[str, RegionSource] = {}
 
 
 def register_regions(source: RegionSource) -> None:
@@ -100,8 +131,20 @@ def box_world_center(box: tuple[int, int, int, int], slide: Any) -> tuple[float,
 
 
 # ---- classes ---------------------------------------------------------------------------------
-_PALETTE = ((255, 165, 0), (0, 255, 255), (255, 0, 255), (128, 128, 0), (0, 128, 128), (128, 0, 0),
-            (255, 0, 0), (0, 255, 0), (0, 0, 255), (153, 0, 255), (255, 255, 0), (128, 0, 128))
+_PALETTE = (
+    (255, 165, 0),
+    (0, 255, 255),
+    (255, 0, 255),
+    (128, 128, 0),
+    (0, 128, 128),
+    (128, 0, 0),
+    (255, 0, 0),
+    (0, 255, 0),
+    (0, 0, 255),
+    (153, 0, 255),
+    (255, 255, 0),
+    (128, 0, 128),
+)
 
 
 def classes_from_text(text: str) -> ClassSpec:
@@ -137,6 +180,16 @@ def rgb_to_hex(rgb: tuple[int, int, int]) -> str:
 
 
 # ---- small widgets -------------------------------------------------------------------------------
+def row(*widgets: QWidget) -> QWidget:
+    """The widgets side by side in one borderless row."""
+    box = QWidget()
+    layout = QHBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        layout.addWidget(w)
+    return box
+
+
 class PathEdit(QWidget):
     """A path field with a browse button; ``mode`` is "dir", "open" or "save"."""
 
@@ -156,7 +209,7 @@ class PathEdit(QWidget):
     def text(self) -> str:
         return self.edit.text().strip()
 
-    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
+    def setText(self, text: str) -> None:
         self.edit.setText(str(text))
 
     def browse(self) -> str:
@@ -241,14 +294,19 @@ class BackgroundJob(QObject):
     ``report(item)`` may be called from the worker thread: items are queued and handed to
     ``on_events(list_of_items)`` on the GUI thread every ``interval_ms`` (batched, so a fast loop cannot
     flood the event loop). ``on_done(result)`` or ``on_error(exc)`` run on the GUI thread after the last
-    events. ``cancel()`` sets the ``CancelToken`` the function is expected to honour.
+    events. ``cancel()`` sets the ``CancelToken`` the function is expected to honour; a function that
+    stops by raising ``protoseg.cancel.Cancelled`` reaches ``on_error`` with it (logged as info, not as a failure).
     """
 
-    def __init__(self, fn: Callable[[Callable[[Any], None], CancelToken], Any],
-                 on_events: Callable[[list[Any]], None] | None = None,
-                 on_done: Callable[[Any], None] | None = None,
-                 on_error: Callable[[BaseException], None] | None = None,
-                 interval_ms: int = 50, parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Callable[[Any], None], CancelToken], Any],
+        on_events: Callable[[list[Any]], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        interval_ms: int = 50,
+        parent: QObject | None = None,
+    ) -> None:
         super().__init__(parent)
         self.fn, self.on_events, self.on_done, self.on_error = fn, on_events, on_done, on_error
         self.token = CancelToken()
@@ -260,10 +318,8 @@ class BackgroundJob(QObject):
         self.worker: Any = None
         self.finished = False
 
-    def start(self) -> "BackgroundJob":
+    def start(self) -> BackgroundJob:
         from napari.qt.threading import create_worker
-
-        from protoseg.napari.widgets import guard_triton_llvm_clash
 
         guard_triton_llvm_clash()  # the job may import torchvision after OpenGL started
         self.worker = create_worker(self.fn, self._queue.put, self.token, _start_thread=False, _ignore_errors=True)
@@ -302,7 +358,10 @@ class BackgroundJob(QObject):
         if kind == "done" and self.on_done is not None:
             self.on_done(value)
         elif kind == "error":
-            logger.error("background job failed: %s", value, exc_info=value)
+            if isinstance(value, Cancelled):
+                logger.info("background job stopped: %s", value)
+            else:
+                logger.error("background job failed: %s", value, exc_info=value)
             if self.on_error is not None:
                 self.on_error(value)
 

@@ -12,17 +12,41 @@ import numpy as np
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
-    QAbstractItemView, QComboBox, QFormLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-    QScrollArea, QSpinBox, QTabWidget, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
 )
 
 from protoseg.bank import ImageBank, add_from_slide, exclude, include, load_bank, pin, recluster, save_bank, unpin
+from protoseg.cancel import Cancelled, check_cancelled
 from protoseg.config import ProtosegConfig
 from protoseg.napari.widgets._common import (
-    BackgroundJob, LayerCombo, NapariProgress, PathEdit, StatusLabel, WidgetError, box_world_center,
-    find_slide_layer, layer_to_level0, region_sources, regions_changed, slide_meta,
+    FOLDER,
+    REGIONS,
+    BackgroundJob,
+    LayerCombo,
+    NapariProgress,
+    PathEdit,
+    StatusLabel,
+    WidgetError,
+    box_world_center,
+    find_slide_layer,
+    layer_to_level0,
+    region_sources,
+    regions_changed,
+    row,
+    slide_meta,
 )
-from protoseg.napari.widgets.train import FOLDER, REGIONS, _row
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +105,16 @@ class BankWidget(QWidget):
         self.load_btn.clicked.connect(lambda: g(lambda: self.set_bank(load_bank(self._bank_path()))))
         self.save_btn.clicked.connect(lambda: g(self.save))
         self.ckpt_btn.clicked.connect(lambda: g(self.load_checkpoint_bank))
-        for btn, fn in ((self.exclude_btn, exclude), (self.include_btn, include), (self.pin_btn, pin),
-                        (self.unpin_btn, unpin)):
+        for btn, fn in (
+            (self.exclude_btn, exclude),
+            (self.include_btn, include),
+            (self.pin_btn, pin),
+            (self.unpin_btn, unpin),
+        ):
             btn.clicked.connect(lambda _=False, f=fn: g(lambda: self.curate(f)))
-        self.recluster_btn.clicked.connect(lambda: g(lambda: self.set_bank(recluster(self._need_bank(), self.k.value()))))
+        self.recluster_btn.clicked.connect(
+            lambda: g(lambda: self.set_bank(recluster(self._need_bank(), self.k.value())))
+        )
         self.add_btn.clicked.connect(lambda: g(self.add_selection))
         regions_changed.connect(self._refresh_regions)
         self._refresh_regions()
@@ -97,7 +127,7 @@ class BankWidget(QWidget):
         form.addRow("Sub-clusters K", self.k)
         form.addRow("", self.build_btn)
         form.addRow("Bank folder", self.bank_dir)
-        form.addRow("", _row(self.load_btn, self.save_btn))
+        form.addRow("", row(self.load_btn, self.save_btn))
         form.addRow("Checkpoint", self.ckpt)
         form.addRow("", self.ckpt_btn)
         add = QFormLayout()
@@ -108,7 +138,7 @@ class BankWidget(QWidget):
         root.addLayout(form)
         root.addWidget(self.summary)
         root.addWidget(self.tabs, 1)
-        root.addWidget(_row(self.exclude_btn, self.include_btn, self.pin_btn, self.unpin_btn))
+        root.addWidget(row(self.exclude_btn, self.include_btn, self.pin_btn, self.unpin_btn))
         root.addWidget(self.recluster_btn)
         root.addLayout(add)
         root.addWidget(self.add_btn)
@@ -175,7 +205,9 @@ class BankWidget(QWidget):
             item = QListWidgetItem(thumbnail_icon(bank.thumbnails[i], m.excluded, m.pinned), " ".join(flags))
             item.setData(ID_ROLE, m.member_id)
             where = f"{Path(m.source).name}" + (f" box {m.box}" if m.box else "")
-            item.setToolTip(f"{m.member_id} · {where} · distance {m.distance:.3f}" + (f" · {', '.join(flags)}" if flags else ""))
+            item.setToolTip(
+                f"{m.member_id} · {where} · distance {m.distance:.3f}" + (f" · {', '.join(flags)}" if flags else "")
+            )
             lst.addItem(item)
         lst.itemClicked.connect(self.go_to_member)
         self.lists.append(lst)
@@ -241,12 +273,25 @@ class BankWidget(QWidget):
 
         def on_error(exc: BaseException) -> None:
             self.progress.close()
-            self.status.error(str(exc))
+            if isinstance(exc, Cancelled):  # the job's cancel token was set: nothing changed
+                self.bar.setValue(0)
+                self.status.ok(f"{exc}; the bank is unchanged")
+            else:
+                self.status.error(str(exc))
 
         self.bar.setValue(0)
         self.status.ok("working…")
         self.job = BackgroundJob(work, on_events, on_done, on_error, parent=self).start()
         return self.job
+
+    def cancel(self) -> None:
+        """Stop the running bank job at its next progress step (a cancelled build leaves no bank)."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+
+    def closeEvent(self, event: Any) -> None:
+        self.cancel()
+        super().closeEvent(event)
 
     def build(self) -> BackgroundJob:
         """Build from the dataset folder or the chosen tagged regions into the bank folder (worker thread)."""
@@ -261,8 +306,15 @@ class BankWidget(QWidget):
         elif not self.folder.text():
             raise WidgetError("choose the training patch folder to build from")
         cfg = replace(cfg, data=replace(cfg.data, root=self.folder.text()), bank=replace(cfg.bank, k=self.k.value()))
-        return self._run(lambda report, cancel: build_bank_job(cfg, out, regions, lambda d, t: report((d, t))),
-                         f"bank built and saved to {out}")
+
+        def work(report: Any, cancel: Any) -> ImageBank:
+            def progress(done: int, total: int) -> None:
+                report((done, total))
+                check_cancelled(cancel, "bank build")
+
+            return build_bank_job(cfg, out, regions, progress)
+
+        return self._run(work, f"bank built and saved to {out}")
 
     def add_selection(self) -> BackgroundJob:
         """Each selected shape's bounding box on the slide becomes a member of the chosen class."""
@@ -283,10 +335,13 @@ class BankWidget(QWidget):
 
         def work(report: Any, cancel: Any) -> ImageBank:
             encoder, handle, out = encoder_for_bank(bank.encoder_id), open_slide(path), bank
-            for n, box in enumerate(boxes):
-                out = add_from_slide(out, handle, box, c, encoder, mpp=mpp)
-                report((n + 1, len(boxes)))
-            handle.close()
+            try:
+                for n, box in enumerate(boxes):
+                    check_cancelled(cancel, "adding prototypes")
+                    out = add_from_slide(out, handle, box, c, encoder, mpp=mpp)
+                    report((n + 1, len(boxes)))
+            finally:
+                handle.close()
             return out
 
         return self._run(work, f"added {len(boxes)} prototype(s) to {bank.class_spec.names[c]}; save to keep them")

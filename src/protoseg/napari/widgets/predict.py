@@ -4,34 +4,98 @@ background as the user pans, whole-slide batch to OME-Zarr (progress, cancel, re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-    QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
+from protoseg.cancel import Cancelled, CancelLike
 from protoseg.classes import ClassSpec
-from protoseg.napari.layers import (
-    ChunkScheduler, Placement, export_result, lazy_layer_data, read_area_csv, run_batch, zarr_layer_data,
-)
+from protoseg.export import AreaRow, ExportFormat, default_output, export_format, export_prediction, read_area_csv
+from protoseg.napari.overlays import Placement, lazy_layer_data, zarr_layer_data
+from protoseg.napari.scheduler import ChunkScheduler
 from protoseg.napari.widgets._common import (
-    BackgroundJob, LayerCombo, NapariProgress, PathEdit, StatusLabel, WidgetError, checkpoint_ready,
-    classes_from_checkpoint, slide_meta,
+    DEVICES,
+    BackgroundJob,
+    LayerCombo,
+    NapariProgress,
+    PathEdit,
+    StatusLabel,
+    WidgetError,
+    checkpoint_ready,
+    classes_from_checkpoint,
+    guard_triton_llvm_clash,
+    row,
+    slide_meta,
 )
 from protoseg.napari.widgets.legend import Legend
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
-EXPORTS = {  # kind -> (button, file filter, default suffix)
-    "ome-zarr": ("OME-Zarr", "OME-Zarr folder (*.zarr)", ".zarr"),
-    "ome-tiff": ("OME-TIFF", "OME-TIFF (*.ome.tif)", ".mask.ome.tif"),
-    "geojson": ("GeoJSON", "GeoJSON (*.geojson)", ".geojson"),
-    "areas": ("Areas CSV", "CSV (*.csv)", ".areas.csv"),
+EXPORTS = {  # format -> (button, file filter); default names come from protoseg.export.default_output
+    ExportFormat.OME_ZARR: ("OME-Zarr", "OME-Zarr folder (*.zarr)"),
+    ExportFormat.OME_TIFF: ("OME-TIFF", "OME-TIFF (*.ome.tif)"),
+    ExportFormat.GEOJSON: ("GeoJSON", "GeoJSON (*.geojson)"),
+    ExportFormat.AREAS: ("Areas CSV", "CSV (*.csv)"),
 }
+
+
+# ---- whole-slide batch (Qt-free) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchOutcome:
+    """Result of :func:`run_batch`: the output folder, the library's summary (None if cancelled), progress."""
+
+    path: Path
+    result: Any
+    cancelled: bool
+    done: int
+    total: int
+
+
+def run_batch(
+    predictor: Any,
+    slide: Any,
+    out_dir: str | Path,
+    *,
+    report: Callable[[tuple[int, int]], None],
+    cancel: CancelLike | None = None,
+    **kwargs: Any,
+) -> BatchOutcome:
+    """``predict_slide_to_omezarr`` (resuming) reporting (done, total); ``cancel`` stops it at the next chunk
+    (finished chunks are kept, so running it again resumes)."""
+    from protoseg.infer import predict_slide_to_omezarr
+
+    state = [0, 0]
+
+    def progress(done: int, total: int) -> None:
+        state[:] = [int(done), int(total)]
+        report((int(done), int(total)))
+
+    try:
+        result = predict_slide_to_omezarr(
+            predictor, slide, out_dir, resume=True, progress=progress, cancel=cancel, **kwargs
+        )
+    except Cancelled:
+        logger.info("batch prediction to %s cancelled at %d/%d chunks", out_dir, *state)
+        return BatchOutcome(Path(out_dir), None, True, state[0], state[1])
+    return BatchOutcome(Path(out_dir), result, False, result.chunks_total, result.chunks_total)
 
 
 class _Bridge(QObject):
@@ -93,16 +157,16 @@ class PredictWidget(QWidget):
         form.addRow("Device", self.device)
         form.addRow("Batch size", self.batch)
         form.addRow("Chunk (px)", self.chunk)
-        form.addRow("", _row(self.tta, self.tissue))
+        form.addRow("", row(self.tta, self.tissue))
         form.addRow("Show CAM of", self.class_combo)
         batch = QGroupBox("Whole slide")
         bl = QVBoxLayout(batch)
         bl.addWidget(self.out)
-        bl.addWidget(_row(self.batch_btn, self.cancel_btn))
+        bl.addWidget(row(self.batch_btn, self.cancel_btn))
         bl.addWidget(self.bar)
         export = QGroupBox("Export")
         el = QVBoxLayout(export)
-        el.addWidget(_row(*self.export_btns.values()))
+        el.addWidget(row(*self.export_btns.values()))
         el.addWidget(self.areas)
         root = QVBoxLayout(self)
         root.addLayout(form)
@@ -160,8 +224,10 @@ class PredictWidget(QWidget):
         elif slide_meta(layer).get("mpp"):
             self.mpp_hint.ok(f"slide resolution {slide_meta(layer)['mpp']:.4g} µm/px")
         else:
-            self.mpp_hint.error(f"{layer.name} has no microns-per-pixel metadata: set 'Slide mpp' below "
-                                "(e.g. 0.25 for 40x, 0.5 for 20x scans)")
+            self.mpp_hint.error(
+                f"{layer.name} has no microns-per-pixel metadata: set 'Slide mpp' below "
+                "(e.g. 0.25 for 40x, 0.5 for 20x scans)"
+            )
 
     def _slide_inputs(self) -> tuple[Any, str, float | None]:
         layer = self.slide.layer()
@@ -172,6 +238,7 @@ class PredictWidget(QWidget):
 
     def predictor(self) -> Any:
         """The Predictor for the current checkpoint/device/batch/TTA (rebuilt only when they change)."""
+        guard_triton_llvm_clash()  # building the model may import torchvision
         from protoseg.infer import Predictor
 
         self._load_classes()
@@ -183,9 +250,11 @@ class PredictWidget(QWidget):
 
     def _check_mpp(self, predictor: Any, layer: Any, override: float | None) -> None:
         if predictor.mpp is not None and override is None and not slide_meta(layer).get("mpp"):
-            raise WidgetError(f"{layer.name} has no microns-per-pixel metadata and the model expects "
-                              f"{predictor.mpp:g} µm/px: set 'Slide mpp' to the scan resolution "
-                              "(e.g. 0.25 for 40x, 0.5 for 20x)")
+            raise WidgetError(
+                f"{layer.name} has no microns-per-pixel metadata and the model expects "
+                f"{predictor.mpp:g} µm/px: set 'Slide mpp' to the scan resolution "
+                "(e.g. 0.25 for 40x, 0.5 for 20x)"
+            )
 
     # ---- lazy overlays ---------------------------------------------------------------------------
     def show_overlays(self) -> list[Any]:
@@ -197,8 +266,9 @@ class PredictWidget(QWidget):
         predictor = self.predictor()
         layer, path, override = self._slide_inputs()
         self._check_mpp(predictor, layer, override)
-        lazy = LazyPrediction(predictor, path, slide_mpp=override, chunk=self.chunk.value(),
-                              tissue_only=self.tissue.isChecked())
+        lazy = LazyPrediction(
+            predictor, path, slide_mpp=override, chunk=self.chunk.value(), tissue_only=self.tissue.isChecked()
+        )
         self._clear_overlays()
         self.scheduler = ChunkScheduler(lazy, on_ready=self._bridge.ready.emit)
         placement = Placement.on_slide(layer.scale, layer.translate, lazy.layout.geom.scale, _units(layer))
@@ -298,8 +368,10 @@ class PredictWidget(QWidget):
             self.status.ok(f"cancelled at {outcome.done}/{outcome.total} chunks; 'Whole slide' resumes from there")
             return
         r = outcome.result
-        self.status.ok(f"whole slide done in {r.seconds:.1f} s ({r.chunks_predicted} chunks predicted, "
-                       f"{r.chunks_resumed} resumed): {outcome.path}")
+        self.status.ok(
+            f"whole slide done in {r.seconds:.1f} s ({r.chunks_predicted} chunks predicted, "
+            f"{r.chunks_resumed} resumed): {outcome.path}"
+        )
         self.open_batch_result(outcome.path)
 
     def _on_batch_error(self, exc: BaseException) -> None:
@@ -333,45 +405,49 @@ class PredictWidget(QWidget):
             raise WidgetError("no whole-slide result yet: run 'Whole slide' first (exports read its OME-Zarr)")
         return path
 
-    def export(self, kind: str, out: str | Path, wait: bool = True) -> Any:
-        """Write an export ("ome-zarr", "ome-tiff", "geojson", "areas") of the batch result to ``out``.
+    def export(self, kind: ExportFormat | str, out: str | Path, wait: bool = True) -> Any:
+        """Write an export (an ``ExportFormat`` or its value: "ome-zarr", "ome-tiff", "geojson", "areas") of the
+        batch result to ``out``.
 
         ``wait=False`` runs it in a worker (what the buttons do) and returns the job.
         """
+        kind = export_format(kind)
         src = self._result()
         if wait:
-            path = export_result(src, kind, out)
+            path = export_prediction(src, kind, out)
             self._exported(kind, path)
             return path
-        job = BackgroundJob(lambda report, cancel: export_result(src, kind, out),
-                            on_done=lambda p: self._exported(kind, p),
-                            on_error=lambda e: self.status.error(f"export failed: {e}"), parent=self)
+        job = BackgroundJob(
+            lambda report, cancel: export_prediction(src, kind, out),
+            on_done=lambda p: self._exported(kind, p),
+            on_error=lambda e: self.status.error(f"export failed: {e}"),
+            parent=self,
+        )
         self.status.ok(f"writing {EXPORTS[kind][0]} …")
         return job.start()
 
-    def _exported(self, kind: str, path: Path) -> None:
+    def _exported(self, kind: ExportFormat, path: Path) -> None:
         self.status.ok(f"wrote {path}")
-        if kind == "areas":
+        if kind is ExportFormat.AREAS:
             self.show_areas(read_area_csv(path))
 
-    def show_areas(self, rows: list[tuple[str, float, float | None]]) -> None:
+    def show_areas(self, rows: list[AreaRow]) -> None:
         """Fill the area table with the tissue classes (class, mm², % of tissue)."""
-        tissue = [r for r in rows if r[2] is not None]
+        tissue = [r for r in rows if r.tissue_fraction is not None]
         self.areas.setRowCount(len(tissue))
-        for i, (name, mm2, frac) in enumerate(tissue):
-            for j, text in enumerate((name, f"{mm2:.4f}", f"{100 * frac:.1f}")):
+        for i, r in enumerate(tissue):
+            for j, text in enumerate((r.name, f"{r.area_mm2:.4f}", f"{100 * r.tissue_fraction:.1f}")):
                 self.areas.setItem(i, j, QTableWidgetItem(text))
         self.areas.resizeColumnsToContents()
 
-    def _export_dialog(self, kind: str) -> None:
+    def _export_dialog(self, kind: ExportFormat) -> None:
         src = self._result()
-        label, file_filter, suffix = EXPORTS[kind]
-        default = str(src.with_name(src.name.removesuffix(".zarr") + ("-copy.zarr" if kind == "ome-zarr" else suffix)))
-        out, _ = QFileDialog.getSaveFileName(self, f"Export {label}", default, file_filter)
+        label, file_filter = EXPORTS[kind]
+        out, _ = QFileDialog.getSaveFileName(self, f"Export {label}", str(default_output(src, kind)), file_filter)
         if out:
             self.export(kind, out, wait=False)
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+    def closeEvent(self, event: Any) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
         if self.job is not None and self.job.running:
@@ -382,12 +458,3 @@ class PredictWidget(QWidget):
 def _units(layer: Any) -> Any:
     units = getattr(layer, "units", None)
     return None if units is None else tuple(str(u) for u in units)
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    box = QWidget()
-    layout = QHBoxLayout(box)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for w in widgets:
-        layout.addWidget(w)
-    return box

@@ -10,18 +10,40 @@ import numpy as np
 import pandas as pd
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
-    QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-    QVBoxLayout, QWidget,
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from protoseg.classes import BCSS_WSSS, ClassSpec
 from protoseg.config import ProtosegConfig
 from protoseg.data.regions import (
-    RegionAnnotation, RegionSource, load_regions_geojson, regions_from_napari, regions_to_napari, save_regions_geojson,
+    RegionAnnotation,
+    RegionSource,
+    load_regions_geojson,
+    regions_from_napari,
+    regions_to_napari,
+    save_regions_geojson,
 )
 from protoseg.napari.widgets._common import (
-    LayerCombo, PathEdit, StatusLabel, WidgetError, classes_from_checkpoint, classes_from_dataset, classes_from_text, layer_to_level0,
-    level0_to_layer, register_regions, slide_meta,
+    LayerCombo,
+    PathEdit,
+    StatusLabel,
+    WidgetError,
+    classes_from_checkpoint,
+    classes_from_dataset,
+    classes_from_text,
+    layer_to_level0,
+    level0_to_layer,
+    register_regions,
+    slide_meta,
 )
 from protoseg.train.jobs import source_data
 
@@ -75,8 +97,9 @@ class RegionTagWidget(QWidget):
         self.source: RegionSource | None = None
         self._build_layout()
         self.new_btn.clicked.connect(self.new_regions_layer)
-        self.set_classes_btn.clicked.connect(lambda: self.status.guard(lambda: self.set_classes(
-            classes_from_text(self.classes_edit.text()))))
+        self.set_classes_btn.clicked.connect(
+            lambda: self.status.guard(lambda: self.set_classes(classes_from_text(self.classes_edit.text())))
+        )
         self.ckpt_btn.clicked.connect(lambda: self._classes_from(classes_from_checkpoint, "open", "*.pt"))
         self.dataset_btn.clicked.connect(lambda: self._classes_from(classes_from_dataset, "dir", ""))
         self.save_btn.clicked.connect(lambda: self.status.guard(self.save_geojson))
@@ -203,8 +226,13 @@ class RegionTagWidget(QWidget):
         layer.feature_defaults = {**defaults, **{n: n in split_tags(defaults[TAGS]) for n in self.classes.names}}
         layer.text = {"string": "{" + TAGS + "}", "color": "black", "size": 10, "anchor": "upper_left"}
         colours = dict(zip(self.classes.names, self.classes.colors))
-        rgb = np.array([colours.get(next((n for n in self.classes.names if n in t), ""), UNTAGGED)
-                        for t in tags], dtype=np.float64).reshape(-1, 3) / 255.0
+        rgb = (
+            np.array(
+                [colours.get(next((n for n in self.classes.names if n in t), ""), UNTAGGED) for t in tags],
+                dtype=np.float64,
+            ).reshape(-1, 3)
+            / 255.0
+        )
         if len(rgb):
             layer.edge_color = np.c_[rgb, np.ones(len(rgb))]
             layer.face_color = np.c_[rgb, np.full(len(rgb), 0.15)]
@@ -218,7 +246,8 @@ class RegionTagWidget(QWidget):
         tags = self.tags()
         for i in layer.selected_data:
             present = set(tags[i]) | {name} if checked else set(tags[i]) - {name}
-            tags[i] = tuple(n for n in self.classes.names if n in present) + tuple(sorted(present - set(self.classes.names)))
+            known = tuple(n for n in self.classes.names if n in present)
+            tags[i] = known + tuple(sorted(present - set(self.classes.names)))
         self._sync(tags)
 
     def _on_selection(self, *_: Any) -> None:
@@ -295,7 +324,9 @@ class RegionTagWidget(QWidget):
         per_class = ", ".join(f"{n} {c}" for n, c in zip(self.classes.names, counts))
         register_regions(source)
         self.source = source
-        self.status.ok(f"'{layer.name}': {len(regions)} regions -> {len(data.train)} patches of "
-                 f"{ProtosegConfig().data.patch_size} px at {mpp:g} µm/px ({per_class}); "
-                 "pick it in the Train or Image bank widget")
+        self.status.ok(
+            f"'{layer.name}': {len(regions)} regions -> {len(data.train)} patches of "
+            f"{ProtosegConfig().data.patch_size} px at {mpp:g} µm/px ({per_class}); "
+            "pick it in the Train or Image bank widget"
+        )
         return source

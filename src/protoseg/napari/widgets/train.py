@@ -6,27 +6,46 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton,
-    QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
 from protoseg.config import AddOn, ProtosegConfig, Recipe
 from protoseg.napari.widgets._common import (
-    BackgroundJob, NapariProgress, PathEdit, StatusLabel, WidgetError, checkpoint_ready, region_sources,
+    DEVICES,
+    FOLDER,
+    REGIONS,
+    BackgroundJob,
+    NapariProgress,
+    PathEdit,
+    StatusLabel,
+    WidgetError,
+    checkpoint_ready,
+    guard_triton_llvm_clash,
+    region_sources,
     regions_changed,
+    row,
 )
 from protoseg.train.events import EventKind, TrainEvent
-from protoseg.train.jobs import JobOutcome, run_training
+
+if TYPE_CHECKING:
+    from protoseg.train.jobs import JobOutcome
 
 logger = logging.getLogger(__name__)
 
-FOLDER, REGIONS = "Dataset folder", "Tagged regions"
 BACKBONES = ("resnet18", "pvt_v2_b0", "pvt_v2_b1", "resnet50", "convnext_tiny")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 COLOURS = {"stage1": "#4c9be8", "stage2": "#f0a04b"}
 
 
@@ -92,16 +111,25 @@ class LossPlot(QWidget):
             self._timer.start(int(wait * 1000) + 1)
 
     def redraw(self) -> None:
-        for key, (xs, ys) in [*((f"loss:{s}", v) for s, v in self.losses.items()),
-                              *((f"val:{s}", v) for s, v in self.val.items())]:
+        for key, (xs, ys) in [
+            *((f"loss:{s}", v) for s, v in self.losses.items()),
+            *((f"val:{s}", v) for s, v in self.val.items()),
+        ]:
             kind, stage = key.split(":")
             if key not in self._lines:
                 ax = self.ax if kind == "loss" else self.ax_val
                 style = {"lw": 1.2} if kind == "loss" else {"ls": "none", "marker": "o", "ms": 4, "mfc": "#e06c6c"}
-                self._lines[key] = ax.plot([], [], color=COLOURS.get(stage, "#c0c0c0"), label=f"{kind} {stage}",
-                                           **style)[0]
-                self.ax.legend(handles=list(self._lines.values()), fontsize=6, loc="upper right",
-                               facecolor="#262930", labelcolor="#d0d0d0", edgecolor="#808080")
+                self._lines[key] = ax.plot(
+                    [], [], color=COLOURS.get(stage, "#c0c0c0"), label=f"{kind} {stage}", **style
+                )[0]
+                self.ax.legend(
+                    handles=list(self._lines.values()),
+                    fontsize=6,
+                    loc="upper right",
+                    facecolor="#262930",
+                    labelcolor="#d0d0d0",
+                    edgecolor="#808080",
+                )
             self._lines[key].set_data(xs, ys)
         self.ax.relim()
         self.ax.autoscale_view()
@@ -165,7 +193,7 @@ class TrainWidget(QWidget):
             addons.addWidget(box)
         form.addRow("Add-ons", addons)
         form.addRow("Backbone", self.backbone)
-        form.addRow("Epochs (stage 1 / 2)", _row(self.epochs, self.epochs2))
+        form.addRow("Epochs (stage 1 / 2)", row(self.epochs, self.epochs2))
         form.addRow("Batch size", self.batch)
         form.addRow("Learning rate", self.lr)
         form.addRow("Patch size (px)", self.patch)
@@ -176,7 +204,7 @@ class TrainWidget(QWidget):
         root.addLayout(form)
         root.addWidget(self.stage2)
         root.addWidget(self.resume)
-        root.addWidget(_row(self.start_btn, self.cancel_btn))
+        root.addWidget(row(self.start_btn, self.cancel_btn))
         root.addWidget(self.bar)
         root.addWidget(self.status)
         root.addWidget(self.plot)
@@ -215,8 +243,13 @@ class TrainWidget(QWidget):
             data=replace(cfg.data, root=root, patch_size=self.patch.value(), batch_size=self.batch.value()),
             bank=replace(cfg.bank, path=self.bank.text() or None),
             model=replace(cfg.model, backbone=backbone),
-            stage1=replace(cfg.stage1, recipe=Recipe(self.recipe.currentText()), addons=addons,
-                           epochs=self.epochs.value(), lr=float(self.lr.value())),
+            stage1=replace(
+                cfg.stage1,
+                recipe=Recipe(self.recipe.currentText()),
+                addons=addons,
+                epochs=self.epochs.value(),
+                lr=float(self.lr.value()),
+            ),
             stage2=replace(cfg.stage2, backbone=backbone, epochs=self.epochs2.value()),
             run=replace(cfg.run, out_dir=out, device=self.device.currentText()),
         )
@@ -232,6 +265,8 @@ class TrainWidget(QWidget):
             if regions is None:
                 raise WidgetError("no tagged regions yet: use 'Use as training data' in the Region tagging widget")
         stage2, resume = self.stage2.isChecked(), self.resume.isChecked()
+        guard_triton_llvm_clash()  # before the training code (models, torchvision) is imported
+        from protoseg.train.jobs import run_training
 
         def work(report: Any, cancel: Any) -> JobOutcome:
             return run_training(cfg, regions, stage2=stage2, resume=resume, callbacks=[report], cancel=cancel)
@@ -252,7 +287,7 @@ class TrainWidget(QWidget):
             self.job.cancel()
             self.status.ok("cancelling… (stops after the current step)")
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+    def closeEvent(self, event: Any) -> None:
         """Closing the dock stops a running training (it keeps its last checkpoint)."""
         self.cancel()
         super().closeEvent(event)
@@ -268,8 +303,9 @@ class TrainWidget(QWidget):
             self.progress.update(last.step, last.total_steps, f"protoseg {last.stage}")
         loss = last.losses.get("loss")
         text = f"{last.stage}: epoch {last.epoch + (last.kind is EventKind.STEP)}, step {last.step}/{last.total_steps}"
-        self.status.ok(text + (f", loss {loss:.4f}" if loss is not None else "") +
-                       (f" — {last.message}" if last.message else ""))
+        self.status.ok(
+            text + (f", loss {loss:.4f}" if loss is not None else "") + (f" — {last.message}" if last.message else "")
+        )
         self.plot.request_redraw()
 
     def _finish(self) -> None:
@@ -284,8 +320,8 @@ class TrainWidget(QWidget):
         metric = f" (val mIoU {outcome.metric:.3f})" if outcome.metric is not None else ""
         if outcome.cancelled:
             self.status.ok("cancelled")
-            self.result.ok(f"Cancelled; last checkpoint: {outcome.stage1.last if outcome.stage2 is None else outcome.stage2.last}"
-                           " — tick 'Resume' and Start to continue")
+            last = outcome.stage1.last if outcome.stage2 is None else outcome.stage2.last
+            self.result.ok(f"Cancelled; last checkpoint: {last} — tick 'Resume' and Start to continue")
             return
         self.status.ok(f"done in {outcome.stage1.seconds + (outcome.stage2.seconds if outcome.stage2 else 0):.1f} s")
         self.result.ok(f"Checkpoint: {outcome.checkpoint}{metric}")
@@ -294,12 +330,3 @@ class TrainWidget(QWidget):
     def _on_error(self, exc: BaseException) -> None:
         self._finish()
         self.status.error(f"training failed: {exc}")
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    box = QWidget()
-    layout = QHBoxLayout(box)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for w in widgets:
-        layout.addWidget(w)
-    return box

@@ -1,0 +1,29 @@
+"""``protoseg export``: a batch prediction (OME-Zarr) as OME-Zarr copy, OME-TIFF mask, GeoJSON or area table."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from protoseg.export import ExportFormat
+
+    e = subparsers.add_parser(
+        "export",
+        help="export a prediction (OME-Zarr) as OME-TIFF mask, QuPath GeoJSON, area table or OME-Zarr copy",
+    )
+    e.add_argument("zarr", metavar="ZARR", help="prediction folder written by `protoseg predict`")
+    e.add_argument("--format", "-f", required=True, choices=[f.value for f in ExportFormat])
+    e.add_argument("--out", "-o", default=None, help="output file (default: next to ZARR)")
+    e.add_argument(
+        "--level", type=int, default=None, help="pyramid level to export (default: 0; GeoJSON: finest that fits)"
+    )
+    e.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from protoseg.export import export_prediction
+
+    path = export_prediction(args.zarr, args.format, args.out, level=args.level)
+    print(path)
+    return 0
