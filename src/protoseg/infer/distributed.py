@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from protoseg.slide.formats import slide_stem
 
-_SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,7 @@ def output_names(slide_paths: Sequence[str | os.PathLike[str]], out_dir: str | o
     seen: dict[str, int] = {}
     outs = []
     for p in slide_paths:
-        name = Path(p).name
-        low = name.lower()
-        stem = next((name[: -len(s)] for s in _SLIDE_SUFFIXES if low.endswith(s)), Path(name).stem)
+        stem = re.sub(r"[^\w.+-]", "_", slide_stem(Path(p).name)) or "slide"
         stem = re.sub(r"[^\w.+-]", "_", stem) or "slide"
         seen[stem] = seen.get(stem, 0) + 1
         outs.append(Path(out_dir) / (f"{stem}.zarr" if seen[stem] == 1 else f"{stem}-{seen[stem]}.zarr"))

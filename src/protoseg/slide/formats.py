@@ -27,6 +27,16 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (
 )
 
 
+def slide_stem(path: object) -> str:
+    """File name without its slide extension (``a.ome.tif`` -> ``a``); other names lose their last suffix."""
+    name = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    low = name.lower()
+    for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
+        if low.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+
+
 def is_slide_path(path: object) -> bool:
     """Whether the file name ends with one of ``SUPPORTED_EXTENSIONS`` (case-insensitive; no I/O)."""
     return str(path).lower().endswith(SUPPORTED_EXTENSIONS)

@@ -117,7 +117,7 @@ class TileGrid:
                 if self.min_tissue > 0 and frac is not None and frac < self.min_tissue:
                     continue
                 tiles.append(Tile((x, y, w, h), (out_w, out_h), r, c, frac))
-        return TileSet(tuple(tiles), (len(rows), len(cols)), slide, self, fallback_mpp)
+        return TileSet(tuple(tiles), (len(rows), len(cols)), slide, self)
 
 
 class TileSet(Sequence[Tile]):
@@ -129,13 +129,11 @@ class TileSet(Sequence[Tile]):
         shape: tuple[int, int],
         slide: Slide,
         grid: TileGrid,
-        fallback_mpp: float | None,
     ) -> None:
         self._tiles = tiles
         self.shape = shape
         self.slide = slide
         self.grid = grid
-        self._fallback = fallback_mpp
 
     @overload
     def __getitem__(self, i: int) -> Tile: ...

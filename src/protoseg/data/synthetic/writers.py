@@ -14,11 +14,11 @@ from protoseg.data.masks import labels_from_mask, save_palette_mask
 from protoseg.data.synthetic.layout import random_layout
 from protoseg.data.synthetic.noise import smooth_noise
 from protoseg.data.synthetic.render import render_tissue
+from protoseg.slide.formats import slide_stem
 
 logger = logging.getLogger(__name__)
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
-_SLIDE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 
 
 def _rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -107,14 +107,7 @@ SAMPLE_SLIDE = SyntheticSlideSpec()
 def mask_path_for(path: str | Path) -> Path:
     """``<stem>_mask.png`` beside a slide (``.ome.tif``-style double suffixes are stripped)."""
     path = Path(path)
-    name = path.name
-    for suf in _SLIDE_SUFFIXES:
-        if name.lower().endswith(suf):
-            name = name[: -len(suf)]
-            break
-    else:
-        name = path.stem
-    return path.with_name(f"{name}_mask.png")
+    return path.with_name(f"{slide_stem(path.name)}_mask.png")
 
 
 def slide_layout(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from protoseg.models.encoders.he_features import he_features, stain_matrix_inverse
+from protoseg.slide.pixels import as_rgb_uint8
 
 #: Images of the shared test data used for calibration (tissue only, no pen marks or blank glass).
 CALIBRATION_FILES = (
@@ -37,11 +38,10 @@ def _read_rgb(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".png":
         from PIL import Image
 
-        return np.asarray(Image.open(path).convert("RGB"))
+        return as_rgb_uint8(Image.open(path))
     import tifffile
 
-    arr = tifffile.imread(path, level=0, series=0)
-    return np.ascontiguousarray(arr[..., :3])
+    return as_rgb_uint8(tifffile.imread(path, level=0, series=0))
 
 
 def random_crops(images: Iterable[np.ndarray], size: int = 224, per_image: int = 24, seed: int = 0) -> np.ndarray:

@@ -47,6 +47,7 @@ from protoseg.napari.widgets._common import (
     row,
     slide_meta,
 )
+from protoseg.slide.pixels import as_rgb_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ PIN_FRAME = (255, 200, 0)
 
 def thumbnail_icon(thumb: np.ndarray, excluded: bool, pinned: bool) -> QIcon:
     """Icon of a member thumbnail: excluded ones greyed and faded, pinned ones framed in gold."""
-    rgb = np.array(thumb[..., :3], dtype=np.float32)
+    rgb = as_rgb_uint8(thumb).astype(np.float32)
     if excluded:
         rgb = 0.35 * rgb.mean(axis=2, keepdims=True).repeat(3, axis=2) + 0.65 * 200
     rgb = np.ascontiguousarray(rgb.round().clip(0, 255).astype(np.uint8))
