@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from protoseg.bank import (
-    BankError,
     BankFormatError,
     BankMember,
     ImageBank,
@@ -24,6 +23,7 @@ from protoseg.bank import (
 )
 from protoseg.classes import ClassSpec
 from protoseg.models.encoders import ImageEncoder
+from protoseg.outputs import OutputOwnershipError
 
 torch.set_num_threads(2)
 SPEC = ClassSpec(names=("TUM", "STR"), colors=((255, 0, 0), (0, 255, 0)))
@@ -69,7 +69,8 @@ def test_curated_round_trip(tmp_path: Path) -> None:
         bank, np.full((20, 20, 3), (40, 160, 60), np.uint8), 1, MeanColour(), source="viewer", box=(5, 6, 20, 20)
     )
     folder = save_bank(bank, tmp_path / "bank")
-    assert sorted(p.name for p in folder.iterdir()) == ["features.npy", "manifest.json", "thumbnails.npy"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [".protoseg-output.json", "features.npy", "manifest.json", "thumbnails.npy"]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["format"] == "protoseg-image-bank" and manifest["version"] == 1
     assert manifest["classes"]["names"] == ["TUM", "STR"] and manifest["classes"]["colors"][1] == [0, 255, 0]
@@ -100,7 +101,7 @@ def test_save_replaces_existing_bank_atomically(tmp_path: Path) -> None:
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("x")
-    with pytest.raises(BankError, match="not an image bank folder"):
+    with pytest.raises(OutputOwnershipError, match="not written by protoseg"):
         save_bank(bank, other)
     assert (other / "todo.txt").exists()
 

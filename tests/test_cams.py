@@ -59,17 +59,41 @@ def test_label_and_score_gating():
     assert torch.allclose(cams.class_scores(logits)[0, :2], torch.tensor([0.9, 0.7]))
 
 
-def test_pseudo_labels_argmax_threshold_and_background():
+def test_pseudo_labels_argmax_ignore_never_background():
     c0 = torch.tensor([[0.9, 0.1, 0.1], [0.3, 0.0, 0.6]])
     c1 = torch.tensor([[0.2, 0.8, 0.1], [0.4, 0.2, 0.5]])
-    x = torch.stack([c0, c1])[None]  # (1, 2, 2, 3)
+    x = torch.stack([c0, c1])[None]  # (1, 2, 2, 3): two candidate classes
     bg = torch.tensor([[[False, False, False], [False, False, True]]])
-    out = cams.pseudo_labels(x, bg, bg_threshold=0.25)
-    # (0,2): max 0.1 < 0.25 -> bg 2; (1,1): max 0.2 -> bg; (1,2): seeded background
-    expected = torch.tensor([[[0, 1, 2], [1, 2, 2]]])
+    # plain argmax (PBIP): weak pixels keep their best class, background only where the detector says
+    assert torch.equal(cams.pseudo_labels(x, bg), torch.tensor([[[0, 1, 0], [1, 1, 2]]]))
+    out = cams.pseudo_labels(x, bg, tau=0.25, tie_margin=0.15)
+    # (0,2): max 0.1 <= tau -> 255; (1,1): max 0.2 -> 255; (1,0): 0.4 vs 0.3 tie -> 255; (1,2): glass -> 2
     assert out.dtype == torch.long
-    assert torch.equal(out, expected)
-    assert torch.equal(cams.pseudo_labels(x, None, bg_threshold=0.0), torch.tensor([[[0, 1, 0], [1, 1, 0]]]))
+    assert torch.equal(out, torch.tensor([[[0, 1, 255], [255, 255, 2]]]))
+    assert not bool((out == 2)[~bg].any())  # uncertainty never becomes background
+
+
+def test_pseudo_labels_single_candidate_class_is_never_uncertain():
+    x = torch.zeros(1, 3, 2, 2)
+    x[0, 1] = torch.tensor([[0.0, 0.05], [0.5, 1.0]])  # one present class (label-gated), weak in places
+    out = cams.pseudo_labels(x, None, tau=0.25, tie_margin=0.1)
+    assert torch.equal(out, torch.ones(1, 2, 2, dtype=torch.long))
+    assert torch.equal(cams.candidate_classes(x), torch.tensor([[False, True, False]]))
+
+
+def test_glass_background_marks_glass_not_pale_gaps():
+    g = torch.Generator().manual_seed(0)
+    img = torch.empty(1, 3, 64, 64)
+    img[:, 0], img[:, 1], img[:, 2] = 0.75, 0.45, 0.65  # pink tissue
+    img += 0.03 * torch.randn(img.shape, generator=g)
+    img[:, :, :, 40:] = 0.94  # glass on the right
+    img[:, :, 10:12, 5:35] = 0.95  # a 2-px pale gap inside tissue: stays tissue
+    bg = cams.glass_background(img.clamp(0, 1), open_radius=0.03, min_size=50)
+    assert bg.dtype == torch.bool and bg.shape == (1, 64, 64)
+    assert bg[0, :, 42:].all()
+    assert not bg[0, :, :38].any()
+    with pytest.raises(ValueError, match="glass_background"):
+        cams.glass_background(torch.zeros(1, 1, 8, 8))
 
 
 def test_pseudo_labels_with_ignore():
@@ -83,24 +107,6 @@ def test_pseudo_labels_with_ignore():
 def test_confidence_is_max_over_classes():
     x = torch.tensor([[[[0.1, 0.7]], [[0.4, 0.2]]]])
     assert torch.allclose(cams.confidence(x), torch.tensor([[[0.4, 0.7]]]))
-
-
-def test_background_seed_drops_specks_keeps_large_white():
-    img = torch.full((1, 3, 40, 40), 0.3)
-    img[:, :, 2:27, 2:27] = 0.95  # 625-pixel white area
-    img[:, :, 33:36, 33:36] = 1.0  # 9-pixel white speck
-    img[:, :, 30:40, 0:10] = 0.75  # light grey (191/255 < 200/255): tissue
-    bg = cams.background_seed(img, min_size=100)
-    assert bg.dtype == torch.bool and bg.shape == (1, 40, 40)
-    assert bg[0, 2:27, 2:27].all()
-    assert int(bg.sum()) == 625  # speck and grey region are not background
-    # with a smaller min_size the speck survives
-    assert int(cams.background_seed(img, min_size=5).sum()) == 625 + 9
-
-
-def test_grey_uses_bt601_weights():
-    img = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
-    assert torch.allclose(cams.grey(img), torch.tensor([[[0.299]]]))
 
 
 def test_flip_tta_unflips_outputs():

@@ -33,6 +33,10 @@ COMMON = [
     "run.device=cpu",
     "--set",
     "stage1.lr=1e-3",
+    "--set",
+    "model.weights=null",  # random init: tests never download ImageNet weights
+    "--set",
+    "stage2.weights=null",
 ]
 
 

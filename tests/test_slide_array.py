@@ -43,7 +43,7 @@ KEYS = [
 ]
 
 
-@pytest.mark.parametrize("kind", [Backend.OPENSLIDE, Backend.TIFFSLIDE])
+@pytest.mark.parametrize("kind", [Backend.OPENSLIDE, Backend.TIFFSLIDE, Backend.TIFFFILE])
 def test_indexing_matches_numpy_on_source_pixels(lossless, kind) -> None:
     path, rgb = lossless
     with open_slide(path, backend=kind) as s:
@@ -65,7 +65,7 @@ def test_indexing_matches_numpy_on_source_pixels(lossless, kind) -> None:
             view[0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("kind", [Backend.OPENSLIDE, Backend.TIFFSLIDE])
+@pytest.mark.parametrize("kind", [Backend.OPENSLIDE, Backend.TIFFSLIDE, Backend.TIFFFILE])
 def test_each_slice_is_one_backend_read(lossless, kind) -> None:
     path, _rgb = lossless
     with open_slide(path, backend=kind) as s:
@@ -84,7 +84,7 @@ def test_each_slice_is_one_backend_read(lossless, kind) -> None:
         view[:, :]
         assert calls == [(1, 0, 0, 250, 150)]  # whole level: one big region read
         calls.clear()
-        arr = s.dask_pyramid()[1]  # built on the same cached view
+        arr = s.dask_pyramid(chunk=128)[1]  # built on the same cached view
         assert arr.chunks == ((128, 22), (128, 122), (3,))
         arr.compute(scheduler="sync")
         assert sorted(calls) == sorted(
@@ -92,10 +92,11 @@ def test_each_slice_is_one_backend_read(lossless, kind) -> None:
         )
 
 
-@pytest.mark.parametrize("kind", [Backend.OPENSLIDE, Backend.TIFFSLIDE])
+@pytest.mark.parametrize("kind", [Backend.OPENSLIDE, Backend.TIFFSLIDE, Backend.TIFFFILE])
 def test_every_chunk_of_every_level_equals_read_region(jpeg, kind) -> None:
     with open_slide(jpeg[0], backend=kind) as s:
-        pyr = s.dask_pyramid()
+        pyr = s.dask_pyramid(chunk=128)  # native tiles (the default is viewer-sized, see test_slide_pyramid)
+        assert len(pyr) == s.level_count  # coarsest level 125 px: no lazy levels needed
         for lvl, arr in enumerate(pyr):
             w, h = s.level_dimensions[lvl]
             ds = s.level_downsamples[lvl]

@@ -19,14 +19,16 @@ from protoseg.slide import (
 from slide_fixtures import make_pyramid, real_slide
 
 
-def test_cmu_svs_openslide_metadata_and_associated() -> None:
-    with open_slide(real_slide("cmu-1-small-region.svs")) as s:
-        assert s.backend is Backend.OPENSLIDE
+@pytest.mark.parametrize("kind", [None, Backend.OPENSLIDE])
+def test_cmu_svs_metadata_and_associated(kind) -> None:
+    # JPEG SVS: the direct tifffile reader by default (fastest), openslide when asked; same pixels
+    with open_slide(real_slide("cmu-1-small-region.svs"), backend=kind) as s:
+        assert s.backend is (kind or Backend.TIFFFILE)
         assert s.level_count == 1 and s.level_dimensions == ((2220, 2967),)
         assert s.mpp == pytest.approx(0.499)
         assert s.objective_power == 20.0
         assert s.tile_size(0) == (240, 240)
-        assert s.properties["openslide.vendor"] == "aperio"
+        assert s.properties[f"{s.backend.value}.vendor"] == "aperio"
         assert set(s.associated_images) == {"label", "macro", "thumbnail"}
         thumb = s.associated_images["thumbnail"]
         assert thumb.dtype == np.uint8 and thumb.ndim == 3 and thumb.shape[2] == 3
@@ -63,10 +65,12 @@ def test_tcga_two_levels_without_mpp() -> None:
         assert s.best_level_for_downsample(1.9) == 0
 
 
-def test_ome_tiff_falls_back_to_tiffslide() -> None:
+def test_ome_tiff_read_directly_not_by_openslide() -> None:
     path = real_slide("OS-1-detail.ome.tif")
+    with open_slide(path) as s, open_slide(path, backend="tiffslide") as t:
+        assert s.backend is Backend.TIFFFILE
+        np.testing.assert_array_equal(s.read_region((0, 0), 0, (1101, 1101)), t.read_region((0, 0), 0, (1101, 1101)))
     with open_slide(path) as s:
-        assert s.backend is Backend.TIFFSLIDE
         assert s.level_dimensions == ((1101, 1101),)
         assert s.mpp == pytest.approx(0.227, abs=1e-3)
         assert s.tile_size(0) == (512, 512)
@@ -90,7 +94,7 @@ def test_png_image_backend() -> None:
 
 def test_generated_pyramid_via_both_backends(tmp_path) -> None:
     path, rgb = make_pyramid(tmp_path / "gen.tif", 600, 1000, mpp=0.25, tile_size=128)
-    for kind in (Backend.OPENSLIDE, Backend.TIFFSLIDE):
+    for kind in (Backend.OPENSLIDE, Backend.TIFFSLIDE, Backend.TIFFFILE):
         with open_slide(path, backend=kind) as s:
             assert s.backend is kind
             assert s.level_dimensions == ((1000, 600), (500, 300), (250, 150), (125, 75))
@@ -99,12 +103,29 @@ def test_generated_pyramid_via_both_backends(tmp_path) -> None:
             assert s.tile_size(1) == (128, 128)
             assert np.abs(s.read_level(0, (0, 0), (1000, 600)).astype(int) - rgb).mean() < 3
     with open_slide(path) as s:
-        assert s.backend is Backend.OPENSLIDE
+        assert s.backend is Backend.TIFFFILE  # JPEG tiles: the direct reader is the default
+
+
+def test_backend_chosen_by_compression_and_overridable(tmp_path, monkeypatch) -> None:
+    with open_slide(real_slide("tcga-cr-7395-01a-01-ts1.svs")) as s:
+        assert s.backend is Backend.OPENSLIDE  # JPEG 2000: openslide decodes it ~2x faster than tifffile
+    raw, _ = make_pyramid(tmp_path / "raw.tif", 300, 400, tile_size=128, compression=None)
+    with open_slide(raw) as s, open_slide(raw, backend="openslide") as o:
+        assert s.backend is Backend.TIFFFILE
+        for lvl in range(s.level_count):
+            np.testing.assert_array_equal(s.read_level(lvl, (0, 0), s.level_dimensions[lvl]),
+                                          o.read_level(lvl, (0, 0), o.level_dimensions[lvl]))
+    monkeypatch.setenv("PROTOSEG_SLIDE_BACKEND", "tiffslide")
+    with open_slide(raw) as s:
+        assert s.backend is Backend.TIFFSLIDE
+    monkeypatch.setenv("PROTOSEG_SLIDE_BACKEND", "nonsense")
+    with pytest.raises(UnsupportedSlideError, match="PROTOSEG_SLIDE_BACKEND"):
+        open_slide(raw)
 
 
 def test_generated_pyramid_without_mpp(tmp_path) -> None:
     path, _ = make_pyramid(tmp_path / "nompp.tif", 300, 400, mpp=None, tile_size=128)
-    for kind in (Backend.OPENSLIDE, Backend.TIFFSLIDE):
+    for kind in (Backend.OPENSLIDE, Backend.TIFFSLIDE, Backend.TIFFFILE):
         with open_slide(path, backend=kind) as s:
             assert s.mpp is None and s.level_count == 3  # 400 -> 200 -> 100 (fits a 128 tile)
             with pytest.raises(MissingMppError):

@@ -18,10 +18,10 @@ def pyramid(tmp_path_factory):
     return make_pyramid(tmp_path_factory.mktemp("pyr") / "p.tif", 600, 1000, mpp=0.5, tile_size=128)
 
 
-@pytest.mark.parametrize("kind", [Backend.OPENSLIDE, Backend.TIFFSLIDE])
+@pytest.mark.parametrize("kind", [Backend.OPENSLIDE, Backend.TIFFSLIDE, Backend.TIFFFILE])
 def test_dask_chunks_equal_read_region_every_level(pyramid, kind) -> None:
     with open_slide(pyramid[0], backend=kind) as s:
-        pyr = s.dask_pyramid()
+        pyr = s.dask_pyramid(chunk=128)
         assert len(pyr) == s.level_count == 4
         for lvl, arr in enumerate(pyr):
             w, h = s.level_dimensions[lvl]
@@ -41,7 +41,8 @@ def test_dask_chunks_equal_read_region_every_level(pyramid, kind) -> None:
 
 def test_real_slide_dask_edge_tiles() -> None:
     with open_slide(real_slide("tcga-cr-7395-01a-01-ts1.svs")) as s:
-        for lvl, arr in enumerate(s.dask_pyramid()):
+        for lvl in range(s.level_count):
+            arr = s.dask_pyramid(chunk=256)[lvl]
             nr, nc = arr.numblocks[:2]
             last = arr.blocks[nr - 1, nc - 1].compute()
             tw, th = s.tile_size(lvl)

@@ -58,6 +58,7 @@ def _cfg(*overrides: str) -> ProtosegConfig:
         None,
         [
             f"model.backbone={BACKBONE}",
+            "model.weights=null",  # random init: tests never download ImageNet weights
             "model.projector_hidden=16",
             f"data.patch_size={SIZE}",
             "run.device=cpu",

@@ -100,6 +100,13 @@ def _extent_edges(layer) -> np.ndarray:
     return np.stack([ext[0] - half, ext[1] + half])
 
 
+def _show(qtbot, widget) -> None:
+    """Click 'Show overlays' and wait until the layers are added (the model loads in a worker)."""
+    _click(qtbot, widget.show_btn)
+    qtbot.waitUntil(lambda: widget.overlays_ready, timeout=60_000)
+    settle(0.3)
+
+
 def _wait_overlays(widget, qtbot) -> None:
     assert widget.scheduler.wait_idle(60)
     settle(0.5)  # lets the throttled refresh re-read the layers
@@ -172,7 +179,7 @@ def test_show_overlays_aligned_lazy_and_coloured(make_napari_viewer, qtbot, asse
 
     monkeypatch.setattr(Predictor, "predict_tiles", spy)
     n_before = len(viewer.layers)
-    _click(qtbot, widget.show_btn)
+    _show(qtbot, widget)
 
     added = list(viewer.layers)[n_before:]
     cams = [ly for ly in added if ly._type_string == "image"]
@@ -226,6 +233,35 @@ def test_show_overlays_aligned_lazy_and_coloured(make_napari_viewer, qtbot, asse
     assert (DOC_IMAGES / "widget_predict.png").stat().st_size < 300_000
 
 
+def test_overlays_compute_only_the_chunks_on_screen(make_napari_viewer, qtbot, assets) -> None:
+    from widget_support import Heartbeat, record_stall
+
+    viewer, _slide, widget = _viewer_with_widget(make_napari_viewer, assets["slide"])
+    widget.set_checkpoint(assets["ckpt"])
+    viewer.camera.center, viewer.camera.zoom = (40.0, 60.0), 10.0  # a corner, zoomed in (world units: um)
+    settle(0.3)
+    beat = Heartbeat()
+    beat.reset()
+    _show(qtbot, widget)
+    record_stall("Predict: Show overlays", beat)
+    _wait_overlays(widget, qtbot)
+    sched, mask = widget.scheduler, widget.overlays[-1]
+    total = int(np.prod(sched.lazy.layout.chunk_grid(0).shape))
+    assert mask.data_level == 0 and total == 24
+    (y0, x0), (y1, x1) = mask.corner_pixels[:, -2:]
+    on_screen = sched.chunks_in(0, int(y0), int(y1) + 1, int(x0), int(x1) + 1)
+    assert sched.computed == len(on_screen) and 0 < len(on_screen) <= 6  # the corner only, not the slide
+    assert sched.lazy.chunks_computed == sched.computed  # no coarse chunk was computed from finer ones
+
+    viewer.camera.zoom = 0.4  # zoomed far out: a coarse level on screen shows what exists, computes nothing
+    settle(0.6)
+    assert widget.scheduler.wait_idle(30)
+    assert mask.data_level > 0 and sched.computed == len(on_screen)
+    shown = np.asarray(mask.data[mask.data_level][...])
+    assert shown.any() and not shown.all()  # the computed corner, downsampled; transparent elsewhere
+    beat.stop()
+
+
 def _save_small(img: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -238,29 +274,29 @@ def _save_small(img: np.ndarray, path: Path) -> None:
 def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, assets) -> None:
     viewer, slide, widget = _viewer_with_widget(make_napari_viewer, assets["png"])
     assert tuple(slide.scale) == (1.0, 1.0)
-    assert "Slide mpp" in widget.mpp_hint.text()
+    assert "no microns-per-pixel" in widget.mpp_hint.text() and widget.mpp_hint.ask.isVisibleTo(widget)
     widget.set_checkpoint(assets["ckpt"])
     n = len(viewer.layers)
-    _click(qtbot, widget.show_btn)
+    _show(qtbot, widget)
     assert (
         len(viewer.layers) == n
         and "no microns-per-pixel" in widget.status.text()
         and "Slide mpp" in widget.status.text()
     )
     widget.slide_mpp.setValue(0.5)  # the user says it was scanned at 20x
-    _click(qtbot, widget.show_btn)
+    _show(qtbot, widget)
     added = list(viewer.layers)[n:]
     assert len(added) == 5 and all(tuple(ly.scale) == (2.0, 2.0) for ly in added)  # slide-pixel units
     np.testing.assert_allclose(_extent_edges(added[-1]), _extent_edges(slide), atol=2)
     _wait_overlays(widget, qtbot)
-    region = widget.predictor().predict_region(str(assets["png"]), (0, 0, 128, 128), slide_mpp=0.5)
-    np.testing.assert_array_equal(added[-1].data[0][0:64, 0:64], region.mask + 1)
+    region = widget.predictor().predict_region(str(assets["png"]), (256, 0, 128, 128), slide_mpp=0.5)
+    np.testing.assert_array_equal(added[-1].data[0][0:64, 128:192], region.mask + 1)  # on screen: computed
 
 
 @pytest.mark.skipif(not TCGA.is_file(), reason="real slides in ../shared/data/slides are absent")
 def test_real_slide_without_mpp_gets_a_clear_message(make_napari_viewer, qtbot, assets) -> None:
     viewer, _slide, widget = _viewer_with_widget(make_napari_viewer, TCGA)
-    assert "no microns-per-pixel" in widget.mpp_hint.text() and "Slide mpp" in widget.mpp_hint.text()
+    assert "no microns-per-pixel" in widget.mpp_hint.text() and "scan resolution" in widget.mpp_hint.text()
     widget.set_checkpoint(assets["ckpt"])
     n = len(viewer.layers)
     _click(qtbot, widget.batch_btn)  # neither the batch nor the overlays start without a resolution

@@ -47,3 +47,43 @@ def widget_screenshot(viewer, name: str, max_width: int = 960) -> np.ndarray:
     pil.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
     assert path.stat().st_size < 300_000, f"{path} is {path.stat().st_size} bytes; keep doc images small"
     return img
+
+
+class Heartbeat:
+    """A 10 ms QTimer on the GUI thread: ``longest_ms`` is the longest gap between beats (how long the GUI
+    thread was blocked) since ``reset()``; ``measure(name)`` records it per widget action in ``STALLS``."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer()
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(self._beat)
+        self._last = time.perf_counter()
+        self.longest_ms = 0.0
+        self._timer.start()
+
+    def _beat(self) -> None:
+        now = time.perf_counter()
+        self.longest_ms = max(self.longest_ms, 1000 * (now - self._last))
+        self._last = now
+
+    def reset(self) -> None:
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()
+        self._last, self.longest_ms = time.perf_counter(), 0.0
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+
+#: Longest GUI-thread stall (ms) per widget action, filled by the GUI tests (printed with -s, in the report).
+STALLS: dict[str, float] = {}
+
+
+def record_stall(name: str, beat: Heartbeat) -> float:
+    """Store (and return) the longest stall seen by ``beat`` for the action ``name``."""
+    STALLS[name] = round(beat.longest_ms, 1)
+    print(f"GUI stall {name}: {STALLS[name]:.0f} ms")  # noqa: T201 - test diagnostics
+    return beat.longest_ms

@@ -1,8 +1,8 @@
-"""CAM post-processing: normalisation, stage fusion, gating, background seeding and pseudo-labels.
+"""CAM post-processing: normalisation, stage fusion, gating, glass background and pseudo-labels.
 
 Conventions (docs/interfaces.md): CAM tensors are (B, C, H, W) over the C tissue classes; pixel
 label maps use classes 0..C-1, background = C and ignore = 255. All functions are torch
-functions that keep the input device, except ``background_seed`` whose connected-component
+functions that keep the input device, except ``glass_background`` whose colour and morphology
 step runs on CPU.
 """
 
@@ -17,10 +17,6 @@ from protoseg.classes import IGNORE_INDEX
 
 #: Stage fusion weights of PBIP for stages 2, 3 and 4.
 DEFAULT_FUSION_WEIGHTS: tuple[float, ...] = (0.3, 0.3, 0.4)
-#: Grey level above which a pixel is white background (200 of 255).
-DEFAULT_WHITE_THRESHOLD: float = 200.0 / 255.0
-#: ITU-R BT.601 luma weights, as in the usual RGB -> grey conversion.
-_LUMA = (0.299, 0.587, 0.114)
 
 
 def normalize_cams(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -94,16 +90,43 @@ def confidence(cams: torch.Tensor) -> torch.Tensor:
     return cams.max(dim=1).values
 
 
+def candidate_classes(cams: torch.Tensor) -> torch.Tensor:
+    """(B, C) bool: classes whose (gated) CAM is non-zero somewhere in the image (the classes present)."""
+    return cams.flatten(2).amax(dim=2) > 0
+
+
+def uncertain_pixels(cams: torch.Tensor, tau: float = 0.0, tie_margin: float = 0.0) -> torch.Tensor:
+    """(B, H, W) bool: pixels that must choose among >= 2 candidate classes and either have max CAM
+    <= ``tau`` or a best-minus-second CAM margin < ``tie_margin``.
+
+    In an image with one candidate class (e.g. a single-label patch, label-gated) no pixel is
+    uncertain: every tissue pixel is that class, however weak its CAM.
+    """
+    b, c = cams.shape[:2]
+    multi = candidate_classes(cams).sum(dim=1) >= 2
+    if c < 2 or not bool(multi.any()) or (tau <= 0 and tie_margin <= 0):
+        return torch.zeros((b, *cams.shape[-2:]), dtype=torch.bool, device=cams.device)
+    top = cams.topk(2, dim=1).values
+    unsure = (top[:, 0] <= tau) | ((top[:, 0] - top[:, 1]) < tie_margin)
+    return unsure & multi[:, None, None]
+
+
 def pseudo_labels(
-    cams: torch.Tensor, background: torch.Tensor | None = None, bg_threshold: float = 0.25
+    cams: torch.Tensor,
+    background: torch.Tensor | None = None,
+    tau: float = 0.0,
+    tie_margin: float = 0.0,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """Hard pseudo-mask (B, H, W): argmax class 0..C-1; background C where ``background`` is set
-    or where the max CAM is below ``bg_threshold``."""
+    """Hard pseudo-mask (B, H, W) as in PBIP: argmax over the (gated) classes; :func:`uncertain_pixels`
+    become ``ignore_index`` (never background); background C only where ``background`` is set."""
     c = cams.shape[1]
-    best, label = cams.max(dim=1)
-    label = label.masked_fill(best < bg_threshold, c)
+    present = candidate_classes(cams)  # an absent class never wins a tie of zeros
+    label = cams.masked_fill(~present[:, :, None, None], float("-inf")).argmax(dim=1)
+    label = label.masked_fill(uncertain_pixels(cams, tau, tie_margin), ignore_index)
+    label = label.masked_fill(~present.any(dim=1)[:, None, None], ignore_index)  # no class at all: unknown
     if background is not None:
-        label = label.masked_fill(background.to(torch.bool), c)
+        label = label.masked_fill(background.to(device=label.device, dtype=torch.bool), c)
     return label.long()
 
 
@@ -123,40 +146,19 @@ def pseudo_labels_with_ignore(
     return label.long()
 
 
-def grey(images: torch.Tensor) -> torch.Tensor:
-    """BT.601 luma of [0, 1] RGB images, (B, 3, H, W) -> (B, H, W)."""
-    w = torch.tensor(_LUMA, dtype=images.dtype, device=images.device)
-    return torch.einsum("bchw,c->bhw", images, w)
-
-
-def remove_small_regions(mask: torch.Tensor, min_size: int) -> torch.Tensor:
-    """Drop 8-connected True components smaller than ``min_size`` pixels from a (B, H, W) mask."""
+def glass_background(images: torch.Tensor, open_radius: float = 0.03, min_size: int = 300) -> torch.Tensor:
+    """Bool (B, H, W) background mask of [0, 1] RGB images from the adaptive glass detector
+    (``protoseg.slide.glass``: Otsu on saturation and optical density, opening, small-object removal)."""
     import numpy as np
-    from scipy import ndimage
 
-    arr = mask.detach().to("cpu", torch.bool).numpy()
-    out = np.zeros_like(arr)
-    structure = np.ones((3, 3), dtype=bool)
-    for i, m in enumerate(arr):
-        lab, n = ndimage.label(m, structure=structure)
-        if n == 0:
-            continue
-        sizes = np.bincount(lab.ravel())
-        keep = sizes >= min_size
-        keep[0] = False
-        out[i] = keep[lab]
-    return torch.from_numpy(out).to(mask.device)
+    from protoseg.slide.glass import GlassRule, glass_mask
 
-
-def background_seed(
-    images: torch.Tensor, threshold: float = DEFAULT_WHITE_THRESHOLD, min_size: int = 400
-) -> torch.Tensor:
-    """Colour-threshold background: grey > ``threshold`` (images in [0, 1]) minus white specks
-    smaller than ``min_size`` pixels; returns a bool (B, H, W) mask (True = background)."""
     if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"background_seed expects (B, 3, H, W) images in [0, 1], got {tuple(images.shape)}")
-    white = grey(images.float()) > threshold
-    return remove_small_regions(white, min_size)
+        raise ValueError(f"glass_background expects (B, 3, H, W) images in [0, 1], got {tuple(images.shape)}")
+    rule = GlassRule(open_radius=open_radius, min_size=min_size)
+    rgb = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    out = np.stack([glass_mask(np.ascontiguousarray(im), rule) for im in rgb])
+    return torch.from_numpy(out).to(images.device)
 
 
 def _flip(x: torch.Tensor, kind: str) -> torch.Tensor:

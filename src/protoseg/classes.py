@@ -8,6 +8,8 @@ RGB = tuple[int, int, int]
 
 #: Pixel value that marks "no label" in masks, pseudo-masks and targets (losses and metrics skip it).
 IGNORE_INDEX: int = 255
+#: Colour of IGNORE_INDEX in palette PNGs (uncertain pseudo-mask pixels show grey; RGB masks may use it too).
+IGNORE_COLOR: RGB = (128, 128, 128)
 
 #: Default palette used when a class has no colour of its own.
 _FALLBACK_COLORS: tuple[RGB, ...] = (

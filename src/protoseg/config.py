@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -114,7 +115,8 @@ class ModelConfig:
     """Stage-1 network (ClassNet)."""
 
     backbone: str = "pvt_v2_b1"
-    weights: str | None = None  # None: random init; "hub"; or a local file
+    weights: str | None = "auto"  # auto: ImageNet (cache/download, else random + warning); hub; a file; null: random
+    output_stride: int = 16  # stage-4 stride: 16 as in PBIP (14x14 CAMs at 224 px) or 32
     learnable_k: int = 10  # LPD prototypes per class
     projector_hidden: int = 256
     background_score: float = 0.25
@@ -136,7 +138,7 @@ class LpdConfig:
 
     diversity_weight: float = 0.5
     diversity_warmup_epochs: float = 1.0
-    diversity_temperature: float = 0.1  # softmax over pixel cosines in the Jeffrey penalty
+    diversity_temperature: float = 1.0  # softmax over pixel cosines in the Jeffrey penalty (LPD code: 1.0)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class PsclConfig:
     tau: float = 0.25
     temperature: float = 0.1
     max_pixels: int = 1024
+    decoder: bool = False  # contrast the output of a light FPN pixel decoder over stages 2-4 (PSCL thesis)
+    decoder_dim: int = 128  # channels of that decoder
 
 
 @dataclass(frozen=True)
@@ -155,15 +159,19 @@ class PlimConfig:
 
     weights: tuple[float, float, float] = (10.0, 24.0, 1.0)
     template: str = "a histopathology image of {}"
+    descriptions: tuple[str, ...] = ()  # "KEY=full name" prompt words; default table: TUM=tumor, LYM=lymphocytic ...
 
 
 @dataclass(frozen=True)
 class PseudoLabelConfig:
-    """CAM -> pseudo-label rules (validation, pseudo-mask export, PSCL labels): background seed and threshold."""
+    """CAM -> pseudo-mask rules (stage-1 validation, pseudo-mask export, PSCL labels): argmax over the
+    gated classes (PBIP); uncertain pixels -> 255 (ignore); background only from the glass detector."""
 
-    bg_threshold: float = 0.25  # pseudo-label background where max CAM is below this
-    bg_grey: float = 0.8  # colour background seed: grey level in [0,1]
-    bg_min_size: int = 300
+    ignore_below: float = 0.0  # tau: pixels choosing among >= 2 classes with max CAM <= tau -> 255
+    tie_margin: float = 0.0  # ... or whose best-minus-second CAM is below this -> 255
+    glass: bool = True  # background from protoseg.slide.glass (False: no background class at all)
+    bg_open_radius: float = 0.03  # glass narrower than this disc (fraction of patch side) stays tissue
+    bg_min_size: int = 300  # glass regions smaller than this (pixels) stay tissue
 
 
 @dataclass(frozen=True)
@@ -219,13 +227,13 @@ class Stage2Config:
     """Stage-2 segmentation network trained on pseudo-masks."""
 
     backbone: str = "pvt_v2_b1"
-    weights: str | None = None
+    weights: str | None = "auto"  # as model.weights
     decoder_dim: int = 128
     epochs: int = 10
     lr: float = 2e-4
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
-    noise_reduced: bool = True
+    noise_reduced: bool = False  # True: CE weighted 1 + confidence (confident pixels up); default plain CE
     tta: bool = False
 
 
@@ -251,6 +259,121 @@ class ProtosegConfig:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Valid values of a numeric setting: finite (no NaN/inf) and within optional bounds; None passes
+    (optional settings). A tuple setting is checked element by element."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: low itself is not allowed (``> low``)
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of range, or None when it is fine."""
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if not math.isfinite(value):
+            return "not a finite number"
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return "out of range"
+        if self.high is not None and value > self.high:
+            return "out of range"
+        return None
+
+    def describe(self) -> str:
+        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = None if self.high is None else f"<= {self.high:g}"
+        return " and ".join(p for p in (low, high) if p) or "finite"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1)
+AT_LEAST_ONE = Range(1)
+
+#: Valid range of every numeric setting, by dotted key; checked whenever a ProtosegConfig is built.
+#: A new numeric setting adds its line here (tests/test_hostile_inputs.py checks none is missing).
+RANGES: dict[str, Range] = {
+    "data.patch_size": Range(16, 8192),
+    "data.batch_size": AT_LEAST_ONE,
+    "data.num_workers": NON_NEGATIVE,
+    "data.max_train": AT_LEAST_ONE,
+    "data.max_val": AT_LEAST_ONE,
+    "bank.encoder.input_size": Range(16, 8192),
+    "bank.k": AT_LEAST_ONE,
+    "bank.n_per_cluster": AT_LEAST_ONE,
+    "bank.white_threshold": FRACTION,
+    "model.learnable_k": AT_LEAST_ONE,
+    "model.output_stride": Range(16, 32),  # 16 or 32 (the backbone names the choice)
+    "model.projector_hidden": AT_LEAST_ONE,
+    "model.background_score": FRACTION,
+    "stage1.epochs": AT_LEAST_ONE,
+    "stage1.lr": POSITIVE,
+    "stage1.weight_decay": NON_NEGATIVE,
+    "stage1.grad_clip": NON_NEGATIVE,  # 0 = no clipping
+    "stage1.stage_weights": NON_NEGATIVE,
+    "stage1.fusion_weights": NON_NEGATIVE,
+    "stage1.score_gate": FRACTION,
+    "stage1.cls_weight": NON_NEGATIVE,
+    "stage1.cam_area_weight": NON_NEGATIVE,
+    "stage1.delta": FRACTION,
+    "stage1.max_pairs": NON_NEGATIVE,  # 0 = all
+    "stage1.similarity.weight": NON_NEGATIVE,
+    "stage1.similarity.fg_weight": NON_NEGATIVE,
+    "stage1.similarity.bg_weight": NON_NEGATIVE,
+    "stage1.similarity.temperature": POSITIVE,
+    "stage1.lpd.diversity_weight": NON_NEGATIVE,
+    "stage1.lpd.diversity_warmup_epochs": NON_NEGATIVE,
+    "stage1.lpd.diversity_temperature": POSITIVE,
+    "stage1.pscl.weight": NON_NEGATIVE,
+    "stage1.pscl.tau": FRACTION,
+    "stage1.pscl.temperature": POSITIVE,
+    "stage1.pscl.max_pixels": Range(2),
+    "stage1.pscl.decoder_dim": AT_LEAST_ONE,
+    "stage1.plim.weights": NON_NEGATIVE,
+    "stage1.pseudo.ignore_below": FRACTION,
+    "stage1.pseudo.tie_margin": FRACTION,
+    "stage1.pseudo.bg_open_radius": Range(0, 0.5),
+    "stage1.pseudo.bg_min_size": NON_NEGATIVE,
+    "stage2.decoder_dim": AT_LEAST_ONE,
+    "stage2.epochs": AT_LEAST_ONE,
+    "stage2.lr": POSITIVE,
+    "stage2.weight_decay": NON_NEGATIVE,
+    "stage2.grad_clip": NON_NEGATIVE,
+    "run.seed": Range(0, 2**63 - 1),
+    "run.mpp": POSITIVE,
+    "run.log_every": AT_LEAST_ONE,
+}
+
+
+def numeric_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Every int/float (or tuple-of-numbers) setting of a config tree by dotted key, with its value."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(numeric_keys(value, f"{key}."))
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        if items and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            out[key] = value
+    return out
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Raise ConfigError naming the first setting outside its ``RANGES`` entry (NaN and inf included)."""
+    for key, value in numeric_keys(cfg, prefix).items():
+        rule = RANGES.get(key, Range())  # unlisted numbers must at least be finite
+        for v in value if isinstance(value, tuple) else (value,):
+            why = rule.problem(v)
+            if why is not None:
+                raise ConfigError(f"{key}={value!r} is {why}: expected a number {rule.describe()}")
 
 
 def to_dict(cfg: Any) -> Any:
@@ -344,6 +467,22 @@ def _upgrade_keys(data: dict[str, Any], renamed: dict[str, str], where: str) -> 
     return out
 
 
+#: Keys of older configs that no longer apply (dotted key -> why); they load with a warning and are dropped.
+REMOVED_KEYS: dict[str, str] = {
+    "stage1.pseudo.bg_threshold": "low-CAM pixels are no longer made background (they become ignore = 255 "
+    "below stage1.pseudo.ignore_below)",
+    "stage1.pseudo.bg_grey": "background now comes from the adaptive glass detector "
+    "(stage1.pseudo.glass, bg_open_radius, bg_min_size)",
+}
+
+
+def _drop_removed(data: dict[str, Any], where: str) -> dict[str, Any]:
+    gone = [k for k in data if f"{where}{k}" in REMOVED_KEYS]
+    for k in gone:
+        logger.warning("config key %s%s no longer applies and is ignored: %s", where, k, REMOVED_KEYS[f"{where}{k}"])
+    return {k: v for k, v in data.items() if k not in gone} if gone else data
+
+
 #: Per config class, its renamed keys (old flat name -> "section.name").
 _RENAMED: dict[type, dict[str, str]] = {Stage1Config: STAGE1_RENAMED}
 
@@ -353,6 +492,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     of older configs are moved to their new place with a deprecation warning."""
     if cls in _RENAMED:
         data = _upgrade_keys(data, _RENAMED[cls], where)
+    data = _drop_removed(data, where)
     hints = typing.get_type_hints(cls, localns=_home_enums() if cls in (DataConfig, EncoderConfig) else None)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -379,6 +519,9 @@ def apply_overrides(cfg: ProtosegConfig, overrides: list[str]) -> ProtosegConfig
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. stage1.epochs=3)")
         key, raw = item.split("=", 1)
         key = _renamed_override(key.strip())
+        if key in REMOVED_KEYS:
+            logger.warning("override %s no longer applies and is ignored: %s", key, REMOVED_KEYS[key])
+            continue
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -412,9 +555,29 @@ def config_from_dict(data: dict[str, Any]) -> ProtosegConfig:
     return from_dict(ProtosegConfig, data)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ProtosegConfig:
-    """Defaults, then the YAML file (if any), then overrides."""
-    cfg = ProtosegConfig()
+def merge_config(base: ProtosegConfig, data: dict[str, Any]) -> ProtosegConfig:
+    """``base`` with the (possibly partial) mapping ``data`` laid over it, section by section; old flat
+    ``stage1`` keys in ``data`` are moved to their sections first."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections (data, model, ...), got {type(data).__name__}")
+    if isinstance(data.get("stage1"), dict):
+        data = {**data, "stage1": _upgrade_keys(data["stage1"], STAGE1_RENAMED, "stage1.")}
+
+    def merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        out = dict(into)
+        for key, value in extra.items():
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = merge(out[key], value) if both else value
+        return out
+
+    return config_from_dict(merge(to_dict(base), data))
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: ProtosegConfig | None = None
+) -> ProtosegConfig:
+    """Defaults (or ``base``, e.g. a preset), then the YAML file (if any), then overrides."""
+    cfg = base if base is not None else ProtosegConfig()
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -425,7 +588,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections (data, model, stage1, ...)")
-        cfg = config_from_dict(data)
+        cfg = config_from_dict(data) if base is None else merge_config(base, data)
     return apply_overrides(cfg, overrides or [])
 
 

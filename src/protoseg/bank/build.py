@@ -175,4 +175,5 @@ def build_bank(
         features=feats[sel] if sel.size else np.zeros((0, int(encoder.dim)), np.float32),
         thumbnails=thumbs[sel] if sel.size else np.zeros((0, thumbnail_size, thumbnail_size, 3), np.uint8),
         n_per_cluster=n_per_cluster,
+        encoder_input_size=int(encoder.input_size),
     )

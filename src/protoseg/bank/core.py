@@ -76,6 +76,9 @@ class ImageBank:
     features: np.ndarray
     thumbnails: np.ndarray
     n_per_cluster: int = 100
+    #: side (px) the encoder resized patches to; any training patch size is resized to it. None: unknown
+    #: (banks saved before it was recorded; the descriptor's size is also part of its ``encoder_id``)
+    encoder_input_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", tuple(self.members))
@@ -90,6 +93,11 @@ class ImageBank:
             raise BankError(f"thumbnails must be (n, t, t, 3) RGB, got shape {thumbs.shape}")
         if self.k < 1:
             raise BankError(f"bank k must be >= 1, got {self.k}")
+        if self.encoder_input_size is not None:
+            size = int(self.encoder_input_size)
+            if size < 1:
+                raise BankError(f"bank encoder_input_size must be a positive number of pixels, got {size}")
+            object.__setattr__(self, "encoder_input_size", size)
         ids = [m.member_id for m in self.members]
         if len(set(ids)) != n:
             raise BankError("bank member ids must be unique")

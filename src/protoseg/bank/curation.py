@@ -95,6 +95,11 @@ def add_member(
             f"the bank was built with encoder {bank.encoder_id!r} but {encoder.encoder_id!r} was given; "
             "embed new members with the bank's encoder (or rebuild the bank)"
         )
+    if bank.encoder_input_size is not None and int(encoder.input_size) != bank.encoder_input_size:
+        raise BankCurationError(
+            f"the bank's encoder embeds {bank.encoder_input_size} px images but this one {encoder.input_size} px; "
+            "use protoseg.bank.encoder_lookup.encoder_for_bank(bank)"
+        )
     if not 0 <= class_index < bank.class_spec.num_classes:
         raise BankCurationError(f"class index {class_index} outside 0..{bank.class_spec.num_classes - 1}")
     if cluster is not None and not 0 <= cluster < bank.k:

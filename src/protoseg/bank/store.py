@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from protoseg import outputs
 from protoseg.bank.core import BankMember, ImageBank
 from protoseg.bank.errors import BankError, BankFormatError
 from protoseg.classes import ClassSpec
@@ -48,6 +46,7 @@ def bank_manifest(bank: ImageBank) -> dict[str, Any]:
         "version": FORMAT_VERSION,
         "classes": bank.class_spec.to_dict(),
         "encoder_id": bank.encoder_id,
+        "encoder_input_size": bank.encoder_input_size,
         "k": bank.k,
         "n_per_cluster": bank.n_per_cluster,
         "feature_dim": bank.dim,
@@ -57,27 +56,54 @@ def bank_manifest(bank: ImageBank) -> dict[str, Any]:
     }
 
 
-def save_bank(bank: ImageBank, folder: str | Path) -> Path:
-    """Write the bank folder atomically (temp folder, then rename over any previous bank); returns it."""
-    folder = Path(folder)
-    if folder.exists() and not (folder.is_dir() and ((folder / MANIFEST).is_file() or not any(folder.iterdir()))):
-        raise BankError(f"{folder} exists and is not an image bank folder; choose a new or empty folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+#: The ``protoseg.outputs`` marker kind of an image bank folder.
+OUTPUT_KIND = "image-bank"
+_BANK_FILES = frozenset({MANIFEST, FEATURES, THUMBNAILS, outputs.MARKER})
+
+
+def _adopt_legacy_bank(folder: Path) -> None:
+    """Mark a bank folder written before output markers existed, so it may be replaced like a marked one.
+
+    Only a folder holding nothing but the bank's own files, with a manifest of this format, qualifies;
+    a lone ``manifest.json`` among other files proves nothing.
+    """
+    if not folder.is_dir() or outputs.read_marker(folder) is not None:
+        return
+    names = {p.name for p in folder.iterdir()}
+    if MANIFEST not in names or not names <= _BANK_FILES:
+        return
     try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return
+    if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
+        outputs.write_marker(folder, OUTPUT_KIND, adopted=True)
+        logger.info("adopted %s (an image bank written before output markers) as a protoseg output", folder)
+
+
+def check_bank_output(folder: str | Path, overwrite: bool = False) -> None:
+    """Fail early (before any encoding) unless ``folder`` is free, empty or an image bank protoseg wrote.
+
+    Raises ``protoseg.outputs.OutputOwnershipError`` naming the folder; ``overwrite=True`` (``--overwrite``)
+    allows replacing anything.
+    """
+    folder = Path(folder)
+    _adopt_legacy_bank(folder)
+    outputs.check_replaceable(folder, OUTPUT_KIND, overwrite=overwrite, what="image bank folder")
+
+
+def save_bank(bank: ImageBank, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write the bank folder atomically (temp folder, then rename over a previous bank); returns it.
+
+    Only a bank folder protoseg wrote (or a free/empty one) is replaced, unless ``overwrite``; see
+    ``protoseg.outputs``.
+    """
+    folder = Path(folder)
+    check_bank_output(folder, overwrite)
+    with outputs.replace_dir(folder, OUTPUT_KIND, overwrite=overwrite) as tmp:
         np.save(tmp / FEATURES, np.ascontiguousarray(bank.features, dtype=np.float32), allow_pickle=False)
         np.save(tmp / THUMBNAILS, np.ascontiguousarray(bank.thumbnails, dtype=np.uint8), allow_pickle=False)
         (tmp / MANIFEST).write_text(json.dumps(bank_manifest(bank), indent=1) + "\n", encoding="utf-8")
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("saved image bank (%d members) to %s", len(bank), folder)
     return folder
 
@@ -146,6 +172,18 @@ def _member(rec: dict[str, Any], spec: ClassSpec, folder: Path) -> BankMember:
     return member
 
 
+def _input_size(value: Any, folder: Path) -> int | None:
+    """The manifest's ``encoder_input_size`` (absent in banks saved before it was recorded)."""
+    if value is None:
+        return None
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        folder,
+        f"manifest encoder_input_size must be a positive integer, got {value!r}",
+    )
+    return int(value)
+
+
 def load_bank(folder: str | Path) -> ImageBank:
     """Read a bank folder written by ``save_bank``; any inconsistency raises ``BankFormatError``."""
     folder = Path(folder)
@@ -184,6 +222,7 @@ def load_bank(folder: str | Path) -> ImageBank:
             features=feats,
             thumbnails=thumbs,
             n_per_cluster=int(data.get("n_per_cluster", 100)),
+            encoder_input_size=_input_size(data.get("encoder_input_size"), folder),
         )
     except BankError as exc:
         raise BankFormatError(f"image bank {folder}: {exc}") from exc

@@ -15,8 +15,10 @@ logger = logging.getLogger("protoseg.cli")
 #: Sub-command modules; each defines ``register(subparsers) -> None`` and sets ``func`` on its parsers.
 COMMAND_MODULES: tuple[str, ...] = (
     "protoseg.cli.synth",
+    "protoseg.cli.data",
     "protoseg.cli.bank",
     "protoseg.cli.train",
+    "protoseg.cli.presets",
     "protoseg.cli.pseudo",
     "protoseg.cli.evaluate",
     "protoseg.cli.predict",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from protoseg.cli.args import int_at_least
 from protoseg.cli.common import add_config_args, config_from_args
 
 
@@ -19,7 +20,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.n is not None:
         extra.append(f"bank.n_per_cluster={args.n}")
     cfg = config_from_args(args, extra)
-    bank = build_bank_from_config(cfg, args.out)
+    bank = build_bank_from_config(cfg, args.out, overwrite=args.overwrite)
     print(json.dumps(_summary(bank, args.out)))
     return 0
 
@@ -52,9 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(b)
     b.add_argument("--data", help="dataset folder")
     b.add_argument("--out", required=True, help="bank folder to write")
+    b.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if it holds files protoseg did not write"
+    )
     b.add_argument("--encoder", choices=["descriptor", "open_clip", "timm"], help="bank.encoder.kind")
-    b.add_argument("--k", type=int, help="sub-clusters per class (default 3)")
-    b.add_argument("--n", type=int, help="members kept per sub-cluster (default 100)")
+    b.add_argument("--k", type=int_at_least(1), help="sub-clusters per class (default 3)")
+    b.add_argument("--n", type=int_at_least(1), help="members kept per sub-cluster (default 100)")
     b.set_defaults(func=_build)
     s = cmds.add_parser("show", help="summarise a bank folder")
     s.add_argument("folder")

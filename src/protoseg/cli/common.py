@@ -24,8 +24,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> ProtosegConfig:
-    """Defaults < YAML file < shortcut flags (``extra``) < ``--set`` overrides."""
-    return load_config(args.config, [*(extra or []), *args.overrides])
+    """Defaults < ``--preset`` (where the verb has it) < YAML file < shortcut flags (``extra``) < ``--set``."""
+    base = None
+    if getattr(args, "preset", None):
+        from protoseg.presets import load_preset
+
+        base = load_preset(args.preset)
+    return load_config(args.config, [*(extra or []), *args.overrides], base=base)
 
 
 class ProgressBar:

@@ -1,4 +1,4 @@
-"""``protoseg eval``: mIoU, FwIoU, Dice and boundary IoU of a checkpoint on a labelled split."""
+"""``protoseg eval``: mIoU, FwIoU, Dice, coverage and boundary IoU of a checkpoint on a labelled split."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.tta:
         extra.append("stage2.tta=true")
     cfg = config_from_args(args, extra)
-    metrics = evaluate_checkpoint(cfg, args.checkpoint, Split(args.split), use_labels=args.use_labels)
+    metrics = evaluate_checkpoint(
+        cfg, args.checkpoint, Split(args.split), use_labels=args.use_labels, protocol=args.protocol
+    )
     print(json.dumps(metrics, indent=None if args.json else 2))
     return 0
 
@@ -31,5 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--use-labels", action="store_true", help="stage 1: gate CAMs with the image-level labels (pseudo-mask quality)"
     )
     p.add_argument("--tta", action="store_true", help="stage 2: flip test-time augmentation")
+    p.add_argument(
+        "--protocol",
+        default="pbip",
+        choices=["pbip", "tissue"],
+        help="pbip: background is a class (default); tissue: MLPS/WSSS-Tissue, ground-truth background "
+        "pixels excluded. The report names the protocol.",
+    )
     p.add_argument("--json", action="store_true", help="one-line JSON output")
     p.set_defaults(func=_run)

@@ -15,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("zarr", metavar="ZARR", help="prediction folder written by `protoseg predict`")
     e.add_argument("--format", "-f", required=True, choices=[f.value for f in ExportFormat])
     e.add_argument("--out", "-o", default=None, help="output file (default: next to ZARR)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an export protoseg wrote")
     e.add_argument(
         "--level", type=int, default=None, help="pyramid level to export (default: 0; GeoJSON: finest that fits)"
     )
@@ -24,6 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from protoseg.export import export_prediction
 
-    path = export_prediction(args.zarr, args.format, args.out, level=args.level)
+    path = export_prediction(args.zarr, args.format, args.out, level=args.level, overwrite=args.overwrite)
     print(path)
     return 0

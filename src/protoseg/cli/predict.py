@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from protoseg.cli.args import int_at_least, positive_float
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,18 +22,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", "-c", required=True, help="checkpoint .pt written by `protoseg train`")
     p.add_argument("--out", "-o", required=True, help="output folder (one <slide>.zarr per slide)")
     p.add_argument("--scheduler", default=None, help="dask scheduler address (tcp://host:8786); default: local")
-    p.add_argument("--workers", type=int, default=1, help="local dask workers (processes); 1 = run in this process")
+    p.add_argument(
+        "--workers", type=int_at_least(1), default=1, help="local dask workers (processes); 1 = run in this process"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--batch-size", type=int, default=16, help="tiles per model call")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16, help="tiles per model call")
     p.add_argument("--tta", action="store_true", help="average over flips (4x slower)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument(
-        "--slide-mpp", type=float, default=None, help="microns per pixel of the slide (when the file has none)"
+        "--slide-mpp", type=positive_float, default=None, help="microns per pixel of the slide (when the file has none)"
     )
     p.add_argument("--no-tissue-only", action="store_true", help="predict background chunks too")
-    p.add_argument("--chunk", type=int, default=512, help="chunk size of the output arrays (px)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in px (default: tile size / 4)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing protoseg outputs instead of resuming")
+    p.add_argument("--chunk", type=int_at_least(16), default=512, help="chunk size of the output arrays (px)")
+    p.add_argument("--overlap", type=int_at_least(0), default=None, help="tile overlap in px (default: tile size / 4)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing OUT/<slide>.zarr folders instead of resuming them (default: resume a matching run)",
+    )
     p.set_defaults(func=run_predict)
 
 
@@ -61,7 +69,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from protoseg.infer.batch import predict_slide_to_omezarr
     from protoseg.infer.distributed import SlideOutcome, output_names, predict_many
     from protoseg.infer.errors import InferenceError
-    from protoseg.infer.omezarr import check_output_dir
+    from protoseg.infer.omezarr import check_output_parent
     from protoseg.infer.predictor import Predictor
 
     if args.batch_size < 1 or args.workers < 1:
@@ -88,7 +96,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 **_batch_options(args),
             )
     else:
-        check_output_dir(args.out)
+        check_output_parent(args.out)
         predictor = Predictor(args.checkpoint, **_predictor_options(args))
         for slide, out in zip(args.slides, output_names(args.slides, args.out)):
             with tqdm(total=0, unit="chunk", desc=Path(slide).name) as bar:

@@ -23,7 +23,7 @@ def _run(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    out = make_pseudo_masks(cfg, args.checkpoint, args.out, progress)
+    out = make_pseudo_masks(cfg, args.checkpoint, args.out, progress, overwrite=args.overwrite)
     bar.close()
     print(out)
     return 0
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.pt)")
     p.add_argument("--data", help="dataset folder")
-    p.add_argument("--out", help="output folder (default RUN/pseudo)")
+    p.add_argument("--out", help="output folder (default RUN/pseudo); re-exported whole when the checkpoint changes")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out folder that protoseg did not write")
     p.add_argument("--device")
     p.set_defaults(func=_run)

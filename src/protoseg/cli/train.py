@@ -7,8 +7,10 @@ import json
 import logging
 from pathlib import Path
 
+from protoseg.cli.args import int_at_least
 from protoseg.cli.common import ProgressBar, add_config_args, config_from_args
 from protoseg.config import AddOn, Recipe
+from protoseg.presets import list_presets
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     summary = {
         "stage": args.stage,
         "best": str(result.best) if result.best else None,
-        "last": str(result.last),
+        "last": str(result.last) if result.last.is_file() else None,  # never claim a file that was not written
         "best_metric": result.best_metric,
         "epochs": result.epochs_done,
         "seconds": round(result.seconds, 1),
@@ -63,9 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     ):
         s = stages.add_parser(stage, help=text, description=text)
         add_config_args(s)
+        s.add_argument(
+            "--preset",
+            choices=list_presets(),
+            help="start from a paper preset (see `protoseg presets`); --config and --set apply on top",
+        )
         s.add_argument("--data", help="dataset folder (BCSS-WSSS, LUAD-HistoSeg or generic layout)")
         s.add_argument("--out", help="run folder (checkpoints go to OUT/stage1 or OUT/stage2)")
-        s.add_argument("--epochs", type=int)
+        s.add_argument("--epochs", type=int_at_least(1))
         s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
         s.add_argument("--resume", action="store_true", help="continue from OUT/<stage>/last.pt")
         if stage == "stage1":

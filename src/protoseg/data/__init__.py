@@ -19,7 +19,15 @@ from protoseg.data.errors import DataError, DatasetLayoutError, MaskError, Regio
 from protoseg.data.layouts import detect_layout
 from protoseg.data.masks import labels_from_mask, load_mask, save_palette_mask
 from protoseg.data.records import Layout, PatchRecord, Split
-from protoseg.data.region_dataset import RegionPatch, WsiRegionDataset
+from protoseg.data.region_dataset import (
+    RegionPatch,
+    RegionTiling,
+    SmallRegion,
+    WsiRegionDataset,
+    dense_stride,
+    tile_region_source,
+    tile_regions,
+)
 from protoseg.data.regions import (
     RegionAnnotation,
     load_regions_geojson,
@@ -43,9 +51,12 @@ __all__ = [
     "RegionAnnotation",
     "RegionError",
     "RegionPatch",
+    "RegionTiling",
+    "SmallRegion",
     "Split",
     "WsiRegionDataset",
     "default_augmentation",
+    "dense_stride",
     "detect_layout",
     "labels_from_mask",
     "load_image",
@@ -56,4 +67,6 @@ __all__ = [
     "regions_to_napari",
     "save_palette_mask",
     "save_regions_geojson",
+    "tile_region_source",
+    "tile_regions",
 ]

@@ -74,16 +74,25 @@ class ColorJitter(Augmentation):
         return out.clamp(0.0, 1.0), mask
 
 
+def _working(t: torch.Tensor) -> torch.Tensor:
+    """float64 stays float64 (reference maths); anything else is computed in float32 (~3x faster)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def rgb_to_hed(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) RGB in [0, 1] -> (3, H, W) H, E, D stain concentrations (optical-density units)."""
-    od = -torch.log10(image.double().clamp_min(_OD_EPS))
-    return torch.einsum("chw,cd->dhw", od, _HED_FROM_RGB.to(image.device))
+    """(..., 3, H, W) RGB in [0, 1] -> (..., 3, H, W) H, E, D stain concentrations (optical-density units).
+
+    Computed in float32 unless the input is float64, on the input's device (a batch on the GPU works).
+    """
+    od = -torch.log10(_working(image).clamp_min(_OD_EPS))
+    return torch.einsum("...chw,cd->...dhw", od, _HED_FROM_RGB.to(device=od.device, dtype=od.dtype))
 
 
 def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_hed`, clamped to [0, 1]."""
-    od = torch.einsum("dhw,dc->chw", hed.double(), _RGB_FROM_HED.to(hed.device))
-    return torch.pow(10.0, -od).clamp(0.0, 1.0)
+    """Inverse of :func:`rgb_to_hed`, clamped to [0, 1] (same dtype rule)."""
+    hed = _working(hed)
+    od = torch.einsum("...dhw,dc->...chw", hed, _RGB_FROM_HED.to(device=hed.device, dtype=hed.dtype))
+    return torch.pow(10.0, -od).clamp_(0.0, 1.0)
 
 
 class HEDJitter(Augmentation):
@@ -95,8 +104,18 @@ class HEDJitter(Augmentation):
     def apply(self, image, mask, g):
         scale = _uniform(1 - self.alpha, 1 + self.alpha, g, 3).view(3, 1, 1)
         shift = _uniform(-self.beta, self.beta, g, 3).view(3, 1, 1)
-        hed = rgb_to_hed(image) * scale.to(image.device) + shift.to(image.device)
+        hed = rgb_to_hed(image)
+        hed = hed * scale.to(hed.device, hed.dtype) + shift.to(hed.device, hed.dtype)
         return hed_to_rgb(hed).to(image.dtype), mask
+
+    def apply_batch(self, images: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """Jitter a (B, 3, H, W) batch where it lives (e.g. on the GPU), one draw per image (float32)."""
+        b = images.shape[0]
+        scale = _uniform(1 - self.alpha, 1 + self.alpha, g, 3 * b).view(b, 3, 1, 1)
+        shift = _uniform(-self.beta, self.beta, g, 3 * b).view(b, 3, 1, 1)
+        hed = rgb_to_hed(images)
+        hed = hed * scale.to(hed.device, hed.dtype) + shift.to(hed.device, hed.dtype)
+        return hed_to_rgb(hed).to(images.dtype)
 
 
 class Compose:

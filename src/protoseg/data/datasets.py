@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from protoseg.classes import ClassSpec
-from protoseg.data.errors import DatasetLayoutError
+from protoseg.data.errors import DataError, DatasetLayoutError
 from protoseg.data.generic import generic_records
 from protoseg.data.layouts import detect_layout, named_records
 from protoseg.data.masks import labels_from_mask, load_mask
@@ -26,8 +26,14 @@ Transform = Callable[[dict], dict]
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3); alpha is composited onto white (``as_rgb_uint8``)."""
-    with Image.open(path) as im:
-        return np.array(as_rgb_uint8(im))  # a writable copy
+    try:
+        with Image.open(path) as im:
+            return np.array(as_rgb_uint8(im))  # a writable copy
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # what Pillow raises for damaged files
+        raise DataError(
+            f"{path}: cannot read the image ({exc}); replace or remove the file "
+            "(`protoseg data check DIR` lists every bad file)"
+        ) from exc
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:

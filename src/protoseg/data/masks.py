@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from protoseg.classes import IGNORE_INDEX, ClassSpec
+from protoseg.classes import IGNORE_COLOR, IGNORE_INDEX, ClassSpec
 from protoseg.data.errors import MaskError
 
 logger = logging.getLogger(__name__)
@@ -25,14 +25,15 @@ def rgb_to_index(rgb: np.ndarray, classes: ClassSpec, source: str = "mask") -> n
     found = lut_codes[order][pos] == codes
     out = np.where(found, order[pos], IGNORE_INDEX).astype(np.int64)
     # pure black is a common "unlabelled" colour in RGB masks; anything else unknown is an error
-    unknown = ~found & (codes != 0)
+    ignore_code = (IGNORE_COLOR[0] << 16) | (IGNORE_COLOR[1] << 8) | IGNORE_COLOR[2]
+    unknown = ~found & (codes != 0) & (codes != ignore_code)
     if unknown.any():
         bad = sorted({tuple(int(v) for v in c) for c in rgb[unknown][:1000]})[:5]
         raise MaskError(
             f"{source}: RGB mask has colours {bad} that are not in the class palette "
             f"{dict(zip([*classes.names, classes.background_name], palette))}. "
             "Expected a P-mode palette PNG or an RGB mask using exactly these colours "
-            "(black = ignore); fix the mask or pass the matching ClassSpec/layout."
+            f"(black or {IGNORE_COLOR} = ignore); fix the mask or pass the matching ClassSpec/layout."
         )
     return out
 
@@ -40,12 +41,15 @@ def rgb_to_index(rgb: np.ndarray, classes: ClassSpec, source: str = "mask") -> n
 def load_mask(path: str | Path, classes: ClassSpec) -> np.ndarray:
     """Load a mask file as int64 (H, W) indices: 0..C-1 classes, C background, 255 ignore."""
     path = Path(path)
-    with Image.open(path) as im:
-        mode = im.mode
-        if mode == "P" or mode in ("L", "I", "I;16"):
-            arr = np.asarray(im).astype(np.int64)
-        else:
-            arr = rgb_to_index(np.asarray(im.convert("RGB")), classes, source=str(path))
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode == "P" or mode in ("L", "I", "I;16"):
+                arr = np.asarray(im).astype(np.int64)
+            else:
+                arr = rgb_to_index(np.asarray(im.convert("RGB")), classes, source=str(path))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # what Pillow raises for damaged files
+        raise MaskError(f"{path}: cannot read the mask ({exc}); replace or remove the file") from exc
     bad = (arr > classes.background_index) & (arr != IGNORE_INDEX)
     if bad.any():
         vals = sorted(set(np.unique(arr[bad]).tolist()))[:8]
@@ -72,5 +76,6 @@ def save_palette_mask(path: str | Path, mask: np.ndarray, classes: ClassSpec) ->
     im = Image.frombytes("P", (m8.shape[1], m8.shape[0]), m8.tobytes())
     flat = [v for c in classes.palette() for v in c]
     flat += [0, 0, 0] * (256 - len(classes.palette()))
+    flat[3 * IGNORE_INDEX : 3 * IGNORE_INDEX + 3] = IGNORE_COLOR  # ignore pixels visible in any viewer
     im.putpalette(flat)
     im.save(path, format="PNG")

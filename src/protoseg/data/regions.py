@@ -16,6 +16,10 @@ from protoseg.data.errors import RegionError
 logger = logging.getLogger(__name__)
 
 
+#: Largest |coordinate| a region may have (level-0 px); whole-slide images are far below 1e7 px a side.
+MAX_COORDINATE = 1e9
+
+
 @dataclass(frozen=True, eq=False)
 class RegionAnnotation:
     """A polygon in level-0 slide pixels, (N, 2) in (x, y) order, tagged with the classes present."""
@@ -25,9 +29,19 @@ class RegionAnnotation:
     slide_path: str
 
     def __post_init__(self) -> None:
-        poly = np.array(self.polygon, dtype=np.float64)
+        try:
+            poly = np.array(self.polygon, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise RegionError("a region polygon must be an (N>=3, 2) array of numbers (x, y)") from None
         if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
             raise RegionError(f"a region polygon must be an (N>=3, 2) array of (x, y); got shape {poly.shape}")
+        if not np.isfinite(poly).all():
+            raise RegionError("a region polygon has non-finite coordinates (NaN or inf); fix the annotation")
+        if np.abs(poly).max() > MAX_COORDINATE:
+            raise RegionError(
+                f"a region polygon has coordinates beyond ±{MAX_COORDINATE:g} px (max |value| "
+                f"{np.abs(poly).max():g}); they must be level-0 pixels of its slide"
+            )
         if len(poly) > 3 and np.allclose(poly[0], poly[-1]):
             poly = poly[:-1]  # drop the closing vertex of GeoJSON rings
         poly.setflags(write=False)
@@ -53,60 +67,144 @@ class RegionSource:
     fallback_mpp: float | None = None  # used for slides whose file records no mpp
 
 
-def _tags(props: dict) -> tuple[str, ...]:
-    cls = props.get("classification") or {}
-    if isinstance(cls, dict) and cls.get("names"):
-        return tuple(str(n) for n in cls["names"])
-    if isinstance(cls, dict) and cls.get("name"):
-        return tuple(t.strip() for t in str(cls["name"]).split(";") if t.strip())
-    if isinstance(cls, str) and cls:
-        return tuple(t.strip() for t in cls.split(";") if t.strip())
-    plain = props.get("classes")
-    if isinstance(plain, str):
-        return tuple(t.strip() for t in plain.split(";") if t.strip())
-    return tuple(str(c) for c in plain or ())
+#: GeoJSON geometry types that carry no area: skipped with a warning (QuPath exports points and lines too).
+NON_AREA_GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", "GeometryCollection")
 
 
-def _rings(geometry: dict) -> list[np.ndarray]:
-    kind = geometry.get("type")
-    coords = geometry.get("coordinates") or []
-    polys = [coords] if kind == "Polygon" else coords if kind == "MultiPolygon" else []
-    if kind not in ("Polygon", "MultiPolygon"):
-        logger.warning("skipping a %s geometry: only Polygon and MultiPolygon regions are used", kind)
-    if any(len(p) > 1 for p in polys):
-        logger.warning("polygon holes are ignored; only outer rings are used")
-    return [np.asarray(p[0], dtype=np.float64)[:, :2] for p in polys if p]
+def _names(value: object, where: str) -> tuple[str, ...]:
+    """Class names from ``"A;B"`` text or a list of texts."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(t.strip() for t in value.split(";") if t.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(v.strip() for v in value if v.strip())
+    raise RegionError(f"{where}: class names must be text or a list of texts, got {value!r}")
 
 
-def load_regions_geojson(path: str | Path, slide_path: str | Path | None = None) -> list[RegionAnnotation]:
-    """Read tagged polygons from a (QuPath-style) GeoJSON file; ``slide_path`` overrides the file's."""
-    path = Path(path)
+def _tags(props: dict, where: str = "feature") -> tuple[str, ...]:
+    cls = props.get("classification")
+    if isinstance(cls, dict):
+        return _names(cls.get("names"), where) or _names(cls.get("name"), where)
+    if cls:
+        return _names(cls, where)
+    return _names(props.get("classes"), where)
+
+
+def _ring(ring: object, where: str) -> np.ndarray:
+    """One linear ring as an (N, 2) float array of finite (x, y); z values are dropped."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RegionError(f"cannot read GeoJSON {path}: {exc}") from exc
+        arr = np.asarray(ring, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RegionError(f"{where}: coordinates must be [[x, y], ...] numbers") from None
+    if arr.ndim != 2 or arr.shape[1] < 2 or len(arr) < 3:
+        raise RegionError(f"{where}: a polygon ring needs at least 3 [x, y] positions; got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise RegionError(f"{where}: coordinates hold NaN or infinite values")
+    return arr[:, :2]
+
+
+def _rings(geometry: object, where: str) -> list[np.ndarray]:
+    """Outer rings of a Polygon / MultiPolygon geometry (holes ignored); [] for point/line geometries."""
+    if not isinstance(geometry, dict):
+        raise RegionError(f"{where}: has no geometry object (got {geometry!r})")
+    kind = geometry.get("type")
+    if kind in NON_AREA_GEOMETRIES:
+        logger.warning("%s: skipping a %s geometry: only Polygon and MultiPolygon regions are used", where, kind)
+        return []
+    if kind not in ("Polygon", "MultiPolygon"):
+        raise RegionError(f"{where}: geometry type {kind!r} is not a GeoJSON Polygon or MultiPolygon")
+    coords = geometry.get("coordinates")
+    polys = [coords] if kind == "Polygon" else coords
+    if not isinstance(polys, list) or not all(isinstance(p, list) and p for p in polys) or not polys:
+        raise RegionError(f"{where}: {kind} coordinates must be a non-empty list of rings")
+    if any(len(p) > 1 for p in polys):
+        logger.warning("%s: polygon holes are ignored; only outer rings are used", where)
+    return [_ring(p[0], where) for p in polys]
+
+
+def _features(data: object, path: Path) -> list:
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features", [])
+        features = data.get("features")
     elif isinstance(data, dict) and data.get("type") == "Feature":
         features = [data]
     elif isinstance(data, list):
         features = data
     else:
         raise RegionError(f"{path}: expected a GeoJSON FeatureCollection, Feature or list of Features")
+    if not isinstance(features, list):
+        raise RegionError(f"{path}: 'features' must be a list of Features")
+    return features
+
+
+def clip_to_slide(region: RegionAnnotation, size: tuple[int, int]) -> list[RegionAnnotation]:
+    """The parts of ``region`` inside the slide's level-0 extent ``size`` (w, h): the region itself when it
+    lies inside, clipped parts (with a warning) when it crosses the edge; RegionError when none is inside."""
+    width, height = float(size[0]), float(size[1])
+    x0, y0, x1, y1 = region.bounds
+    if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+        return [region]
+    import shapely
+
+    poly = shapely.Polygon(region.polygon)
+    poly = poly if poly.is_valid else shapely.make_valid(poly)
+    inside = shapely.intersection(poly, shapely.box(0, 0, width, height))
+    parts = [g for g in getattr(inside, "geoms", [inside]) if isinstance(g, shapely.Polygon) and g.area > 0]
+    if not parts:
+        raise RegionError(
+            f"region {'+'.join(region.classes)} spans x {x0:g}..{x1:g}, y {y0:g}..{y1:g}, outside the slide "
+            f"{region.slide_path} ({width:g} x {height:g} px); coordinates must be level-0 pixels of that slide"
+        )
+    logger.warning(
+        "region %s reaches outside the slide %s (%g x %g px): clipped to the slide",
+        "+".join(region.classes),
+        region.slide_path,
+        width,
+        height,
+    )
+    return [RegionAnnotation(np.asarray(p.exterior.coords), region.classes, region.slide_path) for p in parts]
+
+
+def load_regions_geojson(
+    path: str | Path, slide_path: str | Path | None = None, slide_size: tuple[int, int] | None = None
+) -> list[RegionAnnotation]:
+    """Read tagged polygons from a (QuPath-style) GeoJSON file; ``slide_path`` overrides the file's.
+
+    Each feature needs a Polygon/MultiPolygon geometry with finite coordinates and its classes
+    (``classification`` name(s) or ``classes``); unclassified features and point/line geometries are
+    skipped with a warning, anything else malformed is a RegionError naming the feature. With
+    ``slide_size`` (level-0 w, h) polygons are clipped to the slide (warning) and ones outside refused.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RegionError(f"cannot read GeoJSON {path}: {exc}") from exc
     regions = []
-    for i, feat in enumerate(features):
+    for i, feat in enumerate(_features(data, path)):
+        where = f"{path}: feature {i}"
+        if not isinstance(feat, dict):
+            raise RegionError(f"{where} is not a GeoJSON Feature object (got {type(feat).__name__})")
         props = feat.get("properties") or {}
-        tags = _tags(props)
+        if not isinstance(props, dict):
+            raise RegionError(f"{where}: 'properties' must be an object, got {props!r}")
+        tags = _tags(props, where)
         if not tags:
-            logger.warning("%s: feature %d has no classification/classes, skipped", path, i)
+            logger.warning("%s has no classification/classes, skipped", where)
             continue
         sp = slide_path if slide_path is not None else props.get("slide_path")
         if sp is None:
             raise RegionError(
-                f"{path}: feature {i} does not say which slide it belongs to; pass slide_path= "
-                "or add properties.slide_path"
+                f"{where} does not say which slide it belongs to; pass slide_path= or add properties.slide_path"
             )
-        regions += [RegionAnnotation(ring, tags, str(sp)) for ring in _rings(feat.get("geometry") or {})]
+        if not isinstance(sp, (str, Path)):
+            raise RegionError(f"{where}: properties.slide_path must be a file path, got {sp!r}")
+        for ring in _rings(feat.get("geometry"), where):
+            try:
+                region = RegionAnnotation(ring, tags, str(sp))
+            except RegionError as exc:
+                raise RegionError(f"{where}: {exc}") from None
+            regions += clip_to_slide(region, slide_size) if slide_size is not None else [region]
     return regions
 
 

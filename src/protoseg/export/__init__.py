@@ -17,6 +17,7 @@ from protoseg.export.errors import ExportError
 from protoseg.export.geojson import class_polygons, load_geojson_mask, mask_to_geojson, write_geojson
 from protoseg.export.ometiff import write_mask_ometiff
 from protoseg.export.omezarr import copy_prediction
+from protoseg.export.replace import check_file_output, write_file_export
 
 logger = logging.getLogger(__name__)
 
@@ -61,29 +62,49 @@ def export_prediction(
     fmt: ExportFormat | str,
     out: str | os.PathLike[str] | None = None,
     level: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Export a finished batch prediction folder; returns the written file (or folder, for OME-Zarr)."""
+    """Export a finished batch prediction folder; returns the written file (or folder, for OME-Zarr).
+
+    An unfinished or damaged prediction (unmarked chunks in ``done``, missing or unreadable chunk files)
+    raises ``ExportError`` naming the chunk and the repair. ``out`` is replaced only when it is an export
+    protoseg wrote in the same format, or when ``overwrite`` (``--overwrite``).
+    """
+    from protoseg.infer.errors import OutputError
     from protoseg.infer.omezarr import open_prediction
 
     fmt = export_format(fmt)
-    pred = open_prediction(zarr_path)
-    if not pred.complete:
-        raise ExportError(
-            f"{zarr_path} is an unfinished prediction; run it again (`protoseg predict` or the Predict "
-            "widget's 'Whole slide'; it resumes) first."
-        )
+    try:
+        return _export(open_prediction(zarr_path), zarr_path, fmt, out, level, overwrite)
+    except OutputError as exc:
+        raise ExportError(str(exc)) from exc
+
+
+def _export(pred, zarr_path, fmt: ExportFormat, out, level: int | None, overwrite: bool) -> Path:
+    from protoseg.infer.omezarr import CheckedArray, check_finished
+
+    check_finished(pred)
     out = Path(out) if out is not None else default_output(zarr_path, fmt)
     n = pred.num_levels
     if level is not None and not 0 <= level < n:
         raise ExportError(f"level {level} does not exist; the prediction has levels 0..{n - 1}")
     if fmt is ExportFormat.OME_ZARR:
-        return copy_prediction(zarr_path, out)
+        return copy_prediction(zarr_path, out, overwrite=overwrite)
+
+    def mask(k: int) -> CheckedArray:
+        return CheckedArray(pred.mask(k), pred, f"mask/{k}")
+
     if fmt is ExportFormat.OME_TIFF:
-        levels = [pred.mask(k) for k in range(level or 0, n)]
-        return write_mask_ometiff(levels, out, pred.level_mpp(level or 0), pred.classes)
+        levels = [mask(k) for k in range(level or 0, n)]
+        mpp = pred.level_mpp(level or 0)
+        return write_file_export(
+            out, fmt.value, lambda tmp: write_mask_ometiff(levels, tmp, mpp, pred.classes), overwrite
+        )
     if fmt is ExportFormat.AREAS:
         lv = level or 0
-        return write_area_csv(class_areas(pred.mask(lv), pred.level_mpp(lv), pred.classes), out)
+        rows = class_areas(mask(lv), pred.level_mpp(lv), pred.classes)
+        return write_file_export(out, fmt.value, lambda tmp: write_area_csv(rows, tmp), overwrite)
+    check_file_output(out, fmt.value, overwrite)  # before the (long) polygon tracing
     if level is None:
         level = next((k for k in range(n) if pred.mask(k).size <= GEOJSON_MAX_PIXELS), n - 1)
         if level:
@@ -92,9 +113,8 @@ def export_prediction(
                 level,
                 2**level,
             )
-    mask = pred.mask(level)[...]
-    collection = mask_to_geojson(mask, pred.classes, factor=pred.scale * 2**level)
-    return write_geojson(collection, out)
+    collection = mask_to_geojson(mask(level)[...], pred.classes, factor=pred.scale * 2**level)
+    return write_file_export(out, fmt.value, lambda tmp: write_geojson(collection, tmp), overwrite)
 
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""The OME-Zarr "export": a copy of a finished batch prediction folder to a new (or empty) folder."""
+"""The OME-Zarr "export": a copy of a finished batch prediction folder to a new folder (or over a prediction
+folder protoseg wrote), written beside it and renamed into place."""
 
 from __future__ import annotations
 
@@ -9,23 +10,29 @@ from pathlib import Path
 from protoseg.export.errors import ExportError
 
 
-def copy_prediction(zarr_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+def copy_prediction(zarr_path: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Copy the prediction folder ``zarr_path`` to ``out``; returns ``out``.
 
-    The source must be a finished protoseg prediction; ``out`` must not exist or be an empty folder
-    (never merged into a foreign folder). Copying a folder onto itself does nothing.
+    The source must be a finished, undamaged protoseg prediction; ``out`` must be free, empty or a
+    prediction folder protoseg wrote, unless ``overwrite``. Copying a folder onto itself does nothing.
     """
-    from protoseg.infer.omezarr import open_prediction
+    from protoseg.infer.errors import OutputError
+    from protoseg.infer.omezarr import OUTPUT_KIND, check_finished, is_prediction_dir, open_prediction
+    from protoseg.outputs import replace_dir
 
     src, out = Path(zarr_path), Path(out)
-    if not open_prediction(src).complete:
-        raise ExportError(f"{src} is an unfinished prediction; run the prediction again (it resumes) first.")
+    try:
+        check_finished(open_prediction(src))
+    except OutputError as exc:
+        raise ExportError(str(exc)) from exc
     if out.resolve() == src.resolve():
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} already exists and is not empty; choose a new folder name (e.g. ending .zarr)")
+    if out.exists() and not out.is_dir() and not overwrite:
+        raise ExportError(f"{out} is a file; choose a folder name (e.g. ending .zarr) or pass --overwrite")
+    is_prediction_dir(out)  # marks an older unmarked protoseg prediction as replaceable
     try:
-        shutil.copytree(src, out, dirs_exist_ok=True)
+        with replace_dir(out, OUTPUT_KIND, overwrite=overwrite) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot copy the prediction to {out} ({exc}); choose a writable location.") from exc
     return out

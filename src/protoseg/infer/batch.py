@@ -26,7 +26,14 @@ import numpy as np
 from protoseg.cancel import CancelLike, Progress, check_cancelled
 from protoseg.infer.chunks import DEFAULT_CHUNK, SlideChunks, TissueLike
 from protoseg.infer.errors import OutputError
-from protoseg.infer.omezarr import check_output_dir, create_prediction_zarr, open_prediction, read_protoseg_attrs
+from protoseg.infer.identity import differences, model_sha256, slide_identity
+from protoseg.infer.omezarr import (
+    check_output_dir,
+    create_prediction_zarr,
+    missing_chunks,
+    open_prediction,
+    read_protoseg_attrs,
+)
 from protoseg.infer.plan import ChunkStep, plan_steps, strip_order
 from protoseg.infer.predictor import Predictor
 from protoseg.infer.pyramid import ChunkData, chunk_from_finer
@@ -50,25 +57,47 @@ class BatchResult:
     seconds: float
 
 
-def _comparable(layout: dict[str, Any]) -> dict[str, Any]:
-    pred = {k: v for k, v in layout.get("predictor", {}).items() if k != "checkpoint"}
-    return {**layout, "predictor": pred}
+#: Recorded keys that may differ on resume (the checkpoint file may move; its weights hash is compared).
+_MAY_DIFFER = ("predictor.checkpoint",)
+
+
+def _forget_missing_chunks(out: Path) -> int:
+    """Un-mark level-0 chunks whose files are gone (deleted or lost), so the resume recomputes them."""
+    pred = open_prediction(out, mode="r+")
+    lost = missing_chunks(pred, 0)
+    for _, r, c, _ in lost:
+        pred.group["done"][r, c] = 0
+    attrs = dict(pred.group.attrs["protoseg"])
+    attrs.update(complete=False, pyramid_complete=False)
+    pred.group.attrs["protoseg"] = attrs
+    if lost:
+        logger.warning("%s: %d chunk file(s) missing; they will be predicted again", out, len({x[1:3] for x in lost}))
+    return len(lost)
 
 
 def _open_output(out: Path, layout: dict[str, Any], predictor: Predictor, slide: str, resume: bool, overwrite: bool):
-    existing = check_output_dir(out)
-    if existing:
+    """Root group to write: a matching earlier run (``resume``), a fresh folder, or a replaced one (``overwrite``).
+
+    Resuming requires the same slide (path, size, content fingerprint) and predictor (weights hash, classes,
+    mpp, tile, overlap, TTA...): otherwise ``OutputError`` names what differs.
+    """
+    existing = check_output_dir(out, overwrite=overwrite)
+    if existing and not overwrite:
         attrs = read_protoseg_attrs(out) or {}
-        same = _comparable(attrs.get("layout", {})) == _comparable(layout)
-        if same and resume:
-            logger.info("resuming prediction in %s", out)
-            return open_prediction(out, mode="r+").group
-        if not overwrite:
-            why = "was written for another slide or model settings" if not same else "already exists"
+        diff = differences(attrs.get("layout", {}), layout, ignore=_MAY_DIFFER)
+        if diff:
             raise OutputError(
-                f"output {out} {why}; pass resume=True (--resume) to continue a matching run, "
-                "overwrite=True to replace it, or choose another output folder."
+                f"output {out} holds a prediction of another slide or model ({'; '.join(diff)} differ), so it "
+                "cannot be resumed; choose another output folder, or pass overwrite=True (--overwrite) to replace it."
             )
+        if not resume:
+            raise OutputError(
+                f"output {out} already exists; pass resume=True to continue it, overwrite=True (--overwrite) "
+                "to replace it, or choose another output folder."
+            )
+        logger.info("resuming prediction in %s", out)
+        _forget_missing_chunks(out)
+        return open_prediction(out, mode="r+").group
     return create_prediction_zarr(out, predictor.classes, layout, slide, overwrite=existing)
 
 
@@ -76,8 +105,9 @@ class _Arrays:
     """Zarr arrays of the output, opened once (group lookups re-read metadata)."""
 
     def __init__(self, root: Any, levels: int, chunk: int) -> None:
-        self.probs = [root["probs"][str(k)] for k in range(levels)]
-        self.mask = [root["mask"][str(k)] for k in range(levels)]
+        every = {"write_empty_chunks": True}  # every chunk stored: a missing chunk file then means damage
+        self.probs = [root["probs"][str(k)].with_config(every) for k in range(levels)]
+        self.mask = [root["mask"][str(k)].with_config(every) for k in range(levels)]
         self.done = root["done"]
         self.chunk = chunk
 
@@ -97,6 +127,16 @@ def _build_pyramid(arrays: _Arrays, layout: SlideChunks) -> None:
             arrays.write(level, cy, cx, chunk_from_finer(np.asarray(block)))
 
 
+def default_readers(device_type: str) -> int:
+    """Decode threads: 2 when the model shares the CPU; on an accelerator all cores but two (2..16).
+
+    openslide, tifffile (imagecodecs) and numpy release the GIL while decoding and resampling, so
+    threads scale with cores without the pickling cost of processes.
+    """
+    cores = os.cpu_count() or 2
+    return 2 if device_type == "cpu" else max(2, min(16, cores - 2))
+
+
 class _Pipeline:
     """Readers -> model -> writer over a stream of ``ChunkStep``s; first error stops everything."""
 
@@ -105,7 +145,7 @@ class _Pipeline:
         layout: SlideChunks,
         steps,
         finish_chunk: Callable[[ChunkStep, dict], None],
-        readers: int,
+        readers: int | None,
         cancel: CancelLike | None = None,
     ) -> None:
         self.layout, self.finish_chunk, self.cancel = layout, finish_chunk, cancel
@@ -115,10 +155,10 @@ class _Pipeline:
         self._pending_jobs: deque = deque()
         self._ready_steps: deque[ChunkStep] = deque()
         self._plan_done = False
-        self.n_readers = max(1, int(readers))
+        self.n_readers = max(1, int(readers if readers is not None else default_readers(self.predictor.device.type)))
         bs = self.predictor.batch_size
         self.read_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * bs))
-        self.write_q: queue.Queue = queue.Queue(maxsize=2)
+        self.write_q: queue.Queue = queue.Queue(maxsize=8)  # absorbs zarr write hiccups off the model loop
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
@@ -211,7 +251,7 @@ class _Pipeline:
                 else:
                     batch.append(item)
                 if batch and (len(batch) >= self.predictor.batch_size or finished == self.n_readers):
-                    probs = self.predictor.predict_tiles(np.stack([p for _, p in batch]))
+                    probs = self.predictor.predict_for_blend(np.stack([p for _, p in batch]))
                     store.update((job, pr) for (job, _), pr in zip(batch, probs))
                     batch = []
                     self._dispatch(store)
@@ -244,7 +284,7 @@ def predict_slide_to_omezarr(
     resume: bool = True,
     overwrite: bool = False,
     progress: Progress | None = None,
-    readers: int = 2,
+    readers: int | None = None,
     strip: int = 4,
     cancel: CancelLike | None = None,
 ) -> BatchResult:
@@ -254,11 +294,16 @@ def predict_slide_to_omezarr(
     finished chunks stay recorded, so a later call with ``resume=True`` continues from them.
     """
     start = time.perf_counter()
+    slide_arg = slide
     name = str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else slide_name(slide)
     slide = open_any(slide)
     layout = SlideChunks(predictor, slide, slide_mpp=slide_mpp, chunk=chunk, tissue_only=tissue_only, tissue=tissue)
     out = Path(out_dir)
-    root = _open_output(out, layout.describe(), predictor, name, resume, overwrite)
+    described = layout.describe()
+    described["predictor"]["model_sha256"] = model_sha256(predictor.model)
+    file = Path(name) if isinstance(slide_arg, (str, os.PathLike)) else getattr(slide, "path", None)
+    described["slide_identity"] = slide_identity(file, layout.geom.reader.read, layout.width, layout.height)
+    root = _open_output(out, described, predictor, name, resume, overwrite)
     arrays = _Arrays(root, len(layout.levels), layout.chunk)
     done = np.asarray(arrays.done[...]).astype(bool)
     total = int(done.size)

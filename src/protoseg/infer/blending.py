@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from protoseg.infer.errors import InferenceError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Weight quantum: 12 fractional bits keep weight*float32 products exact in float64.
 WEIGHT_QUANTUM = 2.0**-12
@@ -74,3 +78,33 @@ def blend_tiles(
         raise InferenceError(f"box {box} is not fully covered by the given tiles (internal tiling error)")
     acc /= wsum
     return acc.astype(np.float32)
+
+
+def blend_tiles_torch(
+    box: tuple[int, int, int, int],
+    tiles: Iterable[tuple[int, int, torch.Tensor]],
+    window: torch.Tensor,
+    channels: int,
+) -> torch.Tensor:
+    """``blend_tiles`` on the tiles' device (float64 accumulation, same order): the same values bit for bit."""
+    import torch
+
+    bx, by, bw, bh = box
+    acc = torch.zeros((channels, bh, bw), dtype=torch.float64, device=window.device)
+    wsum = torch.zeros((bh, bw), dtype=torch.float64, device=window.device)
+    th, tw = window.shape
+    for x0, y0, probs in tiles:
+        if tuple(probs.shape) != (channels, th, tw):
+            raise InferenceError(f"tile prediction has shape {tuple(probs.shape)}, expected {(channels, th, tw)}")
+        ix0, iy0 = max(bx, x0), max(by, y0)
+        ix1, iy1 = min(bx + bw, x0 + tw), min(by + bh, y0 + th)
+        if ix0 >= ix1 or iy0 >= iy1:
+            continue
+        w = window[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+        acc[:, iy0 - by : iy1 - by, ix0 - bx : ix1 - bx] += (
+            probs[:, iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0].double() * w
+        )
+        wsum[iy0 - by : iy1 - by, ix0 - bx : ix1 - bx] += w
+    if not bool((wsum > 0).all()):
+        raise InferenceError(f"box {box} is not fully covered by the given tiles (internal tiling error)")
+    return (acc / wsum).float()

@@ -21,6 +21,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHUNK = 512
 
 
+def chunk_from_device_scores(probs: Any) -> ChunkData:
+    """``pyramid.chunk_from_scores`` for a torch tensor: quantise and argmax on its device, then copy back
+    only the uint8 scores and mask (through pinned memory on CUDA). Same bytes as the numpy version."""
+    import torch
+
+    from protoseg.infer.device import to_host
+
+    q = torch.round(probs * 255.0).clamp_(0, 255).to(torch.uint8)
+    mask = torch.argmax(probs, dim=0).to(torch.uint8)
+    return ChunkData(to_host(q), to_host(mask))
+
+
 class TissueLike(Protocol):
     """What ``protoseg.slide.tissue_mask`` returns: tissue fraction of a level-0 box."""
 
@@ -86,10 +98,13 @@ class SlideChunks:
         _, _, w, h = self.chunk_grid(level).box(cy, cx)
         return background_chunk(self.channels, h, w)
 
-    def finish(self, cy: int, cx: int, tiles: dict[TileIndex, np.ndarray]) -> ChunkData:
-        """Blend the chunk's tiles and quantise: the level-0 chunk."""
+    def finish(self, cy: int, cx: int, tiles: dict[TileIndex, Any]) -> ChunkData:
+        """Blend the chunk's tiles and quantise: the level-0 chunk (on the tiles' device when they are tensors)."""
         box: Box = self.grid0.box(cy, cx)
-        return chunk_from_scores(self.predictor.blend_box(self.geom, box, tiles))
+        scores = self.predictor.blend_box(self.geom, box, tiles)
+        if isinstance(scores, np.ndarray):
+            return chunk_from_scores(scores)
+        return chunk_from_device_scores(scores)
 
     def describe(self) -> dict[str, Any]:
         """Parameters that determine the output, for metadata and resume checks."""

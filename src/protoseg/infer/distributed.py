@@ -90,11 +90,11 @@ def predict_many(
     ``predict_slide_to_omezarr`` (slide_mpp, tissue_only, chunk, resume, overwrite...)."""
     from dask.distributed import Client, LocalCluster, as_completed
 
-    from protoseg.infer.omezarr import check_output_dir
+    from protoseg.infer.omezarr import check_output_parent
     from protoseg.models.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint_path)  # fail fast, with a clear error, before starting any cluster
-    check_output_dir(out_dir)
+    check_output_parent(out_dir)
     paths = [str(Path(p).resolve()) for p in slide_paths]
     outs = [str(o) for o in output_names(paths, out_dir)]
     options = dict(batch_options)

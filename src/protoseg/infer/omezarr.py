@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protoseg import outputs
 from protoseg.classes import ClassSpec
 from protoseg.infer.errors import OutputError
 
@@ -48,20 +50,27 @@ def _multiscales(name: str, levels: int, mpp: float | None, channel_axis: bool) 
     return [{"name": name, "axes": axes, "datasets": datasets}]
 
 
-def check_output_dir(path: str | os.PathLike[str]) -> bool:
-    """Create/validate the output folder; True when it already holds a protoseg prediction.
+#: The ``protoseg.outputs`` marker kind of a prediction folder.
+OUTPUT_KIND = "prediction"
+_ZARR_ENTRIES = frozenset({"zarr.json", "probs", "mask", "done", outputs.MARKER})
 
-    Raises ``OutputError`` when it cannot be written or holds anything else (never deletes).
-    """
+
+def _adopt_legacy(path: Path) -> None:
+    """Mark a prediction written before output markers existed (protoseg attrs and only its own entries)."""
+    if not path.is_dir() or outputs.read_marker(path) is not None or read_protoseg_attrs(path) is None:
+        return
+    if {p.name for p in path.iterdir()} <= _ZARR_ENTRIES:
+        outputs.write_marker(path, OUTPUT_KIND, adopted=True)
+
+
+def is_prediction_dir(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a prediction folder protoseg wrote (marked, or an unmarked older one)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"output {path} exists and is a file; choose a folder path such as {path}.zarr")
-    existing = path.is_dir() and any(path.iterdir())
-    if existing and read_protoseg_attrs(path) is None:
-        raise OutputError(
-            f"output folder {path} already contains other files and is not a protoseg prediction; "
-            "choose a new or empty folder (nothing was changed)."
-        )
+    _adopt_legacy(path)
+    return outputs.owned_by(path, OUTPUT_KIND) and read_protoseg_attrs(path) is not None
+
+
+def _probe_writable(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".protoseg-write-test"
@@ -72,6 +81,39 @@ def check_output_dir(path: str | os.PathLike[str]) -> bool:
             f"cannot write to output folder {path} ({exc.strerror or exc}); choose a writable location "
             "or fix its permissions."
         ) from exc
+
+
+def check_output_parent(path: str | os.PathLike[str]) -> Path:
+    """The folder that receives one ``<slide>.zarr`` per slide: created if needed, must be a writable folder
+    (what else it holds is the user's business: only the per-slide folders are checked)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output {path} exists and is a file; pass a folder for the <slide>.zarr outputs")
+    _probe_writable(path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> bool:
+    """Create/validate the output folder; True when it already holds something to resume or replace.
+
+    A folder that is not a protoseg prediction raises ``OutputError`` (nothing is changed) unless
+    ``overwrite`` (the user asked: ``--overwrite``).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        if not overwrite:
+            raise OutputError(
+                f"output {path} exists and is a file; choose a folder path such as {path}.zarr "
+                "(or pass --overwrite to replace it)"
+            )
+        path.unlink()
+    existing = path.is_dir() and any(path.iterdir())
+    if existing and not is_prediction_dir(path) and not overwrite:
+        raise OutputError(
+            f"output folder {path} already contains other files and is not a protoseg prediction; "
+            "choose a new or empty folder, or pass --overwrite (overwrite=True) to replace it (nothing was changed)."
+        )
+    _probe_writable(path)
     return bool(existing)
 
 
@@ -98,7 +140,10 @@ def create_prediction_zarr(
     chunk = int(layout["chunk"])
     levels = [tuple(s) for s in layout["levels"]]
     channels = classes.num_classes + 1
-    root = zarr.open_group(str(path), mode="w" if overwrite else "w-", zarr_format=3)
+    if overwrite and Path(path).exists():  # replace the whole folder: no stale chunks or foreign files left
+        shutil.rmtree(path)
+    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    outputs.write_marker(path, OUTPUT_KIND)
     probs = root.create_group("probs")
     mask = root.create_group("mask")
     for k, (w, h) in enumerate(levels):
@@ -117,6 +162,7 @@ def create_prediction_zarr(
             dtype="uint8",
             fill_value=classes.num_classes,
             dimension_names=("y", "x"),
+            config={"write_empty_chunks": True},  # every chunk is stored, so a missing file means damage
         )
     rows, cols = -(-levels[0][1] // chunk), -(-levels[0][0] // chunk)
     root.create_array(
@@ -153,6 +199,7 @@ def create_prediction_zarr(
         "layout": layout,
         "complete": False,
         "pyramid_complete": False,
+        "all_chunks_stored": True,
     }
     return root
 
@@ -200,3 +247,103 @@ def open_prediction(path: str | os.PathLike[str], mode: str = "r") -> Prediction
         raise OutputError(f"{path} is not a protoseg prediction (OME-Zarr written by `protoseg predict`).")
     group = zarr.open_group(str(path), mode=mode, zarr_format=3)
     return PredictionZarr(path, group, ClassSpec.from_dict(attrs["classes"]), attrs.get("mpp"), attrs)
+
+
+#: How to repair an unfinished or damaged prediction (said by every error about one).
+REPAIR = (
+    "re-run `protoseg predict` on the same slide and checkpoint into the same folder: "
+    "it resumes and computes only the missing chunks"
+)
+
+
+def _chunk_file(arr: Any, root: Path, name: str, coords: tuple[int, ...]) -> Path:
+    return root / name / arr.metadata.encode_chunk_key(coords)
+
+
+def missing_chunks(pred: PredictionZarr, level: int = 0) -> list[tuple[str, int, int, Path]]:
+    """Chunks of ``level`` whose files are absent: ``(array, row, col, file)``. Score chunks are always
+    stored (scores are never all zero); mask chunks only in folders that store every chunk."""
+    strict_mask = bool(pred.attrs.get("all_chunks_stored"))
+    probs, mask = pred.probs(level), pred.mask(level)
+    c = int(pred.attrs["layout"]["chunk"])
+    h, w = mask.shape
+    out = []
+    for cy in range(-(-h // c)):
+        for cx in range(-(-w // c)):
+            f = _chunk_file(probs, pred.path, f"probs/{level}", (0, cy, cx))
+            if not f.is_file():
+                out.append(("probs", cy, cx, f))
+            if strict_mask:
+                f = _chunk_file(mask, pred.path, f"mask/{level}", (cy, cx))
+                if not f.is_file():
+                    out.append(("mask", cy, cx, f))
+    return out
+
+
+def unfinished_chunks(pred: PredictionZarr) -> tuple[int, int]:
+    """(level-0 chunks not marked done, all level-0 chunks) from the ``done`` record."""
+    import numpy as np
+
+    done = np.asarray(pred.group["done"][...])
+    return int(done.size - np.count_nonzero(done)), int(done.size)
+
+
+def check_finished(pred: PredictionZarr) -> None:
+    """Raise ``OutputError`` unless the prediction is complete: completion flags, every chunk marked done in
+    the ``done`` record, and every chunk file of every level present. The message names the first bad chunk
+    and how to repair it."""
+    import numpy as np
+
+    done = np.asarray(pred.group["done"][...])
+    todo = np.argwhere(done == 0)
+    if len(todo):
+        r, c = (int(v) for v in todo[0])
+        raise OutputError(
+            f"{pred.path} is an unfinished prediction: {len(todo)} of {done.size} chunks were never written "
+            f"(first: row {r}, col {c}); {REPAIR}."
+        )
+    if not pred.complete:
+        raise OutputError(f"{pred.path} is an unfinished prediction (its pyramid was not built); {REPAIR}.")
+    for level in range(pred.num_levels):
+        bad = missing_chunks(pred, level)
+        if bad:
+            name, r, c, f = bad[0]
+            raise OutputError(
+                f"{pred.path} is damaged: {len(bad)} chunk file(s) missing at level {level}, first the {name} "
+                f"chunk at row {r}, col {c} ({f}); {REPAIR}."
+            )
+
+
+class CheckedArray:
+    """A zarr array whose reads name the damaged chunk (and the repair) instead of a raw codec error."""
+
+    def __init__(self, arr: Any, pred: PredictionZarr, name: str) -> None:
+        self._arr, self._pred, self._name = arr, pred, name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._arr, attr)
+
+    def __len__(self) -> int:
+        return len(self._arr)
+
+    def __getitem__(self, sel: Any) -> Any:
+        try:
+            return self._arr[sel]
+        except Exception as exc:  # codec/store errors of a damaged chunk, re-raised with its name
+            raise OutputError(self._describe(exc)) from exc
+
+    def _describe(self, exc: BaseException) -> str:
+        arr, c = self._arr, int(self._pred.attrs["layout"]["chunk"])
+        lead = (0,) if arr.ndim == 3 else ()
+        h, w = arr.shape[-2:]
+        for cy in range(-(-h // c)):
+            for cx in range(-(-w // c)):
+                try:
+                    arr[(*(slice(None),) * len(lead), slice(cy * c, (cy + 1) * c), slice(cx * c, (cx + 1) * c))]
+                except Exception as inner:  # noqa: BLE001 - the damaged chunk
+                    f = _chunk_file(arr, self._pred.path, self._name, (*lead, cy, cx))
+                    return (
+                        f"{self._pred.path}: the {self._name} chunk at row {cy}, col {cx} ({f}) cannot be read "
+                        f"({type(inner).__name__}: {inner}); delete that file and {REPAIR}."
+                    )
+        return f"{self._pred.path}: {self._name} cannot be read ({type(exc).__name__}: {exc}); {REPAIR}."

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from protoseg.classes import ClassSpec
-from protoseg.infer.blending import BlendWindow, blend_tiles, make_window
-from protoseg.infer.device import autocast_for, select_device
+from protoseg.infer.blending import BlendWindow, blend_tiles, blend_tiles_torch, make_window
+from protoseg.infer.device import amp_dtype as amp_dtype_for
+from protoseg.infer.device import autocast_for, default_batch_size, select_device, to_host
 from protoseg.infer.errors import InferenceError
 from protoseg.infer.grid import Box, PredictionGrid, TileIndex
 from protoseg.infer.reader import PadMode, RegionReader, SlideLike, open_any, resolve_resolution
@@ -65,14 +66,23 @@ class Predictor:
         mpp: float | None = None,
         device: str | torch.device = "auto",
         amp: bool = True,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         tta: bool = False,
         tile_size: int | None = None,
         overlap: int | None = None,
         window: BlendWindow | str = BlendWindow.COSINE,
         window_floor: float = 0.1,
         pad: PadMode | str = PadMode.WHITE,
+        amp_dtype: str = "auto",
+        channels_last: bool | None = None,
+        compile: bool = False,
+        device_blend: bool | None = None,
     ) -> None:
+        """``batch_size`` None = chosen for the device (``default_batch_size``); ``amp`` autocasts on CUDA
+        to ``amp_dtype`` (auto: bf16 where supported, else fp16); ``channels_last`` (default: on CUDA) and
+        ``compile`` (``torch.compile``) speed up convolutions; ``device_blend`` (default: on CUDA) keeps
+        tile scores on the device and blends/quantises there, so only uint8 chunks come back to the host.
+        """
         from protoseg.models.checkpoint import Checkpoint, load_checkpoint
 
         self.checkpoint_path: str | None = None
@@ -91,20 +101,31 @@ class Predictor:
             raise InferenceError(
                 "Predictor(model) with a bare module needs classes=ClassSpec(...) (or use a Checkpoint)"
             )
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
         self.classes = classes
         self.mpp = None if mpp is None else float(mpp)
         self.device = select_device(device)
         self.amp = bool(amp)
-        self.batch_size = int(batch_size)
-        self.tta = bool(tta)
+        self.amp_dtype = amp_dtype_for(self.device, amp_dtype)
         self.tile_size = int(tile_size or 224)
+        self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(self.device, self.tile_size)
+        on_cuda = self.device.type == "cuda"
+        self.channels_last = on_cuda if channels_last is None else bool(channels_last)
+        self.device_blend = on_cuda if device_blend is None else bool(device_blend)
+        self.tta = bool(tta)
         self.overlap = int(self.tile_size // 4 if overlap is None else overlap)
         self.window_kind = BlendWindow(window)
         self.window = make_window(self.tile_size, self.window_kind, window_floor)
         self.pad = PadMode(pad)
         self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        fn = getattr(self.model, "predict", None)
+        self._call = fn if callable(fn) else self._softmax
+        if compile:
+            self._call = torch.compile(self._call)
+        self._window_t: dict[torch.device, torch.Tensor] = {}
         self.tiles_predicted = 0
         self._lock = threading.Lock()
         PredictionGrid(1, 1, self.tile_size, self.overlap)  # validates tile/overlap early
@@ -128,9 +149,11 @@ class Predictor:
         }
 
     # ------------------------------------------------------------------ model calls
+    def _softmax(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        fn = getattr(self.model, "predict", None)
-        out = fn(x) if callable(fn) else torch.softmax(self.model(x), dim=1)
+        out = self._call(x)
         if out.ndim != 4 or out.shape[0] != x.shape[0] or out.shape[1] != self.channels:
             raise InferenceError(
                 f"model output has shape {tuple(out.shape)}, expected (B, {self.channels}, H, W) for "
@@ -141,7 +164,7 @@ class Predictor:
         return out.float()
 
     def _predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast_for(self.device, self.amp):
+        with torch.inference_mode(), autocast_for(self.device, self.amp, self.amp_dtype):
             if not self.tta:
                 return self._forward(x)
             total = self._forward(x)
@@ -149,22 +172,44 @@ class Predictor:
                 total = total + torch.flip(self._forward(torch.flip(x, dims)), dims)
             return total / 4.0
 
-    def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
-        """uint8 (B, h, w, 3) RGB tiles -> float32 (B, C+1, h, w) scores, in batches of ``batch_size``."""
+    def _input(self, tiles: np.ndarray) -> torch.Tensor:
+        """uint8 (B, h, w, 3) -> float32 (B, 3, h, w) in [0, 1] on the device (pinned, asynchronous upload)."""
+        batch = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    @staticmethod
+    def _check_tiles(tiles: np.ndarray) -> np.ndarray:
         tiles = np.asarray(tiles)
         if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
             raise InferenceError(f"predict_tiles expects uint8 (B, h, w, 3), got {tiles.dtype} {tiles.shape}")
+        return tiles
+
+    def predict_tiles_device(self, tiles: np.ndarray) -> torch.Tensor:
+        """uint8 (B, h, w, 3) RGB tiles -> float32 (B, C+1, h, w) scores left on the device."""
+        tiles = self._check_tiles(tiles)
         outs = []
         for start in range(0, len(tiles), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + self.batch_size]))
-            x = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            x = self._input(tiles[start : start + self.batch_size])
             with self._lock:
-                y = self._predict_tensor(x)
-                self.tiles_predicted += len(batch)
-            outs.append(y.cpu().numpy().astype(np.float32, copy=False))
+                outs.append(self._predict_tensor(x))
+                self.tiles_predicted += len(x)
         if not outs:
-            return np.zeros((0, self.channels, *tiles.shape[1:3]), np.float32)
-        return np.concatenate(outs, axis=0)
+            return torch.zeros((0, self.channels, *tiles.shape[1:3]), dtype=torch.float32, device=self.device)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """uint8 (B, h, w, 3) RGB tiles -> float32 (B, C+1, h, w) scores, in batches of ``batch_size``."""
+        out = to_host(self.predict_tiles_device(tiles).contiguous())
+        return out.astype(np.float32, copy=False)
+
+    def predict_for_blend(self, tiles: np.ndarray) -> list[Any]:
+        """Per-tile scores for ``blend_box``: device tensors when ``device_blend``, else float32 numpy."""
+        if self.device_blend:
+            return list(self.predict_tiles_device(tiles).contiguous())
+        return list(self.predict_tiles(tiles))
 
     # ------------------------------------------------------------------ slides
     def geometry(self, slide: SlideLike, slide_mpp: float | None = None) -> SlideGeometry:
@@ -184,10 +229,20 @@ class Predictor:
             out.extend(self.predict_tiles(pixels))
         return out
 
-    def blend_box(self, geom: SlideGeometry, box: Box, tiles: dict[TileIndex, np.ndarray]) -> np.ndarray:
-        """Blend the (already predicted) global tiles covering ``box`` into float32 (C+1, h, w)."""
+    def blend_box(self, geom: SlideGeometry, box: Box, tiles: dict[TileIndex, Any]) -> Any:
+        """Blend the (already predicted) global tiles covering ``box`` into float32 (C+1, h, w).
+
+        numpy tiles blend on the host; torch tiles (``predict_for_blend`` with ``device_blend``) blend on
+        their device with the same float64 arithmetic and give a device tensor with the same values.
+        """
         order = geom.grid.tiles_for_box(box)
-        return blend_tiles(box, ((*geom.grid.origin(i), tiles[i]) for i in order), self.window, self.channels)
+        items = [(*geom.grid.origin(i), tiles[i]) for i in order]
+        if items and isinstance(items[0][2], torch.Tensor):
+            dev = items[0][2].device
+            if dev not in self._window_t:
+                self._window_t[dev] = torch.from_numpy(self.window).to(dev)
+            return blend_tiles_torch(box, items, self._window_t[dev], self.channels)
+        return blend_tiles(box, items, self.window, self.channels)
 
     def predict_box(self, geom: SlideGeometry, box: Box) -> np.ndarray:
         """Scores (C+1, h, w) for a box (x, y, w, h) of the prediction grid."""

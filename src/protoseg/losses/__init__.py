@@ -18,7 +18,7 @@ from protoseg.losses.diversity import (
     lpd_pseudo_region,
     prototype_diversity_loss,
 )
-from protoseg.losses.noise_ce import noise_reduced_ce, segmentation_ce
+from protoseg.losses.noise_ce import confidence_weighted_ce, noise_reduced_ce, segmentation_ce
 from protoseg.losses.plim import (
     DEFAULT_TEMPLATE,
     PlimLoss,
@@ -51,6 +51,7 @@ __all__ = [
     "adaptive_masks",
     "cam_area_regulariser",
     "class_similarities",
+    "confidence_weighted_ce",
     "fg_bg_images",
     "lpd_pseudo_region",
     "multilabel_soft_margin",

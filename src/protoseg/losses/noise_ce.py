@@ -1,8 +1,10 @@
-"""Stage-2 segmentation losses: cross-entropy with ignore index and a noise-reduced variant.
+"""Stage-2 segmentation losses: cross-entropy with ignore index (the default, plain CE as in PBIP),
+a confidence-weighted option and a noise-reduced variant.
 
-The noise-reduced CE down-weights unreliable pseudo-mask pixels (weights = CAM confidence, as in
-confidence-weighted pseudo-label training) and can drop the highest-loss fraction of pixels
-(small-loss selection used by noise-robust WSSS, e.g. loss truncation / co-teaching style).
+The confidence-weighted CE weights confident pseudo-mask pixels *up* (w = 1 + confidence), so no
+pixel counts less than in plain CE (background from the glass detector has confidence 1). The
+noise-reduced CE weights pixels by their confidence (down-weighting weak ones) and can drop the
+highest-loss fraction of pixels (small-loss selection, loss truncation / co-teaching style).
 """
 
 from __future__ import annotations
@@ -45,6 +47,24 @@ def segmentation_ce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_I
     if not bool((target != ignore_index).any()):
         return zero_like_graph(logits)
     return F.cross_entropy(logits, target, ignore_index=ignore_index)
+
+
+def confidence_weighted_ce(
+    logits: Tensor, target: Tensor, confidence: Tensor, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """sum(w * CE) / sum(w) over non-ignored pixels with w = 1 + clamp(confidence, 0, 1): confident
+    pixels up to twice the weight, none below plain CE's; 0 (with gradient) when all are ignored."""
+    logits, target = _prepare(logits, target)
+    if confidence.shape != target.shape:
+        raise LossInputError(
+            f"confidence must have the target's shape {tuple(target.shape)}, got {tuple(confidence.shape)}"
+        )
+    keep = target != ignore_index
+    if not bool(keep.any()):
+        return zero_like_graph(logits)
+    ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
+    weight = (1.0 + confidence.detach().to(ce.dtype).clamp(0.0, 1.0)) * keep
+    return (weight * ce).sum() / weight.sum()
 
 
 def noise_reduced_ce(

@@ -11,7 +11,7 @@ with default weights 10, 24, 1 and similarities clamped into (eps, 1 - eps).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +22,38 @@ from torch import Tensor
 from protoseg.losses._common import LossInputError, check_ndim, check_same, zero_like_graph
 
 DEFAULT_TEMPLATE = "a histopathology image of {}"
+
+#: Words a prompt uses for the class keys of BCSS-WSSS (TUM/STR/LYM/NEC) and LUAD-HistoSeg (TE/NEC/LYM/TAS):
+#: the abbreviations stay the class keys, the text encoder reads full names (PLIMSeg prompts).
+CLASS_DESCRIPTIONS: dict[str, str] = {
+    "TUM": "tumor",
+    "STR": "stroma",
+    "LYM": "lymphocytic infiltrate",
+    "NEC": "necrosis",
+    "TE": "tumor epithelium",
+    "TAS": "tumor-associated stroma",
+}
+
+
+def prompt_names(class_names: Sequence[str], descriptions: Sequence[str] | Mapping[str, str] = ()) -> list[str]:
+    """Full names for the prompts: ``descriptions`` ("KEY=full name" items or a mapping) first, then
+    ``CLASS_DESCRIPTIONS``, else the class key itself (case-insensitive key match)."""
+    if isinstance(descriptions, Mapping):
+        given = {str(k).upper(): str(v) for k, v in descriptions.items()}
+    else:
+        given = {}
+        for item in descriptions:
+            key, sep, text = str(item).partition("=")
+            if not sep or not key.strip() or not text.strip():
+                raise LossInputError(
+                    f"stage1.plim.descriptions item {item!r} must look like KEY=full name (e.g. LYM=lymphocytes)"
+                )
+            given[key.strip().upper()] = text.strip()
+    unknown = sorted(set(given) - {n.upper() for n in class_names})
+    if unknown:
+        raise LossInputError(f"stage1.plim.descriptions names unknown classes {unknown}; classes: {list(class_names)}")
+    table = {k.upper(): v for k, v in CLASS_DESCRIPTIONS.items()}
+    return [given.get(n.upper(), table.get(n.upper(), n)) for n in class_names]
 
 
 class _TextEncoder(Protocol):

@@ -2,8 +2,10 @@
 
 Tang et al., "Prototype-Based Image Prompting for Weakly Supervised Histopathological Image
 Segmentation", CVPR 2025 (ImgMatchNet): X_FG = b*M*X and X_BG = (1-b)*(1-M)*X with the adaptive
-mask b = [M >= delta * max M]; their frozen-encoder features are contrasted with the image-bank
-prototypes (InfoNCE-style L_FGS and L_BGS, L_SIM = th1*L_FGS + th2*L_BGS).
+mask b = [R >= delta * max R] on the raw scaled similarity map R = s * cos (reference code:
+``MaskAdapter_DynamicThreshold`` on ``cam4``, not a min-max-normalised CAM); their frozen-encoder
+features are contrasted with the image-bank prototypes (InfoNCE-style L_FGS and L_BGS,
+L_SIM = th1*L_FGS + th2*L_BGS).
 """
 
 from __future__ import annotations
@@ -46,31 +48,47 @@ class SimilarityLoss:
     l_bgs: Tensor
 
 
-def adaptive_masks(cams: Tensor, size: tuple[int, int], delta: float = 0.5) -> tuple[Tensor, Tensor]:
-    """PBIP adaptive mask: bilinearly upsample CAMs to ``size`` and threshold at delta * max.
+def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    if maps.shape[-2:] == size:
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
-    Returns ``(M_up, b)``: M_up (B, C, H, W) float in [0, 1] (clamped; CAMs are expected
-    min-max normalised) and b (B, C, H, W) bool = [M_up >= delta * max_p M_up] per image and class.
-    A class whose CAM is all zero gets b all True and therefore an all-zero X_FG.
+
+def adaptive_masks(
+    cams: Tensor, size: tuple[int, int], delta: float = 0.5, raw: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """PBIP adaptive mask: bilinearly upsample to ``size`` and threshold at delta * max.
+
+    Returns ``(M_up, b)``: M_up (B, C, H, W) float in [0, 1] (clamped ``cams``, expected min-max
+    normalised; the soft weight of X_FG / X_BG) and b (B, C, H, W) bool = [R >= delta * max_p R] per
+    image and class, where R is the upsampled ``raw`` map (the scaled similarity s * cos, as in the
+    PBIP code) or, without ``raw``, M_up itself. A class whose map is all zero gets b all True and
+    therefore an all-zero X_FG; a raw map whose maximum is negative gets b all False.
     """
     check_ndim("cams", cams, 4, "(B, C, h, w)")
     if not 0.0 <= delta <= 1.0:
         raise LossInputError(f"delta must be in [0, 1], got {delta}")
     height, width = int(size[0]), int(size[1])
-    if cams.shape[-2:] == (height, width):
-        m_up = cams
+    m_up = _upsample(cams, (height, width)).clamp(0.0, 1.0)
+    if raw is None:
+        ref = m_up.detach()
     else:
-        m_up = F.interpolate(cams, size=(height, width), mode="bilinear", align_corners=False)
-    m_up = m_up.clamp(0.0, 1.0)
-    peak = m_up.detach().amax(dim=(-2, -1), keepdim=True)
-    b = m_up.detach() >= delta * peak
+        check_ndim("raw", raw, 4, "(B, C, h, w)")
+        check_same("raw maps batch", raw.shape[0], "cams batch", cams.shape[0])
+        check_same("raw maps classes", raw.shape[1], "cams classes", cams.shape[1])
+        ref = _upsample(raw.detach().float(), (height, width))
+    b = ref >= delta * ref.amax(dim=(-2, -1), keepdim=True)
     return m_up, b
 
 
-def fg_bg_images(images: Tensor, cams: Tensor, labels: Tensor, delta: float = 0.5) -> FgBgBatch:
+def fg_bg_images(
+    images: Tensor, cams: Tensor, labels: Tensor, delta: float = 0.5, raw: Tensor | None = None
+) -> FgBgBatch:
     """PBIP X_FG = b*M*X and X_BG = (1-b)*(1-M)*X for every (image, class) with label == 1.
 
-    ``images`` (B, 3, H, W) in [0, 1], ``cams`` (B, C, h, w), ``labels`` (B, C) multi-hot.
+    ``images`` (B, 3, H, W) in [0, 1], ``cams`` (B, C, h, w) normalised CAMs (M), ``labels`` (B, C)
+    multi-hot, ``raw`` (B, C, h, w) optional raw similarity maps that b is thresholded on (see
+    ``adaptive_masks``).
     Rows are ordered by image then class. Gradients flow into ``cams`` through M (b is a
     non-differentiable threshold).
     """
@@ -80,7 +98,7 @@ def fg_bg_images(images: Tensor, cams: Tensor, labels: Tensor, delta: float = 0.
     check_same("cams batch size", cams.shape[0], "images batch size", images.shape[0])
     check_same("labels batch size", labels.shape[0], "images batch size", images.shape[0])
     check_same("labels classes", labels.shape[1], "cams classes", cams.shape[1])
-    m_up, b = adaptive_masks(cams, (images.shape[-2], images.shape[-1]), delta)
+    m_up, b = adaptive_masks(cams, (images.shape[-2], images.shape[-1]), delta, raw)
     pairs = torch.nonzero(labels > 0.5, as_tuple=False)
     batch_index, class_index = pairs[:, 0], pairs[:, 1]
     m = m_up[batch_index, class_index].unsqueeze(1)  # (N, 1, H, W)

@@ -1,15 +1,23 @@
-"""Hierarchical timm backbones returning four NCHW feature maps at strides 4, 8, 16 and 32.
+"""Hierarchical timm backbones returning four NCHW feature maps (strides 4, 8, 16 and 32 or 16).
 
-Weights come from the timm hub (``weights="hub"``), a local file (``weights="/path.pth"``) or
-random init (``weights=None``), so training and tests work offline.
+Weights (``model.weights`` / ``stage2.weights``): ``"auto"`` takes timm's ImageNet weights from the
+local cache or a download and falls back to random init with one warning; ``"hub"`` insists on them;
+a path loads a local file; None (or ``"random"``) is random init. ``output_stride=16`` keeps stage 4
+at stride 16 (PBIP's MiT strides 4/2/2/1): stride 1 in the last downsample of ``pvt_v2_*``, timm's
+dilated ``output_stride`` elsewhere.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import os
+import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -18,12 +26,26 @@ from protoseg.errors import ProtosegError
 
 logger = logging.getLogger(__name__)
 
-#: Strides every backbone must expose, one feature map per stage.
+#: Strides every backbone must expose, one feature map per stage (stage 4: 32, or 16 with output_stride=16).
 EXPECTED_REDUCTIONS: tuple[int, ...] = (4, 8, 16, 32)
+#: Supported stage-4 strides.
+OUTPUT_STRIDES: tuple[int, ...] = (16, 32)
+#: ``weights`` value: ImageNet weights from the cache or a download, else random init with a warning.
+AUTO_WEIGHTS = "auto"
+#: ``weights`` value: ImageNet weights from the timm hub, an error when they cannot be had.
+HUB_WEIGHTS = "hub"
+#: ``weights`` values meaning random init (besides None).
+RANDOM_WEIGHTS: tuple[str, ...] = ("random", "none", "null", "")
+#: Environment variables that forbid downloads for ``weights="auto"`` (tests set PROTOSEG_OFFLINE=1).
+OFFLINE_ENV: tuple[str, ...] = ("PROTOSEG_OFFLINE", "HF_HUB_OFFLINE")
+#: Seconds to wait when probing whether the weights host is reachable before an ``auto`` download.
+PROBE_TIMEOUT_S = 3.0
 #: Prefixes that wrappers (DDP, Lightning, our own modules) put in front of parameter names.
 _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "model.", "backbone.", "encoder.", "state_dict.")
 #: Names of classifier heads in timm models; their keys are dropped from local checkpoints.
 _HEAD_PREFIXES: tuple[str, ...] = ("head.", "fc.", "classifier.", "head_dist.", "last_linear.")
+#: File names timm stores on the Hugging Face hub, in the order timm tries them.
+_HF_FILENAMES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
 
 
 class WeightsError(ProtosegError):
@@ -34,18 +56,59 @@ class BackboneError(ProtosegError):
     """The requested timm model cannot serve as a four-stage hierarchical backbone."""
 
 
-class Backbone(nn.Module):
-    """A timm ``features_only`` model whose forward returns 4 NCHW maps (strides 4/8/16/32)."""
+class WeightsKind(str, enum.Enum):
+    """Where a backbone's initial weights came from."""
 
-    def __init__(self, model: nn.Module, name: str) -> None:
+    RANDOM = "random"  #: random init, asked for (weights=None)
+    FALLBACK = "fallback"  #: random init because ``auto`` found no ImageNet weights
+    CACHE = "cache"  #: ImageNet weights from the local timm / Hugging Face cache
+    DOWNLOAD = "download"  #: ImageNet weights downloaded now
+    FILE = "file"  #: a local weights file
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which initial weights a backbone got; ``describe()`` is the one-line text a GUI shows."""
+
+    kind: WeightsKind
+    backbone: str
+    source: str = ""  #: cache file, hub id or local file; empty for random init
+
+    @property
+    def pretrained(self) -> bool:
+        """True when the backbone starts from trained weights (cache, download or file)."""
+        return self.kind in (WeightsKind.CACHE, WeightsKind.DOWNLOAD, WeightsKind.FILE)
+
+    def describe(self) -> str:
+        """E.g. "pvt_v2_b1: ImageNet weights (local cache)" or "...: random init (no ImageNet weights found)"."""
+        text = {
+            WeightsKind.RANDOM: "random init",
+            WeightsKind.FALLBACK: "random init (no ImageNet weights found)",
+            WeightsKind.CACHE: "ImageNet weights (local cache)",
+            WeightsKind.DOWNLOAD: "ImageNet weights (downloaded)",
+            WeightsKind.FILE: f"weights from {Path(self.source).name}",
+        }[self.kind]
+        return f"{self.backbone}: {text}"
+
+
+class Backbone(nn.Module):
+    """A timm ``features_only`` model whose forward returns 4 NCHW maps (strides 4/8/16/32 or 4/8/16/16)."""
+
+    def __init__(self, model: nn.Module, name: str, reductions: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.model = model
         self.name = name
         info = model.feature_info
         self.channels: tuple[int, ...] = tuple(int(c) for c in info.channels())
-        self.reductions: tuple[int, ...] = tuple(int(r) for r in info.reduction())
+        self.reductions: tuple[int, ...] = reductions or tuple(int(r) for r in info.reduction())
         fmt = getattr(model, "output_fmt", "NCHW")
         self.channels_last_output: bool = str(getattr(fmt, "value", fmt)).upper() == "NHWC"
+        self.weights_info = WeightsInfo(WeightsKind.RANDOM, name)
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of the last feature map (16 or 32)."""
+        return self.reductions[-1]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.model(x)
@@ -54,22 +117,108 @@ class Backbone(nn.Module):
         return [f.contiguous() for f in feats]
 
 
-def build_backbone(
-    name: str = "pvt_v2_b1",
-    weights: str | None = None,
-    in_chans: int = 3,
-    **timm_kwargs: Any,
-) -> Backbone:
-    """Create a four-stage backbone; ``weights`` is None (random), ``"hub"`` or a local file path.
+def is_random(weights: str | None) -> bool:
+    """True for the settings that mean random init (None, "random", "none")."""
+    return weights is None or str(weights).strip().lower() in RANDOM_WEIGHTS
 
-    Extra keyword arguments go to ``timm.create_model`` (e.g. ``img_size`` for Swin).
-    """
+
+def offline() -> bool:
+    """True when an environment variable in OFFLINE_ENV forbids downloads."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_ENV)
+
+
+def cached_pretrained_file(name: str) -> Path | None:
+    """The ImageNet weights file timm would download for ``name``, when it is already in the local
+    Hugging Face hub cache or torch hub cache; None otherwise (never touches the network)."""
+    cfg = _pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.file and Path(cfg.file).is_file():
+        return Path(cfg.file)
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HF_FILENAMES
+        for filename in names:
+            hit = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(hit, str) and Path(hit).is_file():
+                return Path(hit)
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
+        if path.is_file():
+            return path
+    return None
+
+
+def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Quick TCP probe of the Hugging Face endpoint, so that ``auto`` does not sit through the hub
+    client's retries (about a minute) on a machine without network."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def planned_weights(name: str, weights: str | None) -> WeightsInfo:
+    """What ``build_backbone(name, weights)`` will use, without building it or touching the network:
+    for ``auto``, CACHE when the weights are cached, DOWNLOAD when a download will be tried (it may still
+    fall back), FALLBACK when offline."""
+    if is_random(weights):
+        return WeightsInfo(WeightsKind.RANDOM, name)
+    if weights in (AUTO_WEIGHTS, HUB_WEIGHTS):
+        cached = cached_pretrained_file(name)
+        if cached is not None:
+            return WeightsInfo(WeightsKind.CACHE, name, str(cached))
+        if weights == AUTO_WEIGHTS and offline():
+            return WeightsInfo(WeightsKind.FALLBACK, name)
+        return WeightsInfo(WeightsKind.DOWNLOAD, name, _hub_id(name))
+    return WeightsInfo(WeightsKind.FILE, name, str(weights))
+
+
+def _pretrained_cfg(name: str) -> Any:
+    """timm's pretrained config of ``name`` (``arch`` or ``arch.tag``), None when it has none."""
     import timm
 
-    pretrained = weights == "hub"
-    kwargs = dict(features_only=True, out_indices=(-4, -3, -2, -1), in_chans=in_chans, **timm_kwargs)
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        return timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # invalid pretrained tag
+        return None
+
+
+def _hub_id(name: str) -> str:
+    cfg = _pretrained_cfg(name)
+    return (cfg.hf_hub_id or cfg.url or name) if cfg is not None else name
+
+
+def _weights_hint(name: str) -> str:
+    return (
+        f"to get ImageNet weights run once with network access (they are cached), or download "
+        f"{_hub_id(name)} and set model.weights / stage2.weights to the local .safetensors/.pth file; "
+        "set them to null to silence this"
+    )
+
+
+def _create(name: str, pretrained: bool, output_stride: int, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` with protoseg's error messages; stride 16 via ``output_stride`` except pvt_v2."""
+    import timm
+
+    extra = dict(kwargs)
+    if output_stride != 32 and not name.startswith("pvt_v2"):
+        extra["output_stride"] = output_stride
+    try:
+        return timm.create_model(name, pretrained=pretrained, **extra)
+    except TypeError as exc:
+        if "output_stride" in str(exc):
+            raise BackboneError(
+                f"timm model {name!r} cannot run at model.output_stride={output_stride}; set it to 32, "
+                "or use a pvt_v2, resnet or convnext backbone for stride 16"
+            ) from exc
+        raise
     except RuntimeError as exc:  # timm raises RuntimeError for unknown model names
         if "Unknown model" in str(exc):
             raise BackboneError(
@@ -79,25 +228,78 @@ def build_backbone(
         if pretrained:
             raise _hub_error(name, exc) from exc
         raise
+    except (BackboneError, WeightsError):
+        raise
     except Exception as exc:  # network / hub failures come as many exception types
         if pretrained:
             raise _hub_error(name, exc) from exc
         raise
-    backbone = Backbone(model, name)
-    if backbone.reductions != EXPECTED_REDUCTIONS:
+
+
+def _stage4_stride_one(model: nn.Module, name: str) -> None:
+    """pvt_v2: stride 1 in the overlapping patch embedding that starts stage 4 (weights unchanged)."""
+    stage = getattr(model, "stages_3", None)
+    if stage is None and hasattr(model, "stages"):
+        stage = model.stages[3]
+    proj = getattr(getattr(stage, "downsample", None), "proj", None)
+    if not isinstance(proj, nn.Conv2d):
+        raise BackboneError(f"cannot set stage-4 stride 16 on {name!r}; set model.output_stride to 32")
+    proj.stride = (1, 1)
+
+
+def build_backbone(
+    name: str = "pvt_v2_b1",
+    weights: str | None = None,
+    in_chans: int = 3,
+    output_stride: int = 32,
+    **timm_kwargs: Any,
+) -> Backbone:
+    """Create a four-stage backbone; ``weights`` is None (random), ``"auto"``, ``"hub"`` or a local file.
+
+    ``output_stride`` is the stride of stage 4 (32, or 16 as in PBIP). The result's ``weights_info``
+    says which weights it got. Extra keyword arguments go to ``timm.create_model`` (e.g. ``img_size``).
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise BackboneError(f"model.output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+    kwargs = dict(features_only=True, out_indices=(-4, -3, -2, -1), in_chans=in_chans, **timm_kwargs)
+    info, file = planned_weights(name, weights), None
+    if info.kind is WeightsKind.CACHE:
+        kwargs["pretrained_cfg_overlay"] = {"file": info.source}
+    elif info.kind is WeightsKind.DOWNLOAD and weights == AUTO_WEIGHTS and not hub_reachable():
+        info = WeightsInfo(WeightsKind.FALLBACK, name)
+    elif info.kind is WeightsKind.FILE:
+        file = str(weights)
+    pretrained = info.kind in (WeightsKind.CACHE, WeightsKind.DOWNLOAD)
+    try:
+        model = _create(name, pretrained, output_stride, kwargs)
+    except WeightsError as exc:
+        if weights != AUTO_WEIGHTS:
+            raise
+        logger.debug("auto weights for %s: %s", name, exc)
+        kwargs.pop("pretrained_cfg_overlay", None)
+        model, info = _create(name, False, output_stride, kwargs), WeightsInfo(WeightsKind.FALLBACK, name)
+    expected = (*EXPECTED_REDUCTIONS[:-1], output_stride)
+    reductions = None
+    if output_stride != 32 and name.startswith("pvt_v2"):
+        _stage4_stride_one(model, name)
+        reductions = expected
+    backbone = Backbone(model, name, reductions)
+    if backbone.reductions != expected:
         raise BackboneError(
             f"timm model {name!r} gives feature strides {backbone.reductions}, protoseg needs "
-            f"{EXPECTED_REDUCTIONS}; choose a hierarchical backbone (pvt_v2, resnet, convnext, swin)"
+            f"{expected}; choose a hierarchical backbone (pvt_v2, resnet, convnext, swin)"
         )
-    if weights is None:
-        logger.info(
-            "backbone %s: random init; set model.weights to 'hub' or a local file for pretrained",
-            name,
+    if file is not None:
+        load_backbone_weights(backbone, file)
+    backbone.weights_info = info
+    if info.kind is WeightsKind.FALLBACK:
+        logger.warning(
+            "backbone %s: no ImageNet weights in the local cache or online; random init (%s)", name, _weights_hint(name)
         )
+    elif info.kind is WeightsKind.RANDOM:
+        logger.info("backbone %s: random init; set model.weights to 'auto' or a local file for pretrained", name)
     elif pretrained:
-        logger.info("backbone %s: pretrained weights from the timm hub", name)
-    else:
-        load_backbone_weights(backbone, weights)
+        logger.info("backbone %s: %s", name, info.describe())
     return backbone
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -150,6 +151,13 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _damaged(path: Path, exc: BaseException) -> str:
+    return (
+        f"checkpoint {path} cannot be read ({type(exc).__name__}); the file is truncated or damaged: "
+        "use another copy or re-run training (it resumes from last.pt)."
+    )
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load with ``weights_only=True`` (no arbitrary code) and validate; clear errors for bad files."""
     path = Path(path)
@@ -157,6 +165,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"checkpoint {path} does not exist; pass the .pt file written by training.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc):
+            raise CheckpointError(_damaged(path, exc)) from None
+        # torch's message suggests retrying with weights_only=False: that would run the file's code
+        raise CheckpointError(
+            f"checkpoint {path} holds executable Python objects (not only tensors and plain data), so it will "
+            "not be loaded: loading it could run arbitrary code. Use a checkpoint written by protoseg training."
+        ) from None
     except Exception as exc:  # torch raises many types for damaged files
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); the file is "

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from protoseg import cams as cam_ops
-from protoseg.models.backbone import build_backbone
-from protoseg.models.heads import BankPrototypes, LearnablePrototypes, PrototypeProjector
+from protoseg.models.backbone import WeightsInfo, build_backbone
+from protoseg.models.heads import BankPrototypes, FpnPixelDecoder, LearnablePrototypes, PrototypeProjector
 from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -57,6 +57,8 @@ class ClassNetConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     img_size: int | None = None
+    output_stride: int = 32  # stage-4 stride; 16 as in PBIP (the run config's model.output_stride default)
+    pixel_decoder_dim: int = 0  # > 0: an FPN pixel decoder over stages 2-4 gives training embeddings (PSCL)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "head", HeadKind(self.head))
@@ -68,6 +70,8 @@ class ClassNetConfig:
             raise ValueError(f"fusion_weights needs 1..4 values (last stages), got {self.fusion_weights}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need 3 values (RGB)")
+        if self.pixel_decoder_dim < 0:
+            raise ValueError(f"pixel_decoder_dim must be >= 0, got {self.pixel_decoder_dim}")
         if self.num_classes < 1 or self.k < 1:
             raise ValueError(f"num_classes and k must be >= 1, got {self.num_classes}, {self.k}")
 
@@ -80,6 +84,7 @@ class ClassNetOutput:
     maps: list[torch.Tensor]
     subcluster_maps: list[torch.Tensor] | None = None
     features: list[torch.Tensor] = field(default_factory=list)
+    embeddings: torch.Tensor | None = None  #: pixel-decoder output (training with pixel_decoder_dim > 0)
 
 
 def cosine_maps(features: torch.Tensor, prototypes: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
@@ -125,8 +130,9 @@ class ClassNet(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
         extra = {"img_size": cfg.img_size} if cfg.img_size is not None else {}
-        self.backbone = build_backbone(cfg.backbone, cfg.weights, **extra)
+        self.backbone = build_backbone(cfg.backbone, cfg.weights, output_stride=cfg.output_stride, **extra)
         channels = self.backbone.channels
+        self.pixel_decoder = FpnPixelDecoder(channels[1:], cfg.pixel_decoder_dim) if cfg.pixel_decoder_dim else None
         if cfg.head is HeadKind.CAM:
             if prototypes is not None:
                 raise ValueError("the 'cam' head takes no prototypes; use head='bank' or 'learnable'")
@@ -140,6 +146,11 @@ class ClassNet(nn.Module):
         self.logit_scale = nn.Parameter(
             torch.full((len(channels),), float(cfg.logit_scale_init)), requires_grad=cfg.learn_scale
         )
+
+    @property
+    def weights_info(self) -> WeightsInfo:
+        """Which initial backbone weights this network got (``weights_info.describe()`` for display)."""
+        return self.backbone.weights_info
 
     @property
     def stage_indices(self) -> tuple[int, ...]:
@@ -159,15 +170,16 @@ class ClassNet(nn.Module):
         """Run on [0, 1] images (B, 3, H, W); ``merge`` defaults to mean when training, else
         softmax-weighted max."""
         feats = self.backbone(self.normalize(x))
+        emb = self.pixel_decoder(feats[1:]) if self.pixel_decoder is not None and self.training else None
         if self.config.head is HeadKind.CAM:
             cam = self.classifier(feats[-1])
-            return ClassNetOutput(logits=[cam.mean(dim=(2, 3))], maps=[cam], features=feats)
+            return ClassNetOutput(logits=[cam.mean(dim=(2, 3))], maps=[cam], features=feats, embeddings=emb)
         kind = MergeKind(merge) if merge is not None else (MergeKind.MEAN if self.training else MergeKind.SOFTMAX_MAX)
         projected = self.projector(self.prototypes())
         sub = [cosine_maps(f, p, self.logit_scale[i]) for i, (f, p) in enumerate(zip(feats, projected))]
         maps = [merge_subclusters(m, kind) for m in sub]
         logits = [m.mean(dim=(2, 3)) for m in maps]
-        return ClassNetOutput(logits=logits, maps=maps, subcluster_maps=sub, features=feats)
+        return ClassNetOutput(logits=logits, maps=maps, subcluster_maps=sub, features=feats, embeddings=emb)
 
     def fusion_weights(self) -> tuple[float, ...]:
         """Stage fusion weights for CAMs (1.0 for the single-stage CAM head)."""

@@ -1,4 +1,5 @@
-"""Prototype sources (fixed image-bank buffer or learnable parameters) and their per-stage projector.
+"""Prototype sources (fixed image-bank buffer or learnable parameters), their per-stage projector, and the
+PSCL pixel decoder.
 
 Both sources return a (C, K, d) tensor from ``forward()``; ``PrototypeProjector`` maps it to each
 backbone stage's width with a Linear-ReLU-Linear MLP and L2-normalises the result (PBIP / LPD).
@@ -97,3 +98,33 @@ class PrototypeProjector(nn.Module):
     def forward(self, prototypes: torch.Tensor) -> list[torch.Tensor]:
         """(C, K, d) -> list over stages of (C, K, c_i), unit norm along the last axis."""
         return [F.normalize(mlp(prototypes), dim=-1) for mlp in self.mlps]
+
+
+class FpnPixelDecoder(nn.Module):
+    """Light FPN pixel decoder (PSCL): 1x1 laterals on the last three stages (strides 8/16/32 or 8/16/16),
+    top-down upsample-and-add, a 3x3 conv + BN + ReLU and a 1x1 projection; output at the finest of them.
+
+    The PSCL thesis contrasts the output of a Mask2Former pixel decoder; this is the small FPN stand-in
+    the issue allows, so the contrastive gradients reach stages 2-4, the features the CAMs come from.
+    """
+
+    def __init__(self, in_channels: Sequence[int], dim: int) -> None:
+        super().__init__()
+        if len(in_channels) < 1 or dim < 1:
+            raise ValueError(f"FpnPixelDecoder needs >= 1 input stage and dim >= 1, got {in_channels}, {dim}")
+        self.lateral = nn.ModuleList(nn.Conv2d(c, dim, kernel_size=1) for c in in_channels)
+        self.smooth = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(inplace=True),
+        )
+        self.project = nn.Conv2d(dim, dim, kernel_size=1)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Stage maps, finest first (B, c_i, h_i, w_i) -> (B, dim, h_0, w_0)."""
+        if len(feats) != len(self.lateral):
+            raise ValueError(f"FpnPixelDecoder expects {len(self.lateral)} feature maps, got {len(feats)}")
+        out = self.lateral[-1](feats[-1])
+        for lateral, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            out = lateral(f) + F.interpolate(out, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        return self.project(self.smooth(out))

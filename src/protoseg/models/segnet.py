@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from protoseg import cams as cam_ops
-from protoseg.models.backbone import build_backbone
+from protoseg.models.backbone import WeightsInfo, build_backbone
 from protoseg.models.classnet import eval_mode
 from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
@@ -29,6 +29,7 @@ class SegNetConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     img_size: int | None = None
+    output_stride: int = 32  # stage-4 stride (16 or 32)
 
     def __post_init__(self) -> None:
         for name in ("mean", "std"):
@@ -73,8 +74,13 @@ class SegNet(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
         extra = {"img_size": cfg.img_size} if cfg.img_size is not None else {}
-        self.backbone = build_backbone(cfg.backbone, cfg.weights, **extra)
+        self.backbone = build_backbone(cfg.backbone, cfg.weights, output_stride=cfg.output_stride, **extra)
         self.decoder = MLPDecoder(self.backbone.channels, cfg.decoder_dim, cfg.num_classes + 1, cfg.dropout)
+
+    @property
+    def weights_info(self) -> WeightsInfo:
+        """Which initial backbone weights this network got (``weights_info.describe()`` for display)."""
+        return self.backbone.weights_info
 
     @property
     def num_outputs(self) -> int:

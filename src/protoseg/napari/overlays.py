@@ -73,6 +73,13 @@ def mask_features(classes: ClassSpec) -> dict[str, list[Any]]:
     return {"index": list(range(len(names))), "class": names}
 
 
+def cam_display(probs: np.ndarray, channel: int) -> np.ndarray:
+    """What a CAM layer shows: the class score damped by the background score, ``p_c * (1 - p_bg)``
+    (uint8), so white background stays transparent instead of a pale tint."""
+    p = probs[channel].astype(np.uint16) * (255 - probs[-1].astype(np.uint16))
+    return ((p + 127) // 255).astype(np.uint8)
+
+
 # ---- overlay arrays ---------------------------------------------------------------------------
 class OverlayLevel:
     """2-D array-like (one pyramid level, one class score or the mask + offset) read through a scheduler."""
@@ -96,11 +103,18 @@ class OverlayLevel:
                 data = lazy.chunk(self.level, cy, cx) if wait else self.scheduler.get(self.level, cy, cx)
                 if data is None:
                     continue
-                src = data.mask if self.channel is None else data.probs[self.channel]
-                ay0, ay1 = max(y0, cy * c), min(y1, cy * c + src.shape[0])
-                ax0, ax1 = max(x0, cx * c), min(x1, cx * c + src.shape[1])
-                block = src[ay0 - cy * c : ay1 - cy * c, ax0 - cx * c : ax1 - cx * c]
-                out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = block + np.uint8(self.offset)
+                h, w = data.mask.shape
+                ay0, ay1 = max(y0, cy * c), min(y1, cy * c + h)
+                ax0, ax1 = max(x0, cx * c), min(x1, cx * c + w)
+                sl = (slice(ay0 - cy * c, ay1 - cy * c), slice(ax0 - cx * c, ax1 - cx * c))
+                if self.channel is None:
+                    block = data.mask[sl] + np.uint8(self.offset)
+                else:
+                    block = cam_display(data.probs[(slice(None), *sl)], self.channel)
+                covered = getattr(data, "covered", None)  # a coarse chunk only partly computed so far
+                if covered is not None:
+                    block = np.where(covered[sl], block, np.uint8(0))
+                out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = block
         return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -201,6 +215,10 @@ def zarr_layer_data(pred: Any, placement: Placement, shown: int = 0) -> list[Lay
 
     levels = range(pred.num_levels)
     probs = [da.from_zarr(pred.probs(k)) for k in levels]
-    cams = [[p[c] for p in probs] for c in range(pred.classes.num_classes)]
+    probs = [p.rechunk({0: -1}) for p in probs]  # cam_display needs every channel of a block
+    cams = [
+        [p.map_blocks(cam_display, c, drop_axis=0, dtype=np.uint8) for p in probs]
+        for c in range(pred.classes.num_classes)
+    ]
     mask = [da.from_zarr(pred.mask(k)) + np.uint8(MASK_OFFSET) for k in levels]
     return overlay_layer_data(cams, mask, pred.classes, placement, shown, suffix=" (batch)")

@@ -91,7 +91,24 @@ def prediction_layer_data(path: str | Path) -> list[LayerData]:
         logger.info("slide of %s not readable: placing the prediction in its own pixel grid", path)
     unit = (file_mpp, file_mpp) if file_mpp else (1.0, 1.0)
     placement = Placement.on_slide(unit, (0.0, 0.0), pred.scale, ("um", "um") if file_mpp else None)
-    return zarr_layer_data(pred, placement)
+    return _label_unfinished(pred, zarr_layer_data(pred, placement))
+
+
+def _label_unfinished(pred: Any, layers: list[LayerData]) -> list[LayerData]:
+    """Say so in each layer's name and metadata when the prediction is unfinished (chunks not yet written)."""
+    from protoseg.infer.omezarr import unfinished_chunks
+
+    todo, total = unfinished_chunks(pred)
+    if not todo and pred.complete:
+        return layers
+    logger.warning("%s is an unfinished prediction (%d of %d chunks missing)", pred.path, todo, total)
+    tag = f" [unfinished: {total - todo}/{total} chunks]"
+    out = []
+    for data, kwargs, kind in layers:
+        meta = dict(kwargs.get("metadata") or {})
+        meta["protoseg_unfinished"] = {"chunks_done": total - todo, "chunks_total": total}
+        out.append((data, {**kwargs, "name": f"{kwargs.get('name', pred.path.name)}{tag}", "metadata": meta}, kind))
+    return out
 
 
 def read_prediction(path: str | list[str]) -> list[LayerData]:

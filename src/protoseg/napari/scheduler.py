@@ -1,7 +1,9 @@
-"""Background computation of ``LazyPrediction`` chunks for the overlays (Qt-free, one worker thread).
+"""On-demand computation of ``LazyPrediction`` chunks for the overlays (Qt-free, one worker thread).
 
-The scheduler never blocks its caller: napari's (possibly synchronous) slicing gets a cached chunk or None,
-and the chunk is queued for the worker. Its work stops through a ``protoseg.cancel.CancelToken``.
+Only level-0 chunks (the model's resolution) are ever computed, and only those the current view asks
+for; coarser levels show what is already computed, downsampled from the finer results as they arrive,
+and never make the model run. Work that left the view is dropped; ``close()`` cancels the
+``protoseg.cancel.CancelToken``.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from protoseg.cancel import CancelToken
 
@@ -23,15 +28,39 @@ logger = logging.getLogger(__name__)
 Key = tuple[int, int, int]  # (level, chunk row, chunk col)
 
 
-class ChunkScheduler:
-    """Computes chunks of a ``LazyPrediction`` in one background thread, most recently requested first.
+@dataclass(frozen=True)
+class PartialChunk:
+    """A coarse chunk assembled from the finer chunks computed so far: ``covered`` marks the pixels it knows."""
 
-    ``get`` never computes: it returns a cached chunk or None after queueing it, so napari's (possibly
-    synchronous) slicing never waits for the model. A coarse chunk is queued behind its four finer
-    chunks, so every job is one model chunk at most and newer requests (the current view) overtake.
-    ``on_ready()`` is called from the worker thread after each computed chunk. ``close()`` cancels
-    ``token`` (the scheduler's ``CancelToken``): queued chunks are dropped and the worker stops after
-    its current chunk.
+    probs: np.ndarray  # (C+1, h, w) uint8
+    mask: np.ndarray  # (h, w) uint8, argmax of probs (meaningless where not covered)
+    covered: np.ndarray  # (h, w) bool
+
+
+def downsample_covered(probs: np.ndarray, covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2x block means over the covered pixels only (rounded as ``infer.pyramid.downsample2``, so a fully
+    covered input gives exactly the batch/lazy coarse level) and the coarse coverage (any pixel covered)."""
+    c, h, w = probs.shape
+    hp, wp = h + h % 2, w + w % 2
+    weights = np.zeros((hp, wp), np.uint32)
+    weights[:h, :w] = covered
+    padded = np.zeros((c, hp, wp), np.uint32)
+    padded[:, :h, :w] = probs
+    padded *= weights
+    s = padded.reshape(c, hp // 2, 2, wp // 2, 2).sum(axis=(2, 4))
+    n = weights.reshape(hp // 2, 2, wp // 2, 2).sum(axis=(1, 3))
+    out = ((2 * s + n) // np.maximum(2 * n, 1)).astype(np.uint8)
+    return out, n > 0
+
+
+class ChunkScheduler:
+    """Computes the level-0 chunks the view asks for in one background thread, newest request first.
+
+    ``get(0, ...)`` returns a cached chunk or None after queueing it; ``get(k > 0, ...)`` never queues:
+    it returns the lazy pyramid's chunk if cached, else a :class:`PartialChunk` built from what is computed
+    (or None when nothing under it is). ``set_view`` names the level-0 chunks on screen (none when the
+    screen shows a coarser level): queued chunks outside it are dropped. ``on_ready()`` is called from the
+    worker thread after each computed chunk. ``computed`` counts the level-0 chunks this scheduler ran.
     """
 
     def __init__(
@@ -43,47 +72,89 @@ class ChunkScheduler:
         self.lazy, self.on_ready, self.max_pending = lazy, on_ready, int(max_pending)
         self.token = CancelToken()
         self._pending: OrderedDict[Key, None] = OrderedDict()
-        self._expanded: set[Key] = set()
         self._failed: set[Key] = set()
+        self._view: set[Key] | None = None
+        self._shown: dict[Key, tuple[np.ndarray, np.ndarray]] = {}  # coarse (probs, covered) from finer results
         self._cond = threading.Condition()
         self._busy = False
         self._thread: threading.Thread | None = None
         self.computed = 0
+        self.dropped = 0
         self.last_error: str | None = None
 
     @property
     def closed(self) -> bool:
         return self.token.cancelled
 
+    @property
+    def num_levels(self) -> int:
+        return len(self.lazy.levels)
+
     def cached(self, level: int, cy: int, cx: int) -> ChunkData | None:
-        """The chunk if already computed (never computes)."""
+        """The lazy pyramid's chunk if already computed (never computes)."""
         return self.lazy.cached_chunk(level, cy, cx)
 
-    def get(self, level: int, cy: int, cx: int) -> ChunkData | None:
-        """The chunk if already computed, else None (and the chunk is queued)."""
+    def get(self, level: int, cy: int, cx: int) -> ChunkData | PartialChunk | None:
+        """What can be shown of chunk (level, row, col) now; a missing level-0 chunk is queued."""
         data = self.cached(level, cy, cx)
-        if data is None:
-            self.request((level, cy, cx))
-        return data
+        if data is not None:
+            return data
+        if level == 0:
+            self.request((0, cy, cx))
+            return None
+        with self._cond:
+            shown = self._shown.get((level, cy, cx))
+        if shown is None:
+            return None
+        probs, covered = shown
+        return PartialChunk(probs, np.argmax(probs, axis=0).astype(np.uint8), covered)
 
     def request(self, key: Key) -> None:
+        """Queue a level-0 chunk (coarser keys are ignored: they are never a reason to compute)."""
+        if key[0] != 0:
+            return
         with self._cond:
-            if self.closed or key in self._failed:
+            if self.closed or key in self._failed or (self._view is not None and key not in self._view):
                 return
             self._pending[key] = None
             self._pending.move_to_end(key)
             while len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)
+                self.dropped += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="protoseg-overlay", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
 
-    def _children(self, key: Key) -> list[Key]:
-        level, cy, cx = key
-        rows, cols = self.lazy.layout.chunk_grid(level - 1).shape
-        return [(level - 1, r, c) for r in (2 * cy, 2 * cy + 1) for c in (2 * cx, 2 * cx + 1) if r < rows and c < cols]
+    # ---- the view --------------------------------------------------------------------------------
+    def chunks_in(self, level: int, y0: int, y1: int, x0: int, x1: int) -> set[Key]:
+        """Level-0 chunk keys under the pixel window [y0:y1, x0:x1] of ``level`` (clipped to the slide)."""
+        c, f = self.lazy.layout.chunk, 2**level
+        rows, cols = self.lazy.layout.chunk_grid(0).shape
+        r0, r1 = max(0, y0 * f // c), min(rows, -(-y1 * f // c))
+        c0, c1 = max(0, x0 * f // c), min(cols, -(-x1 * f // c))
+        return {(0, r, q) for r in range(r0, r1) for q in range(c0, c1)}
 
+    def set_view(self, level: int, y0: int, y1: int, x0: int, x1: int) -> int:
+        """The screen shows pixels [y0:y1, x0:x1] of ``level``: only level-0 chunks under them may be computed
+        (none when ``level`` > 0). Queued chunks outside are dropped; returns how many were dropped."""
+        view = self.chunks_in(0, y0, y1, x0, x1) if level == 0 else set()
+        with self._cond:
+            self._view = view
+            gone = [k for k in self._pending if k not in view]
+            for k in gone:
+                del self._pending[k]
+            self.dropped += len(gone)
+            self._cond.notify_all()
+        if gone:
+            logger.debug("overlay view moved: %d queued chunks dropped", len(gone))
+        cy, cx = (y0 + y1) / 2 / self.lazy.layout.chunk, (x0 + x1) / 2 / self.lazy.layout.chunk
+        for key in sorted(view, key=lambda k: -((k[1] + 0.5 - cy) ** 2 + (k[2] + 0.5 - cx) ** 2)):
+            if self.cached(*key) is None:
+                self.request(key)  # the centre ends on top of the queue: computed first
+        return len(gone)
+
+    # ---- worker ----------------------------------------------------------------------------------
     def _next(self) -> Key | None:
         with self._cond:
             while not self._pending and not self.closed:
@@ -99,39 +170,56 @@ class ChunkScheduler:
         while (key := self._next()) is not None:
             if self.cached(*key) is not None:
                 continue
-            if key[0] > 0 and self._defer(key):
-                continue
             try:
-                self.lazy.chunk(*key)
+                data = self.lazy.chunk(*key)
             except Exception as exc:  # noqa: BLE001 - reported through last_error, never kills the viewer
                 logger.warning("overlay chunk %s failed: %s", key, exc)
                 self._failed.add(key)
                 self.last_error = f"{type(exc).__name__}: {exc}"
             else:
                 self.computed += 1
+                self._propagate(key, data.probs)
             if self.on_ready is not None and not self.closed:
                 self.on_ready()
 
-    def _defer(self, key: Key) -> bool:
-        """Queue a coarse chunk behind its missing finer chunks; False when it can be computed now."""
-        missing = [k for k in self._children(key) if self.cached(*k) is None]
-        if any(k in self._failed for k in missing):
-            self._failed.add(key)
-            return True
+    def _propagate(self, key: Key, probs: np.ndarray) -> None:
+        """Fold a computed level-0 chunk into the coarse levels shown (its quadrant of each ancestor)."""
+        _, cy, cx = key
+        covered = np.ones(probs.shape[1:], bool)
+        half = self.lazy.layout.chunk // 2
+        for level in range(1, self.num_levels):
+            small, small_cov = downsample_covered(probs, covered)
+            parent = (level, cy // 2, cx // 2)
+            _, _, w, h = self.lazy.layout.chunk_grid(level).box(parent[1], parent[2])
+            oy, ox = (cy % 2) * half, (cx % 2) * half
+            with self._cond:
+                entry = self._shown.get(parent)
+                if entry is None:
+                    entry = (np.zeros((probs.shape[0], h, w), np.uint8), np.zeros((h, w), bool))
+                buf, cov = entry[0].copy(), entry[1].copy()  # readers may hold the old arrays
+                sh, sw = min(small.shape[1], h - oy), min(small.shape[2], w - ox)
+                buf[:, oy : oy + sh, ox : ox + sw] = small[:, :sh, :sw]
+                cov[oy : oy + sh, ox : ox + sw] = small_cov[:sh, :sw]
+                self._shown[parent] = (buf, cov)
+            probs, covered, cy, cx = buf, cov, parent[1], parent[2]
+
+    # ---- waiting / closing -------------------------------------------------------------------------
+    def pending(self) -> list[Key]:
+        """Queued chunk keys, next first."""
         with self._cond:
-            fresh = [k for k in missing if k not in self._pending]
-        if not missing or (fresh and key in self._expanded):  # children computed but evicted: do it in one go
-            return False
-        if fresh:
-            self._expanded.add(key)
-        for k in [key, *missing]:  # children end on top: computed first
-            self.request(k)
-        return True
+            return list(reversed(self._pending))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or computing (tests, scripts); False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: self.closed or (not self._pending and not self._busy), timeout)
+
+    def compute_all(self, keys: Iterable[Key]) -> None:
+        """Queue level-0 chunks regardless of the view (scripts; the GUI uses the view)."""
+        with self._cond:
+            self._view = None
+        for k in keys:
+            self.request(k)
 
     def close(self) -> None:
         """Cancel the token: drop queued chunks and stop the worker thread (after its current chunk)."""

@@ -30,6 +30,7 @@ class Backend(str, enum.Enum):
 
     OPENSLIDE = "openslide"
     TIFFSLIDE = "tiffslide"
+    TIFFFILE = "tifffile"  # direct tile reads (protoseg.slide.tiff_direct), the fastest for JPEG/raw TIFFs
     IMAGE = "image"
 
 

@@ -1,9 +1,16 @@
-"""``open_slide``: pick a backend for a path (openslide first, tiffslide for other TIFFs, Pillow for images)."""
+"""``open_slide``: pick the fastest backend for a path by its format and compression, or the one asked for.
+
+Order: tiled JPEG / uncompressed / deflate TIFFs (generic, SVS, OME) -> direct tifffile reads, then
+openslide, then tiffslide; JPEG 2000 and vendor formats -> openslide, then tiffslide; images -> Pillow.
+``open_slide(path, backend=...)`` or the ``PROTOSEG_SLIDE_BACKEND`` environment variable forces one.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 from protoseg.slide.backends import (
     Backend,
@@ -25,9 +32,23 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_FACTORIES: dict[Backend, type[SlideBackend]] = {
+#: environment variable that forces a backend for every ``open_slide`` without ``backend=``
+BACKEND_ENV = "PROTOSEG_SLIDE_BACKEND"
+_TIFF_EXTENSIONS = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".ndpi", ".scn", ".bif")
+#: TIFF-based vendor formats whose layout (stitching, offsets) only openslide understands
+_VENDOR_EXTENSIONS = (".ndpi", ".scn", ".bif", ".mrxs", ".vms", ".vmu", ".svslide", ".dcm")
+
+
+def _tifffile_backend(path: Path) -> SlideBackend:
+    from protoseg.slide.tiff_direct import TiffFileBackend
+
+    return TiffFileBackend(path)
+
+
+_FACTORIES: dict[Backend, Any] = {
     Backend.OPENSLIDE: OpenSlideBackend,
     Backend.TIFFSLIDE: TiffSlideBackend,
+    Backend.TIFFFILE: _tifffile_backend,
     Backend.IMAGE: ImageBackend,
 }
 
@@ -62,12 +83,18 @@ def _validate(backend: SlideBackend, path: Path) -> None:
 
 
 def _candidates(path: Path, ext: str) -> list[Backend]:
+    """Backends to try, fastest first for this file (see the module docstring)."""
     if ext in IMAGE_EXTENSIONS:
         return [Backend.IMAGE]
-    order = [Backend.OPENSLIDE]
-    if _is_tiff(path) or ext in (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".ndpi", ".scn", ".bif"):
-        order.append(Backend.TIFFSLIDE)
-    return order
+    if not (_is_tiff(path) or ext in _TIFF_EXTENSIONS):
+        return [Backend.OPENSLIDE]
+    if ext in _VENDOR_EXTENSIONS:
+        return [Backend.OPENSLIDE, Backend.TIFFSLIDE]
+    from protoseg.slide.tiff_direct import DIRECT_COMPRESSIONS, first_page_compression
+
+    if first_page_compression(path) in DIRECT_COMPRESSIONS:
+        return [Backend.TIFFFILE, Backend.OPENSLIDE, Backend.TIFFSLIDE]
+    return [Backend.OPENSLIDE, Backend.TIFFSLIDE]
 
 
 def _try(kind: Backend, path: Path) -> SlideBackend:
@@ -95,8 +122,16 @@ def open_slide(path: str | Path, backend: Backend | str | None = None) -> Slide:
             f"{path.name}: unsupported slide type {ext or '(no extension)'!r}; supported extensions: "
             + " ".join(SUPPORTED_EXTENSIONS)
         )
+    if backend is None and os.environ.get(BACKEND_ENV):
+        backend = os.environ[BACKEND_ENV]
     if backend is not None:
-        kind = Backend(backend)
+        try:
+            kind = Backend(str(getattr(backend, "value", backend)).strip().lower())
+        except ValueError:
+            raise UnsupportedSlideError(
+                f"unknown slide backend {backend!r} (argument or {BACKEND_ENV}); use one of "
+                + ", ".join(b.value for b in Backend)
+            ) from None
         try:
             found = _try(kind, path)
         except SlideError:
@@ -116,7 +151,7 @@ def open_slide(path: str | Path, backend: Backend | str | None = None) -> Slide:
         except UnsupportedSlideError as exc:
             failures.append(f"{kind.value}: {exc}")
             last_exc = exc
-            if kind is not Backend.OPENSLIDE:  # a backend that read the file but cannot show it
+            if kind is Backend.TIFFSLIDE:  # the last resort read the file but cannot show it
                 raise
             continue
         except Exception as exc:  # noqa: BLE001 - try the next backend, report all at the end

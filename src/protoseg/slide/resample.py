@@ -21,8 +21,9 @@ from protoseg.slide.pixels import as_rgb_uint8
 LEVEL_TOLERANCE = 1.01
 #: level-pixel slack under which a box counts as aligned to the level grid (read without resampling)
 _ALIGNED = 1e-6
-#: working-memory bound of one resampling step (large reads are resampled in blocks of output rows)
-_BLOCK_BYTES = 32 << 20
+#: source pixels (bytes) above which a read is streamed in output blocks, each reading its own window,
+#: so a thumbnail of a huge single-level slide never holds the whole level (bounded memory)
+STREAM_BYTES = 64 << 20
 
 
 @runtime_checkable
@@ -133,6 +134,25 @@ def read_at_scale(
     ):
         return read_level_box(slide, level, ix0, iy0, ow, oh)
     lw, lh = (int(v) for v in slide.level_dimensions[level])
+    kx, ky = (sx1 - sx0) / ow, (sy1 - sy0) / oh
+    if (ceil_w := math.ceil(sx1 - sx0) + 2) * (ceil_h := math.ceil(sy1 - sy0) + 2) * 3 > STREAM_BYTES and (
+        ow > 1 or oh > 1
+    ):
+        return _streamed(slide, (x, y, w, h), (ow, oh), level, ceil_w, ceil_h)
+    fx, fy = round(kx), round(ky)
+    if (
+        fx >= 2
+        and fy >= 2
+        and abs(kx - fx) < _ALIGNED
+        and abs(ky - fy) < _ALIGNED
+        and abs(sx0 - ix0) < _ALIGNED
+        and abs(sy0 - iy0) < _ALIGNED
+        and ix0 >= 0
+        and iy0 >= 0
+        and ix0 + fx * ow <= lw
+        and iy0 + fy * oh <= lh
+    ):  # integer factor on the level grid, inside the level: exact block means
+        return _block_mean(read_level_box(slide, level, ix0, iy0, fx * ow, fy * oh), fx, fy)
     # the box's integer hull (white where it leaves the slide) + 1 pixel inside the slide for linear taps
     wx0, wy0 = math.floor(sx0 + _ALIGNED), math.floor(sy0 + _ALIGNED)
     wx1, wy1 = math.ceil(sx1 - _ALIGNED), math.ceil(sy1 - _ALIGNED)
@@ -141,11 +161,52 @@ def read_at_scale(
     src = read_level_box(slide, level, wx0, wy0, wx1 - wx0, wy1 - wy0)
     hx, wx = _taps(sx0 - wx0, sx1 - wx0, ow, wx1 - wx0)
     hy, wy = _taps(sy0 - wy0, sy1 - wy0, oh, wy1 - wy0)
-    # y pass on the rows, then the x pass on the transposed (smaller) result: weighted row gathers
+    # y pass on the rows, then the x pass on the transposed (smaller) result: sparse (taps per row) products
     tmp = _apply(src.reshape(src.shape[0], -1), hy, wy).reshape(oh, src.shape[1], 3)
     cols = np.ascontiguousarray(tmp.transpose(1, 0, 2)).reshape(src.shape[1], -1)
     out = _apply(cols, hx, wx).reshape(ow, oh, 3).transpose(1, 0, 2)
     return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+def _block_mean(src: np.ndarray, fx: int, fy: int) -> np.ndarray:
+    """Means of fy x fx blocks of uint8 (fy*oh, fx*ow, 3), rounded half to even like ``np.rint``."""
+    oh, ow = src.shape[0] // fy, src.shape[1] // fx
+    n = fx * fy
+    acc_t = np.uint16 if n <= 257 else np.uint32
+    rows = src.reshape(oh, fy, ow * fx * 3)
+    acc = rows[:, 0].astype(acc_t)
+    for j in range(1, fy):
+        acc += rows[:, j]
+    cols = acc.reshape(oh, ow, fx, 3)
+    tot = cols[:, :, 0].copy()
+    for j in range(1, fx):
+        tot += cols[:, :, j]
+    q, r = np.divmod(tot, acc_t(n))
+    q += (2 * r > n) | ((2 * r == n) & (q % 2 == 1))
+    return q.astype(np.uint8)
+
+
+def _streamed(
+    slide: SlideLike, box: tuple[float, float, float, float], size: tuple[int, int], level: int, sw: int, sh: int
+) -> np.ndarray:
+    """``read_at_scale`` of a large box in output blocks whose source windows stay near ``STREAM_BYTES``."""
+    x, y, w, h = box
+    ow, oh = size
+    parts = math.ceil(sw * sh * 3 / STREAM_BYTES)
+    # square-ish blocks of the output; each is an ordinary (sub-pixel exact) read_at_scale call
+    nx = max(1, min(ow, round(math.sqrt(parts * ow / max(oh, 1)))))
+    ny = max(1, min(oh, math.ceil(parts / nx)))
+    bw, bh = -(-ow // nx), -(-oh // ny)
+    out = np.empty((oh, ow, 3), np.uint8)
+    px, py = w / ow, h / oh
+    for a in range(0, oh, bh):
+        b = min(oh, a + bh)
+        for c in range(0, ow, bw):
+            d = min(ow, c + bw)
+            out[a:b, c:d] = read_at_scale(
+                slide, (x + c * px, y + a * py, (d - c) * px, (b - a) * py), (d - c, b - a), level=level
+            )
+    return out
 
 
 def _taps(start: float, stop: float, n: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,14 +235,11 @@ def _taps(start: float, stop: float, n: int, length: int) -> tuple[np.ndarray, n
 def _apply(rows: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """sum_t weight[t, :, None] * rows[index[t]] for a (length, m) array -> (n, m) float32.
 
-    Output rows are done in blocks so the gathered (taps, block, m) copy stays near ``_BLOCK_BYTES``.
+    A sparse (n x length) matrix with ``taps`` entries per row times the float32 rows: memory-bound,
+    no (taps, n, m) gather, and every output row sums its taps in the same order wherever it is read.
     """
+    from scipy.sparse import csr_matrix
+
     taps, n = index.shape
-    m = rows.shape[1]
-    out = np.empty((n, m), np.float32)
-    step = max(1, _BLOCK_BYTES // max(1, taps * m * rows.itemsize))
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        gathered = rows[index[:, a:b].reshape(-1)].reshape(taps, b - a, m)
-        np.einsum("tnm,tn->nm", gathered, weight[:, a:b], out=out[a:b], dtype=np.float32, casting="unsafe")
-    return out
+    mat = csr_matrix((weight.T.ravel(), index.T.ravel(), np.arange(0, n * taps + 1, taps)), shape=(n, rows.shape[0]))
+    return np.asarray(mat @ rows.astype(np.float32, copy=False), dtype=np.float32)

@@ -14,6 +14,7 @@ import numpy as np
 
 from protoseg.slide.backends import Backend, SlideBackend
 from protoseg.slide.errors import MissingMppError, SlideRequestError
+from protoseg.slide.lazy_pyramid import ChunkCache
 from protoseg.slide.resample import best_level, read_at_scale
 
 if TYPE_CHECKING:
@@ -53,8 +54,9 @@ class Slide:
         self._backend = backend
         self._closed = False
         self._views: dict[int, SlideLevelArray] = {}
-        self._pyramid: list[dask.array.Array] | None = None
+        self._pyramids: dict[int, list[dask.array.Array]] = {}
         self._lock = threading.RLock()
+        self._chunk_cache = ChunkCache()
         self.associated_images: Mapping[str, np.ndarray] = _AssociatedImages(backend)
 
     # ---- metadata -------------------------------------------------------------------------------
@@ -189,19 +191,49 @@ class Slide:
                 self._views[level] = SlideLevelArray(self, level)
             return self._views[level]
 
-    def dask_pyramid(self) -> list[dask.array.Array]:
-        """One lazy (H, W, 3) uint8 dask array per level, chunked by native tiles (edge chunks clipped).
+    def pyramid_arrays(self, chunk: int | None = None) -> list[tuple[Any, int, float]]:
+        """(array-like, chunk side, downsample) per pyramid level: stored levels, then lazy 2x levels.
 
-        Chunks read the backend directly through ``level_pixels``; the arrays
-        are built once per slide, so repeated calls share dask keys (and napari's chunk cache).
+        Stored levels are chunked by a multiple of their native tile near ``VIEW_CHUNK`` (1024 px)
+        unless ``chunk`` is given; lazy levels (see ``protoseg.slide.lazy_pyramid``) are added while the
+        coarsest level's longer side exceeds ``COARSEST_SIDE``, so every zoom reads about one screen.
         """
-        import dask.array as da
+        from protoseg.slide.lazy_pyramid import DownsampledLevelArray, lazy_level_shapes, viewer_chunk
 
         self._check_open()
+        out: list[tuple[Any, int, float]] = []
+        for lvl in range(self.level_count):
+            tw, th = self.tile_size(lvl)
+            c = int(chunk) if chunk else viewer_chunk(max(tw, th))
+            out.append((self.level_pixels(lvl), c, float(self.level_downsamples[lvl])))
+        parent, c, ds = out[-1]
+        w, h = self.level_dimensions[-1]
         with self._lock:
-            cached = self._pyramid
+            cache = self._chunk_cache
+        for k, _shape in enumerate(lazy_level_shapes(w, h), start=1):
+            parent = DownsampledLevelArray(parent, c, cache, key=("lazy", c, k))
+            out.append((parent, c, ds * 2**k))
+        return out
+
+    def pyramid_downsamples(self, chunk: int | None = None) -> tuple[float, ...]:
+        """Downsample (level-0 px per pixel) of each ``dask_pyramid`` level, lazy levels included."""
+        return tuple(ds for _, _, ds in self.pyramid_arrays(chunk))
+
+    def dask_pyramid(self, chunk: int | None = None) -> list[dask.array.Array]:
+        """Lazy (H, W, 3) uint8 dask arrays: the stored levels, then lazy 2x levels (``pyramid_arrays``).
+
+        Chunks are viewer-sized (a multiple of the native tile near 1024 px; ``chunk`` overrides) and
+        each chunk, or any slice of one, is ONE backend read through ``level_pixels``. The arrays are
+        built once per slide and chunk size, so repeated calls share dask keys (and napari's cache).
+        """
+        self._check_open()
+        key = int(chunk or 0)
+        with self._lock:
+            cached = self._pyramids.get(key)
         if cached is not None:
             return list(cached)
+        import dask.array as da
+
         token = uuid.uuid4().hex[:16]  # unique per Slide object: keys never collide across slides
         meta = np.empty((0, 0, 0), np.uint8)
         # inline_array keeps slicing O(chunks touched): without it dask culls the whole
@@ -209,19 +241,17 @@ class Slide:
         pyramid = [
             da.from_array(
                 view,
-                chunks=view.chunks,
-                name=f"protoseg-slide-{token}-{lvl}",
+                chunks=(min(c, view.shape[0]) or 1, min(c, view.shape[1]) or 1, 3),
+                name=f"protoseg-slide-{token}-{key}-{lvl}",
                 asarray=False,
                 lock=False,
                 inline_array=True,
                 meta=meta,
             )
-            for lvl, view in ((lvl, self.level_pixels(lvl)) for lvl in range(self.level_count))
+            for lvl, (view, c, _) in enumerate(self.pyramid_arrays(chunk))
         ]
         with self._lock:
-            if self._pyramid is None:
-                self._pyramid = pyramid
-            return list(self._pyramid)
+            return list(self._pyramids.setdefault(key, pyramid))
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -12,9 +12,10 @@ from torch.utils.data import Dataset
 from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig, Stage1Config, Stage2Config, config_from_dict, to_dict
-from protoseg.models.checkpoint import Checkpoint, Stage
+from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.models.factory import model_config
-from protoseg.train.engine import OptimConfig, Trainer
+from protoseg.train.engine import LAST, OptimConfig, Trainer
+from protoseg.train.errors import TrainingError
 from protoseg.train.events import Callback
 
 
@@ -37,6 +38,22 @@ def checkpoint_config(ckpt: Checkpoint) -> ProtosegConfig:
     """The run config a checkpoint was trained with (``train_config``); checkpoints written before the
     ``stage1`` sections existed (flat keys such as ``stage1.bg_threshold``) load too."""
     return config_from_dict(ckpt.train_config)
+
+
+def resume_mismatches(ckpt: Checkpoint, net: dict[str, Any], classes: ClassSpec, cfg: ProtosegConfig) -> list[str]:
+    """What differs between a checkpoint and the run about to continue it: classes, stage-1 recipe and
+    add-ons, and every network setting (backbone, heads, sizes); empty when it can be resumed."""
+    out = []
+    if tuple(ckpt.classes.names) != tuple(classes.names):
+        out.append(f"classes {list(ckpt.classes.names)} vs {list(classes.names)}")
+    old = ckpt.train_config.get("stage1", {}) if ckpt.stage is Stage.STAGE1 else {}
+    for key, now in (("recipe", cfg.stage1.recipe.value), ("addons", [a.value for a in cfg.stage1.addons])):
+        if key in old and (list(old[key]) if key == "addons" else old[key]) != now:
+            out.append(f"stage1.{key} {old[key]!r} vs {now!r}")
+    for key in sorted(set(ckpt.model_config) | set(net)):
+        if key != "weights" and ckpt.model_config.get(key) != net.get(key):
+            out.append(f"model {key} {ckpt.model_config.get(key)!r} vs {net.get(key)!r}")
+    return out
 
 
 class ConfiguredTrainer(Trainer):
@@ -69,6 +86,19 @@ class ConfiguredTrainer(Trainer):
     @property
     def train_dataset(self) -> Dataset:
         return self._train
+
+    def _restore(self, run: Any) -> None:
+        """Refuse, naming each difference, to resume from a ``last.pt`` of another class set, recipe or
+        network (instead of a state-dict traceback); then restore as usual."""
+        last = self.out_dir / LAST
+        if last.is_file():
+            diffs = resume_mismatches(load_checkpoint(last), model_config(self.net), self.classes, self.cfg)
+            if diffs:
+                raise TrainingError(
+                    f"cannot resume from {last}: it was trained with other settings (checkpoint vs now: "
+                    f"{'; '.join(diffs)}); use the same settings, or start fresh in another run.out_dir"
+                )
+        super()._restore(run)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Stage-specific provenance stored in ``Checkpoint.extra``."""

@@ -18,15 +18,19 @@ from torch.utils.data.distributed import DistributedSampler
 
 from protoseg.cancel import Cancelled, CancelToken
 from protoseg.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from protoseg.outputs import clean_stale_temporaries
 from protoseg.runtime import seed_everything, select_device
 from protoseg.train.distributed import DistContext, barrier, init_distributed
 from protoseg.train.errors import TrainingError
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
+from protoseg.train.runstate import RunLock, capture_rng, restore_rng, trim_metrics
 
 logger = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
+#: ``Checkpoint.extra`` keys only a resume needs (left out of ``best.pt``).
+_RESUME_ONLY = ("optimizer", "scaler", "rng")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class _FitState:
     epochs_done: int = 0
     step: int = 0
     best: float | None = None
+    rng_start: dict[str, Any] | None = None  # random states at the start of the current epoch
 
 
 class Trainer(ABC):
@@ -163,12 +168,26 @@ class Trainer(ABC):
         """Train for ``optim.epochs`` epochs (continuing from ``last.pt`` when ``resume``).
 
         A set ``CancelToken`` stops the run cleanly (``FitResult.cancelled``, ``last.pt`` usable);
-        failures (empty training set, non-finite loss) raise ``TrainingError``.
+        failures (empty training set, non-finite loss) raise ``TrainingError``. One process per output
+        folder (a lock file; a second one raises ``TrainingError``); a resumed run restores the random
+        states and data order, so it reproduces the uninterrupted run.
         """
+        lock = RunLock(self.out_dir).acquire() if self.dist.is_main else None
+        try:
+            return self._fit(resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, resume: bool) -> FitResult:
         t0 = time.perf_counter()
+        if self.dist.is_main:
+            clean_stale_temporaries(self.out_dir)  # left by a killed checkpoint save (we hold the lock)
         run = self._prepare()
         if resume:
             self._restore(run)
+        if self.dist.is_main:
+            trim_metrics(self.out_dir, self.stage, run.epoch)  # epochs after the restored one are logged again
         run.train_model = self._wrap(run.model)
         run.step = run.epoch * run.steps_per_epoch
         self._event(
@@ -229,6 +248,10 @@ class Trainer(ABC):
             run.scaler.load_state_dict(ckpt.extra["scaler"])
         run.epoch = run.epochs_done = ckpt.epoch
         run.best = ckpt.best_metric
+        if "rng" in ckpt.extra:
+            restore_rng(ckpt.extra["rng"], self.generator)
+        else:
+            logger.warning("%s has no random states (older protoseg): the resumed run differs", last_path)
         logger.info("resuming %s from %s at epoch %d", self.stage, last_path, run.epoch)
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -242,6 +265,7 @@ class Trainer(ABC):
         """One pass over the loader; the cancel token is checked before every batch."""
         if run.sampler is not None:
             run.sampler.set_epoch(run.epoch)
+        run.rng_start = capture_rng(self.generator)
         run.model.train()
         for batch in run.loader:
             self.cancel.raise_if_cancelled(f"{self.stage} training")
@@ -310,11 +334,12 @@ class Trainer(ABC):
             run.best = value
         last_path, best_path = self.out_dir / LAST, self.out_dir / BEST
         extra = {"optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict()}
+        extra["rng"] = capture_rng(self.generator)  # after validation: where the next epoch starts
         ckpt = self.make_checkpoint(run.epoch + 1, run.step, metrics, extra).with_updates(best_metric=run.best)
         save_checkpoint(ckpt, last_path)
         if improved or value is None:
             save_checkpoint(
-                ckpt.with_updates(extra={k: v for k, v in ckpt.extra.items() if k not in ("optimizer", "scaler")}),
+                ckpt.with_updates(extra={k: v for k, v in ckpt.extra.items() if k not in _RESUME_ONLY}),
                 best_path,
             )
         self._event(EventKind.CHECKPOINT, run.epoch + 1, run.step, run.total, metrics=metrics, path=str(last_path))
@@ -324,7 +349,8 @@ class Trainer(ABC):
         last_path = self.out_dir / LAST
         if self.dist.is_main and not last_path.exists():
             # resuming from it starts the interrupted epoch again
-            ckpt = self.make_checkpoint(run.epoch, run.epoch * run.steps_per_epoch, {}, {})
+            extra = {} if run.rng_start is None else {"rng": run.rng_start}
+            ckpt = self.make_checkpoint(run.epoch, run.epoch * run.steps_per_epoch, {}, extra)
             save_checkpoint(ckpt, last_path)
         self._event(EventKind.CANCELLED, run.epoch, run.step, run.total, path=str(last_path), message="cancelled")
         logger.warning("%s cancelled at step %d; last checkpoint: %s", self.stage, run.step, last_path)

@@ -1,4 +1,8 @@
-"""Evaluate stage-1 pseudo-masks and stage-2 predictions against ground-truth masks (background = C)."""
+"""Evaluate stage-1 pseudo-masks and stage-1/2 predictions against ground-truth masks (background = C).
+
+``pseudo_masks`` is the one CAM -> pseudo-mask rule: stage-1 validation, ``protoseg eval --use-labels``
+and the pseudo-mask export all call it, so the quality reported is the quality of the exported masks.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from protoseg import cams as cam_ops
 from protoseg.classes import IGNORE_INDEX, ClassSpec
-from protoseg.config import ProtosegConfig
-from protoseg.metrics import ConfusionMatrix, SegMetrics
+from protoseg.config import ProtosegConfig, PseudoLabelConfig
+from protoseg.metrics import ConfusionMatrix, Protocol, SegMetrics, apply_protocol
 from protoseg.models.classnet import ClassNet
 
 
 def flat_metrics(m: SegMetrics) -> dict[str, float]:
-    """Summary numbers for logs/events: mIoU, FwIoU, Dice, pixel accuracy, boundary IoU, IoU per class."""
+    """Summary numbers for logs/events: mIoU, FwIoU, Dice, pixel accuracy, coverage, boundary IoU, IoU per class."""
     out = {"mIoU": m.miou, "FwIoU": m.fwiou, "Dice": m.mean_dice, "pixel_acc": m.pixel_accuracy}
+    out["coverage"] = m.coverage
     if m.mean_boundary_iou is not None:
         out["bIoU"] = m.mean_boundary_iou
     for name, v in zip(m.class_names, m.iou):
@@ -34,14 +39,31 @@ def _matrix(classes: ClassSpec, boundary: bool) -> ConfusionMatrix:
     )
 
 
+def background_mask(images: torch.Tensor, rules: PseudoLabelConfig) -> torch.Tensor | None:
+    """Glass background (B, H, W) of [0, 1] images under ``rules`` (None when ``rules.glass`` is off)."""
+    if not rules.glass:
+        return None
+    return cam_ops.glass_background(images, rules.bg_open_radius, rules.bg_min_size)
+
+
 def pseudo_masks(
     net: ClassNet, images: torch.Tensor, labels: torch.Tensor | None, cfg: ProtosegConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pseudo-mask (B,H,W; background = C) and confidence (B,H,W) from fused, gated CAMs."""
+    """Pseudo-mask (B, H, W) and its per-pixel confidence (B, H, W) in [0, 1] from fused, gated CAMs.
+
+    Mask: argmax over the gated classes (label-gated with ``labels``, score-gated without),
+    uncertain pixels 255, background C only where the glass detector finds glass. Confidence:
+    the max CAM on tissue pixels, 1 on glass (the detector is sure), 0 on ignored pixels.
+    """
     rules = cfg.stage1.pseudo
     cams = net.cams(images, labels=labels)
-    bg = cam_ops.background_seed(images, rules.bg_grey, rules.bg_min_size)
-    return cam_ops.pseudo_labels(cams, bg, rules.bg_threshold), cam_ops.confidence(cams)
+    bg = background_mask(images, rules)
+    mask = cam_ops.pseudo_labels(cams, bg, rules.ignore_below, rules.tie_margin)
+    conf = cam_ops.confidence(cams).clamp(0, 1)
+    conf = conf.masked_fill(mask == IGNORE_INDEX, 0.0)
+    if bg is not None:
+        conf = conf.masked_fill(bg.to(conf.device), 1.0)
+    return mask, conf
 
 
 def evaluate_pseudo(
@@ -52,8 +74,10 @@ def evaluate_pseudo(
     device: torch.device,
     use_labels: bool = True,
     boundary: bool = False,
+    protocol: Protocol = Protocol.PBIP,
 ) -> dict[str, float]:
-    """Quality of stage-1 pseudo-masks (label-gated CAMs when ``use_labels``) on a masked split."""
+    """Quality of stage-1 pseudo-masks (label-gated CAMs when ``use_labels``, else the label-free
+    score-gated prediction) on a masked split; ignored pixels count as misses (see ``coverage``)."""
     cm = _matrix(classes, boundary)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False)
     net.eval()
@@ -62,7 +86,8 @@ def evaluate_pseudo(
             x = batch["image"].to(device)
             y = batch["label"].to(device) if use_labels else None
             pred, _ = pseudo_masks(net, x, y, cfg)
-            cm.update(pred.cpu().numpy(), batch["mask"].numpy())
+            target = apply_protocol(batch["mask"].numpy(), protocol, classes.background_index)
+            cm.update(pred.cpu().numpy(), target)
     return flat_metrics(cm.compute())
 
 
@@ -74,6 +99,7 @@ def evaluate_segmentation(
     batch_size: int = 8,
     tta: bool = False,
     boundary: bool = False,
+    protocol: Protocol = Protocol.PBIP,
 ) -> dict[str, float]:
     """Metrics of ``model.predict`` argmax maps (stage 2, or stage 1 score-gated) on a masked split."""
     cm = _matrix(classes, boundary)
@@ -83,5 +109,6 @@ def evaluate_segmentation(
         for batch in loader:
             x = batch["image"].to(device)
             probs = model.predict(x, flip_tta=tta) if tta else model.predict(x)
-            cm.update(probs.argmax(1).cpu().numpy(), batch["mask"].numpy())
+            target = apply_protocol(batch["mask"].numpy(), protocol, classes.background_index)
+            cm.update(probs.argmax(1).cpu().numpy(), target)
     return flat_metrics(cm.compute())

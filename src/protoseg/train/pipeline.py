@@ -21,6 +21,7 @@ from protoseg.data.augment import default_augmentation
 from protoseg.data.datasets import PatchDataset, open_dataset
 from protoseg.data.layouts import parse_mpp
 from protoseg.data.records import Split
+from protoseg.metrics import Protocol
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.runtime import select_device
 from protoseg.train.engine import BEST, LAST, FitResult
@@ -81,6 +82,24 @@ def folder_data(cfg: ProtosegConfig, augment: bool | None = None) -> TrainingDat
     return TrainingData(train, open_split(cfg, Split.VAL), train.classes, mpp)
 
 
+def check_training_data(data: TrainingData, cancel: CancelToken | None = None) -> None:
+    """Open every image and mask of folder datasets before the first epoch (``protoseg.data.check``):
+    a DatasetCheckError names the bad files instead of a crash mid-epoch; counts per class are logged."""
+    from protoseg.data.check import DatasetReport, check_split
+
+    sets = [ds for ds in (data.train, data.val) if isinstance(ds, PatchDataset)]
+    if not sets:
+        return  # slide regions are validated when they are tiled
+    report = DatasetReport(
+        str(sets[0].root), sets[0].layout, sets[0].classes.names, tuple(check_split(ds, cancel) for ds in sets)
+    )
+    for split in report.splits:
+        logger.info("dataset check: %s", split.lines()[0])
+        for warning in split.warnings:
+            logger.warning("dataset check, %s: %s", split.split.value, warning)
+    report.raise_if_bad()
+
+
 def region_data(
     cfg: ProtosegConfig,
     regions: Sequence[Any],
@@ -89,8 +108,11 @@ def region_data(
     fallback_mpp: float | None = None,
     augment: bool | None = None,
 ) -> TrainingData:
-    """Patches sampled on the fly from tagged slide regions (no val masks: validation is skipped)."""
-    from protoseg.data.region_dataset import WsiRegionDataset
+    """Patches tiled densely (``dense_stride``) over tagged slide regions at the training patch size and
+    ``mpp``, read on the fly (no val masks: validation is skipped); logs the count per class and the
+    regions too small for a patch, and refuses regions that give no patch at all."""
+    from protoseg.data.errors import RegionError
+    from protoseg.data.region_dataset import WsiRegionDataset, dense_stride
 
     use_aug = cfg.data.augment if augment is None else augment
     ds = WsiRegionDataset(
@@ -98,10 +120,16 @@ def region_data(
         classes,
         mpp=mpp,
         patch_size=cfg.data.patch_size,
+        stride=dense_stride(cfg.data.patch_size),
         seed=cfg.run.seed,
         fallback_mpp=fallback_mpp,
         transform=default_augmentation(seed=cfg.run.seed) if use_aug else None,
     )
+    logger.info("training regions: %s", ds.tiling.summary())
+    if ds.tiling.too_small:
+        logger.warning("%d tagged region(s) too small for one patch", len(ds.tiling.too_small))
+    if not len(ds):
+        raise RegionError(f"no training patches: {ds.tiling.summary()}; draw larger regions or lower data.patch_size")
     return TrainingData(ds, None, classes, mpp)
 
 
@@ -134,10 +162,15 @@ def build_bank_from_config(
     encoder: Any | None = None,
     data: TrainingData | None = None,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Any:
     """Build the image bank from the single-class training patches and save it to ``out``;
-    ``progress(seen, total)`` after each embedded batch."""
+    ``progress(seen, total)`` after each embedded batch. ``out`` must be free, empty or a bank protoseg
+    wrote (checked before encoding) unless ``overwrite``."""
     from protoseg.bank import build_bank, save_bank
+    from protoseg.bank.store import check_bank_output
+
+    check_bank_output(out, overwrite)
 
     if data is None:
         data = folder_data(cfg, augment=False)
@@ -152,7 +185,7 @@ def build_bank_from_config(
         white_threshold=cfg.bank.white_threshold,
         progress=(lambda seen: progress(seen, total)) if progress is not None else None,
     )
-    save_bank(bank, out)
+    save_bank(bank, out, overwrite=overwrite)
     logger.info("image bank with %d members saved to %s", len(bank.members), out)
     return bank
 
@@ -164,16 +197,20 @@ def with_default_bank(cfg: ProtosegConfig) -> ProtosegConfig:
     return cfg
 
 
-def _bank_for(cfg: ProtosegConfig, encoder: Any, data: TrainingData) -> Any | None:
-    """The bank at ``bank.path``; for PBIP it is built there from the training patches when absent."""
+def _bank_and_encoder(cfg: ProtosegConfig, data: TrainingData) -> tuple[Any | None, Any | None]:
+    """The bank at ``bank.path`` (for PBIP built there from the training patches when absent) and the
+    encoder stage 1 needs: the bank's own, at the input size the bank records, whatever the patch size."""
     from protoseg.bank import load_bank
 
-    if cfg.bank.path and Path(cfg.bank.path).exists():
-        return load_bank(cfg.bank.path)
-    if cfg.stage1.recipe is Recipe.PBIP:
+    needs_encoder = cfg.stage1.recipe is not Recipe.CAM or bool(cfg.stage1.addons)
+    bank = None
+    if cfg.stage1.recipe is not Recipe.CAM and cfg.bank.path and Path(cfg.bank.path).exists():
+        bank = load_bank(cfg.bank.path)
+    elif cfg.stage1.recipe is Recipe.PBIP:
         logger.info("no image bank at %s: building one from the training patches", cfg.bank.path)
-        return build_bank_from_config(cfg, cfg.bank.path, encoder, data)
-    return None
+        encoder = encoder_from_config(cfg)
+        return build_bank_from_config(cfg, cfg.bank.path, encoder, data), encoder
+    return bank, (encoder_from_config(cfg, bank) if needs_encoder else None)
 
 
 def train_stage1(
@@ -186,9 +223,9 @@ def train_stage1(
     """Train stage 1 as configured (on ``data``, default the folder at ``data.root``);
     checkpoints in ``<out_dir>/stage1/{last,best}.pt``."""
     data = data or folder_data(cfg)
+    check_training_data(data, cancel)
     cfg = with_default_bank(replace(cfg, run=replace(cfg.run, mpp=data.mpp)))
-    encoder = encoder_from_config(cfg) if cfg.stage1.recipe is not Recipe.CAM or cfg.stage1.addons else None
-    bank = _bank_for(cfg, encoder, data) if cfg.stage1.recipe is not Recipe.CAM else None
+    bank, encoder = _bank_and_encoder(cfg, data)
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "stage1_config.yaml")
@@ -217,13 +254,22 @@ def make_pseudo_masks(
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     data: TrainingData | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Export pseudo-masks of the (un-augmented) training patches from a stage-1 checkpoint."""
+    """Export pseudo-masks of the (un-augmented) training patches from a stage-1 checkpoint (a fresh
+    ``pseudo-masks`` output folder; ``overwrite`` lets it replace a folder protoseg did not write)."""
     ckpt = load_checkpoint(checkpoint)
     data = data or folder_data(cfg, augment=False)
+    _check_classes(ckpt, data.classes, str(checkpoint))
     out = Path(out) if out is not None else Path(cfg.run.out_dir) / "pseudo"
     return export_pseudo_masks(
-        ckpt, _subset(data.train, cfg.data.max_train, cfg.run.seed), out, cfg, cfg.run.device, progress
+        ckpt,
+        _subset(data.train, cfg.data.max_train, cfg.run.seed),
+        out,
+        cfg,
+        cfg.run.device,
+        progress,
+        overwrite=overwrite,
     )
 
 
@@ -239,8 +285,10 @@ def train_stage2(
     """Train stage 2 on exported pseudo-masks (``data`` un-augmented: the pseudo-mask dataset augments
     image, mask and confidence together); checkpoints in ``<out_dir>/stage2/``."""
     data = data or folder_data(cfg, augment=False)
+    check_training_data(data, cancel)
     cfg = replace(cfg, run=replace(cfg.run, mpp=data.mpp))
     images = _subset(data.train, cfg.data.max_train, cfg.run.seed)
+    _check_pseudo_classes(pseudo_dir, data.classes)
     ds = PseudoMaskDataset(images, pseudo_dir, augment=cfg.data.augment, seed=cfg.run.seed)
     info = {"checkpoint": str(stage1)} if stage1 else {}
     val = _subset(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None
@@ -249,10 +297,16 @@ def train_stage2(
 
 
 def evaluate_checkpoint(
-    cfg: ProtosegConfig, checkpoint: str | Path, split: Split = Split.TEST, use_labels: bool = False
-) -> dict[str, float]:
-    """Metrics of a checkpoint on a labelled split: stage 2 by argmax, stage 1 by its pseudo-masks
-    (label-gated when ``use_labels``, as for pseudo-mask quality; score-gated otherwise)."""
+    cfg: ProtosegConfig,
+    checkpoint: str | Path,
+    split: Split = Split.TEST,
+    use_labels: bool = False,
+    protocol: Protocol | str = Protocol.PBIP,
+) -> dict[str, Any]:
+    """Metrics of a checkpoint on a labelled split under ``protocol`` (named in the result as
+    ``"protocol"``): stage 1 with ``use_labels`` by its label-gated pseudo-masks (the exported ones),
+    otherwise the label-free prediction a user gets from ``Predictor`` (``model.predict`` argmax)."""
+    protocol = Protocol(protocol)
     ckpt = load_checkpoint(checkpoint)
     ds = open_split(cfg, split)
     if ds is None:
@@ -260,26 +314,51 @@ def evaluate_checkpoint(
     _check_classes(ckpt, ds.classes)
     device = select_device(cfg.run.device)
     model = ckpt.build_model().to(device)
-    if ckpt.stage is Stage.STAGE1:
-        return evaluate_pseudo(
-            model,
+    if ckpt.stage is Stage.STAGE1 and use_labels:
+        metrics = evaluate_pseudo(
+            model,  # type: ignore[arg-type]
             ds,
             ckpt.classes,
             cfg,
             device,
-            use_labels=use_labels,  # type: ignore[arg-type]
+            use_labels=True,
             boundary=True,
+            protocol=protocol,
         )
-    return evaluate_segmentation(
-        model, ds, ckpt.classes, device, cfg.data.batch_size, tta=cfg.stage2.tta, boundary=True
-    )
+    else:
+        tta = cfg.stage2.tta and ckpt.stage is Stage.STAGE2
+        metrics = evaluate_segmentation(
+            model, ds, ckpt.classes, device, cfg.data.batch_size, tta=tta, boundary=True, protocol=protocol
+        )
+    return {"protocol": protocol.value, **metrics}
 
 
-def _check_classes(ckpt: Checkpoint, classes: ClassSpec) -> None:
+def _check_classes(ckpt: Checkpoint, classes: ClassSpec, source: str = "checkpoint") -> None:
     if tuple(ckpt.classes.names) != tuple(classes.names):
         from protoseg.models.checkpoint import CheckpointError
 
-        raise CheckpointError(f"checkpoint classes {ckpt.classes.names} differ from the dataset's {classes.names}")
+        raise CheckpointError(
+            f"{source} was trained on classes {list(ckpt.classes.names)} but the dataset has "
+            f"{list(classes.names)}; use a checkpoint trained on this dataset's classes (or the matching data.root)"
+        )
+
+
+def _check_pseudo_classes(pseudo_dir: str | Path, classes: ClassSpec) -> None:
+    """Refuse pseudo-masks exported for another class set (their indices would mean other classes)."""
+    import json
+
+    from protoseg.train.pseudo import MANIFEST, PseudoMaskError
+
+    manifest = Path(pseudo_dir) / MANIFEST
+    try:
+        names = json.loads(manifest.read_text())["classes"]["names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # missing or old manifests are reported by PseudoMaskDataset
+    if list(names) != list(classes.names):
+        raise PseudoMaskError(
+            f"pseudo-masks in {pseudo_dir} were exported for classes {list(names)} but the dataset has "
+            f"{list(classes.names)}; re-run `protoseg pseudo` with a stage-1 checkpoint of this dataset"
+        )
 
 
 __all__ = [

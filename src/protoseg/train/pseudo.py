@@ -1,34 +1,99 @@
-"""Stage-1 → stage-2 hand-over: export pseudo-masks (palette PNG + confidence) and read them back."""
+"""Stage-1 → stage-2 hand-over: export pseudo-masks (palette PNG + confidence) and read them back.
+
+A pseudo-mask folder is a ``protoseg.outputs`` folder of kind ``pseudo-masks``: it is written whole
+into a temporary sibling and swapped in, and its marker records the stage-1 weights (SHA-256), the
+pseudo-mask rules and the sample keys, so masks of another checkpoint are never mixed in and stage 2
+refuses masks made for other patches. Mask pixels: classes 0..C-1, background C, ignore 255 (grey).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from protoseg.config import ProtosegConfig
+from protoseg.config import ProtosegConfig, to_dict
 from protoseg.data.augment import ColorJitter, Compose, HEDJitter, RandomFlip, RandomRot90
 from protoseg.data.masks import save_palette_mask
 from protoseg.errors import ProtosegError
 from protoseg.models.checkpoint import Checkpoint, Stage
 from protoseg.models.classnet import ClassNet
+from protoseg.outputs import read_marker, replace_dir
 from protoseg.runtime import select_device
 from protoseg.train.evaluation import pseudo_masks
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "pseudo.json"
+#: ``protoseg.outputs`` kind of a pseudo-mask folder.
+KIND = "pseudo-masks"
 
 
 class PseudoMaskError(ProtosegError):
     """Pseudo-mask folder missing, incomplete or not matching the training images."""
+
+
+def _records(dataset: Dataset) -> list[Any] | None:
+    """The dataset's ``PatchRecord`` list in sample order (through Subsets), or None."""
+    if isinstance(dataset, Subset):
+        inner = _records(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    records = getattr(dataset, "records", None)
+    return list(records) if records is not None else None
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "__").replace("\\", "__").replace(os.sep, "__")
+
+
+def sample_keys(dataset: Dataset, names: Sequence[str] | None = None) -> list[str]:
+    """One file name per sample, unique: the sample name, or where two samples share a name (e.g. the
+    same file name in two sub-folders of a CSV dataset) the image path relative to the common folder."""
+    records = _records(dataset)
+    if records is None:
+        names = list(names) if names is not None else [dataset[i]["name"] for i in range(len(dataset))]  # type: ignore[arg-type]
+        keys = [_safe(n) for n in names]
+    else:
+        keys = [_safe(r.name) for r in records]
+        dup = {k for k in keys if keys.count(k) > 1} if len(set(keys)) < len(keys) else set()
+        if dup:
+            paths = [Path(r.image).resolve() for r in records]
+            base = Path(os.path.commonpath([str(p.parent) for p in paths]))
+            keys = [_safe(str(p.relative_to(base).with_suffix(""))) if k in dup else k for k, p in zip(keys, paths)]
+            if len(set(keys)) < len(keys):  # a.png and a.jpg in one folder
+                keys = [_safe(str(p.relative_to(base))) if k in dup else k for k, p in zip(keys, paths)]
+    if len(set(keys)) < len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})[:3]
+        raise PseudoMaskError(f"training samples share the names {twice}; give each patch a unique name")
+    return keys
+
+
+def _keys_digest(keys: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def _weights_digest(net: torch.nn.Module) -> str:
+    from protoseg.infer.identity import model_sha256
+
+    return model_sha256(net)
+
+
+def _up_to_date(out: Path, wanted: dict[str, Any], keys: Sequence[str]) -> bool:
+    marker = read_marker(out)
+    if marker is None or marker.get("kind") != KIND:
+        return False
+    if any(marker.get(k) != v for k, v in wanted.items()):
+        return False
+    return all((out / "mask" / f"{k}.png").is_file() and (out / "conf" / f"{k}.png").is_file() for k in keys)
 
 
 def export_pseudo_masks(
@@ -38,45 +103,63 @@ def export_pseudo_masks(
     cfg: ProtosegConfig,
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Label-gated CAM pseudo-masks for every training patch: ``mask/<name>.png`` (palette, background = C)
-    and ``conf/<name>.png`` (max CAM × 255); existing outputs are skipped so an interrupted export resumes."""
+    """Pseudo-masks of every training patch (``evaluation.pseudo_masks``, label-gated):
+    ``mask/<key>.png`` (palette: classes, background C, ignore 255 grey) and ``conf/<key>.png``
+    (label confidence × 255). The folder is written fresh and swapped in; when it already holds the
+    masks of the same weights, rules and samples nothing is redone. A folder protoseg did not write is
+    refused unless ``overwrite``."""
     if ckpt.stage is not Stage.STAGE1:
         raise PseudoMaskError("pseudo-masks come from a stage-1 checkpoint; this one is stage 2")
     out = Path(out_dir)
-    (out / "mask").mkdir(parents=True, exist_ok=True)
-    (out / "conf").mkdir(parents=True, exist_ok=True)
     dev = select_device(device)
     net = ckpt.build_model().to(dev)
     assert isinstance(net, ClassNet)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    total, done = len(dataset), 0  # type: ignore[arg-type]
-    with torch.no_grad():
-        for batch in loader:
-            names = list(batch["name"])
-            todo = [i for i, n in enumerate(names) if not (out / "conf" / f"{n}.png").is_file()]
-            if todo:
-                x = batch["image"][todo].to(dev)
-                y = batch["label"][todo].to(dev)
-                pred, conf = pseudo_masks(net, x, y, cfg)
-                for j, i in enumerate(todo):
-                    mask = pred[j].cpu().numpy().astype(np.uint8)
-                    save_palette_mask(out / "mask" / f"{names[i]}.png", mask, ckpt.classes)
-                    c8 = (conf[j].clamp(0, 1) * 255).round().byte().cpu().numpy()
-                    tmp = out / "conf" / f".{names[i]}.tmp.png"
-                    Image.fromarray(c8, mode="L").save(tmp)
-                    tmp.replace(out / "conf" / f"{names[i]}.png")  # conf written last marks the patch done
-            done += len(names)
-            if progress:
-                progress(done, total)
-    manifest = {
-        "classes": ckpt.classes.to_dict(),
-        "count": total,
-        "checkpoint_epoch": ckpt.epoch,
-        "recipe": ckpt.extra.get("recipe"),
+    net.eval()
+    keys = sample_keys(dataset)
+    wanted = {
+        "checkpoint_sha256": _weights_digest(net),
+        "rules": to_dict(cfg.stage1.pseudo),
+        "samples_sha256": _keys_digest(keys),
+        "count": len(keys),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    logger.info("wrote %d pseudo-masks to %s", total, out)
+    if _up_to_date(out, wanted, keys):
+        logger.info("pseudo-masks in %s are up to date (same weights, rules and samples)", out)
+        if progress:
+            progress(len(keys), len(keys))
+        return out
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    total, done = len(keys), 0
+    ignored = 0
+    with replace_dir(out, KIND, overwrite=overwrite, **wanted) as tmp:
+        (tmp / "mask").mkdir()
+        (tmp / "conf").mkdir()
+        with torch.no_grad():
+            for batch in loader:
+                x, y = batch["image"].to(dev), batch["label"].to(dev)
+                pred, conf = pseudo_masks(net, x, y, cfg)
+                for j in range(len(x)):
+                    key = keys[done + j]
+                    mask = pred[j].cpu().numpy().astype(np.uint8)
+                    ignored += int((mask == 255).sum())
+                    save_palette_mask(tmp / "mask" / f"{key}.png", mask, ckpt.classes)
+                    c8 = (conf[j].clamp(0, 1) * 255).round().byte().cpu().numpy()
+                    Image.fromarray(c8, mode="L").save(tmp / "conf" / f"{key}.png")
+                done += len(x)
+                if progress:
+                    progress(done, total)
+        manifest = {
+            "classes": ckpt.classes.to_dict(),
+            "count": total,
+            "checkpoint_epoch": ckpt.epoch,
+            "checkpoint_sha256": wanted["checkpoint_sha256"],
+            "recipe": ckpt.extra.get("recipe"),
+            "rules": wanted["rules"],
+            "keys": keys,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    logger.info("wrote %d pseudo-masks to %s (%d ignore pixels)", total, out, ignored)
     return out
 
 
@@ -86,10 +169,17 @@ class PseudoMaskDataset(Dataset):
     def __init__(self, images: Dataset, pseudo_dir: str | Path, augment: bool = True, seed: int = 0) -> None:
         self.images = images
         self.dir = Path(pseudo_dir)
-        if not (self.dir / MANIFEST).is_file():
+        marker = read_marker(self.dir)
+        if marker is None or marker.get("kind") != KIND or not (self.dir / MANIFEST).is_file():
             raise PseudoMaskError(
-                f"{self.dir} has no {MANIFEST}; export pseudo-masks first with `protoseg pseudo --checkpoint "
-                "stage1/best.pt --out DIR`"
+                f"{self.dir} is not a complete protoseg pseudo-mask folder (or was written by an older version); "
+                "export pseudo-masks with `protoseg pseudo --checkpoint stage1/best.pt --out DIR`"
+            )
+        self.keys = sample_keys(images)
+        if marker.get("samples_sha256") != _keys_digest(self.keys):
+            raise PseudoMaskError(
+                f"the pseudo-masks in {self.dir} were made for other training patches ({marker.get('count')} "
+                f"samples, this dataset has {len(self.keys)}); re-export them with `protoseg pseudo`"
             )
         self.geometric = Compose([RandomFlip(), RandomRot90()], seed=seed) if augment else None
         self.colour = Compose([ColorJitter(), HEDJitter()], seed=seed + 1) if augment else None
@@ -99,10 +189,10 @@ class PseudoMaskDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.images[index]
-        name = sample["name"]
-        mask_path, conf_path = self.dir / "mask" / f"{name}.png", self.dir / "conf" / f"{name}.png"
+        key = self.keys[index]
+        mask_path, conf_path = self.dir / "mask" / f"{key}.png", self.dir / "conf" / f"{key}.png"
         if not conf_path.is_file() or not mask_path.is_file():
-            raise PseudoMaskError(f"no pseudo-mask for {name} in {self.dir}; re-run `protoseg pseudo` (it resumes)")
+            raise PseudoMaskError(f"no pseudo-mask for {key} in {self.dir}; re-export with `protoseg pseudo`")
         mask = torch.from_numpy(np.asarray(Image.open(mask_path)).astype(np.int64))
         conf = torch.from_numpy(np.asarray(Image.open(conf_path), dtype=np.float32) / 255.0)
         image = sample["image"]
@@ -110,4 +200,4 @@ class PseudoMaskDataset(Dataset):
             stacked = self.geometric({"image": torch.cat([image, conf[None]]), "mask": mask})
             image, conf, mask = stacked["image"][:3], stacked["image"][3], stacked["mask"]
             image = self.colour({"image": image})["image"]
-        return {"image": image, "mask": mask, "confidence": conf, "label": sample["label"], "name": name}
+        return {"image": image, "mask": mask, "confidence": conf, "label": sample["label"], "name": sample["name"]}

@@ -1,11 +1,13 @@
 """Stage-1 recipes: which ClassNet head and which losses a run uses (cam / pbip / lpd, + pscl / plim).
 
 - ``cam``:  1x1-conv CAM head, L = L_CLS (last stage).
-- ``pbip``: fixed bank prototypes, L = a*L_CLS + b*L_SIM (PBIP Eq. L_FGS/L_BGS with the adaptive mask).
+- ``pbip``: fixed bank prototypes, L = a*L_CLS + b*L_SIM (PBIP Eq. L_FGS/L_BGS with the adaptive mask,
+  delta applied on the raw scaled similarity map as in the PBIP code).
 - ``lpd``:  learnable prototypes (C x k x d), the same FG/BG matching with them as anchors, plus the
   diversity regulariser after warm-up.
-- ``pscl``: + w * pixel supervised-contrastive loss on stage-3 features with CAM pseudo-labels.
-- ``plim``: + PLIM L_TTP/L_BTP/L_TBP with an image-text (open_clip) encoder.
+- ``pscl``: + w * pixel supervised-contrastive loss with CAM pseudo-labels, on stage-3 features or (option
+  ``stage1.pscl.decoder``) on a light FPN pixel decoder over stages 2-4, the features the CAMs come from.
+- ``plim``: + PLIM L_TTP/L_BTP/L_TBP with an image-text (open_clip) encoder; prompts use full class names.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from protoseg.errors import ProtosegError
 from protoseg.losses.classification import multistage_classification_loss
 from protoseg.losses.contrastive import pixel_supcon_loss
 from protoseg.losses.diversity import DiversityWarmup, lpd_pseudo_region, prototype_diversity_loss
-from protoseg.losses.plim import PromptTemplates, plim_losses
+from protoseg.losses.plim import PromptTemplates, plim_losses, prompt_names
 from protoseg.losses.similarity import adaptive_masks, cam_area_regulariser, fg_bg_images, prototype_similarity_loss
 from protoseg.models.classnet import ClassNet, ClassNetConfig, ClassNetOutput, HeadKind
+from protoseg.train.evaluation import background_mask
 
 logger = logging.getLogger(__name__)
 
-PSCL_STAGE = 2  # stage-3 features (stride 16) carry the pixel embeddings
+PSCL_STAGE = 2  # stage-3 features (stride 16) carry the pixel embeddings when there is no pixel decoder
 
 
 class RecipeError(ProtosegError):
@@ -40,6 +43,8 @@ class RecipeError(ProtosegError):
 def classnet_config(cfg: ProtosegConfig, num_classes: int, proto_dim: int, k: int) -> ClassNetConfig:
     """ClassNet architecture for the configured recipe."""
     head = {Recipe.CAM: HeadKind.CAM, Recipe.PBIP: HeadKind.BANK, Recipe.LPD: HeadKind.LEARNABLE}[cfg.stage1.recipe]
+    pscl = cfg.stage1.pscl
+    decoder_dim = pscl.decoder_dim if AddOn.PSCL in cfg.stage1.addons and pscl.decoder else 0
     return ClassNetConfig(
         backbone=cfg.model.backbone,
         weights=cfg.model.weights,
@@ -53,6 +58,8 @@ def classnet_config(cfg: ProtosegConfig, num_classes: int, proto_dim: int, k: in
         score_threshold=cfg.stage1.score_gate,
         background_score=cfg.model.background_score,
         img_size=cfg.data.patch_size if cfg.model.backbone.startswith(("swin", "vit")) else None,
+        output_stride=cfg.model.output_stride,
+        pixel_decoder_dim=decoder_dim,
     )
 
 
@@ -90,7 +97,7 @@ class Stage1Objective:
         parts["cls"] = float(l_cls.detach())
         cam = cam_ops.normalize_cams(out.maps[-1])  # differentiable last-stage CAM in [0, 1]
         if s1.recipe in (Recipe.PBIP, Recipe.LPD):
-            l_sim = self._similarity(net, x, cam, y)
+            l_sim = self._similarity(net, x, cam, y, out.maps[-1])
             total = total + s1.similarity.weight * l_sim
             parts["sim"] = float(l_sim.detach())
         if s1.cam_area_weight > 0:
@@ -113,9 +120,11 @@ class Stage1Objective:
             parts["plim"] = float(l_plim.detach())
         return total, parts
 
-    def _similarity(self, net: ClassNet, x: torch.Tensor, cam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _similarity(
+        self, net: ClassNet, x: torch.Tensor, cam: torch.Tensor, y: torch.Tensor, raw: torch.Tensor
+    ) -> torch.Tensor:
         s1, sim = self.cfg.stage1, self.cfg.stage1.similarity
-        fb = fg_bg_images(x, cam, y, s1.delta)
+        fb = fg_bg_images(x, cam, y, s1.delta, raw=raw)  # b from the raw scaled similarity, M = normalised CAM
         assert self.encoder is not None
         rows = torch.arange(len(fb.class_index), device=x.device)
         if s1.max_pairs and len(rows) > s1.max_pairs:  # bound the frozen-encoder work per batch
@@ -131,12 +140,13 @@ class Stage1Objective:
 
     def _pscl(self, net: ClassNet, out: ClassNetOutput, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         pscl, pseudo = self.cfg.stage1.pscl, self.cfg.stage1.pseudo
-        emb = out.features[min(PSCL_STAGE, len(out.features) - 1)]
+        emb = out.embeddings if out.embeddings is not None else out.features[min(PSCL_STAGE, len(out.features) - 1)]
         size = tuple(emb.shape[-2:])
         with torch.no_grad():
             fused = net.fused_cams(out, size, labels=y).detach()
-            bg = cam_ops.background_seed(x, pseudo.bg_grey, pseudo.bg_min_size)
-            bg = F.interpolate(bg[:, None].float(), size=size, mode="area")[:, 0] > 0.5
+            bg = background_mask(x, pseudo)  # the pseudo-mask background rule (glass detector)
+            if bg is not None:
+                bg = F.interpolate(bg[:, None].float(), size=size, mode="area")[:, 0] > 0.5
             labels = cam_ops.pseudo_labels_with_ignore(fused, pscl.tau, bg)
         return pixel_supcon_loss(emb, labels, pscl.temperature, pscl.max_pixels, self.generator)
 
@@ -157,8 +167,13 @@ class Stage1Objective:
         return res.total
 
 
-def encode_class_prompts(text_encoder: Any, class_names: tuple[str, ...], template: str) -> torch.Tensor:
-    """Text features (C, d) of ``template`` filled with each class name (PLIM q_k)."""
+def encode_class_prompts(
+    text_encoder: Any, class_names: tuple[str, ...], template: str, descriptions: tuple[str, ...] = ()
+) -> torch.Tensor:
+    """Text features (C, d) of ``template`` filled with each class's full name (PLIM q_k): "tumor" for TUM,
+    "lymphocytic infiltrate" for LYM, ... (``losses.plim.prompt_names``; ``descriptions`` override)."""
     prompts = PromptTemplates(templates=(template,))
+    names = prompt_names(class_names, descriptions)
+    logger.info("PLIM prompts: %s", "; ".join(prompts.prompts(names)))
     with torch.no_grad():
-        return prompts.encode(text_encoder, list(class_names))
+        return prompts.encode(text_encoder, names)

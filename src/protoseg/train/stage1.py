@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from protoseg.bank.core import ImageBank
+from protoseg.bank.encoder_lookup import encoder_for_bank
 from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
 from protoseg.config import AddOn, ProtosegConfig, Recipe
@@ -23,11 +25,23 @@ from protoseg.train.recipes import RecipeError, Stage1Objective, classnet_config
 logger = logging.getLogger(__name__)
 
 
-def encoder_from_config(cfg: ProtosegConfig) -> ImageEncoder:
-    """The frozen bank encoder named by ``bank.encoder``."""
+def encoder_from_config(cfg: ProtosegConfig, bank: ImageBank | None = None) -> ImageEncoder:
+    """The frozen bank encoder: the one ``bank`` was built with, at its recorded input size, when a bank is
+    given (whatever ``data.patch_size``: crops are resized for it); else the one ``bank.encoder`` names,
+    the descriptor defaulting to the patch size (the size then recorded in the bank built with it)."""
     e = cfg.bank.encoder
     size = e.input_size or (cfg.data.patch_size if e.kind is EncoderKind.DESCRIPTOR else None)
-    return build_encoder(EncoderSpec(kind=e.kind, model_name=e.model_name, pretrained=e.pretrained, input_size=size))
+    spec = EncoderSpec(kind=e.kind, model_name=e.model_name, pretrained=e.pretrained, input_size=size)
+    if bank is None:
+        return build_encoder(spec)
+    encoder = encoder_for_bank(bank, weights_from=spec)
+    logger.info(
+        "bank encoder %s embeds %d px crops (training patches: %d px)",
+        encoder.encoder_id,
+        encoder.input_size,
+        cfg.data.patch_size,
+    )
+    return encoder
 
 
 class Stage1Trainer(ConfiguredTrainer):
@@ -50,7 +64,7 @@ class Stage1Trainer(ConfiguredTrainer):
         super().__init__(Stage.STAGE1, cfg, train_ds, val_ds, classes, callbacks, cancel)
         self.bank = bank
         needs_encoder = s1.recipe is not Recipe.CAM or AddOn.PLIM in s1.addons
-        self.encoder = encoder if encoder is not None else (encoder_from_config(cfg) if needs_encoder else None)
+        self.encoder = encoder if encoder is not None else (encoder_from_config(cfg, bank) if needs_encoder else None)
         prototypes, k, dim = None, 1, 1
         if s1.recipe is Recipe.PBIP:
             if bank is None:
@@ -59,8 +73,8 @@ class Stage1Trainer(ConfiguredTrainer):
                 )
             if self.encoder is not None and bank.encoder_id != self.encoder.encoder_id:
                 raise RecipeError(
-                    f"the bank was built with encoder {bank.encoder_id!r} but bank.encoder gives "
-                    f"{self.encoder.encoder_id!r}; rebuild the bank or set bank.encoder to match"
+                    f"the bank was built with encoder {bank.encoder_id!r} but {self.encoder.encoder_id!r} was "
+                    "passed in; pass encoder=None to use the bank's own encoder"
                 )
             prototypes = bank.prototypes().float()
             k, dim = int(prototypes.shape[1]), int(prototypes.shape[2])
@@ -76,7 +90,7 @@ class Stage1Trainer(ConfiguredTrainer):
         if AddOn.PLIM in s1.addons:
             if not isinstance(self.encoder, TextEncoder):
                 raise RecipeError("the plim add-on needs bank.encoder.kind=open_clip (an image-text model)")
-            text = encode_class_prompts(self.encoder, classes.names, s1.plim.template)
+            text = encode_class_prompts(self.encoder, classes.names, s1.plim.template, s1.plim.descriptions)
         if self.encoder is not None:
             self.encoder.to(self.device)
         steps = max(1, len(train_ds) // max(1, cfg.data.batch_size))  # type: ignore[arg-type]

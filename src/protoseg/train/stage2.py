@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig
-from protoseg.losses.noise_ce import noise_reduced_ce, segmentation_ce
+from protoseg.losses.noise_ce import confidence_weighted_ce, segmentation_ce
 from protoseg.models.checkpoint import Stage
 from protoseg.models.segnet import SegNet, SegNetConfig
 from protoseg.train.configured import ConfiguredTrainer
@@ -35,7 +35,8 @@ def segnet_config(cfg: ProtosegConfig, num_classes: int) -> SegNetConfig:
 
 
 class Stage2Trainer(ConfiguredTrainer):
-    """Cross-entropy (noise-reduced, weighted by CAM confidence) on pseudo-masks."""
+    """Cross-entropy on pseudo-masks ignoring 255 (plain, as in PBIP; ``stage2.noise_reduced``:
+    confident pixels weighted up)."""
 
     stage = Stage.STAGE2.value
 
@@ -59,7 +60,7 @@ class Stage2Trainer(ConfiguredTrainer):
         logits = model(batch["image"])
         target = batch["mask"].long()
         if self.cfg.stage2.noise_reduced and "confidence" in batch:
-            loss = noise_reduced_ce(logits, target, batch["confidence"])
+            loss = confidence_weighted_ce(logits, target, batch["confidence"])
         else:
             loss = segmentation_ce(logits, target)
         return loss, {"ce": float(loss.detach())}

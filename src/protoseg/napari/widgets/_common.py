@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psygnal import Signal
 from qtpy.QtCore import QObject, QTimer
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from protoseg.cancel import Cancelled, CancelToken
 from protoseg.classes import BCSS_WSSS, LUAD_HISTOSEG, ClassSpec
@@ -65,11 +74,14 @@ class _Hub:
 
     checkpoint_ready = Signal(str)  # a trained checkpoint path, offered to the Predict widget
     regions_changed = Signal(str)  # name of a region source registered for training / bank building
+    mpp_changed = Signal(str)  # path of a slide whose scan resolution the user set
 
 
 hub = _Hub()
 checkpoint_ready = hub.checkpoint_ready
 regions_changed = hub.regions_changed
+mpp_changed = hub.mpp_changed
+_USER_MPP: dict[str, float] = {}  # resolved slide path -> µm/px the user gave (slides that record none)
 _REGION_SOURCES: dict[str, RegionSource] = {}
 
 
@@ -95,6 +107,29 @@ def slide_meta(layer: Any) -> dict[str, Any] | None:
 def slide_layers(viewer: Any) -> list[Any]:
     """Image layers opened by the protoseg reader, in layer-list order."""
     return [ly for ly in viewer.layers if ly._type_string == "image" and slide_meta(ly) is not None]
+
+
+def slide_mpp(layer: Any) -> float | None:
+    """Microns per pixel of a slide layer: the file's, else the one the user gave for that slide (remembered
+    for the session, also when the slide is opened again), else None."""
+    info = slide_meta(layer)
+    if info is None:
+        return None
+    if info.get("mpp"):
+        return float(info["mpp"])
+    return _USER_MPP.get(str(Path(info["path"]).resolve()))
+
+
+def set_slide_mpp(layer: Any, mpp: float) -> None:
+    """Remember the scan resolution of a slide without mpp metadata; every widget uses it (``mpp_changed``)."""
+    info = slide_meta(layer)
+    if info is None:
+        raise WidgetError(f"{getattr(layer, 'name', layer)} is not a slide opened by protoseg")
+    if not 0.01 <= float(mpp) <= 100:
+        raise WidgetError(f"scan resolution {mpp} µm/px is out of range: use e.g. 0.25 (40x) or 0.5 (20x)")
+    path = str(Path(info["path"]).resolve())
+    _USER_MPP[path] = float(mpp)
+    mpp_changed.emit(path)
 
 
 def find_slide_layer(viewer: Any, path: str | Path) -> Any | None:
@@ -188,6 +223,85 @@ def row(*widgets: QWidget) -> QWidget:
     for w in widgets:
         layout.addWidget(w)
     return box
+
+
+#: The tallest a dock may need: it must fit a 1366x768 laptop screen under napari's menus and title bars.
+MAX_DOCK_MIN_HEIGHT = 480
+
+
+def scroll_layout(widget: QWidget) -> QVBoxLayout:
+    """Give ``widget`` a vertical scroll area and return the layout of its contents, so the dock fits a laptop
+    screen: a short window scrolls instead of pushing Start, progress and Export off-screen."""
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    inner = QWidget()
+    area.setWidget(inner)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    widget.setMinimumHeight(0)
+    return QVBoxLayout(inner)
+
+
+class MppPrompt(QWidget):
+    """The one question asked of a slide without microns-per-pixel: its scan resolution. Shown (highlighted)
+    only while the chosen slide has none; the answer is stored per slide (``set_slide_mpp``) so every widget
+    and every later use of that slide gets it, and every prompt for that slide disappears."""
+
+    def __init__(self, layer_of: Callable[[], Any], parent: QWidget | None = None) -> None:
+        from qtpy.QtWidgets import QDoubleSpinBox
+
+        super().__init__(parent)
+        self.layer_of = layer_of
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.spin = QDoubleSpinBox(decimals=4, minimum=0.01, maximum=100.0, singleStep=0.05, value=0.5)
+        self.spin.setSuffix(" µm/px")
+        self.button = QPushButton("Set")
+        self.button.clicked.connect(self.apply)
+        self.ask = row(self.spin, self.button)
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(self.label)
+        box.addWidget(self.ask)
+        mpp_changed.connect(self._on_mpp_changed)
+        self.refresh()
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def _on_mpp_changed(self, _path: str) -> None:
+        try:
+            self.refresh()
+        except RuntimeError:  # the widget was deleted by Qt: stop listening
+            mpp_changed.disconnect(self._on_mpp_changed)
+
+    def refresh(self) -> None:
+        layer = self.layer_of()
+        info = slide_meta(layer) if layer is not None else None
+        mpp = slide_mpp(layer) if info is not None else None
+        self.ask.setVisible(info is not None and mpp is None)
+        if info is None:
+            self.label.setStyleSheet("")
+            self.label.setText("open a slide (File > Open) to use it here")
+        elif mpp is None:
+            self.label.setStyleSheet("color: #f0a030; font-weight: bold")
+            self.label.setText(
+                f"{layer.name} records no microns-per-pixel: set its scan resolution "
+                "(0.25 µm/px for 40x, 0.5 for 20x); it is used for this slide everywhere"
+            )
+        else:
+            self.label.setStyleSheet("")
+            given = "" if info.get("mpp") else " (set by you)"
+            self.label.setText(f"slide resolution {mpp:.4g} µm/px{given}")
+
+    def apply(self) -> None:
+        layer = self.layer_of()
+        if layer is not None:
+            set_slide_mpp(layer, float(self.spin.value()))
 
 
 class PathEdit(QWidget):

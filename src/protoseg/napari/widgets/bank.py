@@ -45,6 +45,7 @@ from protoseg.napari.widgets._common import (
     region_sources,
     regions_changed,
     row,
+    scroll_layout,
     slide_meta,
 )
 from protoseg.slide.pixels import as_rgb_uint8
@@ -135,7 +136,7 @@ class BankWidget(QWidget):
         add.addRow("Slide", self.slide_combo)
         add.addRow("Shapes", self.shapes_combo)
         add.addRow("Class", self.class_combo)
-        root = QVBoxLayout(self)
+        root = scroll_layout(self)
         root.addLayout(form)
         root.addWidget(self.summary)
         root.addWidget(self.tabs, 1)

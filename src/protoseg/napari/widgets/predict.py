@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -17,8 +17,10 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
+    QLabel,
     QProgressBar,
     QPushButton,
+    QSlider,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -40,9 +42,12 @@ from protoseg.napari.widgets._common import (
     StatusLabel,
     WidgetError,
     checkpoint_ready,
-    classes_from_checkpoint,
     guard_triton_llvm_clash,
     row,
+    MppPrompt,
+    scroll_layout,
+    set_slide_mpp,
+    slide_mpp,
     slide_meta,
 )
 from protoseg.napari.widgets.legend import Legend
@@ -112,7 +117,7 @@ class PredictWidget(QWidget):
         self.viewer = napari_viewer
         self.checkpoint = PathEdit("open", "checkpoint .pt from training", "protoseg checkpoint (*.pt *.pth);;All (*)")
         self.slide = LayerCombo(self.viewer, lambda ly: ly._type_string == "image" and slide_meta(ly) is not None)
-        self.mpp_hint = StatusLabel()
+        self.mpp_hint = MppPrompt(lambda: self.slide.layer())
         self.slide_mpp = QDoubleSpinBox(decimals=4, minimum=0.0, maximum=100.0, singleStep=0.05, value=0.0)
         self.slide_mpp.setSpecialValueText("from slide")
         self.device = QComboBox()
@@ -144,6 +149,15 @@ class PredictWidget(QWidget):
         self._predictor: tuple[tuple, Any] | None = None
         self._bridge = _Bridge(self)
         self._refresh_timer = QTimer(self, singleShot=True, interval=150)
+        self._view_timer = QTimer(self, interval=100)  # follows the camera: which overlay chunks are on screen
+        self._view_key: tuple | None = None
+        self._overlay_job: BackgroundJob | None = None
+        self._adding = False
+        self._ckpt_stamp: tuple | None = None
+        self._ckpt_mpp: float | None = None
+        self._ckpt_classes: ClassSpec | None = None
+        self.opacity = QSlider(Qt.Orientation.Horizontal, minimum=0, maximum=100, value=60)
+        self.opacity.setToolTip("opacity of the CAM and mask overlays (not of the slide)")
         self._build_layout()
         self._connect()
         self._on_slide()
@@ -168,9 +182,10 @@ class PredictWidget(QWidget):
         el = QVBoxLayout(export)
         el.addWidget(row(*self.export_btns.values()))
         el.addWidget(self.areas)
-        root = QVBoxLayout(self)
+        root = scroll_layout(self)
         root.addLayout(form)
         root.addWidget(self.show_btn)
+        root.addWidget(row(QLabel("Overlay opacity"), self.opacity))
         root.addWidget(self.legend)
         root.addWidget(batch)
         root.addWidget(export)
@@ -180,8 +195,11 @@ class PredictWidget(QWidget):
     def _connect(self) -> None:
         self.checkpoint.edit.editingFinished.connect(lambda: self.status.guard(self._load_classes))
         self.slide.currentIndexChanged.connect(self._on_slide)
+        self.slide_mpp.valueChanged.connect(self._on_slide_mpp)
         self.class_combo.currentIndexChanged.connect(self.set_visible_class)
-        self.show_btn.clicked.connect(lambda: self.status.guard(self.show_overlays))
+        self.show_btn.clicked.connect(lambda: self.status.guard(lambda: self.show_overlays(background=True)))
+        self.opacity.valueChanged.connect(self.set_overlay_opacity)
+        self._view_timer.timeout.connect(self.update_view)
         self.batch_btn.clicked.connect(lambda: self.status.guard(self.start_batch))
         self.cancel_btn.clicked.connect(self.cancel_batch)
         for kind, btn in self.export_btns.items():
@@ -207,7 +225,14 @@ class PredictWidget(QWidget):
         path = self.checkpoint.text()
         if not path:
             raise WidgetError("choose a checkpoint (.pt) written by training")
-        classes = classes_from_checkpoint(path)
+        resolved = Path(path).resolve()
+        stamp = (str(resolved), resolved.stat().st_mtime_ns) if resolved.is_file() else None
+        if stamp is None or stamp != self._ckpt_stamp:
+            from protoseg.models.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(path)
+            self._ckpt_stamp, self._ckpt_mpp, self._ckpt_classes = stamp, ckpt.mpp, ckpt.classes
+        classes = self._ckpt_classes
         if classes != self.classes:
             self.classes = classes
             self.legend.set_classes(classes)
@@ -218,66 +243,175 @@ class PredictWidget(QWidget):
         return classes
 
     def _on_slide(self, *_: Any) -> None:
+        self.mpp_hint.refresh()
+
+    def _on_slide_mpp(self, value: float) -> None:
+        """A value typed in 'Slide mpp' for a slide without mpp is remembered for that slide (every widget)."""
         layer = self.slide.layer()
-        if layer is None:
-            self.mpp_hint.ok("open a slide (File > Open) to predict on it")
-        elif slide_meta(layer).get("mpp"):
-            self.mpp_hint.ok(f"slide resolution {slide_meta(layer)['mpp']:.4g} µm/px")
-        else:
-            self.mpp_hint.error(
-                f"{layer.name} has no microns-per-pixel metadata: set 'Slide mpp' below "
-                "(e.g. 0.25 for 40x, 0.5 for 20x scans)"
-            )
+        if value and layer is not None and not slide_meta(layer).get("mpp"):
+            self.status.guard(lambda: set_slide_mpp(layer, float(value)))
 
     def _slide_inputs(self) -> tuple[Any, str, float | None]:
         layer = self.slide.layer()
         if layer is None:
             raise WidgetError("no slide layer: open a slide with the protoseg reader first")
         override = float(self.slide_mpp.value()) or None
+        if override is None and not slide_meta(layer).get("mpp"):
+            override = slide_mpp(layer)  # the scan resolution the user gave for this slide
         return layer, slide_meta(layer)["path"], override
 
     def predictor(self) -> Any:
         """The Predictor for the current checkpoint/device/batch/TTA (rebuilt only when they change)."""
+        return self._predictor_for(self._predictor_key())
+
+    def _predictor_key(self) -> tuple:
+        """What the Predictor depends on, read from the form (GUI thread)."""
+        self._load_classes()
+        path = Path(self.checkpoint.text()).resolve()
+        return (str(path), path.stat().st_mtime_ns, self.device.currentText(), self.batch.value(), self.tta.isChecked())
+
+    def _predictor_for(self, key: tuple) -> Any:
+        """Build (or reuse) the Predictor for ``key``; safe in a worker thread (touches no widget)."""
         guard_triton_llvm_clash()  # building the model may import torchvision
         from protoseg.infer import Predictor
 
-        self._load_classes()
-        path = Path(self.checkpoint.text()).resolve()
-        key = (str(path), path.stat().st_mtime_ns, self.device.currentText(), self.batch.value(), self.tta.isChecked())
         if self._predictor is None or self._predictor[0] != key:
-            self._predictor = (key, Predictor(path, device=key[2], batch_size=key[3], tta=key[4]))
+            self._predictor = (key, Predictor(Path(key[0]), device=key[2], batch_size=key[3], tta=key[4]))
         return self._predictor[1]
 
-    def _check_mpp(self, predictor: Any, layer: Any, override: float | None) -> None:
-        if predictor.mpp is not None and override is None and not slide_meta(layer).get("mpp"):
+    def _check_mpp(self, model_mpp: float | None, layer: Any, override: float | None) -> None:
+        if model_mpp is not None and override is None and not slide_meta(layer).get("mpp"):
             raise WidgetError(
                 f"{layer.name} has no microns-per-pixel metadata and the model expects "
-                f"{predictor.mpp:g} µm/px: set 'Slide mpp' to the scan resolution "
+                f"{model_mpp:g} µm/px: set 'Slide mpp' to the scan resolution "
                 "(e.g. 0.25 for 40x, 0.5 for 20x)"
             )
 
     # ---- lazy overlays ---------------------------------------------------------------------------
-    def show_overlays(self) -> list[Any]:
-        """Add per-class CAM layers and the class-mask Labels layer, computed lazily for what is viewed."""
+    def show_overlays(self, background: bool = False) -> list[Any] | BackgroundJob:
+        """Add per-class CAM layers and the class-mask Labels layer, computed on demand for what is on screen.
+
+        ``background=True`` (the button) loads the model and opens the slide in a worker and adds the layers
+        when ready (returns the job); otherwise it does it here and returns the layers.
+        """
+        layer, path, override = self._slide_inputs()
+        key = self._predictor_key()
+        self._check_mpp(self._ckpt_mpp, layer, override)
+        tissue, chunk = self.tissue.isChecked(), self.chunk.value()
+
+        def work(report: Any, cancel: Any) -> Any:
+            from protoseg.infer import LazyPrediction
+
+            report("loading the model")
+            predictor = self._predictor_for(key)
+            report("opening the slide")
+            import pandas  # noqa: F401 - napari's Labels layer imports it (1.5 s): not on the GUI thread
+
+            return LazyPrediction(predictor, path, slide_mpp=override, chunk=chunk, tissue_only=tissue)
+
+        if not background:
+            return self._add_overlays(layer, work(lambda _m: None, None))
+        if not self.overlays_ready:
+            raise WidgetError("overlays are being prepared; wait a moment")
+        self.show_btn.setEnabled(False)
+        self.status.ok("preparing overlays: loading the model …")
+
+        def done(lazy: Any) -> None:
+            self.show_btn.setEnabled(True)
+            self.status.guard(lambda: self._add_overlays(layer, lazy, staggered=True))
+
+        def failed(exc: BaseException) -> None:
+            self.show_btn.setEnabled(True)
+            self.status.error(str(exc))
+
+        self._overlay_job = BackgroundJob(
+            work, lambda items: self.status.ok(f"preparing overlays: {items[-1]} …"), done, failed, parent=self
+        )
+        return self._overlay_job.start()
+
+    def _add_overlays(self, layer: Any, lazy: Any, staggered: bool = False) -> list[Any]:
+        """Add the overlay layers; ``staggered`` adds one per event-loop turn (each napari layer costs ~0.1 s of
+        GUI time: one at a time keeps the viewer responsive)."""
         from napari.layers import Layer
 
-        from protoseg.infer import LazyPrediction
-
-        predictor = self.predictor()
-        layer, path, override = self._slide_inputs()
-        self._check_mpp(predictor, layer, override)
-        lazy = LazyPrediction(
-            predictor, path, slide_mpp=override, chunk=self.chunk.value(), tissue_only=self.tissue.isChecked()
-        )
         self._clear_overlays()
         self.scheduler = ChunkScheduler(lazy, on_ready=self._bridge.ready.emit)
         placement = Placement.on_slide(layer.scale, layer.translate, lazy.layout.geom.scale, _units(layer))
         data = lazy_layer_data(self.scheduler, self.classes, placement, max(0, self.class_combo.currentIndex()))
+        if staggered:
+            self._adding = True
+            todo = list(data)
+
+            def step() -> None:
+                if todo:
+                    self.overlays.append(self.viewer.add_layer(Layer.create(*todo.pop(0))))
+                    QTimer.singleShot(0, step)
+                else:
+                    self._adding = False
+                    self._overlays_added(layer, lazy)
+
+            QTimer.singleShot(0, step)
+            return self.overlays
         self.overlays = [self.viewer.add_layer(Layer.create(*ld)) for ld in data]
+        return self._overlays_added(layer, lazy)
+
+    @property
+    def overlays_ready(self) -> bool:
+        """True when no overlay preparation (model loading, adding layers) is under way."""
+        job = self._overlay_job
+        return (job is None or job.finished) and not self._adding
+
+    def _overlays_added(self, layer: Any, lazy: Any) -> list[Any]:
+        self._style_overlays()
         self.viewer.layers.selection.active = layer
         res = f"{lazy.mpp:g} µm/px" if lazy.mpp else "the slide's native resolution"
-        self.status.ok(f"overlays at {res}; computed in the background for what you look at")
+        self.status.ok(
+            f"overlays at {res}, computed for what is on screen when zoomed in to that resolution; zoomed out "
+            "they show what is computed so far ('Whole slide' computes everything)"
+        )
+        self._view_key = None
+        self._view_timer.start()
+        self.update_view()
         return self.overlays
+
+    # ---- what is on screen ------------------------------------------------------------------------
+    def update_view(self) -> bool:
+        """Tell the scheduler which overlay chunks are on screen (level and pixel window of a visible overlay
+        layer, as napari chose them); work that left the view is dropped. True when the view changed."""
+        if self.scheduler is None or self.scheduler.closed:
+            return False
+        shown = [ly for ly in self.overlays if ly.visible and ly in self.viewer.layers]
+        if not shown:
+            key: tuple = (-1,)
+        else:
+            ly = shown[-1]
+            corners = [int(v) for v in ly.corner_pixels[:, -2:].ravel()]
+            key = (int(ly.data_level) if ly.multiscale else 0, corners[0], corners[2] + 1, corners[1], corners[3] + 1)
+        if key == self._view_key:
+            return False
+        self._view_key = key
+        if key[0] < 0:
+            self.scheduler.set_view(1, 0, 0, 0, 0)  # nothing visible: compute nothing
+        else:
+            self.scheduler.set_view(*key)
+        return True
+
+    def set_overlay_opacity(self, value: int | float) -> None:
+        """Opacity (0-100 %) of every overlay layer (the dock's slider)."""
+        self.opacity.blockSignals(True)
+        self.opacity.setValue(round(value))
+        self.opacity.blockSignals(False)
+        for ly in self.overlays:
+            ly.opacity = float(value) / 100.0
+
+    def _style_overlays(self) -> None:
+        """Overlay opacity from the dock's slider, read-only mask layer, class legend on the canvas."""
+        self.set_overlay_opacity(self.opacity.value())
+        masks = [ly for ly in self.overlays if ly._type_string == "labels"]
+        for ly in masks:
+            make_read_only(ly)
+        if masks and self.classes is not None:
+            add_canvas_legend(self.viewer, self.classes)
 
     def set_visible_class(self, index: int) -> None:
         """Show the CAM layer of class ``index`` and hide the other CAM layers."""
@@ -300,10 +434,12 @@ class PredictWidget(QWidget):
             self.status.error(f"overlay computation failed: {self.scheduler.last_error}")
 
     def _clear_overlays(self) -> None:
+        self._view_timer.stop()
         if self.scheduler is not None:
             self.scheduler.close()
             self.scheduler = None
         old, self.overlays = self.overlays, []
+        remove_canvas_legend(self.viewer)
         for ly in old:
             if ly in self.viewer.layers:
                 self.viewer.layers.remove(ly)
@@ -311,29 +447,36 @@ class PredictWidget(QWidget):
     def _on_layer_removed(self, event: Any) -> None:
         if event.value in self.overlays:
             self.overlays.remove(event.value)
-            if not self.overlays and self.scheduler is not None:
-                self.scheduler.close()
+            if not self.overlays:
+                remove_canvas_legend(self.viewer)
+                if self.scheduler is not None:
+                    self.scheduler.close()
 
     # ---- whole slide -------------------------------------------------------------------------------
     def output_path(self) -> Path:
-        """The batch output folder: the typed one, or ``predictions/<slide>.zarr`` next to the checkpoint."""
+        """The batch output folder: the typed one, or ``predictions/<slide>-<hash>.zarr`` next to the checkpoint."""
         if self.out.text():
             return Path(self.out.text())
         _, path, _ = self._slide_inputs()
-        return Path(self.checkpoint.text()).resolve().parent / "predictions" / (Path(path).name.split(".")[0] + ".zarr")
+        from protoseg.infer.identity import default_prediction_name  # unique per slide and checkpoint
+
+        ckpt = Path(self.checkpoint.text()).resolve()
+        return ckpt.parent / "predictions" / default_prediction_name(path, ckpt)
 
     def start_batch(self) -> BackgroundJob:
         """Predict the whole slide into the OME-Zarr output in a worker (resumes a cancelled run)."""
         if self.job is not None and self.job.running:
             raise WidgetError("a whole-slide run is already going; cancel it first")
-        predictor = self.predictor()
+        key = self._predictor_key()
         layer, path, override = self._slide_inputs()
-        self._check_mpp(predictor, layer, override)
+        self._check_mpp(self._ckpt_mpp, layer, override)
         out = self.output_path()
         self.out.setText(str(out))
         kwargs = {"slide_mpp": override, "tissue_only": self.tissue.isChecked(), "chunk": self.chunk.value()}
 
         def work(report: Any, cancel: Any) -> Any:
+            report((0, 0))  # the progress bar moves (busy) while the model loads
+            predictor = self._predictor_for(key)
             return run_batch(predictor, path, out, report=report, cancel=cancel, **kwargs)
 
         self.outcome = None
@@ -352,9 +495,10 @@ class PredictWidget(QWidget):
 
     def _on_batch_events(self, items: list[tuple[int, int]]) -> None:
         done, total = items[-1]
-        self.bar.setMaximum(max(1, total))
+        self.bar.setMaximum(max(0, total))  # 0: busy indicator while the model loads and the run starts
         self.bar.setValue(done)
-        self.progress.update(done, total, "protoseg whole-slide prediction")
+        if total:
+            self.progress.update(done, total, "protoseg whole-slide prediction")
 
     def _batch_finished(self) -> None:
         self.progress.close()
@@ -395,6 +539,7 @@ class PredictWidget(QWidget):
         placement = Placement.on_slide(layer.scale, layer.translate, pred.scale, _units(layer))
         data = zarr_layer_data(pred, placement, max(0, self.class_combo.currentIndex()))
         self.overlays = [self.viewer.add_layer(Layer.create(*ld)) for ld in data]
+        self._style_overlays()
         self.result_path = Path(path)
         return self.overlays
 
@@ -453,6 +598,36 @@ class PredictWidget(QWidget):
         if self.job is not None and self.job.running:
             self.job.cancel()
         super().closeEvent(event)
+
+
+def make_read_only(layer: Any) -> None:
+    """Keep a computed overlay Labels layer read-only (no paint tools; painting would edit a model output)."""
+    layer.editable = False
+    layer.events.editable.connect(lambda _e=None: setattr(layer, "editable", False) if layer.editable else None)
+
+
+LEGEND_KEY = "protoseg_legend_"
+
+
+def add_canvas_legend(viewer: Any, classes: ClassSpec) -> list[Any]:
+    """Class names in their colours in the canvas's top-right corner (one napari text overlay per class), so
+    a screenshot of the canvas can be read; replaces an earlier legend."""
+    from napari.components.overlays import TextOverlay
+
+    remove_canvas_legend(viewer)
+    added = []
+    for i, (name, rgb) in enumerate(zip(classes.names, classes.colors)):
+        overlay = TextOverlay(
+            text=f"■ {name}", color=[v / 255 for v in rgb] + [1.0], position="top_right", font_size=11, visible=True
+        )
+        viewer.canvas.overlays[f"{LEGEND_KEY}{i}"] = overlay
+        added.append(overlay)
+    return added
+
+
+def remove_canvas_legend(viewer: Any) -> None:
+    for key in [k for k in viewer.canvas.overlays if str(k).startswith(LEGEND_KEY)]:
+        del viewer.canvas.overlays[key]
 
 
 def _units(layer: Any) -> Any:

@@ -43,6 +43,7 @@ from protoseg.napari.widgets._common import (
     layer_to_level0,
     level0_to_layer,
     register_regions,
+    scroll_layout,
     slide_meta,
 )
 from protoseg.train.jobs import source_data
@@ -131,7 +132,7 @@ class RegionTagWidget(QWidget):
         file_row.addWidget(self.load_btn)
         train_form = QFormLayout()
         train_form.addRow("Patch resolution", self.mpp_spin)
-        root = QVBoxLayout(self)
+        root = scroll_layout(self)
         root.addLayout(form)
         root.addWidget(self.tag_box)
         root.addWidget(self.info)

@@ -37,6 +37,7 @@ from protoseg.napari.widgets._common import (
     region_sources,
     regions_changed,
     row,
+    scroll_layout,
 )
 from protoseg.train.events import EventKind, TrainEvent
 
@@ -200,7 +201,7 @@ class TrainWidget(QWidget):
         form.addRow("Bank folder", self.bank)
         form.addRow("Device", self.device)
         form.addRow("Output folder", self.out)
-        root = QVBoxLayout(self)
+        root = scroll_layout(self)
         root.addLayout(form)
         root.addWidget(self.stage2)
         root.addWidget(self.resume)

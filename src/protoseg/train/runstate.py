@@ -1,0 +1,135 @@
+"""What makes a resumed run continue exactly like an uninterrupted one: random-number states (python,
+NumPy, torch CPU/CUDA, the data-order generator), one process per output folder (a lock file), and a
+metrics log without rows of epochs that the resumed run will train again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from protoseg.outputs import atomic_write_text
+from protoseg.train.errors import TrainingError
+
+logger = logging.getLogger(__name__)
+
+LOCK = ".protoseg-train.lock"
+METRICS = "metrics.jsonl"
+
+
+def capture_rng(generator: torch.Generator | None) -> dict[str, Any]:
+    """Every random state a training epoch draws from, as tensors and plain lists (weights-only loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, nxt = random.getstate()
+    state: dict[str, Any] = {
+        "python": [int(version), list(mt), nxt],
+        "numpy": [str(kind), torch.from_numpy(np.asarray(keys, np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if generator is not None:
+        state["data"] = generator.get_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator | None) -> None:
+    """Put back the states ``capture_rng`` recorded (CUDA states only when the same number of devices)."""
+    version, mt, nxt = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in mt), nxt))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, np.int64).astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if generator is not None and "data" in state:
+        generator.set_state(state["data"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """``<out>/.protoseg-train.lock`` holding this process's pid and host; a second live process is refused,
+    a lock left by a dead process (same host) is taken over."""
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(out_dir) / LOCK
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._check_stale(me)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return self
+        raise TrainingError(f"cannot take the training lock {self.path}; delete it if no training is running")
+
+    def _check_stale(self, me: dict[str, Any]) -> None:
+        try:
+            other = json.loads(self.path.read_text(encoding="utf-8"))
+            pid, host = int(other["pid"]), str(other["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pid, host = -1, me["host"]  # unreadable: a writer died while creating it
+        if host != me["host"] or (pid > 0 and pid != me["pid"] and _alive(pid)):
+            raise TrainingError(
+                f"another protoseg training (pid {pid} on {host}) is writing to {self.path.parent}; wait for it "
+                f"to finish or choose another output folder (if no such process runs, delete {self.path})."
+            )
+        logger.warning("taking over the stale training lock %s (pid %d is gone)", self.path, pid)
+        self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def trim_metrics(out_dir: str | os.PathLike[str], stage: str, upto_epoch: int) -> int:
+    """Drop ``stage`` rows of epochs after ``upto_epoch`` from ``metrics.jsonl`` (they will be trained, and
+    logged, again); rows of other stages and unreadable lines are kept. Returns how many were dropped."""
+    path = Path(out_dir) / METRICS
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            kept.append(line)
+            continue
+        if isinstance(row, dict) and row.get("stage") == stage and int(row.get("epoch", 0)) > upto_epoch:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        logger.info("removed %d %s row(s) after epoch %d from %s", dropped, stage, upto_epoch, path)
+    return dropped

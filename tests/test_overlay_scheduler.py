@@ -1,0 +1,127 @@
+"""The overlay scheduler computes only the level-0 chunks on screen: coarse levels show what is computed
+(downsampled from finer results, exactly the lazy pyramid once complete) and never trigger the model;
+work that left the view is dropped."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from torch import nn
+
+from protoseg.classes import BCSS_WSSS
+from protoseg.infer import LazyPrediction, Predictor
+from protoseg.infer.pyramid import downsample2
+from protoseg.napari.overlays import MASK_OFFSET, OverlayLevel, cam_display
+from protoseg.napari.scheduler import ChunkScheduler, downsample_covered
+
+CHUNK = 32
+
+
+class _ColourModel(nn.Module):
+    """Scores from pixel colour (deterministic, fast): a 1x1 conv + softmax over 4 classes + background."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 1)
+        torch.manual_seed(0)
+        nn.init.normal_(self.conv.weight, std=3.0)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.conv(x), dim=1)
+
+
+class _Slide:
+    """In-memory 400x300 RGB slide (SlideLike)."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.image = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+        self.level_dimensions = ((400, 300),)
+        self.level_downsamples = (1.0,)
+        self.level_count = 1
+        self.mpp = 1.0
+
+    def read_region(self, location, level, size):
+        from PIL import Image
+
+        x, y = location
+        w, h = size
+        out = np.full((h, w, 3), 255, np.uint8)
+        part = self.image[max(0, y) : y + h, max(0, x) : x + w]
+        out[max(0, -y) : max(0, -y) + part.shape[0], max(0, -x) : max(0, -x) + part.shape[1]] = part
+        return Image.fromarray(out)
+
+
+def _scheduler() -> tuple[ChunkScheduler, LazyPrediction]:
+    predictor = Predictor(_ColourModel(), classes=BCSS_WSSS, mpp=1.0, device="cpu", tile_size=32, batch_size=16)
+    lazy = LazyPrediction(predictor, _Slide(), slide_mpp=1.0, chunk=CHUNK)
+    return ChunkScheduler(lazy), lazy
+
+
+def test_downsample_covered_equals_downsample2_when_fully_covered() -> None:
+    rng = np.random.default_rng(1)
+    probs = rng.integers(0, 256, (3, 7, 9), dtype=np.uint8)
+    out, cov = downsample_covered(probs, np.ones((7, 9), bool))
+    np.testing.assert_array_equal(out, downsample2(probs))
+    assert cov.all()
+    half = np.zeros((7, 9), bool)
+    half[:, :4] = True
+    out, cov = downsample_covered(probs, half)
+    assert cov[:, :2].all() and not cov[:, 2:].any()
+    np.testing.assert_array_equal(out[:, :, :2], downsample2(probs[:, :, :4]))
+
+
+def test_only_chunks_in_view_are_computed_and_coarse_levels_never_compute() -> None:
+    sched, lazy = _scheduler()
+    assert lazy.layout.chunk_grid(0).shape == (10, 13) and len(lazy.levels) == 5
+    coarse = OverlayLevel(sched, 2, None, MASK_OFFSET)
+    assert not coarse[...].any()  # the thumbnail / zoomed-out view: nothing computed, nothing queued
+    assert sched.pending() == [] and lazy.chunks_computed == 0
+
+    sched.set_view(0, 40, 100, 50, 70)  # a corner at the model's resolution: chunk rows 1..3, cols 1..2
+    assert sched.wait_idle(60)
+    assert sched.computed == 6 and lazy.chunks_computed == 6
+    assert all(("chunk", 0, r, c) in lazy.cache for r in (1, 2, 3) for c in (1, 2))
+    level0 = OverlayLevel(sched, 0, None, MASK_OFFSET)
+    window = level0[40:100, 50:70]
+    assert (window > 0).all() and sched.computed == 6  # what the view reads is there; no more work
+
+    # the coarse level now shows the computed part (downsampled), transparent elsewhere, still computing nothing
+    shown = coarse[...]
+    assert shown[10:24, 8:16].all() and not shown[:8].any() and sched.computed == 6
+    cam = OverlayLevel(sched, 1, 2)[...]
+    assert cam[16:48, 16:48].any() and not cam[:, 60:].any()
+
+
+def test_coarse_chunk_equals_lazy_pyramid_once_its_fine_chunks_are_computed() -> None:
+    sched, lazy = _scheduler()
+    sched.set_view(0, 0, 64, 0, 64)  # the four level-0 chunks under level-1 chunk (0, 0)
+    assert sched.wait_idle(60) and sched.computed == 4
+    part = sched.get(1, 0, 0)
+    assert part.covered.all()
+    full = lazy.chunk(1, 0, 0)
+    np.testing.assert_array_equal(part.probs, full.probs)
+    np.testing.assert_array_equal(part.mask, full.mask)
+    np.testing.assert_array_equal(cam_display(part.probs, 1), OverlayLevel(sched, 1, 1)[0:32, 0:32])
+
+
+def test_work_that_left_the_view_is_dropped() -> None:
+    sched, lazy = _scheduler()
+    gate = threading.Event()
+    original = lazy.chunk
+
+    def slow_chunk(*key):
+        gate.wait(10)
+        return original(*key)
+
+    lazy.chunk = slow_chunk  # the first chunk blocks until the view has moved
+    sched.set_view(0, 0, 300, 0, 400)  # the whole slide at full resolution: 130 chunks queued
+    assert len(sched.pending()) >= 120
+    dropped = sched.set_view(2, 0, 75, 0, 100)  # zoomed out: level 2 on screen -> nothing to compute
+    assert dropped >= 120 and sched.pending() == []
+    gate.set()
+    assert sched.wait_idle(60)
+    assert sched.computed <= 1  # at most the chunk that was running when the view moved
+    sched.close()
