@@ -32,12 +32,12 @@ def mosaic(size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def make_slide(folder: Path, size: int, seed: int = 0) -> Path:
-    """A pyramidal JPEG TIFF of ``size`` x ``size`` px at 0.5 um/px."""
+def make_slide(folder: Path, size: int, seed: int = 0, levels: int | None = None) -> Path:
+    """A pyramidal JPEG TIFF of ``size`` x ``size`` px at 0.5 um/px (``levels=1``: a single-level TIFF)."""
     from protoseg.slide.writer import write_pyramidal_tiff
 
-    path = Path(folder) / f"bench-{size}.tif"
-    write_pyramidal_tiff(path, mosaic(size, seed), mpp=0.5, tile_size=256, compression="jpeg")
+    path = Path(folder) / f"bench-{size}{'' if levels is None else f'-{levels}l'}.tif"
+    write_pyramidal_tiff(path, mosaic(size, seed), mpp=0.5, tile_size=256, compression="jpeg", n_levels=levels)
     return path
 
 

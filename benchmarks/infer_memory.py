@@ -1,8 +1,9 @@
-"""Peak memory of the batch pipeline as the slide area grows 4x (each size in a fresh subprocess).
+"""Peak memory of ``predict`` (tissue thumbnail + batch pipeline) as the slide area grows 4x.
 
-Run: ``python benchmarks/infer_memory.py [--size 1024]``: predicts slides of side S and 2S and
-prints peak RSS (and peak RSS above the process baseline after loading the model) with their
-ratios; target < 1.3x for 4x the area.
+Run: ``python benchmarks/infer_memory.py [--size 1024]``: predicts multi-level and single-level JPEG
+TIFFs of side S and 2S (each in a fresh subprocess, the tissue mask computed from the slide as
+``predict`` does) and prints peak RSS (and peak RSS above the process baseline after loading the
+model) with their ratios; target < 1.3x for 4x the area.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def child(size: int, backbone: str) -> None:
+def child(size: int, backbone: str, levels: int | None) -> None:
     import psutil
     import torch
 
@@ -30,7 +31,7 @@ def child(size: int, backbone: str) -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        slide = make_slide(tmp, size)  # built by the child: freed before the baseline is read
+        slide = make_slide(tmp, size, levels=levels)  # built by the child: freed before the baseline is read
         predictor = Predictor(make_checkpoint(tmp, backbone), device="cpu", batch_size=8)
         predictor.predict_tiles(__import__("numpy").zeros((8, 224, 224, 3), "uint8"))
         import gc
@@ -50,7 +51,7 @@ def child(size: int, backbone: str) -> None:
         th = threading.Thread(target=sample, daemon=True)
         th.start()
         start = time.perf_counter()
-        res = predict_slide_to_omezarr(predictor, slide, tmp / "out.zarr", tissue_only=False)
+        res = predict_slide_to_omezarr(predictor, slide, tmp / "out.zarr", tissue_only=True)
         stop.set()
         th.join()
         print(
@@ -72,28 +73,30 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--levels", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.backbone)
+        child(args.child, args.backbone, args.levels or None)
         return
-    rows = []
-    for size in (args.size, 2 * args.size):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(size), "--backbone", args.backbone],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        r = rows[-1]
-        print(
-            f"{size}x{size}: {r['tiles']} tiles in {r['seconds']:.1f} s, baseline {r['baseline_mb']:.0f} MB, "
-            f"peak during prediction {r['peak_mb']:.0f} MB (+{r['peak_mb'] - r['baseline_mb']:.0f} MB)"
-        )
-    a, b = rows
-    print(f"peak RSS ratio for 4x area: {b['peak_mb'] / a['peak_mb']:.3f} (target < 1.3)")
-    da, db = a["peak_mb"] - a["baseline_mb"], b["peak_mb"] - b["baseline_mb"]
-    print(f"ratio of memory above baseline: {db / max(da, 1e-9):.3f} ({da:.0f} MB -> {db:.0f} MB)")
+    for levels, label in ((0, "multi-level"), (1, "single-level")):
+        rows = []
+        for size in (args.size, 2 * args.size):
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(size), "--backbone", args.backbone, "--levels", str(levels)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(
+                f"{label} {size}x{size}: {r['tiles']} tiles in {r['seconds']:.1f} s, "
+                f"baseline {r['baseline_mb']:.0f} MB, peak during prediction {r['peak_mb']:.0f} MB (+{r['peak_mb'] - r['baseline_mb']:.0f} MB)"
+            )
+        a, b = rows
+        print(f"{label}: peak RSS ratio for 4x area: {b['peak_mb'] / a['peak_mb']:.3f} (target < 1.3)")
+        da, db = a["peak_mb"] - a["baseline_mb"], b["peak_mb"] - b["baseline_mb"]
+        print(f"{label}: ratio of memory above baseline: {db / max(da, 1e-9):.3f} ({da:.0f} MB -> {db:.0f} MB)")
 
 
 if __name__ == "__main__":

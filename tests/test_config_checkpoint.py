@@ -173,7 +173,8 @@ def _check_upgraded(s1) -> None:
     assert (s1.lpd.diversity_weight, s1.lpd.diversity_warmup_epochs, s1.lpd.diversity_temperature) == (0.3, 2.0, 0.05)
     assert (s1.pscl.weight, s1.pscl.tau, s1.pscl.temperature, s1.pscl.max_pixels) == (0.2, 0.3, 0.07, 512)
     assert s1.plim.weights == (1.0, 2.0, 3.0) and s1.plim.template == "an image of {}"
-    assert (s1.pseudo.bg_threshold, s1.pseudo.bg_grey, s1.pseudo.bg_min_size) == (0.35, 0.75, 100)
+    # bg_threshold / bg_grey no longer apply (ignored with a warning); bg_min_size keeps its meaning
+    assert s1.pseudo.bg_min_size == 100 and not hasattr(s1.pseudo, "bg_grey")
 
 
 def test_old_flat_stage1_yaml_maps_into_sections(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -185,7 +186,7 @@ def test_old_flat_stage1_yaml_maps_into_sections(tmp_path: Path, caplog: pytest.
     _check_upgraded(cfg.stage1)
     assert cfg.run.seed == 3
     assert "deprecated" in caplog.text and "stage1.bg_threshold" in caplog.text
-    assert "stage1.pseudo.bg_threshold" in caplog.text
+    assert "stage1.pseudo.bg_threshold" in caplog.text and "no longer applies" in caplog.text
     # saving writes the new layout, which loads back without warnings
     save_config(cfg, tmp_path / "new.yaml")
     assert "pseudo" in yaml.safe_load((tmp_path / "new.yaml").read_text())["stage1"]
@@ -197,16 +198,25 @@ def test_old_flat_stage1_yaml_maps_into_sections(tmp_path: Path, caplog: pytest.
 
 def test_old_flat_overrides_still_work(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="protoseg.config"):
-        cfg = load_config(None, ["stage1.bg_threshold=0.4", "stage1.pscl_tau=0.1", "stage1.plim_weights=1,1,1"])
-    assert cfg.stage1.pseudo.bg_threshold == 0.4 and cfg.stage1.pscl.tau == 0.1
+        cfg = load_config(None, ["stage1.bg_min_size=40", "stage1.pscl_tau=0.1", "stage1.plim_weights=1,1,1"])
+    assert cfg.stage1.pseudo.bg_min_size == 40 and cfg.stage1.pscl.tau == 0.1
     assert cfg.stage1.plim.weights == (1.0, 1.0, 1.0)
     assert "stage1.pscl_tau" in caplog.text and "stage1.pscl.tau" in caplog.text
-    assert load_config(None, ["stage1.pseudo.bg_threshold=0.4"]).stage1.pseudo == cfg.stage1.pseudo
+    assert load_config(None, ["stage1.pseudo.bg_min_size=40"]).stage1.pseudo == cfg.stage1.pseudo
+
+
+def test_pseudo_keys_that_no_longer_apply_load_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="protoseg.config"):
+        cfg = load_config(None, ["stage1.bg_threshold=0.4", "stage1.pseudo.bg_grey=0.9"])
+        old = config_from_dict({"stage1": {"pseudo": {"bg_threshold": 0.3, "bg_grey": 0.8, "bg_min_size": 50}}})
+    assert cfg.stage1.pseudo == load_config().stage1.pseudo  # nothing silently re-purposed
+    assert old.stage1.pseudo.bg_min_size == 50
+    assert caplog.text.count("no longer applies") >= 4 and "glass detector" in caplog.text
 
 
 def test_old_and_new_key_together_is_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"stage1.bg_threshold .*stage1.pseudo.bg_threshold"):
-        config_from_dict({"stage1": {"bg_threshold": 0.3, "pseudo": {"bg_threshold": 0.2}}})
+    with pytest.raises(ConfigError, match=r"stage1.bg_min_size .*stage1.pseudo.bg_min_size"):
+        config_from_dict({"stage1": {"bg_min_size": 30, "pseudo": {"bg_min_size": 20}}})
 
 
 def test_checkpoint_with_flat_stage1_config_still_loads(tmp_path: Path) -> None:

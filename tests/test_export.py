@@ -24,6 +24,7 @@ from protoseg.export import (
     write_area_csv,
     write_mask_ometiff,
 )
+from protoseg.outputs import OutputOwnershipError
 from test_infer_fakes import CLASSES, SmoothModel, smooth_image
 
 torch.set_num_threads(1)
@@ -197,11 +198,11 @@ def test_ome_zarr_copy_refuses_non_empty_folders_and_copies_into_empty_ones(tmp_
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(ExportError, match="not empty"):
+    with pytest.raises(OutputOwnershipError, match="not written by protoseg"):
         export_prediction(src, ExportFormat.OME_ZARR, foreign)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]  # nothing merged into it
     (tmp_path / "file.zarr").write_text("")
-    with pytest.raises(ExportError, match="not empty"):
+    with pytest.raises(ExportError, match="is a file"):
         copy_prediction(src, tmp_path / "file.zarr")
     (tmp_path / "empty.zarr").mkdir()
     out = export_prediction(src, "ome-zarr", tmp_path / "empty.zarr")

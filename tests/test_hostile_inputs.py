@@ -743,7 +743,22 @@ def test_cli_predict_two_workers_resume_and_overwrite(predict_files: tuple, tmp_
     assert main(_predict_argv([small, copy], ckpt, out, "--workers", "2")) == 0  # resumes small, predicts copy
     assert (out / "small.zarr" / "done" / "c" / "0" / "0").stat().st_mtime_ns == stamp  # nothing recomputed
     assert all(np.array_equal(a, b) for a, b in zip(first, _arrays(out / "copy.zarr")))  # same pixels
-    assert main(_predict_argv([small, copy], ckpt, out, "--workers", "2", "--overwrite")) == 0
+    # --overwrite with workers passes the same options to the same library call (thread workers: faster start)
+    from protoseg.cli import build_parser
+    from protoseg.cli.predict import _batch_options, _predictor_options
+    from protoseg.infer.distributed import predict_many
+
+    args = build_parser().parse_args(_predict_argv([small, copy], ckpt, out, "--workers", "2", "--overwrite"))
+    outcomes = predict_many(
+        args.slides,
+        args.checkpoint,
+        args.out,
+        n_workers=2,
+        processes=False,
+        predictor_options=_predictor_options(args),
+        **_batch_options(args),
+    )
+    assert all(o.ok for o in outcomes) and outcomes[0].tiles > 0
     assert (out / "small.zarr" / "done" / "c" / "0" / "0").stat().st_mtime_ns != stamp
     assert all(np.array_equal(a, b) for a, b in zip(first, _arrays(out / "small.zarr")))
 
@@ -920,6 +935,14 @@ def test_export_refuses_unmarked_chunks_and_the_reader_labels_them(tmp_path: Pat
     assert all(kw["metadata"]["protoseg_unfinished"] == {"chunks_done": 34, "chunks_total": 35} for _, kw, _ in layers)
     group["done"][1, 2] = 1
     assert not any("unfinished" in kw["name"] for _, kw, _ in read_prediction(str(pred)))
+
+
+def test_export_of_a_prediction_missing_an_array_says_to_predict_again(tmp_path: Path, capsys: Any) -> None:
+    pred = _finished_prediction(tmp_path / "p.zarr")
+    (pred / "mask" / "0" / "zarr.json").unlink()  # was a raw KeyError
+    assert main(["export", str(pred), "-f", "areas", "-o", str(tmp_path / "a.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "array mask/0 is missing or unreadable" in err and "--overwrite" in err and "Traceback" not in err
 
 
 # ==== checkpoints holding code are refused, without torch's advice to unpickle them (item 11) ==============

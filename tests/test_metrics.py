@@ -102,3 +102,31 @@ def test_boundary_iou_small_hand_case():
     got = boundary_iou(pred, target, 2, dilation_ratio=0.01)[1]
     # pred ring = 8 pixels (3x3 minus centre); shared ring pixels: row 1 cols 1-3, col 1 rows 2-3 -> 5
     assert got == pytest.approx(5 / (12 + 8 - 5))
+
+
+def test_unlabelled_predictions_count_as_misses_and_lower_coverage():
+    target = np.array([[0, 0, 1, 1], [0, 0, 1, 2]])
+    pred = np.array([[0, 255, 1, 1], [0, 0, 255, 2]])
+    cm = ConfusionMatrix(3, background_index=2).update(pred, target)
+    m = cm.compute()
+    # class 0: 3 TP, 1 unlabelled -> 3/4; class 1: 2 TP, 1 unlabelled -> 2/3
+    np.testing.assert_allclose(m.iou[:2], [0.75, 2 / 3])
+    assert m.coverage == pytest.approx(6 / 8)
+    np.testing.assert_array_equal(cm.unlabelled, [1, 1, 0])
+    back = ConfusionMatrix(3, background_index=2).load_state(cm.state())
+    np.testing.assert_array_equal(back.unlabelled, cm.unlabelled)
+    with pytest.raises(MetricsError):
+        ConfusionMatrix(3).update(np.array([7]), np.array([0]))  # other out-of-range values stay errors
+
+
+def test_tissue_protocol_excludes_ground_truth_background():
+    from protoseg.metrics import Protocol, apply_protocol
+
+    target = np.array([[0, 0, 2, 2], [1, 1, 2, 2]])  # 2 = background
+    pred = np.array([[0, 2, 0, 2], [1, 1, 2, 1]])
+    pbip = ConfusionMatrix(3, background_index=2).update(pred, target).compute()
+    tissue = ConfusionMatrix(3, background_index=2).update(pred, apply_protocol(target, Protocol.TISSUE, 2)).compute()
+    # PBIP: tissue predicted on GT background is a false positive; the tissue protocol does not count it
+    np.testing.assert_allclose(pbip.iou[:2], [1 / 3, 2 / 3])
+    np.testing.assert_allclose(tissue.iou[:2], [1 / 2, 1.0])
+    assert apply_protocol(target, Protocol.PBIP, 2) is target

@@ -127,3 +127,33 @@ def test_prediction_omezarr_of_tcga_opens_in_napari(make_napari_viewer, tmp_path
     assert np.allclose(ext_slide, ext_mask, atol=32)
     img = _settled_screenshot(viewer)
     assert img.std() > 10
+
+
+def test_protoseg_is_the_reader_for_slides_without_a_dialog(make_napari_viewer) -> None:
+    """After protoseg ran once (a dock widget, the sample), viewer.open(path) on a slide uses protoseg,
+    without asking; a reader the user chose for a pattern is kept; widgets explain layers they cannot use."""
+    from napari.settings import get_settings
+
+    from protoseg.napari.preferences import PATTERNS
+    from protoseg.napari.widgets._common import foreign_image_layers
+    from protoseg.napari.widgets.predict import PredictWidget
+
+    settings = get_settings().plugins
+    settings.extension2reader = {"*.jpg": "napari"}  # the user's own choice for one pattern
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="pasted", rgb=True)  # not a protoseg slide
+    widget = PredictWidget(viewer)
+    assert settings.extension2reader["*.jpg"] == "napari"
+    assert all(settings.extension2reader[p] == "protoseg" for p in PATTERNS if p != "*.jpg")
+    assert foreign_image_layers(viewer) == [image]
+    assert "not opened by protoseg" in widget.mpp_hint.text()
+    builtin = viewer.open(str(SAMPLE))[0]  # viewer.open's default plugin is napari's built-in reader
+    assert "protoseg" not in builtin.metadata and widget.mpp_hint.reopen.isVisibleTo(widget)
+    viewer.layers.remove(image)
+    assert "'synthetic_slide' was not opened by protoseg" in widget.mpp_hint.text()
+    widget.mpp_hint.reopen.click()  # one click: the same file as a lazy protoseg slide layer in µm
+    assert builtin not in viewer.layers and widget.slide.layer() is not None
+    assert "0.5 µm/px" in widget.mpp_hint.text() and not widget.mpp_hint.reopen.isVisibleTo(widget)
+    viewer.layers.clear()
+    layer = viewer._open_or_raise_error([str(SAMPLE)])[0]  # File > Open: the preference decides, no dialog
+    assert layer.metadata["protoseg"]["mpp"] == 0.5 and tuple(layer.scale) == (0.5, 0.5)

@@ -278,3 +278,18 @@ def test_pscl_decoder_trains_with_the_backbone():
         assert net.eval()(x).embeddings is None  # inference does not run the decoder
     off = ClassNet(classnet_config(load_config(None, ["model.weights=null", "model.backbone=resnet18"]), 2, 4, 2))
     assert off.pixel_decoder is None
+
+
+def test_rebuild_from_model_config_keeps_stride_and_decoder_without_weights():
+    from protoseg.models import build_model, model_config
+
+    net = ClassNet(
+        ClassNetConfig(backbone="resnet18", head="cam", num_classes=2, output_stride=16, pixel_decoder_dim=8)
+    )
+    plain = model_config(net)
+    assert (plain["output_stride"], plain["pixel_decoder_dim"], plain["weights"]) == (16, 8, None)
+    again = build_model(plain)
+    again.load_state_dict(net.state_dict())  # decoder weights travel with the checkpoint
+    assert again.backbone.reductions == (4, 8, 16, 16)
+    old = {k: v for k, v in plain.items() if k not in ("output_stride", "pixel_decoder_dim")}
+    assert build_model(old).backbone.reductions == (4, 8, 16, 32)  # checkpoints from before keep stride 32

@@ -104,7 +104,7 @@ def test_real_single_level_slides_become_multiscale() -> None:
 def test_large_reads_stream_in_bounded_windows(flat, monkeypatch) -> None:
     import protoseg.slide.resample as rs
 
-    path, rgb = flat
+    path, _rgb = flat
     with open_slide(path) as s:
         whole = s.thumbnail(300)  # one window (below STREAM_BYTES)
         monkeypatch.setattr(rs, "STREAM_BYTES", 600 * 600 * 3)

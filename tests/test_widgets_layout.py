@@ -43,7 +43,7 @@ def test_every_dock_fits_a_laptop_screen(make_napari_viewer) -> None:
         area = widget.findChild(QScrollArea)
         assert area is not None, f"{name} dock does not scroll"
         content[name] = area.widget().sizeHint().height()
-    print("dock minimum heights (px):", heights, "contents (scrolled):", content)  # noqa: T201 - diagnostics
+    print("dock minimum heights (px):", heights, "contents (scrolled):", content)
     assert all(h <= MAX_DOCK_MIN_HEIGHT for h in heights.values()), heights
     assert viewer.window._qt_window.height() <= 768
     for name in DOCKS:  # each dock on top in turn; the last one (Predict) is photographed for the README

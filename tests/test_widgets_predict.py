@@ -121,7 +121,8 @@ def _colour_fractions(img: np.ndarray, colours: list[tuple[int, int, int]]) -> n
 # ---- layer data without a viewer ------------------------------------------------------------------
 def test_lazy_layers_compute_only_what_is_read_and_match_predict_region(assets) -> None:
     from protoseg.infer import LazyPrediction, Predictor
-    from protoseg.napari.overlays import MASK_OFFSET, Placement, lazy_layer_data, mask_colormap
+    from protoseg.infer.pyramid import quantize
+    from protoseg.napari.overlays import MASK_OFFSET, Placement, cam_display, lazy_layer_data, mask_colormap
     from protoseg.napari.scheduler import ChunkScheduler
 
     predictor = Predictor(assets["ckpt"], device="cpu", batch_size=8)
@@ -143,8 +144,9 @@ def test_lazy_layers_compute_only_what_is_read_and_match_predict_region(assets) 
     assert region.box == (128, 64, 64, 64)
     np.testing.assert_array_equal(mask_levels[0][64:128, 128:192], region.mask + MASK_OFFSET)
     cam1 = data[1][0][0][64:128, 128:192]
-    np.testing.assert_allclose(cam1, np.rint(region.probs[1].astype(np.float64) * 255), atol=1)
-    assert (cam1 == np.rint(region.probs[1].astype(np.float64) * 255)).mean() > 0.99
+    expected = cam_display(quantize(region.probs), 1)  # class score damped by background: p_1 * (1 - p_bg)
+    np.testing.assert_allclose(cam1, expected, atol=1)
+    assert (cam1 == expected).mean() > 0.99
     assert mask_levels[0][70, 130] == region.mask[6, 2] + 1  # integer indexing
     sched.close()
 
@@ -184,25 +186,32 @@ def test_show_overlays_aligned_lazy_and_coloured(make_napari_viewer, qtbot, asse
     added = list(viewer.layers)[n_before:]
     cams = [ly for ly in added if ly._type_string == "image"]
     labels = [ly for ly in added if ly._type_string == "labels"]
-    assert len(cams) == 4 and len(labels) == 1 and len(added) == 5
+    assert len(cams) == 1 and len(labels) == 1 and len(added) == 2  # one CAM layer: the class chosen in the dock
     assert all(ly.multiscale and len(ly.data) == 4 for ly in added)
     assert all(ly.blending == "additive" and tuple(ly.contrast_limits) == (0, 255) for ly in cams)
     assert all(ly.data[0].dtype == np.uint8 for ly in added)
-    assert [ly.visible for ly in cams] == [False, True, False, False]
-    for ly, rgb in zip(cams, BCSS_WSSS.colors):  # colormap: transparent black -> class colour
-        np.testing.assert_allclose(ly.colormap.colors[-1], [*(v / 255 for v in rgb), 1.0])
-        assert ly.colormap.colors[0][3] == 0
+    cam = cams[0]
+    assert cam.visible and cam.name == "STR CAM"
+    for c, rgb in enumerate(BCSS_WSSS.colors):  # colormap of each class: transparent black -> class colour
+        widget.class_combo.setCurrentIndex(c)
+        assert cam.name == f"{BCSS_WSSS.names[c]} CAM" and cam.metadata["protoseg_overlay"]["index"] == c
+        np.testing.assert_allclose(cam.colormap.colors[-1], [*(v / 255 for v in rgb), 1.0])
+        assert cam.colormap.colors[0][3] == 0
     np.testing.assert_allclose(_extent_edges(labels[0]), _extent_edges(slide), atol=2 * slide.scale[0])
-    for ly in cams:
-        np.testing.assert_allclose(_extent_edges(ly), _extent_edges(slide), atol=2 * slide.scale[0])
+    np.testing.assert_allclose(_extent_edges(cam), _extent_edges(slide), atol=2 * slide.scale[0])
     mask = labels[0]
+    assert not mask.editable  # a model output: no paint tools (painting the lazy array raised TypeError)
+    widget.opacity.setValue(35)  # the dock's overlay opacity, not the slide's
+    assert cam.opacity == mask.opacity == 0.35 and slide.opacity == 1.0
+    legend = {k: o for k, o in viewer.canvas.overlays.items() if str(k).startswith("protoseg_legend")}
+    assert sorted(o.text for o in legend.values()) == sorted(f"■ {n}" for n in BCSS_WSSS.names)
     for c, rgb in enumerate(BCSS_WSSS.colors):
         np.testing.assert_allclose(mask.colormap.map(c + MASK_OFFSET)[:3] * 255, rgb, atol=0.5)
     assert mask.colormap.map(BCSS_WSSS.background_index + MASK_OFFSET)[3] == 0  # background transparent
     assert list(mask.features["class"])[1:5] == list(BCSS_WSSS.names)
 
-    widget.class_combo.setCurrentIndex(3)  # choose another CAM: only that one shows
-    assert [ly.visible for ly in cams] == [False, False, False, True]
+    widget.class_combo.setCurrentIndex(3)  # choose another CAM: the CAM layer shows it
+    assert cam.visible and cam.name == "NEC CAM"
 
     _wait_overlays(widget, qtbot)
     assert threads and not any(threads)  # the model never ran on the GUI thread: the viewer stays responsive
@@ -222,7 +231,7 @@ def test_show_overlays_aligned_lazy_and_coloured(make_napari_viewer, qtbot, asse
     assert fractions.max() > 0.05 and set(np.flatnonzero(fractions > 0.02)) <= set(np.flatnonzero(present > 0))
     assert np.argmax(fractions) == np.argmax(present)
 
-    slide.visible, cams[3].visible, mask.opacity = True, True, 0.6
+    slide.visible, cam.visible, mask.opacity = True, True, 0.6
     settle(0.8)
     canvas = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3]
     assert canvas.std() > 10
@@ -272,6 +281,10 @@ def _save_small(img: np.ndarray, path: Path) -> None:
 
 
 def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, assets) -> None:
+    from protoseg.napari.widgets import _common
+    from protoseg.napari.widgets.regions import RegionTagWidget
+
+    _common._USER_MPP.clear()
     viewer, slide, widget = _viewer_with_widget(make_napari_viewer, assets["png"])
     assert tuple(slide.scale) == (1.0, 1.0)
     assert "no microns-per-pixel" in widget.mpp_hint.text() and widget.mpp_hint.ask.isVisibleTo(widget)
@@ -283,10 +296,15 @@ def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, assets) -> Non
         and "no microns-per-pixel" in widget.status.text()
         and "Slide mpp" in widget.status.text()
     )
-    widget.slide_mpp.setValue(0.5)  # the user says it was scanned at 20x
+    regions = RegionTagWidget(viewer)  # another widget asks the same question about the same slide
+    assert regions.mpp_prompt.ask.isVisibleTo(regions)
+    widget.mpp_hint.spin.setValue(0.5)  # the user answers once: scanned at 20x
+    _click(qtbot, widget.mpp_hint.button)
+    assert not widget.mpp_hint.ask.isVisibleTo(widget) and "0.5 µm/px (set by you)" in widget.mpp_hint.text()
+    assert not regions.mpp_prompt.ask.isVisibleTo(regions) and _common.slide_mpp(slide) == 0.5
     _show(qtbot, widget)
     added = list(viewer.layers)[n:]
-    assert len(added) == 5 and all(tuple(ly.scale) == (2.0, 2.0) for ly in added)  # slide-pixel units
+    assert len(added) == 2 and all(tuple(ly.scale) == (2.0, 2.0) for ly in added)  # slide-pixel units
     np.testing.assert_allclose(_extent_edges(added[-1]), _extent_edges(slide), atol=2)
     _wait_overlays(widget, qtbot)
     region = widget.predictor().predict_region(str(assets["png"]), (256, 0, 128, 128), slide_mpp=0.5)
@@ -351,7 +369,7 @@ def test_batch_cancel_resume_open_and_export(make_napari_viewer, qtbot, assets, 
     np.testing.assert_allclose(pred.probs(0)[:, 128:256, :], scores, atol=1)
 
     batch_layers = [ly for ly in viewer.layers if ly.name.endswith("(batch)")]
-    assert len(batch_layers) == 5 and batch_layers[-1]._type_string == "labels"
+    assert len(batch_layers) == 2 and batch_layers[-1]._type_string == "labels"  # the chosen CAM + the mask
     np.testing.assert_array_equal(np.asarray(batch_layers[-1].data[0]), pred.mask(0)[...] + 1)
     np.testing.assert_allclose(_extent_edges(batch_layers[-1]), _extent_edges(slide), atol=1.0)
 

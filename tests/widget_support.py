@@ -85,5 +85,5 @@ STALLS: dict[str, float] = {}
 def record_stall(name: str, beat: Heartbeat) -> float:
     """Store (and return) the longest stall seen by ``beat`` for the action ``name``."""
     STALLS[name] = round(beat.longest_ms, 1)
-    print(f"GUI stall {name}: {STALLS[name]:.0f} ms")  # noqa: T201 - test diagnostics
+    print(f"GUI stall {name}: {STALLS[name]:.0f} ms")
     return beat.longest_ms

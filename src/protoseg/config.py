@@ -77,7 +77,7 @@ class DataConfig:
     layout: Layout | None = None  # protoseg.data.records.Layout; auto-detected when None
     patch_size: int = 224
     batch_size: int = 8
-    num_workers: int = 0
+    num_workers: int | None = None  # None: chosen from the machine (protoseg.runtime.default_num_workers)
     augment: bool = True
     max_train: int | None = None  # subsample training patches (quick runs)
     max_val: int | None = None
@@ -167,8 +167,8 @@ class PseudoLabelConfig:
     """CAM -> pseudo-mask rules (stage-1 validation, pseudo-mask export, PSCL labels): argmax over the
     gated classes (PBIP); uncertain pixels -> 255 (ignore); background only from the glass detector."""
 
-    ignore_below: float = 0.0  # tau: pixels choosing among >= 2 classes with max CAM <= tau -> 255
-    tie_margin: float = 0.0  # ... or whose best-minus-second CAM is below this -> 255
+    ignore_below: float = 0.05  # tau: pixels choosing among >= 2 classes with max CAM <= tau -> 255
+    tie_margin: float = 0.02  # ... or whose best-minus-second CAM is below this -> 255
     glass: bool = True  # background from protoseg.slide.glass (False: no background class at all)
     bg_open_radius: float = 0.03  # glass narrower than this disc (fraction of patch side) stays tissue
     bg_min_size: int = 300  # glass regions smaller than this (pixels) stay tissue

@@ -31,9 +31,9 @@ class OutputOwnershipError(ProtosegError):
 
 
 def _version() -> str:
-    from protoseg import __version__
+    import protoseg  # the package's own version (layer 0)
 
-    return str(__version__)
+    return str(protoseg.__version__)
 
 
 def read_marker(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

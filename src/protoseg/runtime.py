@@ -44,6 +44,24 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     return chosen
 
 
+def default_num_workers(device_type: str = "cpu", world_size: int = 1) -> int:
+    """DataLoader worker processes for this machine: none on <= 2 cores (they would steal the model's
+    cores); with an accelerator all cores of this rank but one (at most 8); on CPU a quarter of them."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        cores = os.cpu_count() or 1
+    per_rank = max(1, cores // max(1, int(world_size)))
+    if per_rank <= 2:
+        return 0
+    return min(8, per_rank - 1) if device_type == "cuda" else min(4, per_rank // 4)
+
+
+def resolve_num_workers(num_workers: int | None, device_type: str = "cpu", world_size: int = 1) -> int:
+    """``num_workers`` as configured, or ``default_num_workers`` when it is None (the default)."""
+    return default_num_workers(device_type, world_size) if num_workers is None else int(num_workers)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); returns a torch generator for data order."""
     random.seed(seed)

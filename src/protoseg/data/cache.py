@@ -15,7 +15,6 @@ import shutil
 import tempfile
 import threading
 import weakref
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,12 @@ logger = logging.getLogger(__name__)
 
 #: default bound of one dataset's cache (uint8 pixels)
 MAX_CACHE_BYTES = 8 << 30
+
+
+def _remove(folder: str, owner: int) -> None:
+    """Delete the scratch folder, only from the process that created it (not from forked workers)."""
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class CacheMode(str, enum.Enum):
@@ -70,6 +75,12 @@ class DecodedCache:
             os.path.join(self._dir, "filled.npy"), mode=mode, dtype=np.uint8, shape=(self.n,)
         )
 
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        """Create the shared scratch file now (call before DataLoader workers start, so they all share it)."""
+        with self._lock:
+            if self.mode is CacheMode.MMAP and self._shape is None:
+                self._create(tuple(int(v) for v in shape))  # type: ignore[arg-type]
+
     def _create(self, shape: tuple[int, int, int]) -> bool:
         """Allocate the scratch files for patches of ``shape`` (sparse: disk is used only as patches arrive)."""
         if self.n * int(np.prod(shape)) > self.max_bytes:
@@ -77,7 +88,7 @@ class DecodedCache:
             self.mode = CacheMode.NONE
             return False
         self._dir = tempfile.mkdtemp(prefix="protoseg-patches-")
-        weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        weakref.finalize(self, _remove, self._dir, os.getpid())
         self._shape = shape
         self._open("w+")
         return True
@@ -100,8 +111,6 @@ class DecodedCache:
         with self._lock:
             if self._data is None and self._shape is None and not self._create(tuple(rgb.shape)):
                 return
-        if self._data is None and self._dir is not None and os.path.exists(Path(self._dir) / "pixels.npy"):
-            self._open("r+")  # created by the parent after this worker started
         if tuple(rgb.shape) != self._shape or self._data is None or self._filled is None:
             return
         self._data[index] = rgb

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from protoseg.classes import ClassSpec
+from protoseg.data.cache import CacheMode, DecodedCache
 from protoseg.data.errors import DataError, DatasetLayoutError
 from protoseg.data.generic import generic_records
 from protoseg.data.layouts import detect_layout, named_records
@@ -56,7 +57,9 @@ class PatchDataset(Dataset):
         layout: Layout | None = None,
         split: Split | None = None,
         transform: Transform | None = None,
+        cache: CacheMode | str = CacheMode.MMAP,
     ) -> None:
+        """``cache``: keep decoded uint8 patches (``protoseg.data.cache``) so later epochs skip PNG decoding."""
         self.records = tuple(records)
         self.classes = classes
         self.root = Path(root) if root is not None else None
@@ -64,6 +67,12 @@ class PatchDataset(Dataset):
         self.split = split
         self.transform = transform
         self._mask_labels: dict[int, np.ndarray] = {}
+        self._cache = DecodedCache(len(self.records), cache)
+        if self._cache.mode is CacheMode.MMAP and self.records:
+            try:  # creates the shared file now, before DataLoader workers fork
+                self._cache.put(0, load_image(self.records[0].image))
+            except (DataError, OSError):
+                pass  # reported with the file name when the sample is read
 
     def __len__(self) -> int:
         return len(self.records)
@@ -85,7 +94,10 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
-        rgb = load_image(rec.image)
+        rgb = self._cache.get(index)
+        if rgb is None:
+            rgb = load_image(rec.image)
+            self._cache.put(index, rgb)
         sample: dict = {"image": to_tensor(rgb), "name": rec.name}
         if rec.mask is not None:
             mask = load_mask(rec.mask, self.classes)

@@ -28,6 +28,7 @@ from protoseg.infer.chunks import DEFAULT_CHUNK, SlideChunks, TissueLike
 from protoseg.infer.errors import OutputError
 from protoseg.infer.identity import differences, model_sha256, slide_identity
 from protoseg.infer.omezarr import (
+    check_arrays,
     check_output_dir,
     create_prediction_zarr,
     missing_chunks,
@@ -64,6 +65,7 @@ _MAY_DIFFER = ("predictor.checkpoint",)
 def _forget_missing_chunks(out: Path) -> int:
     """Un-mark level-0 chunks whose files are gone (deleted or lost), so the resume recomputes them."""
     pred = open_prediction(out, mode="r+")
+    check_arrays(pred)
     lost = missing_chunks(pred, 0)
     for _, r, c, _ in lost:
         pred.group["done"][r, c] = 0

@@ -288,12 +288,29 @@ def unfinished_chunks(pred: PredictionZarr) -> tuple[int, int]:
     return int(done.size - np.count_nonzero(done)), int(done.size)
 
 
+def check_arrays(pred: PredictionZarr) -> None:
+    """Raise ``OutputError`` naming the first array whose metadata is missing or unreadable (not repairable
+    by resuming: the run has to be redone with ``--overwrite``)."""
+    names = ["done", *(f"{a}/{k}" for a in ("probs", "mask") for k in range(pred.num_levels))]
+    for name in names:
+        try:
+            node = pred.group
+            for part in name.split("/"):
+                node = node[part]
+        except Exception as exc:  # KeyError / JSON / codec errors of damaged metadata
+            raise OutputError(
+                f"{pred.path} is damaged: the array {name} is missing or unreadable ({type(exc).__name__}); "
+                "re-run `protoseg predict` with --overwrite to predict the slide again."
+            ) from exc
+
+
 def check_finished(pred: PredictionZarr) -> None:
     """Raise ``OutputError`` unless the prediction is complete: completion flags, every chunk marked done in
     the ``done`` record, and every chunk file of every level present. The message names the first bad chunk
     and how to repair it."""
     import numpy as np
 
+    check_arrays(pred)
     done = np.asarray(pred.group["done"][...])
     todo = np.argwhere(done == 0)
     if len(todo):

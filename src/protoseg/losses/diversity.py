@@ -78,8 +78,8 @@ def prototype_diversity_loss(
     ``sim_maps`` (B, C, k, h, w) per-prototype similarity maps, ``region`` (B, C, h, w) bool
     pseudo region of each class, ``labels`` (B, C) multi-hot. For each pair the similarities of
     the k prototypes over the region pixels form a (k, P) matrix; JEFFREY turns each row into a
-    distribution softmax(sim / temperature) over the pixels and penalises mean_{i<j}
-    exp(-J(p_i, p_j)) (1 for identical prototypes, -> 0 as they separate); CORRELATION penalises
+    distribution softmax(sim / temperature) over the pixels (temperature 1.0 as in the LPD code) and
+    penalises mean_{i<j} exp(-J(p_i, p_j)) (1 for identical prototypes, -> 0 as they separate); CORRELATION penalises
     mean_{i<j} corr(s_i, s_j)^2. Returns 0 (with gradient) when k < 2 or no pair qualifies.
     """
     check_ndim("sim_maps", sim_maps, 5, "(B, C, k, h, w)")

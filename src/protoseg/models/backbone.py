@@ -306,8 +306,8 @@ def build_backbone(
 def _hub_error(name: str, exc: BaseException) -> WeightsError:
     return WeightsError(
         f"could not get pretrained weights for {name!r} from the timm hub ({type(exc).__name__}: "
-        f"{exc}); set model.weights to a local weights file (.safetensors/.pth) or to null for "
-        "random init"
+        f"{exc}); set model.weights to 'auto' (falls back to random init), a local weights file "
+        "(.safetensors/.pth) or null for random init"
     )
 
 
@@ -318,7 +318,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(
             f"weights file not found: {path}; set model.weights to an existing local file, "
-            "'hub' for timm pretrained weights, or null for random init"
+            "'auto' for timm ImageNet weights when available, or null for random init"
         )
     try:
         if path.suffix == ".safetensors":

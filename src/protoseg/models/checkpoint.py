@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -166,12 +167,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower() and "weights_only" not in str(exc):
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported class (\S+)", str(exc))
+        if found is None:
             raise CheckpointError(_damaged(path, exc)) from None
         # torch's message suggests retrying with weights_only=False: that would run the file's code
         raise CheckpointError(
-            f"checkpoint {path} holds executable Python objects (not only tensors and plain data), so it will "
-            "not be loaded: loading it could run arbitrary code. Use a checkpoint written by protoseg training."
+            f"checkpoint {path} holds executable Python objects ({found.group(1) or found.group(2)}), not only "
+            "tensors and plain data, so it will not be loaded: loading it could run arbitrary code. "
+            "Use a checkpoint written by protoseg training."
         ) from None
     except Exception as exc:  # torch raises many types for damaged files
         raise CheckpointError(

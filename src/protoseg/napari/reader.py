@@ -98,11 +98,14 @@ def _label_unfinished(pred: Any, layers: list[LayerData]) -> list[LayerData]:
     """Say so in each layer's name and metadata when the prediction is unfinished (chunks not yet written)."""
     from protoseg.infer.omezarr import unfinished_chunks
 
-    todo, total = unfinished_chunks(pred)
+    try:
+        todo, total = unfinished_chunks(pred)
+    except Exception:  # noqa: BLE001 - a damaged record: the layers load lazily, say it is unfinished
+        todo, total = 1, 0
     if not todo and pred.complete:
         return layers
     logger.warning("%s is an unfinished prediction (%d of %d chunks missing)", pred.path, todo, total)
-    tag = f" [unfinished: {total - todo}/{total} chunks]"
+    tag = f" [unfinished: {total - todo}/{total} chunks]" if total else " [unfinished]"
     out = []
     for data, kwargs, kind in layers:
         meta = dict(kwargs.get("metadata") or {})

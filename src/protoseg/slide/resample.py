@@ -23,7 +23,7 @@ LEVEL_TOLERANCE = 1.01
 _ALIGNED = 1e-6
 #: source pixels (bytes) above which a read is streamed in output blocks, each reading its own window,
 #: so a thumbnail of a huge single-level slide never holds the whole level (bounded memory)
-STREAM_BYTES = 64 << 20
+STREAM_BYTES = 16 << 20
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from torch.utils.data.distributed import DistributedSampler
 from protoseg.cancel import Cancelled, CancelToken
 from protoseg.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from protoseg.outputs import clean_stale_temporaries
-from protoseg.runtime import seed_everything, select_device
+from protoseg.runtime import resolve_num_workers, seed_everything, select_device
 from protoseg.train.distributed import DistContext, barrier, init_distributed
 from protoseg.train.errors import TrainingError
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
@@ -42,7 +42,7 @@ class OptimConfig:
     weight_decay: float
     grad_clip: float
     batch_size: int
-    num_workers: int = 0
+    num_workers: int | None = None  # None: chosen from the machine (protoseg.runtime.default_num_workers)
     amp: bool = True
     seed: int = 0
     log_every: int = 10
@@ -141,15 +141,19 @@ class Trainer(ABC):
         if len(ds) == 0:  # type: ignore[arg-type]
             raise TrainingError("the training set is empty; check data.root and the dataset layout")
         sampler = DistributedSampler(ds, shuffle=True, seed=self.optim.seed) if self.dist.enabled else None
+        workers = resolve_num_workers(self.optim.num_workers, self.device.type, self.dist.world_size)
+        cuda = self.device.type == "cuda"
         loader = DataLoader(
             ds,
             batch_size=self.optim.batch_size,
             shuffle=sampler is None,
             sampler=sampler,
-            num_workers=self.optim.num_workers,
+            num_workers=workers,
             drop_last=len(ds) > self.optim.batch_size,  # type: ignore[arg-type]
             generator=self.generator if sampler is None else None,
-            persistent_workers=self.optim.num_workers > 0,
+            persistent_workers=workers > 0,
+            pin_memory=cuda,  # page-locked batches: asynchronous host-to-device copies
+            prefetch_factor=(4 if cuda else 2) if workers > 0 else None,
         )
         return loader, sampler
 

@@ -28,7 +28,7 @@ from protoseg.errors import ProtosegError
 from protoseg.models.checkpoint import Checkpoint, Stage
 from protoseg.models.classnet import ClassNet
 from protoseg.outputs import read_marker, replace_dir
-from protoseg.runtime import select_device
+from protoseg.runtime import resolve_num_workers, select_device
 from protoseg.train.evaluation import pseudo_masks
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,8 @@ def export_pseudo_masks(
         if progress:
             progress(len(keys), len(keys))
         return out
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    workers = resolve_num_workers(cfg.data.num_workers, dev.type)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=workers)
     total, done = len(keys), 0
     ignored = 0
     with replace_dir(out, KIND, overwrite=overwrite, **wanted) as tmp:

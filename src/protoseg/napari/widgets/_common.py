@@ -109,6 +109,24 @@ def slide_layers(viewer: Any) -> list[Any]:
     return [ly for ly in viewer.layers if ly._type_string == "image" and slide_meta(ly) is not None]
 
 
+def foreign_image_layers(viewer: Any) -> list[Any]:
+    """Image layers the protoseg widgets cannot use: opened by another reader (no µm scale, not lazy) or made
+    from arrays; layers with a source file come first."""
+    other = [ly for ly in viewer.layers if ly._type_string == "image" and slide_meta(ly) is None]
+    other = [ly for ly in other if not (getattr(ly, "metadata", None) or {}).get("protoseg_overlay")]
+    return sorted(other, key=lambda ly: getattr(getattr(ly, "source", None), "path", None) is None)
+
+
+def reopen_with_protoseg(viewer: Any, layer: Any) -> Any:
+    """Replace an image layer opened by another reader with the protoseg slide layer of the same file."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path:
+        raise WidgetError(f"{layer.name} has no source file: open the slide file with File > Open (protoseg)")
+    new = viewer.open(str(path), plugin="protoseg")[0]
+    viewer.layers.remove(layer)
+    return new
+
+
 def slide_mpp(layer: Any) -> float | None:
     """Microns per pixel of a slide layer: the file's, else the one the user gave for that slide (remembered
     for the session, also when the slide is opened again), else None."""
@@ -251,11 +269,13 @@ class MppPrompt(QWidget):
     only while the chosen slide has none; the answer is stored per slide (``set_slide_mpp``) so every widget
     and every later use of that slide gets it, and every prompt for that slide disappears."""
 
-    def __init__(self, layer_of: Callable[[], Any], parent: QWidget | None = None) -> None:
+    def __init__(self, layer_of: Callable[[], Any], viewer: Any = None, parent: QWidget | None = None) -> None:
         from qtpy.QtWidgets import QDoubleSpinBox
 
         super().__init__(parent)
-        self.layer_of = layer_of
+        self.layer_of, self.viewer = layer_of, viewer
+        self.reopen = QPushButton("Reopen with protoseg")
+        self.reopen.clicked.connect(self._reopen)
         self.label = QLabel()
         self.label.setWordWrap(True)
         self.spin = QDoubleSpinBox(decimals=4, minimum=0.01, maximum=100.0, singleStep=0.05, value=0.5)
@@ -267,7 +287,11 @@ class MppPrompt(QWidget):
         box.setContentsMargins(0, 0, 0, 0)
         box.addWidget(self.label)
         box.addWidget(self.ask)
+        box.addWidget(self.reopen)
         mpp_changed.connect(self._on_mpp_changed)
+        if viewer is not None:
+            for name in ("inserted", "removed"):
+                getattr(viewer.layers.events, name).connect(self._on_layers)
         self.refresh()
 
     def text(self) -> str:
@@ -279,12 +303,35 @@ class MppPrompt(QWidget):
         except RuntimeError:  # the widget was deleted by Qt: stop listening
             mpp_changed.disconnect(self._on_mpp_changed)
 
+    def _on_layers(self, _event: Any = None) -> None:
+        try:
+            self.refresh()
+        except RuntimeError:  # the widget was deleted by Qt: stop listening
+            for name in ("inserted", "removed"):
+                getattr(self.viewer.layers.events, name).disconnect(self._on_layers)
+
+    def _reopen(self) -> None:
+        foreign = foreign_image_layers(self.viewer) if self.viewer is not None else []
+        if foreign:
+            try:
+                reopen_with_protoseg(self.viewer, foreign[0])
+            except (ProtosegError, ValueError, OSError) as exc:
+                self.label.setText(str(exc))
+
     def refresh(self) -> None:
         layer = self.layer_of()
         info = slide_meta(layer) if layer is not None else None
         mpp = slide_mpp(layer) if info is not None else None
         self.ask.setVisible(info is not None and mpp is None)
-        if info is None:
+        foreign = foreign_image_layers(self.viewer) if self.viewer is not None and info is None else []
+        self.reopen.setVisible(bool(foreign) and getattr(foreign[0].source, "path", None) is not None)
+        if info is None and foreign:
+            self.label.setStyleSheet("color: #f0a030; font-weight: bold")
+            self.label.setText(
+                f"'{foreign[0].name}' was not opened by protoseg (no µm scale, not lazy), so this widget cannot "
+                "use it: reopen it with protoseg (File > Open, reader 'protoseg')"
+            )
+        elif info is None:
             self.label.setStyleSheet("")
             self.label.setText("open a slide (File > Open) to use it here")
         elif mpp is None:

@@ -32,11 +32,13 @@ from protoseg.cancel import Cancelled, CancelLike
 from protoseg.classes import ClassSpec
 from protoseg.export import AreaRow, ExportFormat, default_output, export_format, export_prediction, read_area_csv
 from protoseg.napari.overlays import Placement, lazy_layer_data, zarr_layer_data
+from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.scheduler import ChunkScheduler
 from protoseg.napari.widgets._common import (
     DEVICES,
     BackgroundJob,
     LayerCombo,
+    MppPrompt,
     NapariProgress,
     PathEdit,
     StatusLabel,
@@ -44,11 +46,10 @@ from protoseg.napari.widgets._common import (
     checkpoint_ready,
     guard_triton_llvm_clash,
     row,
-    MppPrompt,
     scroll_layout,
     set_slide_mpp,
-    slide_mpp,
     slide_meta,
+    slide_mpp,
 )
 from protoseg.napari.widgets.legend import Legend
 
@@ -114,10 +115,11 @@ class PredictWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
+        prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
         self.viewer = napari_viewer
         self.checkpoint = PathEdit("open", "checkpoint .pt from training", "protoseg checkpoint (*.pt *.pth);;All (*)")
         self.slide = LayerCombo(self.viewer, lambda ly: ly._type_string == "image" and slide_meta(ly) is not None)
-        self.mpp_hint = MppPrompt(lambda: self.slide.layer())
+        self.mpp_hint = MppPrompt(lambda: self.slide.layer(), self.viewer)
         self.slide_mpp = QDoubleSpinBox(decimals=4, minimum=0.0, maximum=100.0, singleStep=0.05, value=0.0)
         self.slide_mpp.setSpecialValueText("from slide")
         self.device = QComboBox()
@@ -153,6 +155,7 @@ class PredictWidget(QWidget):
         self._view_key: tuple | None = None
         self._overlay_job: BackgroundJob | None = None
         self._adding = False
+        self._cam_data: list[Any] = []
         self._ckpt_stamp: tuple | None = None
         self._ckpt_mpp: float | None = None
         self._ckpt_classes: ClassSpec | None = None
@@ -337,7 +340,7 @@ class PredictWidget(QWidget):
         self._clear_overlays()
         self.scheduler = ChunkScheduler(lazy, on_ready=self._bridge.ready.emit)
         placement = Placement.on_slide(layer.scale, layer.translate, lazy.layout.geom.scale, _units(layer))
-        data = lazy_layer_data(self.scheduler, self.classes, placement, max(0, self.class_combo.currentIndex()))
+        data = self._one_cam(lazy_layer_data(self.scheduler, self.classes, placement, self._shown_class()))
         if staggered:
             self._adding = True
             todo = list(data)
@@ -413,12 +416,34 @@ class PredictWidget(QWidget):
         if masks and self.classes is not None:
             add_canvas_legend(self.viewer, self.classes)
 
+    def _shown_class(self) -> int:
+        return max(0, self.class_combo.currentIndex())
+
+    def _one_cam(self, data: list[Any]) -> list[Any]:
+        """Keep one CAM layer (the chosen class) + the mask: each napari layer costs GUI time to add, so the
+        dock's class choice swaps the CAM layer's data instead of toggling one layer per class."""
+        self._cam_data = [ld for ld in data if ld[2] == "image"]
+        cam = self._cam_data[min(self._shown_class(), len(self._cam_data) - 1)]
+        cam[1]["visible"] = True
+        return [cam, *(ld for ld in data if ld[2] != "image")]
+
+    def cam_layer(self) -> Any | None:
+        """The CAM overlay layer (None before 'Show overlays')."""
+        cams = [ly for ly in self.overlays if ly.metadata.get("protoseg_overlay", {}).get("kind") == "cam"]
+        return cams[0] if cams else None
+
     def set_visible_class(self, index: int) -> None:
-        """Show the CAM layer of class ``index`` and hide the other CAM layers."""
-        for ly in self.overlays:
-            info = ly.metadata.get("protoseg_overlay", {})
-            if info.get("kind") == "cam":
-                ly.visible = info["index"] == index
+        """Show the CAM of class ``index`` in the CAM layer (its data, colormap and name)."""
+        cam = self.cam_layer()
+        if cam is not None and 0 <= index < len(self._cam_data):
+            data, meta, _ = self._cam_data[index]
+            if cam.metadata.get("protoseg_overlay", {}).get("index") != index:
+                cam.data = data
+                cam.colormap = meta["colormap"]
+                cam.contrast_limits = meta["contrast_limits"]
+                cam.name = meta["name"]
+                cam.metadata = meta["metadata"]
+            cam.visible = True
         if self.class_combo.currentIndex() != index:
             self.class_combo.setCurrentIndex(index)
 
@@ -537,7 +562,7 @@ class PredictWidget(QWidget):
             self.class_combo.clear()
             self.class_combo.addItems(pred.classes.names)
         placement = Placement.on_slide(layer.scale, layer.translate, pred.scale, _units(layer))
-        data = zarr_layer_data(pred, placement, max(0, self.class_combo.currentIndex()))
+        data = self._one_cam(zarr_layer_data(pred, placement, self._shown_class()))
         self.overlays = [self.viewer.add_layer(Layer.create(*ld)) for ld in data]
         self._style_overlays()
         self.result_path = Path(path)

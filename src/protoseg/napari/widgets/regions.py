@@ -32,8 +32,10 @@ from protoseg.data.regions import (
     regions_to_napari,
     save_regions_geojson,
 )
+from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.widgets._common import (
     LayerCombo,
+    MppPrompt,
     PathEdit,
     StatusLabel,
     WidgetError,
@@ -45,6 +47,7 @@ from protoseg.napari.widgets._common import (
     register_regions,
     scroll_layout,
     slide_meta,
+    slide_mpp,
 )
 from protoseg.train.jobs import source_data
 
@@ -75,6 +78,7 @@ class RegionTagWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
+        prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
         self.viewer = napari_viewer
         self.classes: ClassSpec = BCSS_WSSS
         self.checks: dict[str, QCheckBox] = {}
@@ -94,6 +98,7 @@ class RegionTagWidget(QWidget):
         self.mpp_spin = QDoubleSpinBox(decimals=3, minimum=0.05, maximum=64.0, singleStep=0.25, value=0.5)
         self.mpp_spin.setSuffix(" µm/px")
         self.use_btn = QPushButton("Use as training data")
+        self.mpp_prompt = MppPrompt(lambda: self.slide_combo.layer(), self.viewer)
         self.status = StatusLabel()
         self.source: RegionSource | None = None
         self._build_layout()
@@ -115,6 +120,7 @@ class RegionTagWidget(QWidget):
     def _build_layout(self) -> None:
         form = QFormLayout()
         form.addRow("Slide", self.slide_combo)
+        form.addRow("", self.mpp_prompt)
         regions_row = QHBoxLayout()
         regions_row.addWidget(self.shapes_combo, 1)
         regions_row.addWidget(self.new_btn)
@@ -172,7 +178,8 @@ class RegionTagWidget(QWidget):
     # ---- layers -----------------------------------------------------------------------------
     def _on_slide(self, *_: Any) -> None:
         slide = self.slide_combo.layer()
-        mpp = (slide_meta(slide) or {}).get("mpp") if slide is not None else None
+        self.mpp_prompt.refresh()
+        mpp = slide_mpp(slide) if slide is not None else None
         if mpp:
             self.mpp_spin.setValue(float(mpp))
 
@@ -318,7 +325,12 @@ class RegionTagWidget(QWidget):
         if not regions:
             raise WidgetError("no tagged regions: select a shape and tick the classes it contains")
         mpp = float(self.mpp_spin.value())
-        fallback = None if slide_meta(slide).get("mpp") else mpp
+        fallback = None if slide_meta(slide).get("mpp") else slide_mpp(slide)
+        if not slide_meta(slide).get("mpp") and fallback is None:
+            raise WidgetError(
+                f"{slide.name} records no microns-per-pixel: set its scan resolution in the prompt at the top "
+                "(0.25 µm/px for 40x, 0.5 for 20x) so the patches are cut at the right scale"
+            )
         source = RegionSource(layer.name, tuple(regions), self.classes, mpp, fallback)
         data = source_data(ProtosegConfig(), source, augment=False)
         counts = data.train.labels().sum(axis=0).astype(int)  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from protoseg.config import AddOn, ProtosegConfig, Recipe
+from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.widgets._common import (
     DEVICES,
     FOLDER,
@@ -144,6 +145,7 @@ class TrainWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
+        prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
         self.viewer = napari_viewer
         self.source = QComboBox()
         self.source.addItems([FOLDER, REGIONS])

@@ -1,0 +1,228 @@
+"""Accelerator benchmark: slide inference (model only vs whole pipeline) and stage-1 training throughput.
+
+For each backbone (resnet18, pvt_v2_b1; random init, no download): model-only tiles/s on pre-read
+tiles (scores left on the device), pipeline tiles/s of ``predict_slide_to_omezarr`` counting each
+slide tile once, their ratio, the decode / compute / blend+write time split and peak device memory.
+For each stage-1 recipe (CAM, PBIP, LPD) on synthetic 224-px patches: images/s of the default data
+path alone (DataLoader with the machine's default workers, decoded-patch cache, float32 stain
+augmentation; first and second epoch) and of the model step alone (forward + backward + AdamW on one
+resident batch). The CPU figures are always measured; the GPU ones only where CUDA exists.
+
+    python benchmarks/gpu.py [--size 2048] [--batch-size N] [--train-images 64] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from infer_common import make_checkpoint, make_slide
+
+BACKBONES = ("resnet18", "pvt_v2_b1")
+RECIPES = ("cam", "pbip", "lpd")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def timed_calls(owner: object, name: str, acc: list[float]) -> Iterator[None]:
+    """Add the wall time of every ``owner.name(...)`` call to ``acc[0]`` while the block runs."""
+    real = getattr(owner, name)
+
+    def wrapper(*a: object, **kw: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return real(*a, **kw)
+        finally:
+            acc[0] += time.perf_counter() - t0
+
+    setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(owner, name, real)
+
+
+def inference(backbone: str, device: torch.device, args: argparse.Namespace, tmp: Path, slide: Path) -> None:
+    from protoseg.infer import batch as batch_mod
+    from protoseg.infer.chunks import SlideChunks
+    from protoseg.infer.predictor import Predictor
+    from protoseg.slide import open_slide
+
+    ckpt = make_checkpoint(tmp, backbone)
+    kw = {"batch_size": args.batch_size} if args.batch_size else {}
+    predictor = Predictor(ckpt, device=str(device), amp=True, compile=args.compile, **kw)
+    geom = predictor.geometry(open_slide(slide))
+    t = predictor.tile_size
+    n_grid = int(np.prod(geom.grid.shape))
+    idx = list(np.ndindex(*geom.grid.shape))[: args.model_tiles]
+    t0 = time.perf_counter()
+    tiles = np.stack([geom.reader.read((*geom.grid.origin(i), t, t)) for i in idx])
+    decode_ms = 1e3 * (time.perf_counter() - t0) / len(tiles)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def model_rate() -> float:
+        predictor.predict_tiles_device(tiles[: predictor.batch_size])  # warm-up (and compile)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.repeats):
+            predictor.predict_tiles_device(tiles)
+        sync(device)
+        return args.repeats * len(tiles) / (time.perf_counter() - t0)
+
+    before = model_rate()
+    finish, write = [0.0], [0.0]
+    with timed_calls(SlideChunks, "finish", finish), timed_calls(batch_mod._Arrays, "write", write):
+        t0 = time.perf_counter()
+        res = batch_mod.predict_slide_to_omezarr(
+            predictor, slide, tmp / f"{backbone}-{device.type}.zarr", tissue_only=False, overwrite=True
+        )
+        sync(device)
+        seconds = time.perf_counter() - t0
+    after = model_rate()  # before and after: other load on the machine drifts
+    model = (before + after) / 2
+    pipe = n_grid / seconds
+    peak = (
+        f", peak device memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+        if device.type == "cuda"
+        else ""
+    )
+    print(
+        f"  {backbone:10s} {device.type}: model only {model:8.1f} tiles/s (before {before:.1f}, after {after:.1f}); "
+        f"pipeline {pipe:8.1f} tiles/s ({n_grid} slide tiles once, {res.tiles_predicted} computed, "
+        f"{seconds:.1f} s); pipeline/model {pipe / model:.3f}{peak}"
+    )
+    print(
+        f"  {'':10s} split per tile: decode {decode_ms:.2f} ms (one reader thread), compute {1e3 / model:.2f} ms, "
+        f"blend+quantise {1e3 * (finish[0] - write[0]) / n_grid:.2f} ms, zarr write {1e3 * write[0] / n_grid:.2f} ms "
+        f"(writer thread, off the model loop); batch {predictor.batch_size}, readers "
+        f"{batch_mod.default_readers(device.type)}, amp {predictor.amp_dtype if device.type == 'cuda' else 'off'}, "
+        f"channels_last {predictor.channels_last}, device blend {predictor.device_blend}"
+    )
+
+
+def training(recipe: str, device: torch.device, args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
+    from protoseg.config import load_config
+    from protoseg.train.pipeline import _bank_and_encoder, folder_data, with_default_bank
+    from protoseg.train.stage1 import Stage1Trainer
+
+    cfg = load_config(
+        None,
+        [
+            f"data.root={data_root}",
+            "data.patch_size=224",
+            f"data.batch_size={args.train_batch}",
+            "model.backbone=resnet18",
+            "model.weights=null",
+            f"stage1.recipe={recipe}",
+            "bank.n_per_cluster=8",
+            f"run.device={device.type}",
+            f"run.out_dir={tmp / recipe}",
+            "run.log_every=100000",
+        ],
+    )
+    data = folder_data(cfg)
+    cfg = with_default_bank(replace(cfg, run=replace(cfg.run, mpp=data.mpp)))
+    bank, encoder = _bank_and_encoder(cfg, data)
+    trainer = Stage1Trainer(cfg, data.train, None, data.classes, bank=bank, encoder=encoder)
+    loader, _ = trainer._loader()
+    rates = []
+    for _epoch in range(2):  # first epoch decodes the PNGs, the second reads the decoded-patch cache
+        t0 = time.perf_counter()
+        n = sum(len(b["image"]) for b in loader)
+        rates.append(n / (time.perf_counter() - t0))
+    net = trainer.net.to(device).train()
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    batch = next(iter(loader))
+    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    def step(i: int) -> None:
+        with amp:
+            loss, _ = trainer.training_loss(net, batch, i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(0)
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(args.train_steps):
+        step(i + 1)
+    sync(device)
+    model_rate = args.train_steps * len(batch["image"]) / (time.perf_counter() - t0)
+    print(
+        f"  {recipe:5s} {device.type}: data path alone {rates[0]:7.1f} images/s (epoch 1, decoding), "
+        f"{rates[1]:7.1f} images/s (epoch 2, cached; {loader.num_workers} workers, pin_memory "
+        f"{loader.pin_memory}); model step alone {model_rate:7.1f} images/s (batch {len(batch['image'])})"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=0, help="slide side (default 12288 on CUDA, 1536 on CPU)")
+    ap.add_argument("--batch-size", type=int, default=0, help="inference batch (default: chosen for the device)")
+    ap.add_argument("--model-tiles", type=int, default=0, help="pre-read tiles for model-only (default 2048 / 96)")
+    ap.add_argument("--repeats", type=int, default=0)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    ap.add_argument("--train-images", type=int, default=64)
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--train-steps", type=int, default=0)
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="one backbone, one recipe (smoke run)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cuda = torch.cuda.is_available()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if cuda else [])
+    backbones = BACKBONES[:1] if args.quick else BACKBONES
+    recipes = RECIPES[:1] if args.quick else RECIPES
+    print(
+        f"machine: {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
+        f"{'GPU ' + torch.cuda.get_device_name(0) if cuda else 'no CUDA GPU'}; torch {torch.__version__}"
+    )
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        for device in devices:
+            on_gpu = device.type == "cuda"
+            a = argparse.Namespace(**vars(args))
+            a.size = args.size or (12288 if on_gpu else 1536)
+            a.model_tiles = args.model_tiles or (2048 if on_gpu else 96)
+            a.repeats = args.repeats or (3 if on_gpu else 1)
+            a.train_steps = args.train_steps or (20 if on_gpu else 3)
+            slide = make_slide(tmp, a.size)
+            print(f"\ninference on {device.type}, slide {a.size}x{a.size} px (0.5 um/px, 224-px tiles, overlap 56):")
+            for backbone in backbones:
+                inference(backbone, device, a, tmp, slide)
+            slide.unlink()
+            if args.skip_train:
+                continue
+            from protoseg.data.synthetic.writers import write_bcss_dataset
+
+            root = tmp / "data"
+            if not root.exists():
+                write_bcss_dataset(root, n_train=args.train_images, n_val=4, n_test=4, size=224)
+            print(f"\nstage-1 training on {device.type}, 224-px patches, {args.train_images} images:")
+            for recipe in recipes:
+                training(recipe, device, a, root, tmp / device.type)
+    if not cuda:
+        print("\nCUDA not available on this machine: GPU figures skipped (CPU figures above).")
+
+
+if __name__ == "__main__":
+    main()
