@@ -1,11 +1,15 @@
-"""Latency of lazy prediction chunks (what napari waits for): cold (model runs) vs warm (LRU cache).
+"""Latency of lazy prediction chunks (what napari waits for) and the cost of an on-screen overlay.
 
-Run: ``python benchmarks/infer_lazy.py``. Prints the median cold latency of level-0 chunks, the
-cold latency of a neighbouring chunk (tiles shared through the cache), and warm latency.
+Run: ``python benchmarks/infer_lazy.py [--view 1920x1080]``. Prints the median cold latency of
+level-0 chunks, the cold latency of a neighbouring chunk (tiles shared through the cache), warm
+latency; then the cost of the overlay of one view at level 0 (fresh caches each time): whole
+chunks covering the view (512 and 256 px) and ``LazyPrediction.window`` (only the view's tiles),
+each against predicting exactly that box (``Predictor.predict_box``), in time and in tiles.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -18,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infer_common import make_checkpoint, make_slide, threads
 from protoseg.infer.lazy import LazyPrediction
 from protoseg.infer.predictor import Predictor
+from protoseg.slide import open_slide
 
 
 def timed(fn) -> float:
@@ -26,7 +31,46 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def overlay_cost(predictor: Predictor, slide: Path, view: tuple[int, int], rounds: int) -> None:
+    """Overlay of one view: chunks covering it, or the window, vs predicting exactly that box (interleaved)."""
+    vw, vh = view
+    x0, y0 = 37, 23  # an arbitrary, unaligned viewport position
+    box = (x0, y0, vw, vh)
+
+    def exact() -> None:
+        predictor.predict_box(predictor.geometry(open_slide(slide)), box)
+
+    def chunks(c: int):
+        def run() -> None:
+            lazy = LazyPrediction(predictor, str(slide), chunk=c)
+            lazy.read(0, y0, y0 + vh, x0, x0 + vw)
+
+        return run
+
+    def window() -> None:
+        LazyPrediction(predictor, str(slide)).window(x0, y0, x0 + vw, y0 + vh)
+
+    ways = {"exact box (predict_box)": exact, "chunks 512": chunks(512), "chunks 256": chunks(256), "window": window}
+    secs: dict[str, list[float]] = {k: [] for k in ways}
+    tiles: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            before = predictor.tiles_predicted
+            secs[name].append(timed(fn))
+            tiles[name] = predictor.tiles_predicted - before
+    base = statistics.median(secs["exact box (predict_box)"])
+    print(f"\non-screen overlay of a {vw}x{vh} view at level 0 (median of {rounds}, fresh caches):")
+    for name, v in secs.items():
+        m = statistics.median(v)
+        print(f"  {name:24s} {m:7.2f} s  {tiles[name]:5d} tiles  cost {m / base:.2f}x the exact box")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--view", default="1920x1080", help="viewport W x H in prediction pixels")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    view = tuple(int(v) for v in args.view.lower().split("x"))
     torch.set_num_threads(threads())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -45,6 +89,8 @@ def main() -> None:
         print(f"warm chunk (mask)     : {warm * 1e3:9.2f} ms")
         print(f"warm chunk (one class): {warm_other * 1e3:9.2f} ms")
         print(f"cold/warm ratio       : {cold_first / warm:9.0f}x; cache {lazy.cache.bytes / 2**20:.1f} MB")
+        big = make_slide(tmp, max(view) + 256) if max(view) + 256 > 1536 else slide
+        overlay_cost(predictor, big, view, args.rounds)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

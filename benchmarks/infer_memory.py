@@ -91,7 +91,8 @@ def main() -> None:
             r = rows[-1]
             print(
                 f"{label} {size}x{size}: {r['tiles']} tiles in {r['seconds']:.1f} s, "
-                f"baseline {r['baseline_mb']:.0f} MB, peak during prediction {r['peak_mb']:.0f} MB (+{r['peak_mb'] - r['baseline_mb']:.0f} MB)"
+                f"baseline {r['baseline_mb']:.0f} MB, peak during prediction {r['peak_mb']:.0f} MB "
+                f"(+{r['peak_mb'] - r['baseline_mb']:.0f} MB)"
             )
         a, b = rows
         print(f"{label}: peak RSS ratio for 4x area: {b['peak_mb'] / a['peak_mb']:.3f} (target < 1.3)")

@@ -46,6 +46,10 @@ FORBIDDEN: set[tuple[str, str]] = {
 }
 
 
+def _is_module(name: str) -> bool:
+    return (SRC / f"{name}.py").is_file() or (SRC / name / "__init__.py").is_file()
+
+
 def _top(module: str) -> str | None:
     parts = module.split(".")
     return parts[1] if parts[0] == "protoseg" and len(parts) > 1 else None
@@ -57,8 +61,8 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            if node.module == "protoseg":
-                found.update(f"protoseg.{a.name}" for a in node.names)
+            if node.module == "protoseg":  # `from protoseg import cams` names a module; `__version__` does not
+                found.update(f"protoseg.{a.name}" for a in node.names if _is_module(a.name))
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
     return found

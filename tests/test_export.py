@@ -131,9 +131,11 @@ def test_export_prediction_all_formats(tmp_path):
     with tifffile.TiffFile(tif) as t:
         assert len(t.series[0].levels) == pz.num_levels
         assert np.array_equal(t.series[0].levels[0].asarray(), mask0)
-    gj = export_prediction(out, "geojson", tmp_path / "s.geojson")
+    gj = export_prediction(out, "geojson", tmp_path / "s.geojson", simplify_um=0, min_area_um2=0)  # exact
     back = load_geojson_mask(gj, mask0.shape, CLASSES, factor=2.0)  # coordinates in level-0 slide px
     assert np.array_equal(back, mask0)
+    smooth = json.loads(export_prediction(out, "geojson", tmp_path / "d.geojson", min_area_um2=0).read_text())
+    assert 0 < len(smooth["features"]) and all(f["geometry"]["type"] == "Polygon" for f in smooth["features"])
     rows = list(csv.DictReader(export_prediction(out, "areas").open()))
     counts = np.bincount(mask0.ravel(), minlength=4)
     assert [int(r["pixels"]) for r in rows] == counts.tolist()

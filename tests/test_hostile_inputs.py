@@ -878,6 +878,10 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path: Path) -> No
     assert not os.path.exists(f"/proc/{sleeper.pid}")  # reaped: its stale lock is taken over
     assert _TinyTrainer.make(tmp_path, 1).fit().epochs_done == 1
     assert not lock.exists()
+    from protoseg.train.runstate import RunLock
+
+    with RunLock(tmp_path), pytest.raises(TrainingError, match="a training in this process is already writing"):
+        _TinyTrainer.make(tmp_path, 1).fit()  # e.g. a second GUI job: same pid, still refused
 
 
 # ==== damaged predictions: exports refuse them and say how to repair; the reader labels them (item 6) ========

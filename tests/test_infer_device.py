@@ -125,3 +125,20 @@ def test_cuda_defaults_amp_and_pinned_copy() -> None:
     np.testing.assert_allclose(p.predict_tiles(tiles), cpu.predict_tiles(tiles), atol=2e-2)  # bf16/fp16
     u8 = torch.arange(256, dtype=torch.uint8, device="cuda")
     np.testing.assert_array_equal(to_host(u8), np.arange(256, dtype=np.uint8))
+
+
+def test_lazy_window_computes_only_the_box_and_equals_chunks() -> None:
+    from protoseg.infer.lazy import LazyPrediction
+    from test_infer_fakes import Counting
+
+    slide = ArraySlide(smooth_image(150, 170, seed=7), mpp=0.5)
+    model = Counting(SmoothModel())
+    p = Predictor(model, classes=CLASSES, mpp=0.5, tile_size=32, overlap=8, batch_size=4, device="cpu")
+    lazy = LazyPrediction(p, slide, chunk=64)
+    box = (30, 20, 101, 77)  # x0, y0, x1, y1: the "viewport", across chunk borders
+    win = lazy.window(*box)
+    grid = lazy.layout.geom.grid
+    assert model.tiles == len(grid.tiles_for_box((30, 20, 71, 57)))  # the box's tiles, not its chunks' tiles
+    probs, mask = lazy.read(0, 20, 77, 30, 101)  # the same pixels through whole chunks
+    np.testing.assert_array_equal(win.probs, probs)
+    np.testing.assert_array_equal(win.mask, mask)

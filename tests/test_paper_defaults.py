@@ -293,3 +293,16 @@ def test_rebuild_from_model_config_keeps_stride_and_decoder_without_weights():
     assert again.backbone.reductions == (4, 8, 16, 16)
     old = {k: v for k, v in plain.items() if k not in ("output_stride", "pixel_decoder_dim")}
     assert build_model(old).backbone.reductions == (4, 8, 16, 32)  # checkpoints from before keep stride 32
+
+
+def test_hub_probe_is_quick_offline_and_trusts_proxies(monkeypatch):
+    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(key, raising=False)
+
+    def refuse(*args, **kwargs):
+        raise OSError("no route")
+
+    monkeypatch.setattr(bb.socket, "create_connection", refuse)
+    assert bb.hub_reachable() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert bb.hub_reachable() is True

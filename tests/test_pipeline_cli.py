@@ -123,6 +123,8 @@ def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest
     )
     masks = sorted((run / "pseudo" / "mask").glob("*.png"))
     assert len(masks) == 64 and len(list((run / "pseudo" / "conf").glob("*.png"))) == 64
+    marker = json.loads((run / "pseudo" / ".protoseg-output.json").read_text())
+    assert marker["kind"] == "pseudo-masks" and len(marker["checkpoint_sha256"]) == 64
 
     assert (
         main(
@@ -149,12 +151,29 @@ def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest
     metrics2 = _json_line(capsys.readouterr().out)
     assert main(["eval", "--checkpoint", str(ckpt1), "--data", str(dataset), "--use-labels", "--json", *COMMON]) == 0
     metrics1 = _json_line(capsys.readouterr().out)
+    assert main(["eval", "--checkpoint", str(ckpt1), "--data", str(dataset), "--json", *COMMON]) == 0
+    free1 = _json_line(capsys.readouterr().out)  # label-free stage-1 prediction (the Predictor path)
     chance = _chance_miou(dataset)
-    for key in ("mIoU", "FwIoU", "Dice", "bIoU", "IoU_TUM"):
+    for key in ("mIoU", "FwIoU", "Dice", "bIoU", "IoU_TUM", "coverage"):
         assert key in metrics2
-    print(f"chance {chance:.3f} stage1 {metrics1['mIoU']:.3f} stage2 {metrics2['mIoU']:.3f}")
+    assert metrics1["protocol"] == metrics2["protocol"] == free1["protocol"] == "pbip"
+    print(
+        f"chance {chance:.3f} pseudo-masks {metrics1['mIoU']:.3f} stage1 label-free {free1['mIoU']:.3f} "
+        f"stage2 {metrics2['mIoU']:.3f}"
+    )
     assert metrics1["mIoU"] > 2.0 * chance, (metrics1, chance)
     assert metrics2["mIoU"] > 1.8 * chance, (metrics2, chance)
+    # issue 10 acceptance (same split, same protocol): pseudo-masks >= label-free prediction; stage 2 >=
+    # its stage 1; no tissue class collapses in the pseudo-masks
+    assert metrics1["mIoU"] >= free1["mIoU"], (metrics1, free1)
+    assert metrics2["mIoU"] >= free1["mIoU"], (metrics2, free1)
+    for name in ("TUM", "STR", "LYM", "NEC"):
+        assert metrics1.get(f"IoU_{name}", 0.0) >= 0.8 * free1.get(f"IoU_{name}", 0.0), (name, metrics1, free1)
+    assert metrics1["coverage"] > 0.9  # uncertain pixels are ignored, but few
+    args = ["eval", "--checkpoint", s2["best"], "--data", str(dataset), "--json", "--protocol", "tissue", *COMMON]
+    assert main(args) == 0
+    tissue2 = _json_line(capsys.readouterr().out)
+    assert tissue2["protocol"] == "tissue" and "IoU_background" not in tissue2
 
 
 def test_resume_continues_from_checkpoint(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

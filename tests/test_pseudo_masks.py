@@ -123,3 +123,26 @@ def test_stage2_refuses_unmarked_or_other_samples(tmp_path: Path) -> None:
     out = export_pseudo_masks(_checkpoint(0), ds, tmp_path / "pseudo", _cfg())
     with pytest.raises(PseudoMaskError, match="other training patches"):
         PseudoMaskDataset(_dataset(tmp_path / "other", folders=("z",), n=2), out)
+
+
+def test_validation_scores_exactly_the_exported_masks(tmp_path: Path) -> None:
+    from protoseg.data.masks import load_mask, save_palette_mask
+    from protoseg.metrics import ConfusionMatrix
+    from protoseg.train.evaluation import evaluate_pseudo, flat_metrics
+
+    ds = _dataset(tmp_path / "data", n=4)
+    rng = np.random.default_rng(1)
+    records = []
+    for rec in ds.records:  # give each patch a ground-truth mask
+        gt = rng.integers(0, 4, (SIZE, SIZE))
+        save_palette_mask(rec.image.with_suffix(".mask.png"), gt, CLASSES)
+        records.append(PatchRecord(image=rec.image, name=rec.name, mask=rec.image.with_suffix(".mask.png")))
+    ds = PatchDataset(records, CLASSES)
+    ckpt = _checkpoint(0)
+    out = export_pseudo_masks(ckpt, ds, tmp_path / "pseudo", _cfg())
+    cm = ConfusionMatrix(4, background_index=3, class_names=[*CLASSES.names, CLASSES.background_name])
+    for rec in records:
+        exported = np.asarray(Image.open(out / "mask" / f"{rec.name}.png")).astype(np.int64)
+        cm.update(exported, load_mask(rec.mask, CLASSES))
+    validated = evaluate_pseudo(ckpt.build_model(), ds, CLASSES, _cfg(), torch.device("cpu"))
+    assert validated == pytest.approx(flat_metrics(cm.compute()))

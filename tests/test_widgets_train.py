@@ -125,6 +125,11 @@ def test_train_stage1_and_stage2_with_live_curve(
     assert widget.bar.value() == widget.bar.maximum() == 3  # stage 2 finished its 3 steps
     assert widget.start_btn.isEnabled() and not widget.cancel_btn.isEnabled()
 
+    # the two stages in separate panels, each on its own step axis; the score explained
+    assert widget.plot._lines["loss:stage1"].axes is widget.plot.axes["stage1"]
+    assert widget.plot._lines["loss:stage2"].axes is widget.plot.axes["stage2"]
+    assert "validation split" in widget.result.text() and "mIoU" in widget.result.text()
+
     img = widget_screenshot(viewer, "train")
     assert img.std() > 10
 
@@ -193,3 +198,28 @@ def test_train_on_tagged_regions_and_form_errors(
     widget.start_btn.click()
     assert "output folder" in widget.status.text()
     settle(0.1)
+
+
+def test_preset_and_weights_fill_the_form(make_napari_viewer) -> None:
+    from protoseg.napari.widgets.train import NO_PRESET, TrainWidget, available_presets, preset_config
+
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    names = available_presets()
+    assert widget.preset.itemText(0) == NO_PRESET and widget.preset.count() == 1 + len(names)
+    widget.weights.setCurrentText("random init")
+    assert widget.weights_value() is None
+    widget.weights.setCurrentText("/models/resnet18.pth")  # a weights file typed in
+    assert widget.weights_value() == "/models/resnet18.pth"
+    if not names:  # protoseg.presets absent: the dock still works without it
+        return
+    widget.preset.setCurrentText(names[0])
+    cfg = preset_config(names[0])
+    assert widget.recipe.currentText() == cfg.stage1.recipe.value and widget.epochs.value() == cfg.stage1.epochs
+    assert widget.backbone.currentText() == cfg.model.backbone and widget.weights_value() == cfg.model.weights
+    widget.out.setText("/tmp/run")
+    widget.source.setCurrentText("Dataset folder")
+    widget.folder.setText("/tmp/data")
+    built = widget.build_config()
+    assert built.stage1.recipe == cfg.stage1.recipe and built.stage1.lr == cfg.stage1.lr
+    assert built.stage1.pseudo == cfg.stage1.pseudo and built.model.backbone == cfg.model.backbone

@@ -34,7 +34,7 @@ def open_sample(viewer):
 
 
 def widget_screenshot(viewer, name: str, max_width: int = 960) -> np.ndarray:
-    """Whole-window screenshot (canvas + docked widgets) saved small as DOC_IMAGES/widget_<name>.png."""
+    """Whole-window screenshot (canvas + docked widgets) saved small as DOC_IMAGES/widget_<name>.jpg."""
     from PIL import Image
 
     settle(1.0)
@@ -43,9 +43,9 @@ def widget_screenshot(viewer, name: str, max_width: int = 960) -> np.ndarray:
     if pil.width > max_width:
         pil = pil.resize((max_width, round(pil.height * max_width / pil.width)), Image.Resampling.LANCZOS)
     DOC_IMAGES.mkdir(parents=True, exist_ok=True)
-    path = DOC_IMAGES / f"widget_{name}.png"
-    pil.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
-    assert path.stat().st_size < 300_000, f"{path} is {path.stat().st_size} bytes; keep doc images small"
+    path = DOC_IMAGES / f"widget_{name}.jpg"
+    pil.save(path, quality=80, optimize=True)
+    assert path.stat().st_size < 200_000, f"{path} is {path.stat().st_size} bytes; keep doc images small"
     return img
 
 

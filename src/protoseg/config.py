@@ -143,7 +143,8 @@ class LpdConfig:
 
 @dataclass(frozen=True)
 class PsclConfig:
-    """PSCL add-on: pixel supervised-contrastive loss on stage-3 features with CAM pseudo-labels."""
+    """PSCL add-on: pixel supervised-contrastive loss with CAM pseudo-labels, on stage-3 features or on a
+    light FPN pixel decoder over stages 2-4 (``decoder``; on in the pscl-bcss preset)."""
 
     weight: float = 0.1
     tau: float = 0.25

@@ -19,6 +19,8 @@ def _build(args: argparse.Namespace) -> int:
         extra.append(f"bank.k={args.k}")
     if args.n is not None:
         extra.append(f"bank.n_per_cluster={args.n}")
+    if args.encoder_size is not None:
+        extra.append(f"bank.encoder.input_size={args.encoder_size}")
     cfg = config_from_args(args, extra)
     bank = build_bank_from_config(cfg, args.out, overwrite=args.overwrite)
     print(json.dumps(_summary(bank, args.out)))
@@ -30,6 +32,7 @@ def _summary(bank, folder) -> dict:
     return {
         "folder": str(folder),
         "encoder": bank.encoder_id,
+        "encoder_input_size": bank.encoder_input_size,
         "k": bank.k,
         "dim": bank.dim,
         "members": len(bank),
@@ -59,7 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--encoder", choices=["descriptor", "open_clip", "timm"], help="bank.encoder.kind")
     b.add_argument("--k", type=int_at_least(1), help="sub-clusters per class (default 3)")
     b.add_argument("--n", type=int_at_least(1), help="members kept per sub-cluster (default 100)")
+    b.add_argument(
+        "--encoder-size",
+        type=int_at_least(16),
+        metavar="PX",
+        help="side the encoder resizes patches to (recorded in the bank; training at any patch size reuses it; "
+        "default: the patch size for the descriptor, the model's own for open_clip/timm)",
+    )
     b.set_defaults(func=_build)
     s = cmds.add_parser("show", help="summarise a bank folder")
-    s.add_argument("folder")
+    s.add_argument("folder", help="bank folder (holds manifest.json)")
     s.set_defaults(func=_show)

@@ -26,9 +26,9 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint against ground-truth masks")
     add_config_args(p)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint .pt written by `protoseg train`")
     p.add_argument("--data", help="dataset folder with val/ or test/ masks")
-    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--split", default="test", choices=["val", "test"], help="which masks to score (default test)")
     p.add_argument(
         "--use-labels", action="store_true", help="stage 1: gate CAMs with the image-level labels (pseudo-mask quality)"
     )

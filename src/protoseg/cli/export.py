@@ -6,18 +6,40 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from protoseg.export import ExportFormat
+    from protoseg.export import DEFAULT_MIN_AREA_UM2, DEFAULT_SIMPLIFY_UM, ExportFormat
 
     e = subparsers.add_parser(
         "export",
         help="export a prediction (OME-Zarr) as OME-TIFF mask, QuPath GeoJSON, area table or OME-Zarr copy",
     )
     e.add_argument("zarr", metavar="ZARR", help="prediction folder written by `protoseg predict`")
-    e.add_argument("--format", "-f", required=True, choices=[f.value for f in ExportFormat])
+    e.add_argument(
+        "--format",
+        "-f",
+        required=True,
+        choices=[f.value for f in ExportFormat],
+        help="geojson: QuPath objects; ome-tiff: class mask pyramid; areas: mm² per class (CSV); ome-zarr: copy",
+    )
     e.add_argument("--out", "-o", default=None, help="output file (default: next to ZARR)")
     e.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an export protoseg wrote")
     e.add_argument(
         "--level", type=int, default=None, help="pyramid level to export (default: 0; GeoJSON: finest that fits)"
+    )
+    e.add_argument(
+        "--simplify",
+        type=float,
+        default=DEFAULT_SIMPLIFY_UM,
+        metavar="UM",
+        help=f"GeoJSON: smooth pixel staircases with this tolerance in µm, 0 = exact pixel outlines "
+        f"(default {DEFAULT_SIMPLIFY_UM:g})",
+    )
+    e.add_argument(
+        "--min-area",
+        type=float,
+        default=DEFAULT_MIN_AREA_UM2,
+        metavar="UM2",
+        help=f"GeoJSON: drop objects and fill holes smaller than this many µm², 0 = keep all "
+        f"(default {DEFAULT_MIN_AREA_UM2:g})",
     )
     e.set_defaults(func=run_export)
 
@@ -25,6 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from protoseg.export import export_prediction
 
-    path = export_prediction(args.zarr, args.format, args.out, level=args.level, overwrite=args.overwrite)
+    path = export_prediction(
+        args.zarr,
+        args.format,
+        args.out,
+        level=args.level,
+        overwrite=args.overwrite,
+        simplify_um=args.simplify,
+        min_area_um2=args.min_area,
+    )
     print(path)
     return 0

@@ -36,5 +36,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset folder")
     p.add_argument("--out", help="output folder (default RUN/pseudo); re-exported whole when the checkpoint changes")
     p.add_argument("--overwrite", action="store_true", help="replace an --out folder that protoseg did not write")
-    p.add_argument("--device")
+    p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=_run)

@@ -75,13 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write synthetic H&E data with known ground truth")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     d = kinds.add_parser("dataset", help="patches in the BCSS-WSSS layout (train names carry labels; val/test masks)")
-    d.add_argument("out")
-    d.add_argument("--n-train", type=int_at_least(1), default=200)
-    d.add_argument("--n-val", type=int_at_least(0), default=40)
-    d.add_argument("--n-test", type=int_at_least(0), default=40)
+    d.add_argument("out", help="dataset folder to write (train/, val/, test/)")
+    d.add_argument("--n-train", type=int_at_least(1), default=200, help="training patches (default 200)")
+    d.add_argument("--n-val", type=int_at_least(0), default=40, help="validation patches with masks (default 40)")
+    d.add_argument("--n-test", type=int_at_least(0), default=40, help="test patches with masks (default 40)")
     d.add_argument("--size", type=int_at_least(16), default=224, help="patch size in pixels")
-    d.add_argument("--mpp", type=positive_float, default=0.5)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--mpp", type=positive_float, default=0.5, help="microns per pixel written in the names (0.5)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
     d.add_argument("--overwrite", action="store_true", help="replace OUT even if protoseg did not write it")
     d.set_defaults(func=_dataset)
     # unset options take the sample slide's values (protoseg.data.synthetic.SAMPLE_SLIDE), read only when run
@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a small pyramidal TIFF section with its mask (<stem>_mask.png); "
         "the defaults make the plugin's sample slide",
     )
-    s.add_argument("out")
+    s.add_argument("out", help="slide file to write (.tif pyramidal TIFF)")
     s.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the sample slide's)")
     s.add_argument("--mpp", type=positive_float, default=None, help="microns per pixel (default: the sample slide's)")
     s.add_argument("--seed", type=int, default=None, help="random seed (default: the sample slide's)")

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from protoseg.cli.args import int_at_least
+from protoseg.cli.args import int_at_least, positive_float
 from protoseg.cli.common import ProgressBar, add_config_args, config_from_args
 from protoseg.config import AddOn, Recipe
 from protoseg.presets import list_presets
@@ -29,6 +29,12 @@ def _shortcuts(args: argparse.Namespace) -> list[str]:
         out.append(f"bank.path={args.bank}")
     if args.epochs is not None:
         out.append(f"{args.stage}.epochs={args.epochs}")
+    if args.lr is not None:
+        out.append(f"{args.stage}.lr={args.lr}")
+    if args.batch_size is not None:
+        out.append(f"data.batch_size={args.batch_size}")
+    if args.patch_size is not None:
+        out.append(f"data.patch_size={args.patch_size}")
     if args.device:
         out.append(f"run.device={args.device}")
     return out
@@ -72,11 +78,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         s.add_argument("--data", help="dataset folder (BCSS-WSSS, LUAD-HistoSeg or generic layout)")
         s.add_argument("--out", help="run folder (checkpoints go to OUT/stage1 or OUT/stage2)")
-        s.add_argument("--epochs", type=int_at_least(1))
+        s.add_argument("--epochs", type=int_at_least(1), help=f"training epochs ({stage}.epochs)")
+        s.add_argument("--lr", type=positive_float, help=f"learning rate ({stage}.lr)")
+        s.add_argument("--batch-size", type=int_at_least(1), help="patches per step (data.batch_size)")
+        s.add_argument(
+            "--patch-size",
+            type=int_at_least(16),
+            metavar="PX",
+            help="training patch side in pixels (data.patch_size); an image bank built at another size still works",
+        )
         s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
         s.add_argument("--resume", action="store_true", help="continue from OUT/<stage>/last.pt")
         if stage == "stage1":
-            s.add_argument("--recipe", choices=[r.value for r in Recipe])
+            s.add_argument(
+                "--recipe",
+                choices=[r.value for r in Recipe],
+                help="cam: plain class activation maps; pbip: image-bank prototypes; lpd: learnable prototypes",
+            )
             s.add_argument("--addons", help="comma-separated add-on losses: " + ", ".join(a.value for a in AddOn))
             s.add_argument("--bank", help="image bank folder (PBIP; built from the training set when absent)")
         else:

@@ -14,7 +14,14 @@ from pathlib import Path
 
 from protoseg.export.areas import AreaRow, class_areas, count_classes, read_area_csv, write_area_csv
 from protoseg.export.errors import ExportError
-from protoseg.export.geojson import class_polygons, load_geojson_mask, mask_to_geojson, write_geojson
+from protoseg.export.geojson import (
+    DEFAULT_MIN_AREA_UM2,
+    DEFAULT_SIMPLIFY_UM,
+    class_polygons,
+    load_geojson_mask,
+    mask_to_geojson,
+    write_geojson,
+)
 from protoseg.export.ometiff import write_mask_ometiff
 from protoseg.export.omezarr import copy_prediction
 from protoseg.export.replace import check_file_output, write_file_export
@@ -63,8 +70,13 @@ def export_prediction(
     out: str | os.PathLike[str] | None = None,
     level: int | None = None,
     overwrite: bool = False,
+    simplify_um: float = DEFAULT_SIMPLIFY_UM,
+    min_area_um2: float = DEFAULT_MIN_AREA_UM2,
 ) -> Path:
     """Export a finished batch prediction folder; returns the written file (or folder, for OME-Zarr).
+
+    GeoJSON: one QuPath object per connected region, outlines simplified with tolerance ``simplify_um``
+    (µm), objects and holes under ``min_area_um2`` (µm²) dropped; 0 and 0 give exact pixel outlines.
 
     An unfinished or damaged prediction (unmarked chunks in ``done``, missing or unreadable chunk files)
     raises ``ExportError`` naming the chunk and the repair. ``out`` is replaced only when it is an export
@@ -75,12 +87,14 @@ def export_prediction(
 
     fmt = export_format(fmt)
     try:
-        return _export(open_prediction(zarr_path), zarr_path, fmt, out, level, overwrite)
+        return _export(open_prediction(zarr_path), zarr_path, fmt, out, level, overwrite, (simplify_um, min_area_um2))
     except OutputError as exc:
         raise ExportError(str(exc)) from exc
 
 
-def _export(pred, zarr_path, fmt: ExportFormat, out, level: int | None, overwrite: bool) -> Path:
+def _export(
+    pred, zarr_path, fmt: ExportFormat, out, level: int | None, overwrite: bool, shape_opts: tuple[float, float]
+) -> Path:
     from protoseg.infer.omezarr import CheckedArray, check_finished
 
     check_finished(pred)
@@ -113,11 +127,22 @@ def _export(pred, zarr_path, fmt: ExportFormat, out, level: int | None, overwrit
                 level,
                 2**level,
             )
-    collection = mask_to_geojson(mask(level)[...], pred.classes, factor=pred.scale * 2**level)
+    factor = pred.scale * 2**level
+    level_mpp = pred.level_mpp(level)
+    collection = mask_to_geojson(
+        mask(level)[...],
+        pred.classes,
+        factor=factor,
+        mpp=level_mpp / factor if level_mpp else None,
+        simplify_um=shape_opts[0],
+        min_area_um2=shape_opts[1],
+    )
     return write_file_export(out, fmt.value, lambda tmp: write_geojson(collection, tmp), overwrite)
 
 
 __all__ = [
+    "DEFAULT_MIN_AREA_UM2",
+    "DEFAULT_SIMPLIFY_UM",
     "AreaRow",
     "ExportError",
     "ExportFormat",

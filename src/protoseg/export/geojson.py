@@ -75,9 +75,19 @@ def _component_polygons(binary: np.ndarray, min_pixels: int, min_hole_pixels: fl
         areas = [abs(_signed_area(r)) for r in rings]
         outer = int(np.argmax(areas))
         holes = [r for j, r in enumerate(rings) if j != outer and areas[j] >= min_hole_pixels]
-        poly = shapely.Polygon(rings[outer], holes)
-        out.extend(_valid_parts(poly))
+        parts = _valid_parts(shapely.Polygon(rings[outer], holes))
+        if min_hole_pixels > 0:  # repairs turn pockets pinched off the outline into holes: filter them too
+            parts = [_without_small_holes(p, min_hole_pixels) for p in parts]
+        out.extend(parts)
     return out
+
+
+def _without_small_holes(poly: Any, min_area: float) -> Any:
+    """``poly`` with the interior rings smaller than ``min_area`` filled."""
+    import shapely
+
+    keep = [r for r in poly.interiors if shapely.Polygon(r).area >= min_area]
+    return poly if len(keep) == len(poly.interiors) else shapely.Polygon(poly.exterior, keep)
 
 
 def _valid_parts(geom: Any) -> list[Any]:

@@ -16,7 +16,7 @@ import numpy as np
 from protoseg.infer.cache import ByteLRU
 from protoseg.infer.chunks import DEFAULT_CHUNK, SlideChunks, TissueLike
 from protoseg.infer.predictor import Predictor
-from protoseg.infer.pyramid import ChunkData, chunk_from_finer
+from protoseg.infer.pyramid import ChunkData, chunk_from_finer, chunk_from_scores
 from protoseg.infer.reader import SlideLike
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,25 @@ class LazyPrediction:
         if not 0 <= level < len(self.levels):
             raise IndexError(f"level {level} out of range 0..{len(self.levels) - 1}")
         return self.cache.get(("chunk", level, cy, cx), lambda: self._compute(level, cy, cx))
+
+    def window(self, x0: int, y0: int, x1: int, y1: int) -> ChunkData:
+        """Level-0 scores and mask of exactly the box [x0, x1) x [y0, y1), e.g. the viewport.
+
+        Only the tiles under the box are computed (through the tile cache that chunks share), so an
+        on-screen overlay costs what predicting that box costs, not the whole chunks around it; the
+        values equal the level-0 chunks there bit for bit (same tiles, same blending order).
+        """
+        lay = self.layout
+        x0, y0 = max(0, int(x0)), max(0, int(y0))
+        x1, y1 = min(lay.width, int(x1)), min(lay.height, int(y1))
+        if x1 <= x0 or y1 <= y0:
+            raise IndexError(
+                f"window {(x0, y0, x1, y1)} lies outside the level-0 prediction ({lay.width}x{lay.height})"
+            )
+        box = (x0, y0, x1 - x0, y1 - y0)
+        indices = lay.geom.grid.tiles_for_box(box)
+        tiles = self.cache.get_many([("tile", i) for i in indices], self._tiles)
+        return chunk_from_scores(self.predictor.blend_box(lay.geom, box, dict(zip(indices, tiles))))
 
     def cached_chunk(self, level: int, cy: int, cx: int) -> ChunkData | None:
         """The chunk (level, row, col) if it is in the cache, else None; never runs the model."""

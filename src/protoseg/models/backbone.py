@@ -156,6 +156,8 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     client's retries (about a minute) on a machine without network."""
     from huggingface_hub import constants
 
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct probe says nothing; let the download try
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         with socket.create_connection((host, 443), timeout=timeout):

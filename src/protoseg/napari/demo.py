@@ -21,11 +21,11 @@ logger = logging.getLogger(__name__)
 class DemoSettings:
     """A CPU-sized run: a few minutes on 2 cores (PBIP stage 1, pseudo-masks, stage 2; random-init ResNet-18)."""
 
-    n_train: int = 160
+    n_train: int = 112
     n_val: int = 16
     patch: int = 96
-    epochs: int = 3
-    epochs2: int = 3  # stage 2 on the pseudo-masks: dense masks for the overlays
+    epochs: int = 2
+    epochs2: int = 2  # stage 2 on the pseudo-masks: dense masks for the overlays
     batch: int = 16
     lr: float = 1e-3
     backbone: str = "resnet18"
@@ -53,13 +53,21 @@ def save_screenshot(viewer, path: Path, canvas_only: bool = False) -> Path:
     return path
 
 
+def zoom_to_model_resolution(viewer, overlay, slide_layer) -> None:
+    """Zoom into the slide's centre until the overlay is drawn at the model's resolution (one prediction
+    pixel per screen pixel): the overlays are computed for what is on screen at that zoom."""
+    extent = np.asarray(slide_layer.extent.world, dtype=np.float64)[:, -2:]
+    camera = getattr(viewer, "scene", viewer).camera  # napari 0.9: viewer.scene.camera
+    camera.center = tuple((extent[0] + extent[1]) / 2)
+    camera.zoom = 1.0 / float(np.asarray(overlay.scale)[-1])
+
+
 def open_sample(viewer):
     """Add the sample slide (via the plugin reader) and show a µm scale bar."""
     from protoseg.napari.sample import sample_slide_path
 
     layers = viewer.open(str(sample_slide_path()), plugin="protoseg")
     viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
     viewer.reset_view()
     return layers[0]
 
@@ -78,6 +86,7 @@ def _configure_training(train, data: Path, out: Path, s: DemoSettings) -> None:
     train.folder.setText(str(data))
     train.recipe.setCurrentText(s.recipe)
     train.backbone.setCurrentText(s.backbone)
+    train.set_weights(None)  # random init: nothing to download
     train.epochs.setValue(s.epochs)
     train.batch.setValue(s.batch)
     train.lr.setValue(s.lr)
@@ -139,9 +148,11 @@ def run_demo(
     if train.outcome is None or not predict.overlays:
         raise RuntimeError(f"demo training did not produce overlays: {train.status.text()}")
     predict.set_visible_class(0)
-    dock = viewer.window._dock_widgets.get("Predict")
+    dock = viewer.window.dock_widgets.get("Predict")
     if dock is not None:
-        dock.raise_()
+        dock.parent().raise_()
+    zoom_to_model_resolution(viewer, predict.overlays[-1], slide_layer)
+    _settle(viewer, 0.5)  # the Predict widget sees the new view and queues the chunks on screen
     if predict.scheduler is not None:
         deadline = time.monotonic() + 300
         while not predict.scheduler.wait_idle(0.2) and time.monotonic() < deadline:

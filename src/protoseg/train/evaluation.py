@@ -39,6 +39,13 @@ def _matrix(classes: ClassSpec, boundary: bool) -> ConfusionMatrix:
     )
 
 
+def _report(cm: ConfusionMatrix, classes: ClassSpec, protocol: Protocol) -> dict[str, float]:
+    out = flat_metrics(cm.compute())
+    if Protocol(protocol) is Protocol.TISSUE:  # no ground-truth background: its IoU means nothing
+        out.pop(f"IoU_{classes.background_name}", None)
+    return out
+
+
 def background_mask(images: torch.Tensor, rules: PseudoLabelConfig) -> torch.Tensor | None:
     """Glass background (B, H, W) of [0, 1] images under ``rules`` (None when ``rules.glass`` is off)."""
     if not rules.glass:
@@ -88,7 +95,7 @@ def evaluate_pseudo(
             pred, _ = pseudo_masks(net, x, y, cfg)
             target = apply_protocol(batch["mask"].numpy(), protocol, classes.background_index)
             cm.update(pred.cpu().numpy(), target)
-    return flat_metrics(cm.compute())
+    return _report(cm, classes, protocol)
 
 
 def evaluate_segmentation(
@@ -111,4 +118,4 @@ def evaluate_segmentation(
             probs = model.predict(x, flip_tta=tta) if tta else model.predict(x)
             target = apply_protocol(batch["mask"].numpy(), protocol, classes.background_index)
             cm.update(probs.argmax(1).cpu().numpy(), target)
-    return flat_metrics(cm.compute())
+    return _report(cm, classes, protocol)

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 LOCK = ".protoseg-train.lock"
 METRICS = "metrics.jsonl"
+_HELD: set[Path] = set()  # locks held by this process (two threads, e.g. two GUI jobs, share a pid)
 
 
 def capture_rng(generator: torch.Generator | None) -> dict[str, Any]:
@@ -73,6 +74,11 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.resolve() in _HELD:
+            raise TrainingError(
+                f"a training in this process is already writing to {self.path.parent}; wait for it to finish "
+                "or choose another output folder."
+            )
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(2):
             try:
@@ -83,6 +89,7 @@ class RunLock:
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held = True
+            _HELD.add(self.path.resolve())
             return self
         raise TrainingError(f"cannot take the training lock {self.path}; delete it if no training is running")
 
@@ -102,6 +109,7 @@ class RunLock:
 
     def release(self) -> None:
         if self.held:
+            _HELD.discard(self.path.resolve())
             self.path.unlink(missing_ok=True)
             self.held = False
 

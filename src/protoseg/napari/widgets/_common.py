@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
-from qtpy.QtCore import QObject, QTimer
+from qtpy.QtCore import QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -255,6 +255,7 @@ def scroll_layout(widget: QWidget) -> QVBoxLayout:
     area = QScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # contents follow the dock's width
     inner = QWidget()
     area.setWidget(inner)
     outer = QVBoxLayout(widget)

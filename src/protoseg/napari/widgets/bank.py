@@ -338,7 +338,7 @@ class BankWidget(QWidget):
         mpp = float(np.median(mpps)) if mpps else None
 
         def work(report: Any, cancel: Any) -> ImageBank:
-            encoder, handle, out = encoder_for_bank(bank.encoder_id), open_slide(path), bank
+            encoder, handle, out = encoder_for_bank(bank), open_slide(path), bank
             try:
                 for n, box in enumerate(boxes):
                     check_cancelled(cancel, "adding prototypes")

@@ -505,7 +505,7 @@ class PredictWidget(QWidget):
             return run_batch(predictor, path, out, report=report, cancel=cancel, **kwargs)
 
         self.outcome = None
-        self.bar.setValue(0)
+        self.bar.setRange(0, 0)  # busy at once, while the model loads; the first chunk gives the real range
         self.batch_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.status.ok(f"predicting the whole slide into {out} …")

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from protoseg.config import AddOn, ProtosegConfig, Recipe
+from protoseg.errors import ProtosegError
 from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.widgets._common import (
     DEVICES,
@@ -51,29 +52,38 @@ BACKBONES = ("resnet18", "pvt_v2_b0", "pvt_v2_b1", "resnet50", "convnext_tiny")
 COLOURS = {"stage1": "#4c9be8", "stage2": "#f0a04b"}
 
 
+STAGES = ("stage1", "stage2")
+STAGE_TITLES = {"stage1": "stage 1: classification (CAMs)", "stage2": "stage 2: segmentation"}
+
+
 class LossPlot(QWidget):
-    """Live loss curve (per stage) and validation mIoU points; redraws at most ``max_fps`` times a second."""
+    """Live loss curve and validation mIoU points, one panel per stage (each stage counts its own steps);
+    redraws at most ``max_fps`` times a second."""
 
     def __init__(self, max_fps: float = 5.0, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(4, 2.4), facecolor="#262930")
-        fig.subplots_adjust(left=0.14, right=0.86, bottom=0.2, top=0.95)
+        fig = Figure(figsize=(4, 3.2), facecolor="#262930")
+        fig.subplots_adjust(left=0.14, right=0.86, bottom=0.12, top=0.93, hspace=0.6)
         self.canvas = FigureCanvasQTAgg(fig)
-        self.canvas.setMinimumHeight(170)
-        self.ax = fig.add_subplot()
-        self.ax_val = self.ax.twinx()
-        for ax in (self.ax, self.ax_val):
-            ax.set_facecolor("#262930")
-            ax.tick_params(colors="#d0d0d0", labelsize=7)
-            for spine in ax.spines.values():
-                spine.set_color("#808080")
-        self.ax.set_xlabel("step", color="#d0d0d0", fontsize=8)
-        self.ax.set_ylabel("loss", color="#d0d0d0", fontsize=8)
-        self.ax_val.set_ylabel("val mIoU", color="#e06c6c", fontsize=8)
-        self.ax_val.set_ylim(0, 1)
+        self.canvas.setMinimumHeight(220)
+        self.axes = {stage: fig.add_subplot(2, 1, i + 1) for i, stage in enumerate(STAGES)}
+        self.val_axes = {stage: ax.twinx() for stage, ax in self.axes.items()}
+        for stage, ax in self.axes.items():
+            for a in (ax, self.val_axes[stage]):
+                a.set_facecolor("#262930")
+                a.tick_params(colors="#d0d0d0", labelsize=7)
+                for spine in a.spines.values():
+                    spine.set_color("#808080")
+            ax.set_title(STAGE_TITLES[stage], color=COLOURS[stage], fontsize=8, pad=3)
+            ax.set_xlabel(f"{stage} step", color="#d0d0d0", fontsize=7, labelpad=1)
+            ax.set_ylabel("loss", color="#d0d0d0", fontsize=7)
+            self.val_axes[stage].set_ylabel("val mIoU", color="#e06c6c", fontsize=7)
+        self.ax = self.axes["stage1"]  # stage 1's panel (kept for callers of the single-panel plot)
+        for ax in self.val_axes.values():
+            ax.set_ylim(0, 1)  # mIoU is a fraction: a fixed scale reads the same in both panels
         self.interval = 1.0 / max_fps
         self.losses: dict[str, tuple[list[int], list[float]]] = {}
         self.val: dict[str, tuple[list[int], list[float]]] = {}
@@ -90,8 +100,6 @@ class LossPlot(QWidget):
         for line in self._lines.values():
             line.remove()
         self._lines = {}
-        if self.ax.get_legend() is not None:
-            self.ax.get_legend().remove()
         self.redraw()
 
     def add(self, event: TrainEvent) -> None:
@@ -119,25 +127,72 @@ class LossPlot(QWidget):
         ]:
             kind, stage = key.split(":")
             if key not in self._lines:
-                ax = self.ax if kind == "loss" else self.ax_val
+                panel = stage if stage in self.axes else "stage1"
+                ax = self.axes[panel] if kind == "loss" else self.val_axes[panel]
                 style = {"lw": 1.2} if kind == "loss" else {"ls": "none", "marker": "o", "ms": 4, "mfc": "#e06c6c"}
                 self._lines[key] = ax.plot(
                     [], [], color=COLOURS.get(stage, "#c0c0c0"), label=f"{kind} {stage}", **style
                 )[0]
-                self.ax.legend(
-                    handles=list(self._lines.values()),
-                    fontsize=6,
-                    loc="upper right",
-                    facecolor="#262930",
-                    labelcolor="#d0d0d0",
-                    edgecolor="#808080",
-                )
             self._lines[key].set_data(xs, ys)
-        self.ax.relim()
-        self.ax.autoscale_view()
+        for ax in self.axes.values():
+            ax.relim()
+            ax.autoscale_view()
         self.canvas.draw_idle()
         self._last_draw = time.perf_counter()
         self.redraws += 1
+
+
+NO_PRESET = "(protoseg defaults)"
+#: Backbone start choices (``model.weights``): label -> config value; any other text is a weights file.
+WEIGHTS = {
+    "ImageNet (auto)": "auto",
+    "ImageNet (torch.hub)": "hub",
+    "random init": None,
+}
+
+
+def available_presets() -> list[str]:
+    """Names from ``protoseg.presets.list_presets()``; empty when that API is absent or fails."""
+    try:
+        from protoseg.presets import list_presets
+    except ImportError:
+        return []
+    try:
+        return list(list_presets())
+    except Exception as exc:  # noqa: BLE001 - a broken preset package must not break the dock
+        logger.warning("presets unavailable: %s", exc)
+        return []
+
+
+def preset_config(name: str) -> ProtosegConfig:
+    """The full configuration of a preset (``protoseg.presets.load_preset``)."""
+    from protoseg.presets import load_preset
+
+    return load_preset(name)
+
+
+def describe_metric(outcome: JobOutcome, classes: int | None = None) -> str:
+    """The final score with its context: which metric, which split, which model, what it means."""
+    if outcome.metric is None:
+        return "no score: the data has no validation masks (the checkpoint is the last epoch's)"
+    stage = "stage 2 segmentation" if outcome.stage2 is not None else "stage 1 (CAM-derived masks)"
+    chance = f"; a model guessing one class everywhere scores about {1 / classes:.2f}" if classes else ""
+    return (
+        f"best val mIoU {outcome.metric:.3f} — {stage} on the validation split: mean over classes of the "
+        f"overlap / union of predicted and true masks (0 = none, 1 = perfect{chance}). A short or small run "
+        "scores low; judge the overlays too"
+    )
+
+
+def _output_channels(outcome: JobOutcome) -> int | None:
+    """Classes + background of the trained checkpoint (read in the worker: loading it takes a while)."""
+    from protoseg.models.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(outcome.checkpoint).classes.num_classes + 1
+    except (OSError, ValueError, ProtosegError) as exc:
+        logger.info("could not read the classes of %s: %s", outcome.checkpoint, exc)
+        return None
 
 
 class TrainWidget(QWidget):
@@ -147,6 +202,16 @@ class TrainWidget(QWidget):
         super().__init__()
         prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
         self.viewer = napari_viewer
+        self.preset = QComboBox()
+        self.preset.addItems([NO_PRESET, *available_presets()])
+        self.preset.setToolTip("paper defaults of a method + dataset (protoseg presets); fills the form")
+        self.weights = QComboBox(editable=True)
+        self.weights.addItems(list(WEIGHTS))
+        self.weights.setToolTip(
+            "how the backbone starts: ImageNet weights (auto: from the cache or downloaded, else random init with a "
+            "warning), random init, or type the path of a weights file"
+        )
+        self._base: ProtosegConfig = ProtosegConfig()
         self.source = QComboBox()
         self.source.addItems([FOLDER, REGIONS])
         self.folder = PathEdit("dir", "BCSS-WSSS / LUAD-HistoSeg / generic folder")
@@ -179,6 +244,7 @@ class TrainWidget(QWidget):
         self.progress = NapariProgress()
         self._build_layout()
         self.source.currentTextChanged.connect(self._on_source)
+        self.preset.currentTextChanged.connect(lambda name: self.status.guard(lambda: self.apply_preset(name)))
         self.start_btn.clicked.connect(lambda: self.status.guard(self.start))
         self.cancel_btn.clicked.connect(self.cancel)
         regions_changed.connect(self._refresh_regions)
@@ -187,6 +253,7 @@ class TrainWidget(QWidget):
 
     def _build_layout(self) -> None:
         form = QFormLayout()
+        form.addRow("Preset", self.preset)
         form.addRow("Data", self.source)
         form.addRow("Folder", self.folder)
         form.addRow("Regions", self.regions)
@@ -196,6 +263,7 @@ class TrainWidget(QWidget):
             addons.addWidget(box)
         form.addRow("Add-ons", addons)
         form.addRow("Backbone", self.backbone)
+        form.addRow("Weights", self.weights)
         form.addRow("Epochs (stage 1 / 2)", row(self.epochs, self.epochs2))
         form.addRow("Batch size", self.batch)
         form.addRow("Learning rate", self.lr)
@@ -238,14 +306,14 @@ class TrainWidget(QWidget):
         root = self.folder.text() if self.source.currentText() == FOLDER else ""
         if self.source.currentText() == FOLDER and not root:
             raise WidgetError("choose a dataset folder (or switch Data to 'Tagged regions')")
-        cfg = ProtosegConfig()
+        cfg = self._base
         backbone = self.backbone.currentText().strip()
         addons = tuple(a for a, box in self.addons.items() if box.isChecked())
         return replace(
             cfg,
             data=replace(cfg.data, root=root, patch_size=self.patch.value(), batch_size=self.batch.value()),
             bank=replace(cfg.bank, path=self.bank.text() or None),
-            model=replace(cfg.model, backbone=backbone),
+            model=replace(cfg.model, backbone=backbone, weights=self.weights_value()),
             stage1=replace(
                 cfg.stage1,
                 recipe=Recipe(self.recipe.currentText()),
@@ -253,9 +321,36 @@ class TrainWidget(QWidget):
                 epochs=self.epochs.value(),
                 lr=float(self.lr.value()),
             ),
-            stage2=replace(cfg.stage2, backbone=backbone, epochs=self.epochs2.value()),
+            stage2=replace(cfg.stage2, backbone=backbone, weights=self.weights_value(), epochs=self.epochs2.value()),
             run=replace(cfg.run, out_dir=out, device=self.device.currentText()),
         )
+
+    def weights_value(self) -> str | None:
+        """``model.weights`` from the Weights choice ("auto", "hub", None) or a typed file path."""
+        text = self.weights.currentText().strip()
+        return WEIGHTS.get(text, text or None)
+
+    def set_weights(self, value: str | None) -> None:
+        label = next((k for k, v in WEIGHTS.items() if v == value), None)
+        self.weights.setCurrentText(label if label is not None else str(value))
+
+    def apply_preset(self, name: str) -> ProtosegConfig:
+        """Use a preset: its configuration becomes the base of the run and fills the form."""
+        cfg = ProtosegConfig() if name in ("", NO_PRESET) else preset_config(name)
+        self._base = cfg
+        self.recipe.setCurrentText(cfg.stage1.recipe.value)
+        for addon, box in self.addons.items():
+            box.setChecked(addon in cfg.stage1.addons)
+        self.backbone.setCurrentText(cfg.model.backbone)
+        self.set_weights(cfg.model.weights)
+        self.epochs.setValue(cfg.stage1.epochs)
+        self.epochs2.setValue(cfg.stage2.epochs)
+        self.batch.setValue(cfg.data.batch_size)
+        self.lr.setValue(cfg.stage1.lr)
+        self.patch.setValue(cfg.data.patch_size)
+        if name not in ("", NO_PRESET):
+            self.status.ok(f"preset {name}: form filled with its values; change any before Start")
+        return cfg
 
     def start(self) -> BackgroundJob:
         """Start training in a worker thread (errors in the form are shown in the status line)."""
@@ -271,14 +366,17 @@ class TrainWidget(QWidget):
         guard_triton_llvm_clash()  # before the training code (models, torchvision) is imported
         from protoseg.train.jobs import run_training
 
-        def work(report: Any, cancel: Any) -> JobOutcome:
-            return run_training(cfg, regions, stage2=stage2, resume=resume, callbacks=[report], cancel=cancel)
+        def work(report: Any, cancel: Any) -> tuple[JobOutcome, int | None]:
+            outcome = run_training(cfg, regions, stage2=stage2, resume=resume, callbacks=[report], cancel=cancel)
+            return outcome, _output_channels(outcome)
 
         self.plot.clear()
         self.outcome = None
         self.result.ok("")
         self.bar.setValue(0)
-        self.status.ok("starting…")
+        self.bar.setRange(0, 0)  # busy until the first step: data loading and model building take a while
+        self.bar.setFormat("preparing…")
+        self.status.ok("preparing the data and the model…")
         self.start_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.job = BackgroundJob(work, self._on_events, self._on_done, self._on_error, parent=self).start()
@@ -317,10 +415,11 @@ class TrainWidget(QWidget):
         self.start_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
 
-    def _on_done(self, outcome: JobOutcome) -> None:
+    def _on_done(self, result: tuple[JobOutcome, int | None] | JobOutcome) -> None:
+        outcome, classes = result if isinstance(result, tuple) else (result, None)
         self.outcome = outcome
         self._finish()
-        metric = f" (val mIoU {outcome.metric:.3f})" if outcome.metric is not None else ""
+        metric = f"\n{describe_metric(outcome, classes)}"
         if outcome.cancelled:
             self.status.ok("cancelled")
             last = outcome.stage1.last if outcome.stage2 is None else outcome.stage2.last
