@@ -86,19 +86,20 @@ def test_tag_save_reload_and_training_patches(make_napari_viewer, qtbot, tmp_pat
     for a, b in zip(reloaded.data, layer.data):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
-    # use as training data: 600 px squares at 224 px patches (0.5 µm/px on a 0.5 µm/px slide) -> 2x2 each
+    # use as training data: 600 px squares at 224 px patches (0.5 µm/px on a 0.5 µm/px slide), half-patch
+    # stride (dense tiling) -> 4x4 each
     widget.use_btn.click()
-    assert "8 patches" in widget.status.text(), widget.status.text()
+    assert "32 patches" in widget.status.text(), widget.status.text()
     source = region_sources()[reloaded.name]
     cfg = ProtosegConfig()
     data = source_data(replace(cfg, data=replace(cfg.data, patch_size=100)), source, augment=False)
-    # 600 px side, 100 px patches -> 6 x 6 per square, labels = the tags of the square they lie in
-    assert len(data.train) == 72
+    # 600 px side, 100 px patches every 50 px -> 11 x 11 per square, labels = the tags of the square they lie in
+    assert len(data.train) == 242
     labels = data.train.labels()
     boxes = np.array([p.box for p in data.train.patches])
     in_a = boxes[:, 0] < 1500
-    np.testing.assert_array_equal(labels[in_a], np.tile([1, 0, 1, 0], (36, 1)))
-    np.testing.assert_array_equal(labels[~in_a], np.tile([0, 1, 0, 0], (36, 1)))
+    np.testing.assert_array_equal(labels[in_a], np.tile([1, 0, 1, 0], (121, 1)))
+    np.testing.assert_array_equal(labels[~in_a], np.tile([0, 1, 0, 0], (121, 1)))
     patch = data.train[0]["image"]
     assert tuple(patch.shape) == (3, 100, 100) and float(patch.std()) > 0.01
 

@@ -153,6 +153,23 @@ def _shape(region: RegionAnnotation):
     return poly if poly.is_valid else shapely.make_valid(poly)
 
 
+def _overlap_fractions(shapes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Fraction of each box's area inside the matching shape; exact, but the (costly) intersection is
+    computed only for boxes on a shape's outline (boxes fully inside count 1, disjoint ones 0)."""
+    import shapely
+
+    frac = np.zeros(len(boxes), dtype=np.float64)
+    if not len(boxes):
+        return frac
+    hit = shapely.intersects(shapes, boxes)
+    full = hit & shapely.contains_properly(shapes, boxes)
+    frac[full] = 1.0
+    edge = np.flatnonzero(hit & ~full)
+    if edge.size:
+        frac[edge] = shapely.area(shapely.intersection(boxes[edge], shapes[edge])) / shapely.area(boxes[edge])
+    return frac
+
+
 def tile_regions(
     regions: Sequence[RegionAnnotation],
     classes: ClassSpec | Sequence[str],
@@ -191,6 +208,7 @@ def tile_regions(
         if r.slide_path not in mpps:
             mpps[r.slide_path] = _read_slide_mpp(r.slide_path, slide_opener)
     shapes = [_shape(r) for r in regions]
+    shapely.prepare(shapes)  # fast contains / intersects tests against each region
     by_slide: dict[str, list[int]] = {}
     for i, r in enumerate(regions):
         by_slide.setdefault(r.slide_path, []).append(i)
@@ -217,16 +235,17 @@ def tile_regions(
                 d = rng.uniform(-1, 1, (nx, 2)) * jitter * step
                 xs, ys = xs + d[:, 0], ys + d[:, 1]
             boxes = shapely.box(xs, ys, xs + side, ys + side)
-            inside = shapely.area(shapely.intersection(boxes, shape)) / (side * side)
+            inside = _overlap_fractions(np.full(nx, shape, dtype=object), boxes)
             keep = np.flatnonzero(inside >= min_inside)
             candidates += keep.size
             if not keep.size:
                 continue
             tile_i, tree_i = trees[region.slide_path].query(boxes[keep], predicate="intersects")
-            overlap = shapely.area(shapely.intersection(boxes[keep][tile_i], [shapes[same[t]] for t in tree_i]))
+            others = np.array([shapes[same[t]] for t in tree_i], dtype=object)
+            overlap = _overlap_fractions(others, boxes[keep][tile_i])
             tags: list[set[str]] = [set() for _ in keep]
             for ti, t, a in zip(tile_i, tree_i, overlap):
-                if a > 1e-9 * side * side:
+                if a > 1e-9:
                     tags[ti].update(regions[same[t]].classes)
             for n, k in enumerate(keep):
                 key = (region.slide_path, round(float(xs[k])), round(float(ys[k])))
