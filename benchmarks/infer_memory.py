@@ -68,13 +68,87 @@ def child(size: int, backbone: str, levels: int | None) -> None:
         )
 
 
+def thumb_child(path: str, stream: bool) -> None:
+    """Peak RSS of the tissue mask predict computes first (thumbnail of the whole slide)."""
+    import threading
+
+    import psutil
+
+    import protoseg.slide.resample as rs
+    from protoseg.slide import open_slide, tissue_mask
+
+    if not stream:
+        rs.STREAM_BYTES = 1 << 62  # the previous behaviour: one window = the whole level
+    base = psutil.Process().memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], psutil.Process().memory_info().rss)
+            time.sleep(0.01)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    start = time.perf_counter()
+    with open_slide(path) as slide:
+        tissue_mask(slide)
+    stop.set()
+    th.join()
+    print(json.dumps({"seconds": time.perf_counter() - start, "baseline_mb": base / 2**20, "peak_mb": peak[0] / 2**20}))
+
+
+def thumbnails(size: int) -> None:
+    """Single-level JPEG TIFFs of side S and 2S (streamed to disk), tissue mask with and without streaming."""
+    import numpy as np
+
+    from infer_common import mosaic
+    from protoseg.slide.writer import write_pyramidal_tiff_from_tiles
+
+    block = mosaic(1024)
+
+    def tile_fn(x: int, y: int, w: int, h: int) -> np.ndarray:
+        out = np.empty((h, w, 3), np.uint8)
+        for yy in range(0, h):
+            row = block[(y + yy) % 1024]
+            out[yy] = np.take(row, (np.arange(x, x + w) % 1024), axis=0)
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in (size, 2 * size):
+            path = Path(tmp) / f"flat-{side}.tif"
+            write_pyramidal_tiff_from_tiles(path, (side, side), tile_fn, mpp=0.5, n_levels=1, workdir=tmp)
+            for stream in (False, True):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--thumb-child", str(path), "--stream", str(int(stream))],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                label = "streamed (now)" if stream else "whole level (before)"
+                print(
+                    f"tissue thumbnail of a single-level {side}x{side} TIFF, {label}: peak "
+                    f"+{r['peak_mb'] - r['baseline_mb']:.0f} MB above the process baseline, {r['seconds']:.1f} s"
+                )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--levels", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--thumb-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--stream", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--thumbnail-size", type=int, default=0, help="only the tissue-thumbnail part, slides of S and 2S")
     args = ap.parse_args()
+    if args.thumb_child:
+        thumb_child(args.thumb_child, bool(args.stream))
+        return
+    if args.thumbnail_size:
+        thumbnails(args.thumbnail_size)
+        return
     if args.child:
         child(args.child, args.backbone, args.levels or None)
         return

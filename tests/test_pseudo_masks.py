@@ -146,3 +146,25 @@ def test_validation_scores_exactly_the_exported_masks(tmp_path: Path) -> None:
         cm.update(exported, load_mask(rec.mask, CLASSES))
     validated = evaluate_pseudo(ckpt.build_model(), ds, CLASSES, _cfg(), torch.device("cpu"))
     assert validated == pytest.approx(flat_metrics(cm.compute()))
+
+
+def test_region_patches_are_named_by_slide_and_box_without_reading_pixels() -> None:
+    from dataclasses import dataclass
+
+    from torch.utils.data import Dataset
+
+    @dataclass
+    class Box:
+        slide_path: str
+        box: tuple[int, int, int, int]
+
+    class Regions(Dataset):
+        patches = [Box("/a/s1.svs", (0, 0, 8, 8)), Box("/b/s1.svs", (0, 0, 8, 8)), Box("/a/s2.svs", (8, 0, 8, 8))]
+
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int) -> dict:
+            raise AssertionError("keys must not read pixels")
+
+    assert sample_keys(Regions()) == ["a__s1_x0_y0", "b__s1_x0_y0", "a__s2_x8_y0"]

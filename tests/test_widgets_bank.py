@@ -46,9 +46,15 @@ def test_build_curate_save_add_and_navigate(make_napari_viewer, qtbot, tmp_path:
     widget.folder.setText(str(data))
     widget.k.setValue(2)
     widget.bank_dir.setText(str(tmp_path / "bank"))
+    from widget_support import Heartbeat, record_stall
+
+    beat = Heartbeat()
+    beat.reset()
     widget.build_btn.click()
     assert widget.job is not None, widget.status.text()
     qtbot.waitUntil(lambda: widget.job.finished, timeout=60_000)
+    record_stall("Image bank: Build (incl. thumbnails)", beat)
+    beat.stop()
     bank = widget.bank
     assert bank is not None and (tmp_path / "bank" / "manifest.json").is_file(), widget.status.text()
     assert widget.bar.value() == widget.bar.maximum() > 0

@@ -203,8 +203,12 @@ def test_show_overlays_aligned_lazy_and_coloured(make_napari_viewer, qtbot, asse
     assert not mask.editable  # a model output: no paint tools (painting the lazy array raised TypeError)
     widget.opacity.setValue(35)  # the dock's overlay opacity, not the slide's
     assert cam.opacity == mask.opacity == 0.35 and slide.opacity == 1.0
-    legend = {k: o for k, o in viewer.canvas.overlays.items() if str(k).startswith("protoseg_legend")}
-    assert sorted(o.text for o in legend.values()) == sorted(f"■ {n}" for n in BCSS_WSSS.names)
+
+    def legend_texts() -> list[str]:  # the legend's texts are added one per event-loop turn
+        return sorted(o.text for k, o in viewer.canvas.overlays.items() if str(k).startswith("protoseg_legend"))
+
+    qtbot.waitUntil(lambda: len(legend_texts()) == 4, timeout=10_000)
+    assert legend_texts() == sorted(f"■ {n}" for n in BCSS_WSSS.names)
     for c, rgb in enumerate(BCSS_WSSS.colors):
         np.testing.assert_allclose(mask.colormap.map(c + MASK_OFFSET)[:3] * 255, rgb, atol=0.5)
     assert mask.colormap.map(BCSS_WSSS.background_index + MASK_OFFSET)[3] == 0  # background transparent

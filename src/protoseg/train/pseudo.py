@@ -51,6 +51,17 @@ def _records(dataset: Dataset) -> list[Any] | None:
     return list(records) if records is not None else None
 
 
+def _patches(dataset: Dataset) -> list[Any] | None:
+    """A region dataset's ``RegionPatch`` list (slide path + box) in sample order, or None."""
+    if isinstance(dataset, Subset):
+        inner = _patches(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    patches = getattr(dataset, "patches", None)
+    if patches is None or not all(hasattr(p, "slide_path") and hasattr(p, "box") for p in patches):
+        return None
+    return list(patches)
+
+
 def _safe(name: str) -> str:
     return name.replace("/", "__").replace("\\", "__").replace(os.sep, "__")
 
@@ -59,7 +70,12 @@ def sample_keys(dataset: Dataset, names: Sequence[str] | None = None) -> list[st
     """One file name per sample, unique: the sample name, or where two samples share a name (e.g. the
     same file name in two sub-folders of a CSV dataset) the image path relative to the common folder."""
     records = _records(dataset)
-    if records is None:
+    patches = _patches(dataset) if records is None else None
+    if patches is not None:  # slide regions: the slide and the box name the patch (no pixel reads)
+        keys = [_safe(f"{Path(p.slide_path).stem}_x{p.box[0]}_y{p.box[1]}") for p in patches]
+        if len(set(keys)) < len(keys):  # same slide name in two folders
+            keys = [_safe(f"{Path(p.slide_path).parent.name}/{k}") for p, k in zip(patches, keys)]
+    elif records is None:
         names = list(names) if names is not None else [dataset[i]["name"] for i in range(len(dataset))]  # type: ignore[arg-type]
         keys = [_safe(n) for n in names]
     else:

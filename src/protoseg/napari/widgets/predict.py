@@ -335,7 +335,6 @@ class PredictWidget(QWidget):
     def _add_overlays(self, layer: Any, lazy: Any, staggered: bool = False) -> list[Any]:
         """Add the overlay layers; ``staggered`` adds one per event-loop turn (each napari layer costs ~0.1 s of
         GUI time: one at a time keeps the viewer responsive)."""
-        from napari.layers import Layer
 
         self._clear_overlays()
         self.scheduler = ChunkScheduler(lazy, on_ready=self._bridge.ready.emit)
@@ -347,7 +346,7 @@ class PredictWidget(QWidget):
 
             def step() -> None:
                 if todo:
-                    self.overlays.append(self.viewer.add_layer(Layer.create(*todo.pop(0))))
+                    self.overlays.append(self.viewer.add_layer(create_overlay_layer(todo.pop(0))))
                     QTimer.singleShot(0, step)
                 else:
                     self._adding = False
@@ -355,7 +354,7 @@ class PredictWidget(QWidget):
 
             QTimer.singleShot(0, step)
             return self.overlays
-        self.overlays = [self.viewer.add_layer(Layer.create(*ld)) for ld in data]
+        self.overlays = [self.viewer.add_layer(create_overlay_layer(ld)) for ld in data]
         return self._overlays_added(layer, lazy)
 
     @property
@@ -414,7 +413,7 @@ class PredictWidget(QWidget):
         for ly in masks:
             make_read_only(ly)
         if masks and self.classes is not None:
-            add_canvas_legend(self.viewer, self.classes)
+            add_canvas_legend(self.viewer, self.classes, staggered=True)
 
     def _shown_class(self) -> int:
         return max(0, self.class_combo.currentIndex())
@@ -549,7 +548,6 @@ class PredictWidget(QWidget):
 
     def open_batch_result(self, path: str | Path) -> list[Any]:
         """Replace the overlays with layers read from a finished OME-Zarr prediction."""
-        from napari.layers import Layer
 
         from protoseg.infer import open_prediction
 
@@ -563,7 +561,7 @@ class PredictWidget(QWidget):
             self.class_combo.addItems(pred.classes.names)
         placement = Placement.on_slide(layer.scale, layer.translate, pred.scale, _units(layer))
         data = self._one_cam(zarr_layer_data(pred, placement, self._shown_class()))
-        self.overlays = [self.viewer.add_layer(Layer.create(*ld)) for ld in data]
+        self.overlays = [self.viewer.add_layer(create_overlay_layer(ld)) for ld in data]
         self._style_overlays()
         self.result_path = Path(path)
         return self.overlays
@@ -625,29 +623,58 @@ class PredictWidget(QWidget):
         super().closeEvent(event)
 
 
-def make_read_only(layer: Any) -> None:
-    """Keep a computed overlay Labels layer read-only (no paint tools; painting would edit a model output)."""
+def make_read_only(layer: Any) -> Any:
+    """Keep a computed overlay Labels layer read-only (no paint tools; painting would edit a model output).
+
+    Before the layer is added this also hides its paint-brush and polygon overlays, which a read-only layer
+    never shows: napari then does not build their GL visuals (most of the GUI time of adding a Labels layer).
+    """
+    for key in ("polygon", "brush_stroke"):
+        overlay = getattr(layer, "_overlays", {}).get(key)
+        if overlay is not None:
+            overlay.visible = False
     layer.editable = False
     layer.events.editable.connect(lambda _e=None: setattr(layer, "editable", False) if layer.editable else None)
+    return layer
+
+
+def create_overlay_layer(layer_data: Any) -> Any:
+    """A napari layer from overlay layer data; the mask Labels layer is made read-only before it is added."""
+    from napari.layers import Layer
+
+    layer = Layer.create(*layer_data)
+    return make_read_only(layer) if layer._type_string == "labels" else layer
 
 
 LEGEND_KEY = "protoseg_legend_"
 
 
-def add_canvas_legend(viewer: Any, classes: ClassSpec) -> list[Any]:
+def add_canvas_legend(viewer: Any, classes: ClassSpec, staggered: bool = False) -> list[Any]:
     """Class names in their colours in the canvas's top-right corner (one napari text overlay per class), so
-    a screenshot of the canvas can be read; replaces an earlier legend."""
+    a screenshot of the canvas can be read; replaces an earlier legend. ``staggered`` adds one text per
+    event-loop turn (napari builds a GL text visual for each)."""
     from napari.components.overlays import TextOverlay
 
     remove_canvas_legend(viewer)
-    added = []
-    for i, (name, rgb) in enumerate(zip(classes.names, classes.colors)):
-        overlay = TextOverlay(
+    overlays = [
+        TextOverlay(
             text=f"■ {name}", color=[v / 255 for v in rgb] + [1.0], position="top_right", font_size=11, visible=True
         )
+        for name, rgb in zip(classes.names, classes.colors)
+    ]
+    todo = list(enumerate(overlays))
+
+    def step() -> None:
+        i, overlay = todo.pop(0)
         viewer.canvas.overlays[f"{LEGEND_KEY}{i}"] = overlay
-        added.append(overlay)
-    return added
+        if todo and staggered:
+            QTimer.singleShot(0, step)
+
+    while todo and not staggered:
+        step()
+    if staggered and todo:
+        QTimer.singleShot(0, step)
+    return overlays
 
 
 def remove_canvas_legend(viewer: Any) -> None:
