@@ -159,7 +159,7 @@ def test_region_patches_are_named_by_slide_and_box_without_reading_pixels() -> N
         box: tuple[int, int, int, int]
 
     class Regions(Dataset):
-        patches = [Box("/a/s1.svs", (0, 0, 8, 8)), Box("/b/s1.svs", (0, 0, 8, 8)), Box("/a/s2.svs", (8, 0, 8, 8))]
+        patches = (Box("/a/s1.svs", (0, 0, 8, 8)), Box("/b/s1.svs", (0, 0, 8, 8)), Box("/a/s2.svs", (8, 0, 8, 8)))
 
         def __len__(self) -> int:
             return 3

@@ -139,3 +139,14 @@ def test_integer_factor_fast_path_is_exact_rounded_block_mean() -> None:
         )
         np.testing.assert_array_equal(got, ref)
     assert _block_mean(np.array([[[1], [2]]], np.uint8).repeat(3, 2), 2, 1)[0, 0, 0] == 2  # 1.5 -> 2 (even)
+
+
+def test_lazy_level_pickles_for_other_processes(flat) -> None:
+    import pickle
+
+    path, rgb = flat
+    with open_slide(path) as s:
+        view = s.pyramid_arrays()[1][0]
+        copy = pickle.loads(pickle.dumps(view))
+        np.testing.assert_array_equal(copy[10:50, 600:700], half(rgb)[10:50, 600:700])
+        copy.parent._slide.close()

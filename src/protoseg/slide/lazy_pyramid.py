@@ -74,6 +74,12 @@ class ChunkCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:  # a copy in another process starts empty
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_bytes"])  # type: ignore[misc]
+
     def get(self, key: Any, compute: Callable[[], np.ndarray]) -> np.ndarray:
         with self._lock:
             hit = self._items.get(key)
