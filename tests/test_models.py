@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from protoseg import cams as cam_ops
 from protoseg.models import (
     BackboneError,
     ClassNet,
@@ -191,20 +192,31 @@ def test_cam_head_logits_and_cams(images):
 
 
 def test_predict_background_channel_and_mode_restored(images):
-    net = ClassNet(tiny_cfg("learnable", background_score=0.3, score_threshold=0.0))
+    net = ClassNet(tiny_cfg("learnable", score_threshold=0.99))
     net.train()
     pred = net.predict(images)
     assert net.training  # mode restored
     assert pred.shape == (2, 4, SIZE, SIZE)
-    assert torch.all(pred[:, 3] == 0.3)
-    assert pred.min() >= 0 and pred[:, :3].max() <= 1 + 1e-6
-    with torch.no_grad():
-        net.eval()
-        ungated = net.fused_cams(net(images), (SIZE, SIZE))
-    assert torch.allclose(pred[:, :3], ungated)  # threshold 0: nothing gated
-    # with an impossible threshold every class is gated off -> all background
-    strict = ClassNet(tiny_cfg("learnable", score_threshold=1.01))
-    assert torch.all(strict.predict(images).argmax(dim=1) == 3)
+    assert pred.min() >= 0 and pred.max() <= 1 + 1e-6
+    glass = cam_ops.glass_background(images)
+    assert torch.equal(pred[:, 3] == 1, glass)  # background only where the glass detector says so
+    assert torch.all(pred[:, :3][glass[:, None].expand(-1, 3, -1, -1)] == 0)
+    # tissue pixels always get a class: at least the top-scoring one survives even a 0.99 score gate
+    tissue = ~glass
+    assert torch.all(pred.argmax(1)[tissue] < 3)
+
+
+def test_predict_background_is_glass_not_low_cam():
+    """A patch half tissue, half glass: the glass half is background, all tissue pixels get a class."""
+    net = ClassNet(tiny_cfg("learnable", score_threshold=0.5))
+    img = torch.ones(1, 3, SIZE, SIZE)
+    g = torch.Generator().manual_seed(0)
+    img[:, :, :, : SIZE // 2] = torch.tensor([0.55, 0.25, 0.5])[:, None, None] + 0.05 * torch.rand(
+        3, SIZE, SIZE // 2, generator=g
+    )
+    cls = net.predict(img).argmax(1)[0]
+    assert torch.all(cls[:, : SIZE // 2 - 4] < 3)
+    assert torch.all(cls[:, SIZE // 2 + 4 :] == 3)
 
 
 # ----------------------------------------------------------------------------- SegNet

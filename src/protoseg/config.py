@@ -119,7 +119,6 @@ class ModelConfig:
     output_stride: int = 16  # stage-4 stride: 16 as in PBIP (14x14 CAMs at 224 px) or 32
     learnable_k: int = 10  # LPD prototypes per class
     projector_hidden: int = 256
-    background_score: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -312,7 +311,6 @@ RANGES: dict[str, Range] = {
     "model.learnable_k": AT_LEAST_ONE,
     "model.output_stride": Range(16, 32),  # 16 or 32 (the backbone names the choice)
     "model.projector_hidden": AT_LEAST_ONE,
-    "model.background_score": FRACTION,
     "stage1.epochs": AT_LEAST_ONE,
     "stage1.lr": POSITIVE,
     "stage1.weight_decay": NON_NEGATIVE,
@@ -470,6 +468,8 @@ def _upgrade_keys(data: dict[str, Any], renamed: dict[str, str], where: str) -> 
 
 #: Keys of older configs that no longer apply (dotted key -> why); they load with a warning and are dropped.
 REMOVED_KEYS: dict[str, str] = {
+    "model.background_score": "label-free stage-1 predictions take background from the glass detector, "
+    "not from a constant CAM score",
     "stage1.pseudo.bg_threshold": "low-CAM pixels are no longer made background (they become ignore = 255 "
     "below stage1.pseudo.ignore_below)",
     "stage1.pseudo.bg_grey": "background now comes from the adaptive glass detector "

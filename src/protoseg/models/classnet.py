@@ -53,7 +53,6 @@ class ClassNetConfig:
     logit_scale_init: float = 1.0 / 0.07
     learn_scale: bool = True
     score_threshold: float = 0.8
-    background_score: float = 0.25
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     img_size: int | None = None
@@ -211,9 +210,15 @@ class ClassNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval-mode score-gated CAMs plus a constant background channel C: (B, C+1, H, W);
-        argmax over channels is the class map with background = C."""
+        """Label-free stage-1 scores (B, C+1, H, W) built by the pseudo-mask rule: CAMs of the classes
+        whose image score passes ``score_threshold`` (always at least the top-scoring one: tissue has a
+        class), background channel C = 1 only where the glass detector finds glass (never low CAM)."""
         with eval_mode(self):
-            fused = self.cams(x)
-        bg = torch.full_like(fused[:, :1], self.config.background_score)
-        return torch.cat([fused, bg], dim=1)
+            out = self(x)
+        scores = cam_ops.class_scores(out.logits[-1])  # (B, C) sigmoid
+        keep = (scores >= self.config.score_threshold) | (scores == scores.amax(dim=1, keepdim=True))
+        fused = self.fused_cams(out, tuple(x.shape[-2:])) * keep[:, :, None, None].to(scores.dtype)
+        # ties (e.g. every CAM 0 at its min-max minimum) go to the kept class with the higher image score
+        fused = (fused + 1e-3 * (keep * scores)[:, :, None, None]).clamp(0, 1)
+        glass = cam_ops.glass_background(x).to(fused.dtype)[:, None]
+        return torch.cat([fused * (1 - glass), glass], dim=1)

@@ -40,6 +40,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: Fields older checkpoints carry that the current configs dropped (ignored when rebuilding).
+_LEGACY_FIELDS: dict[ModelKind, tuple[str, ...]] = {ModelKind.CLASSNET: ("background_score",)}
+
+
 def config_from_dict(config: dict[str, Any]) -> ClassNetConfig | SegNetConfig:
     """Parse ``{"kind": ..., **fields}`` into the matching frozen config dataclass."""
     fields = dict(config)
@@ -51,6 +55,8 @@ def config_from_dict(config: dict[str, Any]) -> ClassNetConfig | SegNetConfig:
             f"model config needs 'kind' set to one of {[k.value for k in ModelKind]}, got {raw_kind!r}"
         ) from None
     cls = _CONFIGS[kind]
+    for legacy in _LEGACY_FIELDS.get(kind, ()):  # written by older versions; no longer has an effect
+        fields.pop(legacy, None)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
