@@ -742,7 +742,16 @@ def test_cli_predict_two_workers_resume_and_overwrite(predict_files: tuple, tmp_
     copy.write_bytes(small.read_bytes())
     assert main(_predict_argv([small, copy], ckpt, out, "--workers", "2")) == 0  # resumes small, predicts copy
     assert (out / "small.zarr" / "done" / "c" / "0" / "0").stat().st_mtime_ns == stamp  # nothing recomputed
-    assert all(np.array_equal(a, b) for a, b in zip(first, _arrays(out / "copy.zarr")))  # same pixels
+    # same prediction: the worker processes run torch with their own intra-op thread count, and CPU float
+    # sums split over other thread counts can move a uint8 score by one step (the kill -9 test above, one
+    # process, is bit-exact)
+    second = _arrays(out / "copy.zarr")
+    levels = (len(first) - 1) // 2
+    np.testing.assert_array_equal(first[0], second[0])  # every chunk done
+    for a, b in zip(first[1 : 1 + levels], second[1 : 1 + levels]):  # uint8 class scores
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    for a, b in zip(first[1 + levels :], second[1 + levels :]):  # class masks: only near-ties may flip
+        assert (a != b).mean() < 0.01
     # --overwrite with workers passes the same options to the same library call (thread workers: faster start)
     from protoseg.cli import build_parser
     from protoseg.cli.predict import _batch_options, _predictor_options

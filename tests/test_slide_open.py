@@ -113,8 +113,9 @@ def test_backend_chosen_by_compression_and_overridable(tmp_path, monkeypatch) ->
     with open_slide(raw) as s, open_slide(raw, backend="openslide") as o:
         assert s.backend is Backend.TIFFFILE
         for lvl in range(s.level_count):
-            np.testing.assert_array_equal(s.read_level(lvl, (0, 0), s.level_dimensions[lvl]),
-                                          o.read_level(lvl, (0, 0), o.level_dimensions[lvl]))
+            np.testing.assert_array_equal(
+                s.read_level(lvl, (0, 0), s.level_dimensions[lvl]), o.read_level(lvl, (0, 0), o.level_dimensions[lvl])
+            )
     monkeypatch.setenv("PROTOSEG_SLIDE_BACKEND", "tiffslide")
     with open_slide(raw) as s:
         assert s.backend is Backend.TIFFSLIDE

@@ -240,7 +240,10 @@ class _Pipeline:
         for th in (*threads, writer):
             th.start()
         store: dict[int, np.ndarray] = {}
-        finished, batch = 0, []
+        # tiles arrive in reader order; batches are cut from consecutive job ids so that a slide's
+        # batches (and so its bytes) never depend on thread timing: same input, same output
+        arrived: dict[int, np.ndarray] = {}
+        finished, next_id, bs = 0, 0, self.predictor.batch_size
         try:
             while finished < self.n_readers and not self.stop.is_set():
                 check_cancelled(self.cancel, "whole-slide prediction")
@@ -251,11 +254,17 @@ class _Pipeline:
                 if item is _DONE:
                     finished += 1
                 else:
-                    batch.append(item)
-                if batch and (len(batch) >= self.predictor.batch_size or finished == self.n_readers):
-                    probs = self.predictor.predict_for_blend(np.stack([p for _, p in batch]))
-                    store.update((job, pr) for (job, _), pr in zip(batch, probs))
-                    batch = []
+                    arrived[item[0]] = item[1]
+                while True:
+                    run = 0
+                    while next_id + run in arrived and run < bs:
+                        run += 1
+                    if run == 0 or (run < bs and finished < self.n_readers):
+                        break
+                    ids = range(next_id, next_id + run)
+                    probs = self.predictor.predict_for_blend(np.stack([arrived.pop(j) for j in ids]))
+                    store.update(zip(ids, probs))
+                    next_id += run
                     self._dispatch(store)
             self._dispatch(store)
         except BaseException as exc:  # noqa: BLE001 - any failure (or Cancelled) stops the threads, then re-raised

@@ -76,6 +76,29 @@ def _tag_mpp(page: Any) -> float | None:
     return _UNIT_UM[unit] / res if unit in _UNIT_UM and res > 0 else None
 
 
+_ASSOCIATED = ("label", "macro", "thumbnail")
+
+
+def _sibling_levels(tf: Any) -> list[Any]:
+    """Levels written as successive top-level images (one series each, as tifffile sees a pyramid of
+    plain pages under OME-XML): later single-level series that shrink the first one at its aspect ratio.
+    openslide reads such files as one multi-level slide; so must we. Empty when series[0] has levels."""
+    first = tf.series[0]
+    if len(first.levels) > 1 or tf.is_svs:
+        return []
+    h0, w0 = first.levels[0].shape[:2]
+    found, last_w = [], w0
+    for se in tf.series[1:]:
+        if (se.name or "").lower() in _ASSOCIATED or len(se.levels) != 1 or len(se.shape) != 3:
+            break
+        h, w = se.shape[:2]
+        if not (w < last_w and abs(w0 / w - h0 / h) <= 0.02 * (w0 / w) + 1.0 / min(h, w)):
+            break
+        found.append(se.levels[0])
+        last_w = w
+    return found
+
+
 class TiffFileBackend(SlideBackend):
     """Direct tile reads from a tiled, chunky, 8-bit RGB(A) TIFF pyramid; thread-safe (``pread``)."""
 
@@ -101,7 +124,7 @@ class TiffFileBackend(SlideBackend):
         tf, path = self._tf, self._path
         series = tf.series[0]
         self._pages = []
-        for lvl in series.levels:
+        for lvl in [*series.levels, *_sibling_levels(tf)]:
             page = lvl.keyframe
             if len(lvl.pages) != 1 or not page.is_tiled:
                 raise UnsupportedSlideError(f"{path.name}: level {lvl.shape} is not one tiled plane")
