@@ -12,7 +12,7 @@ IGNORE_INDEX: int = 255
 IGNORE_COLOR: RGB = (128, 128, 128)
 
 #: Default palette used when a class has no colour of its own.
-_FALLBACK_COLORS: tuple[RGB, ...] = (
+FALLBACK_COLORS: tuple[RGB, ...] = (
     (255, 0, 0),
     (0, 255, 0),
     (0, 0, 255),
@@ -42,7 +42,7 @@ class ClassSpec:
             raise ValueError(f"class names must be unique, got {self.names}")
         colors = tuple(tuple(int(v) for v in c) for c in self.colors)
         if not colors:
-            colors = tuple(_FALLBACK_COLORS[i % len(_FALLBACK_COLORS)] for i in range(len(self.names)))
+            colors = tuple(FALLBACK_COLORS[i % len(FALLBACK_COLORS)] for i in range(len(self.names)))
         if len(colors) != len(self.names):
             raise ValueError(f"{len(self.names)} class names but {len(colors)} colours")
         object.__setattr__(self, "colors", colors)

@@ -28,6 +28,18 @@ def _reopen(path: str, backend: str, level: int) -> SlideLevelArray:
     return SlideLevelArray(open_slide(path, backend=backend), level)
 
 
+def level_key(key: Any) -> tuple[Any, Any, Any]:
+    """A numpy-style index of an (H, W, 3) level as exactly three entries (Ellipsis and short keys filled)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(j for j, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (_FULL,) * (3 - len(key) + 1) + key[i + 1 :]
+    if len(key) > 3:
+        raise IndexError(f"too many indices for a (H, W, 3) slide level: {len(key)}")
+    return key + (_FULL,) * (3 - len(key))
+
+
 def _axis(key: Any, n: int, axis: str) -> tuple[int, int, Any]:
     """(start, stop, local index) for one spatial axis: read [start, stop) then apply the local index."""
     if isinstance(key, slice):
@@ -89,14 +101,7 @@ class SlideLevelArray:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = next(j for j, k in enumerate(key) if k is Ellipsis)
-            key = key[:i] + (_FULL,) * (3 - len(key) + 1) + key[i + 1 :]
-        if len(key) > 3:
-            raise IndexError(f"too many indices for a (H, W, 3) slide level: {len(key)}")
-        key = key + (_FULL,) * (3 - len(key))
+        key = level_key(key)
         h, w = self.shape[0], self.shape[1]
         y0, y1, ly = _axis(key[0], h, "y")
         x0, x1, lx = _axis(key[1], w, "x")

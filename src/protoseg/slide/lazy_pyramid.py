@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protoseg.slide.array import _FULL, _axis
+from protoseg.slide.array import _FULL, _axis, level_key
 
 #: target chunk side for viewer reads (a multiple of the native tile near this)
 VIEW_CHUNK = 1024
@@ -135,14 +135,7 @@ class DownsampledLevelArray:
         return self._cache.get((self._key, cy, cx), compute)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = next(j for j, k in enumerate(key) if k is Ellipsis)
-            key = key[:i] + (_FULL,) * (3 - len(key) + 1) + key[i + 1 :]
-        if len(key) > 3:
-            raise IndexError(f"too many indices for a (H, W, 3) slide level: {len(key)}")
-        key = key + (_FULL,) * (3 - len(key))
+        key = level_key(key)
         y0, y1, ly = _axis(key[0], self.shape[0], "y")
         x0, x1, lx = _axis(key[1], self.shape[1], "x")
         c = self.chunk

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from protoseg.cancel import Cancelled, CancelToken
-from protoseg.classes import BCSS_WSSS, LUAD_HISTOSEG, ClassSpec
+from protoseg.classes import BCSS_WSSS, FALLBACK_COLORS, LUAD_HISTOSEG, ClassSpec
 from protoseg.errors import ProtosegError
 
 if TYPE_CHECKING:
@@ -184,20 +184,8 @@ def box_world_center(box: tuple[int, int, int, int], slide: Any) -> tuple[float,
 
 
 # ---- classes ---------------------------------------------------------------------------------
-_PALETTE = (
-    (255, 165, 0),
-    (0, 255, 255),
-    (255, 0, 255),
-    (128, 128, 0),
-    (0, 128, 128),
-    (128, 0, 0),
-    (255, 0, 0),
-    (0, 255, 0),
-    (0, 0, 255),
-    (153, 0, 255),
-    (255, 255, 0),
-    (128, 0, 128),
-)
+#: colours for typed class names no dataset knows: the library palette, then two more
+_PALETTE = (*FALLBACK_COLORS, (255, 255, 0), (128, 0, 128))
 
 
 def classes_from_text(text: str) -> ClassSpec:
