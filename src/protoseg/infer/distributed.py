@@ -104,7 +104,8 @@ def predict_many(
         client = Client(scheduler)
     else:
         n_workers = max(1, int(n_workers))
-        options.setdefault("torch_threads", max(1, (os.cpu_count() or 1) // n_workers))
+        if processes:  # torch's thread count is per process: thread workers must not change the caller's
+            options.setdefault("torch_threads", max(1, (os.cpu_count() or 1) // n_workers))
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
