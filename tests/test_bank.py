@@ -247,6 +247,16 @@ def test_add_from_slide_reads_level0_region(built) -> None:
     assert resized.members[-1].mpp == 0.5 and resized.members[-1].cluster == _cluster_of(bank, "red")
 
 
+def test_add_from_slide_without_file_mpp_uses_the_given_scan_resolution(built) -> None:
+    bank, _ = built
+    with pytest.raises(BankCurationError, match="records no microns-per-pixel"):
+        add_from_slide(bank, FakeSlide(mpp=None), (0, 0, 40, 40), 0, MeanColour(), mpp=0.5)
+    out = add_from_slide(bank, FakeSlide(mpp=None), (0, 0, 40, 40), 0, MeanColour(), mpp=0.5, slide_mpp=0.25)
+    same = add_from_slide(bank, FakeSlide(mpp=0.25), (0, 0, 40, 40), 0, MeanColour(), mpp=0.5)
+    np.testing.assert_array_equal(out.thumbnails[-1], same.thumbnails[-1])  # read at 0.5 µm/px both times
+    assert out.members[-1].mpp == 0.5
+
+
 def test_recluster_recovers_groups_and_keeps_flags(built) -> None:
     bank, _colours = built
     scrambled = bank.replace(

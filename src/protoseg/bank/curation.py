@@ -145,20 +145,29 @@ def add_from_slide(
     mpp: float | None = None,
     cluster: int | None = None,
     pinned: bool = False,
+    slide_mpp: float | None = None,
 ) -> ImageBank:
     """Read level-0 region ``box`` = (x, y, w, h) of a slide (``SlideLike``) and add it as a member.
 
-    When ``mpp`` is given and the slide reports its level-0 ``mpp``, the region is read at that
-    resolution with ``protoseg.slide.read_at_scale`` (so it matches patches taken at ``mpp``), else
-    at level 0; ``mpp`` is recorded either way.
+    When ``mpp`` is given, the region is read at that resolution with ``protoseg.slide.read_at_scale``
+    (so it matches patches taken at ``mpp``), using the slide's level-0 mpp or, for files that record
+    none, ``slide_mpp`` (the scan resolution the user gave); ``mpp`` is recorded either way.
+    Raises ``BankCurationError`` when ``mpp`` is given but the slide's resolution is unknown.
     """
     x, y, w, h = (int(v) for v in box)
     if w <= 0 or h <= 0:
         raise BankCurationError(f"region size must be positive, got w={w}, h={h}")
-    slide_mpp = getattr(slide, "mpp", None)
+    file_mpp = getattr(slide, "mpp", None)
+    base = file_mpp if isinstance(file_mpp, (int, float)) and file_mpp > 0 else slide_mpp
     size = (w, h)
-    if mpp is not None and isinstance(slide_mpp, (int, float)) and slide_mpp > 0 and abs(slide_mpp - mpp) > 1e-6:
-        scale = float(slide_mpp) / float(mpp)
+    if mpp is not None and base is None:
+        name = getattr(slide, "path", "the slide")
+        raise BankCurationError(
+            f"{name} records no microns-per-pixel, so a region cannot be read at the bank's {mpp} µm/px; "
+            "give the slide's scan resolution (e.g. 0.25 for 40x, 0.5 for 20x)"
+        )
+    if mpp is not None and base is not None and abs(base - mpp) > 1e-6:
+        scale = float(base) / float(mpp)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
     rgb = read_at_scale(slide, (x, y, w, h), size)
     source = str(getattr(slide, "path", None) or getattr(slide, "source", None) or "slide")
@@ -169,7 +178,7 @@ def add_from_slide(
         encoder,
         source=source,
         box=(x, y, w, h),
-        mpp=mpp if mpp is not None else slide_mpp,
+        mpp=mpp if mpp is not None else base,
         cluster=cluster,
         pinned=pinned,
     )

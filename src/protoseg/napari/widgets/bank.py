@@ -36,6 +36,7 @@ from protoseg.napari.widgets._common import (
     REGIONS,
     BackgroundJob,
     LayerCombo,
+    MppPrompt,
     NapariProgress,
     PathEdit,
     StatusLabel,
@@ -48,6 +49,7 @@ from protoseg.napari.widgets._common import (
     row,
     scroll_layout,
     slide_meta,
+    slide_mpp,
 )
 from protoseg.slide.pixels import as_rgb_uint8
 
@@ -98,6 +100,8 @@ class BankWidget(QWidget):
         self.pin_btn, self.unpin_btn = QPushButton("Pin"), QPushButton("Unpin")
         self.recluster_btn = QPushButton("Re-cluster with K")
         self.slide_combo = LayerCombo(self.viewer, lambda ly: slide_meta(ly) is not None)
+        self.mpp_prompt = MppPrompt(lambda: self.slide_combo.layer(), self.viewer)
+        self.slide_combo.currentIndexChanged.connect(lambda *_: self.mpp_prompt.refresh())
         self.shapes_combo = LayerCombo(self.viewer, lambda ly: ly._type_string == "shapes")
         self.class_combo = QComboBox()
         self.add_btn = QPushButton("Add selection as prototype")
@@ -136,6 +140,7 @@ class BankWidget(QWidget):
         form.addRow("", self.ckpt_btn)
         add = QFormLayout()
         add.addRow("Slide", self.slide_combo)
+        add.addRow("", self.mpp_prompt)
         add.addRow("Shapes", self.shapes_combo)
         add.addRow("Class", self.class_combo)
         root = scroll_layout(self)
@@ -336,13 +341,17 @@ class BankWidget(QWidget):
         c, path = self.class_combo.currentIndex(), slide_meta(slide)["path"]
         mpps = [m.mpp for m in bank.members if m.mpp]
         mpp = float(np.median(mpps)) if mpps else None
+        scan_mpp = slide_mpp(slide)  # the file's, else the one the user gave for this slide
+        if mpp is not None and scan_mpp is None:
+            self.mpp_prompt.refresh()
+            raise WidgetError("this slide records no microns-per-pixel: enter its scan resolution above first")
 
         def work(report: Any, cancel: Any) -> ImageBank:
             encoder, handle, out = encoder_for_bank(bank), open_slide(path), bank
             try:
                 for n, box in enumerate(boxes):
                     check_cancelled(cancel, "adding prototypes")
-                    out = add_from_slide(out, handle, box, c, encoder, mpp=mpp)
+                    out = add_from_slide(out, handle, box, c, encoder, mpp=mpp, slide_mpp=scan_mpp)
                     report((n + 1, len(boxes)))
             finally:
                 handle.close()
