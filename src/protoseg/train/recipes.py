@@ -130,8 +130,7 @@ class Stage1Objective:
             rows = torch.randperm(len(rows), generator=self.generator)[: s1.max_pairs].to(x.device)
         if len(rows) == 0:
             return (cam * 0).sum()
-        f_fg = self.encoder.encode(fb.x_fg[rows])
-        f_bg = self.encoder.encode(fb.x_bg[rows])
+        f_fg, f_bg = encode_pairs(self.encoder, fb.x_fg[rows], fb.x_bg[rows])
         res = prototype_similarity_loss(
             f_fg, f_bg, fb.class_index[rows], net.prototypes(), sim.temperature, sim.fg_weight, sim.bg_weight
         )
@@ -160,10 +159,16 @@ class Stage1Objective:
             return (cam * 0).sum()
         bi, ci = pairs[:, 0], pairs[:, 1]
         m = m_up[bi, ci].unsqueeze(1)
-        t = self.encoder.encode(x[bi] * m)
-        b = self.encoder.encode(x[bi] * (1 - m))
+        t, b = encode_pairs(self.encoder, x[bi] * m, x[bi] * (1 - m))
         res = plim_losses(t, b, self.text_features.to(t), ci, weights=s1.plim.weights)
         return res.total
+
+
+def encode_pairs(encoder: Any, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground and background images through the frozen encoder in ONE batched call (the encoder is in
+    eval mode, so each image's features do not depend on its batch-mates); returns (features_a, features_b)."""
+    feats = encoder.encode(torch.cat([a, b]))
+    return feats[: len(a)], feats[len(a) :]
 
 
 def encode_class_prompts(
