@@ -37,9 +37,14 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def slide_layer_data(path: str | Path) -> LayerData:
-    """Layer data for one slide: dask pyramid, mpp as scale (µm) and slide facts in metadata."""
+    """Layer data for one slide: lazy pyramid arrays, mpp as scale (µm) and slide facts in metadata.
+
+    napari gets the slide's own array-likes (``Slide.pyramid_arrays``: one backend read per slice, lazy
+    2x levels for slides with too few) rather than dask arrays: a dask compute imports dask.array and
+    dask.distributed on the GUI thread at the first draw and adds per-call overhead to every slice.
+    """
     slide = open_slide(path)
-    pyramid = slide.dask_pyramid()
+    pyramid = [array for array, _chunk, _ds in slide.pyramid_arrays()]
     mpp = slide.mpp
     scale = (mpp, mpp) if mpp else (1.0, 1.0)
     metadata = {
