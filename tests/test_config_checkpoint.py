@@ -12,7 +12,6 @@ import yaml
 
 from protoseg.classes import BCSS_WSSS
 from protoseg.config import (
-    STAGE1_RENAMED,
     AddOn,
     ConfigError,
     ProtosegConfig,
@@ -22,6 +21,7 @@ from protoseg.config import (
     save_config,
     to_dict,
 )
+from protoseg.config_compat import STAGE1_RENAMED
 from protoseg.data.records import Layout
 from protoseg.models.checkpoint import Checkpoint, CheckpointError, Stage, load_checkpoint, save_checkpoint
 from protoseg.models.encoders import EncoderKind

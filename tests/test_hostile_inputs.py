@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 
 from protoseg.classes import BCSS_WSSS, ClassSpec
 from protoseg.cli import main
-from protoseg.config import RANGES, ConfigError, ProtosegConfig, load_config
+from protoseg.config import ConfigError, ProtosegConfig, load_config
+from protoseg.config_ranges import RANGES
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
@@ -101,7 +102,7 @@ def _numeric_fields(cls: type, prefix: str = "") -> set[str]:
 
 def test_every_numeric_setting_has_a_range() -> None:
     keys = _numeric_fields(ProtosegConfig)
-    assert keys - set(RANGES) == set(), "add a RANGES entry (protoseg.config) for each new numeric setting"
+    assert keys - set(RANGES) == set(), "add a RANGES entry (protoseg.config_ranges) for each new numeric setting"
     assert set(RANGES) - keys == set(), "RANGES names settings that no longer exist"
 
 

@@ -136,8 +136,8 @@ def test_protoseg_is_the_reader_for_slides_without_a_dialog(make_napari_viewer) 
     from napari.settings import get_settings
 
     from protoseg.napari.preferences import PATTERNS
-    from protoseg.napari.widgets._common import foreign_image_layers
     from protoseg.napari.widgets.predict import PredictWidget
+    from protoseg.napari.widgets.slide_info import foreign_image_layers
 
     settings = get_settings().plugins
     settings.extension2reader = {"*.jpg": "napari"}  # the user's own choice for one pattern

@@ -285,10 +285,10 @@ def _save_small(img: np.ndarray, path: Path) -> None:
 
 
 def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, assets) -> None:
-    from protoseg.napari.widgets import _common
+    from protoseg.napari.widgets import slide_info
     from protoseg.napari.widgets.regions import RegionTagWidget
 
-    _common._USER_MPP.clear()
+    slide_info._USER_MPP.clear()
     viewer, slide, widget = _viewer_with_widget(make_napari_viewer, assets["png"])
     assert tuple(slide.scale) == (1.0, 1.0)
     assert "no microns-per-pixel" in widget.mpp_hint.text() and widget.mpp_hint.ask.isVisibleTo(widget)
@@ -305,7 +305,7 @@ def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, assets) -> Non
     widget.mpp_hint.spin.setValue(0.5)  # the user answers once: scanned at 20x
     _click(qtbot, widget.mpp_hint.button)
     assert not widget.mpp_hint.ask.isVisibleTo(widget) and "0.5 µm/px (set by you)" in widget.mpp_hint.text()
-    assert not regions.mpp_prompt.ask.isVisibleTo(regions) and _common.slide_mpp(slide) == 0.5
+    assert not regions.mpp_prompt.ask.isVisibleTo(regions) and slide_info.slide_mpp(slide) == 0.5
     _show(qtbot, widget)
     added = list(viewer.layers)[n:]
     assert len(added) == 2 and all(tuple(ly.scale) == (2.0, 2.0) for ly in added)  # slide-pixel units

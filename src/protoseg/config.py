@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,13 +12,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from protoseg.config_compat import STAGE1_RENAMED, drop_removed, upgrade_keys
+from protoseg.config_overrides import override_mapping
+from protoseg.config_ranges import check_ranges
 from protoseg.errors import ProtosegError
 
 if TYPE_CHECKING:
     from protoseg.data.records import Layout
     from protoseg.models.encoders.spec import EncoderKind
-
-logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Enum)
@@ -201,27 +200,6 @@ class Stage1Config:
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
 
 
-#: Flat ``stage1`` keys of configs and checkpoints written before the sections existed -> new place.
-STAGE1_RENAMED: dict[str, str] = {
-    "sim_weight": "similarity.weight",
-    "fg_weight": "similarity.fg_weight",
-    "bg_weight": "similarity.bg_weight",
-    "temperature": "similarity.temperature",
-    "diversity_weight": "lpd.diversity_weight",
-    "diversity_warmup_epochs": "lpd.diversity_warmup_epochs",
-    "diversity_temperature": "lpd.diversity_temperature",
-    "pscl_weight": "pscl.weight",
-    "pscl_tau": "pscl.tau",
-    "pscl_temperature": "pscl.temperature",
-    "pscl_max_pixels": "pscl.max_pixels",
-    "plim_weights": "plim.weights",
-    "plim_template": "plim.template",
-    "bg_threshold": "pseudo.bg_threshold",
-    "bg_grey": "pseudo.bg_grey",
-    "bg_min_size": "pseudo.bg_min_size",
-}
-
-
 @dataclass(frozen=True)
 class Stage2Config:
     """Stage-2 segmentation network trained on pseudo-masks."""
@@ -261,118 +239,7 @@ class ProtosegConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        check_ranges(self)
-
-
-@dataclass(frozen=True)
-class Range:
-    """Valid values of a numeric setting: finite (no NaN/inf) and within optional bounds; None passes
-    (optional settings). A tuple setting is checked element by element."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # True: low itself is not allowed (``> low``)
-
-    def problem(self, value: Any) -> str | None:
-        """Why ``value`` is out of range, or None when it is fine."""
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
-        if not math.isfinite(value):
-            return "not a finite number"
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return "out of range"
-        if self.high is not None and value > self.high:
-            return "out of range"
-        return None
-
-    def describe(self) -> str:
-        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
-        high = None if self.high is None else f"<= {self.high:g}"
-        return " and ".join(p for p in (low, high) if p) or "finite"
-
-
-POSITIVE = Range(0, low_open=True)
-NON_NEGATIVE = Range(0)
-FRACTION = Range(0, 1)
-AT_LEAST_ONE = Range(1)
-
-#: Valid range of every numeric setting, by dotted key; checked whenever a ProtosegConfig is built.
-#: A new numeric setting adds its line here (tests/test_hostile_inputs.py checks none is missing).
-RANGES: dict[str, Range] = {
-    "data.patch_size": Range(16, 8192),
-    "data.batch_size": AT_LEAST_ONE,
-    "data.num_workers": NON_NEGATIVE,
-    "data.max_train": AT_LEAST_ONE,
-    "data.max_val": AT_LEAST_ONE,
-    "bank.encoder.input_size": Range(16, 8192),
-    "bank.k": AT_LEAST_ONE,
-    "bank.n_per_cluster": AT_LEAST_ONE,
-    "bank.white_threshold": FRACTION,
-    "model.learnable_k": AT_LEAST_ONE,
-    "model.output_stride": Range(16, 32),  # 16 or 32 (the backbone names the choice)
-    "model.projector_hidden": AT_LEAST_ONE,
-    "stage1.epochs": AT_LEAST_ONE,
-    "stage1.lr": POSITIVE,
-    "stage1.weight_decay": NON_NEGATIVE,
-    "stage1.grad_clip": NON_NEGATIVE,  # 0 = no clipping
-    "stage1.stage_weights": NON_NEGATIVE,
-    "stage1.fusion_weights": NON_NEGATIVE,
-    "stage1.score_gate": FRACTION,
-    "stage1.cls_weight": NON_NEGATIVE,
-    "stage1.cam_area_weight": NON_NEGATIVE,
-    "stage1.delta": FRACTION,
-    "stage1.max_pairs": NON_NEGATIVE,  # 0 = all
-    "stage1.similarity.weight": NON_NEGATIVE,
-    "stage1.similarity.fg_weight": NON_NEGATIVE,
-    "stage1.similarity.bg_weight": NON_NEGATIVE,
-    "stage1.similarity.temperature": POSITIVE,
-    "stage1.lpd.diversity_weight": NON_NEGATIVE,
-    "stage1.lpd.diversity_warmup_epochs": NON_NEGATIVE,
-    "stage1.lpd.diversity_temperature": POSITIVE,
-    "stage1.pscl.weight": NON_NEGATIVE,
-    "stage1.pscl.tau": FRACTION,
-    "stage1.pscl.temperature": POSITIVE,
-    "stage1.pscl.max_pixels": Range(2),
-    "stage1.pscl.decoder_dim": AT_LEAST_ONE,
-    "stage1.plim.weights": NON_NEGATIVE,
-    "stage1.pseudo.ignore_below": FRACTION,
-    "stage1.pseudo.tie_margin": FRACTION,
-    "stage1.pseudo.bg_open_radius": Range(0, 0.5),
-    "stage1.pseudo.bg_min_size": NON_NEGATIVE,
-    "stage2.decoder_dim": AT_LEAST_ONE,
-    "stage2.epochs": AT_LEAST_ONE,
-    "stage2.lr": POSITIVE,
-    "stage2.weight_decay": NON_NEGATIVE,
-    "stage2.grad_clip": NON_NEGATIVE,
-    "run.seed": Range(0, 2**63 - 1),
-    "run.mpp": POSITIVE,
-    "run.log_every": AT_LEAST_ONE,
-}
-
-
-def numeric_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """Every int/float (or tuple-of-numbers) setting of a config tree by dotted key, with its value."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            out.update(numeric_keys(value, f"{key}."))
-            continue
-        items = value if isinstance(value, tuple) else (value,)
-        if items and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-            out[key] = value
-    return out
-
-
-def check_ranges(cfg: Any, prefix: str = "") -> None:
-    """Raise ConfigError naming the first setting outside its ``RANGES`` entry (NaN and inf included)."""
-    for key, value in numeric_keys(cfg, prefix).items():
-        rule = RANGES.get(key, Range())  # unlisted numbers must at least be finite
-        for v in value if isinstance(value, tuple) else (value,):
-            why = rule.problem(v)
-            if why is not None:
-                raise ConfigError(f"{key}={value!r} is {why}: expected a number {rule.describe()}")
+        check_ranges(self, ConfigError)
 
 
 def to_dict(cfg: Any) -> Any:
@@ -440,50 +307,6 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _warn_renamed(pairs: list[tuple[str, str]]) -> None:
-    logger.warning(
-        "deprecated config key(s) %s; they still work, but write them as %s",
-        ", ".join(old for old, _ in pairs),
-        ", ".join(new for _, new in pairs),
-    )
-
-
-def _upgrade_keys(data: dict[str, Any], renamed: dict[str, str], where: str) -> dict[str, Any]:
-    """Move old flat keys into their sections (``bg_threshold`` -> ``pseudo.bg_threshold``), logging it."""
-    old = [k for k in data if k in renamed]
-    if not old:
-        return data
-    out = {k: v for k, v in data.items() if k not in renamed}
-    for key in old:
-        section, name = renamed[key].split(".")
-        node = out.get(section, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{where}{section}: expected a mapping, got {node!r}")
-        if name in node:
-            raise ConfigError(f"both {where}{key} (deprecated) and {where}{renamed[key]} are set; keep only the second")
-        out[section] = {**node, name: data[key]}
-    _warn_renamed([(f"{where}{k}", f"{where}{renamed[k]}") for k in old])
-    return out
-
-
-#: Keys of older configs that no longer apply (dotted key -> why); they load with a warning and are dropped.
-REMOVED_KEYS: dict[str, str] = {
-    "model.background_score": "label-free stage-1 predictions take background from the glass detector, "
-    "not from a constant CAM score",
-    "stage1.pseudo.bg_threshold": "low-CAM pixels are no longer made background (they become ignore = 255 "
-    "below stage1.pseudo.ignore_below)",
-    "stage1.pseudo.bg_grey": "background now comes from the adaptive glass detector "
-    "(stage1.pseudo.glass, bg_open_radius, bg_min_size)",
-}
-
-
-def _drop_removed(data: dict[str, Any], where: str) -> dict[str, Any]:
-    gone = [k for k in data if f"{where}{k}" in REMOVED_KEYS]
-    for k in gone:
-        logger.warning("config key %s%s no longer applies and is ignored: %s", where, k, REMOVED_KEYS[f"{where}{k}"])
-    return {k: v for k, v in data.items() if k not in gone} if gone else data
-
-
 #: Per config class, its renamed keys (old flat name -> "section.name").
 _RENAMED: dict[type, dict[str, str]] = {Stage1Config: STAGE1_RENAMED}
 
@@ -492,8 +315,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build a (nested) config dataclass from a mapping; unknown keys are errors (typos), renamed keys
     of older configs are moved to their new place with a deprecation warning."""
     if cls in _RENAMED:
-        data = _upgrade_keys(data, _RENAMED[cls], where)
-    data = _drop_removed(data, where)
+        data = upgrade_keys(data, _RENAMED[cls], where, ConfigError)
+    data = drop_removed(data, where)
     hints = typing.get_type_hints(cls, localns=_home_enums() if cls in (DataConfig, EncoderConfig) else None)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -505,45 +328,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     return cls(**kwargs)  # type: ignore[call-arg]
 
 
-def _parse_scalar(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def apply_overrides(cfg: ProtosegConfig, overrides: list[str]) -> ProtosegConfig:
     """Apply ``section.key=value`` strings (YAML-parsed values) on top of a config."""
-    data = to_dict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. stage1.epochs=3)")
-        key, raw = item.split("=", 1)
-        key = _renamed_override(key.strip())
-        if key in REMOVED_KEYS:
-            logger.warning("override %s no longer applies and is ignored: %s", key, REMOVED_KEYS[key])
-            continue
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"override {item!r}: no config section {part!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r}; valid: {sorted(node)}")
-        node[parts[-1]] = _parse_scalar(raw)
-    return from_dict(ProtosegConfig, data)
-
-
-def _renamed_override(key: str) -> str:
-    """``stage1.bg_threshold`` -> ``stage1.pseudo.bg_threshold`` (old flat keys keep working, with a warning)."""
-    section, _, name = key.partition(".")
-    renamed = {"stage1": STAGE1_RENAMED}.get(section, {})
-    if name in renamed:
-        new = f"{section}.{renamed[name]}"
-        _warn_renamed([(key, new)])
-        return new
-    return key
+    return from_dict(ProtosegConfig, override_mapping(to_dict(cfg), overrides, ConfigError))
 
 
 def config_from_dict(data: dict[str, Any]) -> ProtosegConfig:
@@ -562,7 +349,7 @@ def merge_config(base: ProtosegConfig, data: dict[str, Any]) -> ProtosegConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections (data, model, ...), got {type(data).__name__}")
     if isinstance(data.get("stage1"), dict):
-        data = {**data, "stage1": _upgrade_keys(data["stage1"], STAGE1_RENAMED, "stage1.")}
+        data = {**data, "stage1": upgrade_keys(data["stage1"], STAGE1_RENAMED, "stage1.", ConfigError)}
 
     def merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         out = dict(into)

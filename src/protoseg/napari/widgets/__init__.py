@@ -23,7 +23,7 @@ def __getattr__(name: str):  # lazy: importing the package must not import Qt/na
 
         return PredictWidget
     if name == "guard_triton_llvm_clash":  # explicit, called before torchvision may load; not on import
-        from protoseg.napari.widgets._common import guard_triton_llvm_clash
+        from protoseg.napari.widgets.jobs import guard_triton_llvm_clash
 
         return guard_triton_llvm_clash
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

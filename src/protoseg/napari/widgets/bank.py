@@ -34,23 +34,19 @@ from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.widgets._common import (
     FOLDER,
     REGIONS,
-    BackgroundJob,
     LayerCombo,
-    MppPrompt,
-    NapariProgress,
     PathEdit,
     StatusLabel,
     WidgetError,
     box_world_center,
-    find_slide_layer,
     layer_to_level0,
     region_sources,
     regions_changed,
     row,
     scroll_layout,
-    slide_meta,
-    slide_mpp,
 )
+from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress
+from protoseg.napari.widgets.slide_info import MppPrompt, find_slide_layer, slide_meta, slide_mpp
 from protoseg.slide.pixels import as_rgb_uint8
 
 logger = logging.getLogger(__name__)

@@ -4,8 +4,6 @@ background as the user pans, whole-slide batch to OME-Zarr (progress, cancel, re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QLabel,
@@ -23,85 +20,35 @@ from qtpy.QtWidgets import (
     QSlider,
     QSpinBox,
     QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from protoseg.cancel import Cancelled, CancelLike
 from protoseg.classes import ClassSpec
-from protoseg.export import AreaRow, ExportFormat, default_output, export_format, export_prediction, read_area_csv
-from protoseg.napari.overlays import Placement, lazy_layer_data, zarr_layer_data
+from protoseg.napari.overlays import Placement, lazy_layer_data
 from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.scheduler import ChunkScheduler
 from protoseg.napari.widgets._common import (
     DEVICES,
-    BackgroundJob,
     LayerCombo,
-    MppPrompt,
-    NapariProgress,
     PathEdit,
     StatusLabel,
     WidgetError,
     checkpoint_ready,
-    guard_triton_llvm_clash,
     row,
     scroll_layout,
-    set_slide_mpp,
-    slide_meta,
-    slide_mpp,
 )
+from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress, guard_triton_llvm_clash
 from protoseg.napari.widgets.legend import Legend
+from protoseg.napari.widgets.overlay_layers import (
+    create_overlay_layer,
+    layer_units,
+)
+from protoseg.napari.widgets.overlay_view import OverlayViewSection
+from protoseg.napari.widgets.slide_info import MppPrompt, set_slide_mpp, slide_meta, slide_mpp
+from protoseg.napari.widgets.whole_slide import EXPORTS, WholeSlideSection
 
 logger = logging.getLogger(__name__)
-
-EXPORTS = {  # format -> (button, file filter); default names come from protoseg.export.default_output
-    ExportFormat.OME_ZARR: ("OME-Zarr", "OME-Zarr folder (*.zarr)"),
-    ExportFormat.OME_TIFF: ("OME-TIFF", "OME-TIFF (*.ome.tif)"),
-    ExportFormat.GEOJSON: ("GeoJSON", "GeoJSON (*.geojson)"),
-    ExportFormat.AREAS: ("Areas CSV", "CSV (*.csv)"),
-}
-
-
-# ---- whole-slide batch (Qt-free) ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class BatchOutcome:
-    """Result of :func:`run_batch`: the output folder, the library's summary (None if cancelled), progress."""
-
-    path: Path
-    result: Any
-    cancelled: bool
-    done: int
-    total: int
-
-
-def run_batch(
-    predictor: Any,
-    slide: Any,
-    out_dir: str | Path,
-    *,
-    report: Callable[[tuple[int, int]], None],
-    cancel: CancelLike | None = None,
-    **kwargs: Any,
-) -> BatchOutcome:
-    """``predict_slide_to_omezarr`` (resuming) reporting (done, total); ``cancel`` stops it at the next chunk
-    (finished chunks are kept, so running it again resumes)."""
-    from protoseg.infer import predict_slide_to_omezarr
-
-    state = [0, 0]
-
-    def progress(done: int, total: int) -> None:
-        state[:] = [int(done), int(total)]
-        report((int(done), int(total)))
-
-    try:
-        result = predict_slide_to_omezarr(
-            predictor, slide, out_dir, resume=True, progress=progress, cancel=cancel, **kwargs
-        )
-    except Cancelled:
-        logger.info("batch prediction to %s cancelled at %d/%d chunks", out_dir, *state)
-        return BatchOutcome(Path(out_dir), None, True, state[0], state[1])
-    return BatchOutcome(Path(out_dir), result, False, result.chunks_total, result.chunks_total)
 
 
 class _Bridge(QObject):
@@ -110,7 +57,7 @@ class _Bridge(QObject):
     ready = Signal()
 
 
-class PredictWidget(QWidget):
+class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
     """napari dock widget: overlays for the view, whole-slide batch, exports (never blocks the viewer)."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -338,7 +285,7 @@ class PredictWidget(QWidget):
 
         self._clear_overlays()
         self.scheduler = ChunkScheduler(lazy, on_ready=self._bridge.ready.emit)
-        placement = Placement.on_slide(layer.scale, layer.translate, lazy.layout.geom.scale, _units(layer))
+        placement = Placement.on_slide(layer.scale, layer.translate, lazy.layout.geom.scale, layer_units(layer))
         data = self._one_cam(lazy_layer_data(self.scheduler, self.classes, placement, self._shown_class()))
         if staggered:
             self._adding = True
@@ -376,312 +323,9 @@ class PredictWidget(QWidget):
         self.update_view()
         return self.overlays
 
-    # ---- what is on screen ------------------------------------------------------------------------
-    def update_view(self) -> bool:
-        """Tell the scheduler which overlay chunks are on screen (level and pixel window of a visible overlay
-        layer, as napari chose them); work that left the view is dropped. True when the view changed."""
-        if self.scheduler is None or self.scheduler.closed:
-            return False
-        shown = [ly for ly in self.overlays if ly.visible and ly in self.viewer.layers]
-        if not shown:
-            key: tuple = (-1,)
-        else:
-            ly = shown[-1]
-            corners = [int(v) for v in ly.corner_pixels[:, -2:].ravel()]
-            key = (int(ly.data_level) if ly.multiscale else 0, corners[0], corners[2] + 1, corners[1], corners[3] + 1)
-        if key == self._view_key:
-            return False
-        self._view_key = key
-        if key[0] < 0:
-            self.scheduler.set_view(1, 0, 0, 0, 0)  # nothing visible: compute nothing
-        else:
-            self.scheduler.set_view(*key)
-        return True
-
-    def set_overlay_opacity(self, value: int | float) -> None:
-        """Opacity (0-100 %) of every overlay layer (the dock's slider)."""
-        self.opacity.blockSignals(True)
-        self.opacity.setValue(round(value))
-        self.opacity.blockSignals(False)
-        for ly in self.overlays:
-            ly.opacity = float(value) / 100.0
-
-    def _style_overlays(self) -> None:
-        """Overlay opacity from the dock's slider, read-only mask layer, class legend on the canvas."""
-        self.set_overlay_opacity(self.opacity.value())
-        masks = [ly for ly in self.overlays if ly._type_string == "labels"]
-        for ly in masks:
-            make_read_only(ly)
-        if masks and self.classes is not None:
-            add_canvas_legend(self.viewer, self.classes, staggered=True)
-
-    def _shown_class(self) -> int:
-        return max(0, self.class_combo.currentIndex())
-
-    def _one_cam(self, data: list[Any]) -> list[Any]:
-        """Keep one CAM layer (the chosen class) + the mask: each napari layer costs GUI time to add, so the
-        dock's class choice swaps the CAM layer's data instead of toggling one layer per class."""
-        self._cam_data = [ld for ld in data if ld[2] == "image"]
-        cam = self._cam_data[min(self._shown_class(), len(self._cam_data) - 1)]
-        cam[1]["visible"] = True
-        return [cam, *(ld for ld in data if ld[2] != "image")]
-
-    def cam_layer(self) -> Any | None:
-        """The CAM overlay layer (None before 'Show overlays')."""
-        cams = [ly for ly in self.overlays if ly.metadata.get("protoseg_overlay", {}).get("kind") == "cam"]
-        return cams[0] if cams else None
-
-    def set_visible_class(self, index: int) -> None:
-        """Show the CAM of class ``index`` in the CAM layer (its data, colormap and name)."""
-        cam = self.cam_layer()
-        if cam is not None and 0 <= index < len(self._cam_data):
-            data, meta, _ = self._cam_data[index]
-            if cam.metadata.get("protoseg_overlay", {}).get("index") != index:
-                cam.data = data
-                cam.colormap = meta["colormap"]
-                cam.contrast_limits = meta["contrast_limits"]
-                cam.name = meta["name"]
-                cam.metadata = meta["metadata"]
-            cam.visible = True
-        if self.class_combo.currentIndex() != index:
-            self.class_combo.setCurrentIndex(index)
-
-    def _on_chunk_ready(self) -> None:
-        if not self._refresh_timer.isActive():  # throttle: at most one redraw per interval while chunks arrive
-            self._refresh_timer.start()
-
-    def _refresh_overlays(self) -> None:
-        for ly in self.overlays:
-            if ly.visible and ly in self.viewer.layers:
-                ly.refresh()
-        if self.scheduler is not None and self.scheduler.last_error:
-            self.status.error(f"overlay computation failed: {self.scheduler.last_error}")
-
-    def _clear_overlays(self) -> None:
-        self._view_timer.stop()
-        if self.scheduler is not None:
-            self.scheduler.close()
-            self.scheduler = None
-        old, self.overlays = self.overlays, []
-        remove_canvas_legend(self.viewer)
-        for ly in old:
-            if ly in self.viewer.layers:
-                self.viewer.layers.remove(ly)
-
-    def _on_layer_removed(self, event: Any) -> None:
-        if event.value in self.overlays:
-            self.overlays.remove(event.value)
-            if not self.overlays:
-                remove_canvas_legend(self.viewer)
-                if self.scheduler is not None:
-                    self.scheduler.close()
-
-    # ---- whole slide -------------------------------------------------------------------------------
-    def output_path(self) -> Path:
-        """The batch output folder: the typed one, or ``predictions/<slide>-<hash>.zarr`` next to the checkpoint."""
-        if self.out.text():
-            return Path(self.out.text())
-        _, path, _ = self._slide_inputs()
-        from protoseg.infer.identity import default_prediction_name  # unique per slide and checkpoint
-
-        ckpt = Path(self.checkpoint.text()).resolve()
-        return ckpt.parent / "predictions" / default_prediction_name(path, ckpt)
-
-    def start_batch(self) -> BackgroundJob:
-        """Predict the whole slide into the OME-Zarr output in a worker (resumes a cancelled run)."""
-        if self.job is not None and self.job.running:
-            raise WidgetError("a whole-slide run is already going; cancel it first")
-        key = self._predictor_key()
-        layer, path, override = self._slide_inputs()
-        self._check_mpp(self._ckpt_mpp, layer, override)
-        out = self.output_path()
-        self.out.setText(str(out))
-        kwargs = {"slide_mpp": override, "tissue_only": self.tissue.isChecked(), "chunk": self.chunk.value()}
-
-        def work(report: Any, cancel: Any) -> Any:
-            report((0, 0))  # the progress bar moves (busy) while the model loads
-            predictor = self._predictor_for(key)
-            return run_batch(predictor, path, out, report=report, cancel=cancel, **kwargs)
-
-        self.outcome = None
-        self.bar.setRange(0, 0)  # busy at once, while the model loads; the first chunk gives the real range
-        self.batch_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self.status.ok(f"predicting the whole slide into {out} …")
-        self.job = BackgroundJob(work, self._on_batch_events, self._on_batch_done, self._on_batch_error, parent=self)
-        return self.job.start()
-
-    def cancel_batch(self) -> None:
-        """Stop the whole-slide run after the current chunk; finished chunks are kept for resuming."""
-        if self.job is not None and self.job.running:
-            self.job.cancel()
-            self.status.ok("cancelling… (finished chunks are kept; 'Whole slide' resumes)")
-
-    def _on_batch_events(self, items: list[tuple[int, int]]) -> None:
-        done, total = items[-1]
-        self.bar.setMaximum(max(0, total))  # 0: busy indicator while the model loads and the run starts
-        self.bar.setValue(done)
-        if total:
-            self.progress.update(done, total, "protoseg whole-slide prediction")
-
-    def _batch_finished(self) -> None:
-        self.progress.close()
-        self.batch_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
-
-    def _on_batch_done(self, outcome: Any) -> None:
-        self.outcome = outcome
-        self._batch_finished()
-        if outcome.cancelled:
-            self.status.ok(f"cancelled at {outcome.done}/{outcome.total} chunks; 'Whole slide' resumes from there")
-            return
-        r = outcome.result
-        self.status.ok(
-            f"whole slide done in {r.seconds:.1f} s ({r.chunks_predicted} chunks predicted, "
-            f"{r.chunks_resumed} resumed): {outcome.path}"
-        )
-        self.open_batch_result(outcome.path)
-
-    def _on_batch_error(self, exc: BaseException) -> None:
-        self._batch_finished()
-        self.status.error(f"whole-slide prediction failed: {exc}")
-
-    def open_batch_result(self, path: str | Path) -> list[Any]:
-        """Replace the overlays with layers read from a finished OME-Zarr prediction."""
-
-        from protoseg.infer import open_prediction
-
-        pred = open_prediction(path)
-        layer, _, _ = self._slide_inputs()
-        self._clear_overlays()
-        if self.classes is None or self.classes != pred.classes:
-            self.classes = pred.classes
-            self.legend.set_classes(pred.classes)
-            self.class_combo.clear()
-            self.class_combo.addItems(pred.classes.names)
-        placement = Placement.on_slide(layer.scale, layer.translate, pred.scale, _units(layer))
-        data = self._one_cam(zarr_layer_data(pred, placement, self._shown_class()))
-        self.overlays = [self.viewer.add_layer(create_overlay_layer(ld)) for ld in data]
-        self._style_overlays()
-        self.result_path = Path(path)
-        return self.overlays
-
-    # ---- exports -----------------------------------------------------------------------------------
-    def _result(self) -> Path:
-        path = self.result_path or (Path(self.out.text()) if self.out.text() else None)
-        if path is None or not path.is_dir():
-            raise WidgetError("no whole-slide result yet: run 'Whole slide' first (exports read its OME-Zarr)")
-        return path
-
-    def export(self, kind: ExportFormat | str, out: str | Path, wait: bool = True) -> Any:
-        """Write an export (an ``ExportFormat`` or its value: "ome-zarr", "ome-tiff", "geojson", "areas") of the
-        batch result to ``out``.
-
-        ``wait=False`` runs it in a worker (what the buttons do) and returns the job.
-        """
-        kind = export_format(kind)
-        src = self._result()
-        if wait:
-            path = export_prediction(src, kind, out)
-            self._exported(kind, path)
-            return path
-        job = BackgroundJob(
-            lambda report, cancel: export_prediction(src, kind, out),
-            on_done=lambda p: self._exported(kind, p),
-            on_error=lambda e: self.status.error(f"export failed: {e}"),
-            parent=self,
-        )
-        self.status.ok(f"writing {EXPORTS[kind][0]} …")
-        return job.start()
-
-    def _exported(self, kind: ExportFormat, path: Path) -> None:
-        self.status.ok(f"wrote {path}")
-        if kind is ExportFormat.AREAS:
-            self.show_areas(read_area_csv(path))
-
-    def show_areas(self, rows: list[AreaRow]) -> None:
-        """Fill the area table with the tissue classes (class, mm², % of tissue)."""
-        tissue = [r for r in rows if r.tissue_fraction is not None]
-        self.areas.setRowCount(len(tissue))
-        for i, r in enumerate(tissue):
-            for j, text in enumerate((r.name, f"{r.area_mm2:.4f}", f"{100 * r.tissue_fraction:.1f}")):
-                self.areas.setItem(i, j, QTableWidgetItem(text))
-        self.areas.resizeColumnsToContents()
-
-    def _export_dialog(self, kind: ExportFormat) -> None:
-        src = self._result()
-        label, file_filter = EXPORTS[kind]
-        out, _ = QFileDialog.getSaveFileName(self, f"Export {label}", str(default_output(src, kind)), file_filter)
-        if out:
-            self.export(kind, out, wait=False)
-
     def closeEvent(self, event: Any) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
         if self.job is not None and self.job.running:
             self.job.cancel()
         super().closeEvent(event)
-
-
-def make_read_only(layer: Any) -> Any:
-    """Keep a computed overlay Labels layer read-only (no paint tools; painting would edit a model output).
-
-    Before the layer is added this also hides its paint-brush and polygon overlays, which a read-only layer
-    never shows: napari then does not build their GL visuals (most of the GUI time of adding a Labels layer).
-    """
-    for key in ("polygon", "brush_stroke"):
-        overlay = getattr(layer, "_overlays", {}).get(key)
-        if overlay is not None:
-            overlay.visible = False
-    layer.editable = False
-    layer.events.editable.connect(lambda _e=None: setattr(layer, "editable", False) if layer.editable else None)
-    return layer
-
-
-def create_overlay_layer(layer_data: Any) -> Any:
-    """A napari layer from overlay layer data; the mask Labels layer is made read-only before it is added."""
-    from napari.layers import Layer
-
-    layer = Layer.create(*layer_data)
-    return make_read_only(layer) if layer._type_string == "labels" else layer
-
-
-LEGEND_KEY = "protoseg_legend_"
-
-
-def add_canvas_legend(viewer: Any, classes: ClassSpec, staggered: bool = False) -> list[Any]:
-    """Class names in their colours in the canvas's top-right corner (one napari text overlay per class), so
-    a screenshot of the canvas can be read; replaces an earlier legend. ``staggered`` adds one text per
-    event-loop turn (napari builds a GL text visual for each)."""
-    from napari.components.overlays import TextOverlay
-
-    remove_canvas_legend(viewer)
-    overlays = [
-        TextOverlay(
-            text=f"■ {name}", color=[v / 255 for v in rgb] + [1.0], position="top_right", font_size=11, visible=True
-        )
-        for name, rgb in zip(classes.names, classes.colors)
-    ]
-    todo = list(enumerate(overlays))
-
-    def step() -> None:
-        i, overlay = todo.pop(0)
-        viewer.canvas.overlays[f"{LEGEND_KEY}{i}"] = overlay
-        if todo and staggered:
-            QTimer.singleShot(0, step)
-
-    while todo and not staggered:
-        step()
-    if staggered and todo:
-        QTimer.singleShot(0, step)
-    return overlays
-
-
-def remove_canvas_legend(viewer: Any) -> None:
-    for key in [k for k in viewer.canvas.overlays if str(k).startswith(LEGEND_KEY)]:
-        del viewer.canvas.overlays[key]
-
-
-def _units(layer: Any) -> Any:
-    units = getattr(layer, "units", None)
-    return None if units is None else tuple(str(u) for u in units)

@@ -35,7 +35,6 @@ from protoseg.data.regions import (
 from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.widgets._common import (
     LayerCombo,
-    MppPrompt,
     PathEdit,
     StatusLabel,
     WidgetError,
@@ -46,9 +45,8 @@ from protoseg.napari.widgets._common import (
     level0_to_layer,
     register_regions,
     scroll_layout,
-    slide_meta,
-    slide_mpp,
 )
+from protoseg.napari.widgets.slide_info import MppPrompt, slide_meta, slide_mpp
 from protoseg.train.jobs import source_data
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,121 @@
+"""Valid range of every numeric run-config setting (``RANGES``), checked whenever a config is built;
+knows no config class: ``protoseg.config`` passes in its config tree and its ``ConfigError``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Range:
+    """Valid values of a numeric setting: finite (no NaN/inf) and within optional bounds; None passes
+    (optional settings). A tuple setting is checked element by element."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: low itself is not allowed (``> low``)
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of range, or None when it is fine."""
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if not math.isfinite(value):
+            return "not a finite number"
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return "out of range"
+        if self.high is not None and value > self.high:
+            return "out of range"
+        return None
+
+    def describe(self) -> str:
+        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = None if self.high is None else f"<= {self.high:g}"
+        return " and ".join(p for p in (low, high) if p) or "finite"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1)
+AT_LEAST_ONE = Range(1)
+
+#: Valid range of every numeric setting, by dotted key; checked whenever a ProtosegConfig is built.
+#: A new numeric setting adds its line here (tests/test_hostile_inputs.py checks none is missing).
+RANGES: dict[str, Range] = {
+    "data.patch_size": Range(16, 8192),
+    "data.batch_size": AT_LEAST_ONE,
+    "data.num_workers": NON_NEGATIVE,
+    "data.max_train": AT_LEAST_ONE,
+    "data.max_val": AT_LEAST_ONE,
+    "bank.encoder.input_size": Range(16, 8192),
+    "bank.k": AT_LEAST_ONE,
+    "bank.n_per_cluster": AT_LEAST_ONE,
+    "bank.white_threshold": FRACTION,
+    "model.learnable_k": AT_LEAST_ONE,
+    "model.output_stride": Range(16, 32),  # 16 or 32 (the backbone names the choice)
+    "model.projector_hidden": AT_LEAST_ONE,
+    "stage1.epochs": AT_LEAST_ONE,
+    "stage1.lr": POSITIVE,
+    "stage1.weight_decay": NON_NEGATIVE,
+    "stage1.grad_clip": NON_NEGATIVE,  # 0 = no clipping
+    "stage1.stage_weights": NON_NEGATIVE,
+    "stage1.fusion_weights": NON_NEGATIVE,
+    "stage1.score_gate": FRACTION,
+    "stage1.cls_weight": NON_NEGATIVE,
+    "stage1.cam_area_weight": NON_NEGATIVE,
+    "stage1.delta": FRACTION,
+    "stage1.max_pairs": NON_NEGATIVE,  # 0 = all
+    "stage1.similarity.weight": NON_NEGATIVE,
+    "stage1.similarity.fg_weight": NON_NEGATIVE,
+    "stage1.similarity.bg_weight": NON_NEGATIVE,
+    "stage1.similarity.temperature": POSITIVE,
+    "stage1.lpd.diversity_weight": NON_NEGATIVE,
+    "stage1.lpd.diversity_warmup_epochs": NON_NEGATIVE,
+    "stage1.lpd.diversity_temperature": POSITIVE,
+    "stage1.pscl.weight": NON_NEGATIVE,
+    "stage1.pscl.tau": FRACTION,
+    "stage1.pscl.temperature": POSITIVE,
+    "stage1.pscl.max_pixels": Range(2),
+    "stage1.pscl.decoder_dim": AT_LEAST_ONE,
+    "stage1.plim.weights": NON_NEGATIVE,
+    "stage1.pseudo.ignore_below": FRACTION,
+    "stage1.pseudo.tie_margin": FRACTION,
+    "stage1.pseudo.bg_open_radius": Range(0, 0.5),
+    "stage1.pseudo.bg_min_size": NON_NEGATIVE,
+    "stage2.decoder_dim": AT_LEAST_ONE,
+    "stage2.epochs": AT_LEAST_ONE,
+    "stage2.lr": POSITIVE,
+    "stage2.weight_decay": NON_NEGATIVE,
+    "stage2.grad_clip": NON_NEGATIVE,
+    "run.seed": Range(0, 2**63 - 1),
+    "run.mpp": POSITIVE,
+    "run.log_every": AT_LEAST_ONE,
+}
+
+
+def numeric_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Every int/float (or tuple-of-numbers) setting of a config tree by dotted key, with its value."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(numeric_keys(value, f"{key}."))
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        if items and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            out[key] = value
+    return out
+
+
+def check_ranges(cfg: Any, error: type[Exception], prefix: str = "") -> None:
+    """Raise ``error`` (the config's ConfigError) naming the first setting outside its ``RANGES`` entry
+    (NaN and inf included)."""
+    for key, value in numeric_keys(cfg, prefix).items():
+        rule = RANGES.get(key, Range())  # unlisted numbers must at least be finite
+        for v in value if isinstance(value, tuple) else (value,):
+            why = rule.problem(v)
+            if why is not None:
+                raise error(f"{key}={value!r} is {why}: expected a number {rule.describe()}")
