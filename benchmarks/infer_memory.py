@@ -20,8 +20,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+class PeakRss:
+    """Samples this process's RSS in a thread between ``with`` entry and exit; ``base``/``peak`` in bytes."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        import psutil
+
+        self._proc, self.every = psutil.Process(), every
+        self.base = self.peak = self._proc.memory_info().rss
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(self.every)
+
+    def __enter__(self) -> PeakRss:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def child(size: int, backbone: str, levels: int | None) -> None:
-    import psutil
     import torch
 
     from infer_common import make_checkpoint, make_slide
@@ -37,31 +63,17 @@ def child(size: int, backbone: str, levels: int | None) -> None:
         import gc
 
         gc.collect()
-        base = psutil.Process().memory_info().rss
-        peak = [base]
-        import threading
-
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], psutil.Process().memory_info().rss)
-                time.sleep(0.02)
-
-        th = threading.Thread(target=sample, daemon=True)
-        th.start()
         start = time.perf_counter()
-        res = predict_slide_to_omezarr(predictor, slide, tmp / "out.zarr", tissue_only=True)
-        stop.set()
-        th.join()
+        with PeakRss() as rss:
+            res = predict_slide_to_omezarr(predictor, slide, tmp / "out.zarr", tissue_only=True)
         print(
             json.dumps(
                 {
                     "size": size,
                     "tiles": res.tiles_predicted,
                     "seconds": time.perf_counter() - start,
-                    "baseline_mb": base / 2**20,
-                    "peak_mb": peak[0] / 2**20,
+                    "baseline_mb": rss.base / 2**20,
+                    "peak_mb": rss.peak / 2**20,
                     "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 }
             )
@@ -70,32 +82,19 @@ def child(size: int, backbone: str, levels: int | None) -> None:
 
 def thumb_child(path: str, stream: bool) -> None:
     """Peak RSS of the tissue mask predict computes first (thumbnail of the whole slide)."""
-    import threading
-
-    import psutil
-
     import protoseg.slide.resample as rs
     from protoseg.slide import open_slide, tissue_mask
 
     if not stream:
         rs.STREAM_BYTES = 1 << 62  # the previous behaviour: one window = the whole level
-    base = psutil.Process().memory_info().rss
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], psutil.Process().memory_info().rss)
-            time.sleep(0.01)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
     start = time.perf_counter()
-    with open_slide(path) as slide:
+    with PeakRss(every=0.01) as rss, open_slide(path) as slide:
         tissue_mask(slide)
-    stop.set()
-    th.join()
-    print(json.dumps({"seconds": time.perf_counter() - start, "baseline_mb": base / 2**20, "peak_mb": peak[0] / 2**20}))
+    print(
+        json.dumps(
+            {"seconds": time.perf_counter() - start, "baseline_mb": rss.base / 2**20, "peak_mb": rss.peak / 2**20}
+        )
+    )
 
 
 def thumbnails(size: int) -> None:
