@@ -4,7 +4,9 @@ Run: ``python benchmarks/infer_lazy.py [--view 1920x1080]``. Prints the median c
 level-0 chunks, the cold latency of a neighbouring chunk (tiles shared through the cache), warm
 latency; then the cost of the overlay of one view at level 0 (fresh caches each time): whole
 chunks covering the view (512 and 256 px) and ``LazyPrediction.window`` (only the view's tiles),
-each against predicting exactly that box (``Predictor.predict_box``), in time and in tiles.
+the overlay scheduler itself (``ChunkScheduler.set_view`` of the view, ``wait_idle``), each against
+predicting exactly that box (``Predictor.predict_box``), in time and in tiles (target: the scheduler
+<= 1.1x the exact box). ``--ways scheduler --rounds 3 --skip-latency`` is a quicker run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from infer_common import make_checkpoint, make_slide, threads
 from protoseg.infer.lazy import LazyPrediction
 from protoseg.infer.predictor import Predictor
+from protoseg.napari.scheduler import ChunkScheduler
 from protoseg.slide import open_slide
 
 
@@ -31,7 +34,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def overlay_cost(predictor: Predictor, slide: Path, view: tuple[int, int], rounds: int) -> None:
+def overlay_cost(predictor: Predictor, slide: Path, view: tuple[int, int], rounds: int, only: list[str]) -> None:
     """Overlay of one view: chunks covering it, or the window, vs predicting exactly that box (interleaved)."""
     vw, vh = view
     x0, y0 = 37, 23  # an arbitrary, unaligned viewport position
@@ -50,7 +53,23 @@ def overlay_cost(predictor: Predictor, slide: Path, view: tuple[int, int], round
     def window() -> None:
         LazyPrediction(predictor, str(slide)).window(x0, y0, x0 + vw, y0 + vh)
 
-    ways = {"exact box (predict_box)": exact, "chunks 512": chunks(512), "chunks 256": chunks(256), "window": window}
+    def scheduler() -> None:
+        sched = ChunkScheduler(LazyPrediction(predictor, str(slide)))  # the GUI's path: default 512 px chunks
+        sched.set_view(0, y0, y0 + vh, x0, x0 + vw)
+        if not sched.wait_idle(3600):
+            raise RuntimeError("scheduler did not finish")
+        sched.close()
+        if sched.last_error:
+            raise RuntimeError(sched.last_error)
+
+    ways = {
+        "exact box (predict_box)": exact,
+        "chunks 512": chunks(512),
+        "chunks 256": chunks(256),
+        "window": window,
+        "scheduler (set_view)": scheduler,
+    }
+    ways = {k: v for i, (k, v) in enumerate(ways.items()) if i == 0 or not only or any(o in k for o in only)}
     secs: dict[str, list[float]] = {k: [] for k in ways}
     tiles: dict[str, int] = {}
     for _ in range(rounds):
@@ -65,11 +84,30 @@ def overlay_cost(predictor: Predictor, slide: Path, view: tuple[int, int], round
         print(f"  {name:24s} {m:7.2f} s  {tiles[name]:5d} tiles  cost {m / base:.2f}x the exact box")
 
 
+def latency(predictor: Predictor, slide: Path) -> None:
+    """Cold, neighbour and warm latency of 256 px level-0 chunks read through dask."""
+    lazy = LazyPrediction(predictor, str(slide), chunk=256)
+    mask = lazy.mask(0)
+    cold_first = timed(lambda: mask[0:256, 0:256].compute())
+    cold_neighbour = timed(lambda: mask[0:256, 256:512].compute())
+    warm = statistics.median(timed(lambda: mask[0:256, 0:256].compute()) for _ in range(20))
+    warm_other = statistics.median(timed(lambda: lazy.probs(0)[1, 0:256, 256:512].compute()) for _ in range(20))
+    print(f"chunk 256 px, tiles {predictor.tile_size} px overlap {predictor.overlap}")
+    print(f"cold chunk            : {cold_first * 1e3:9.1f} ms")
+    print(f"cold neighbour chunk  : {cold_neighbour * 1e3:9.1f} ms (shares tiles via the cache)")
+    print(f"warm chunk (mask)     : {warm * 1e3:9.2f} ms")
+    print(f"warm chunk (one class): {warm_other * 1e3:9.2f} ms")
+    print(f"cold/warm ratio       : {cold_first / warm:9.0f}x; cache {lazy.cache.bytes / 2**20:.1f} MB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--view", default="1920x1080", help="viewport W x H in prediction pixels")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ways", default="", help="comma list of overlay ways to time besides the exact box (default all)")
+    ap.add_argument("--skip-latency", action="store_true", help="only the overlay cost")
     args = ap.parse_args()
+    only = [w for w in args.ways.split(",") if w]
     view = tuple(int(v) for v in args.view.lower().split("x"))
     torch.set_num_threads(threads())
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,20 +115,10 @@ def main() -> None:
         slide = make_slide(tmp, 1536)
         predictor = Predictor(make_checkpoint(tmp, "resnet18"), device="cpu", batch_size=16)
         predictor.predict_tiles(__import__("numpy").zeros((2, 224, 224, 3), "uint8"))
-        lazy = LazyPrediction(predictor, str(slide), chunk=256)
-        mask = lazy.mask(0)
-        cold_first = timed(lambda: mask[0:256, 0:256].compute())
-        cold_neighbour = timed(lambda: mask[0:256, 256:512].compute())
-        warm = statistics.median(timed(lambda: mask[0:256, 0:256].compute()) for _ in range(20))
-        warm_other = statistics.median(timed(lambda: lazy.probs(0)[1, 0:256, 256:512].compute()) for _ in range(20))
-        print(f"chunk 256 px, tiles {predictor.tile_size} px overlap {predictor.overlap}")
-        print(f"cold chunk            : {cold_first * 1e3:9.1f} ms")
-        print(f"cold neighbour chunk  : {cold_neighbour * 1e3:9.1f} ms (shares tiles via the cache)")
-        print(f"warm chunk (mask)     : {warm * 1e3:9.2f} ms")
-        print(f"warm chunk (one class): {warm_other * 1e3:9.2f} ms")
-        print(f"cold/warm ratio       : {cold_first / warm:9.0f}x; cache {lazy.cache.bytes / 2**20:.1f} MB")
+        if not args.skip_latency:
+            latency(predictor, slide)
         big = make_slide(tmp, max(view) + 256) if max(view) + 256 > 1536 else slide
-        overlay_cost(predictor, big, view, args.rounds)  # type: ignore[arg-type]
+        overlay_cost(predictor, big, view, args.rounds, only)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -117,3 +117,15 @@ def test_predict_many_on_local_cluster(files, tmp_path):
         ref = tmp_path / f"ref-{slide.stem}.zarr"
         predict_slide_to_omezarr(Predictor(root / "m.pt", device="cpu"), str(slide), ref, chunk=32)
         assert np.array_equal(open_prediction(o.output).mask(0)[...], open_prediction(ref).mask(0)[...])
+
+
+def test_many_slides_without_distributed_is_a_one_line_error(files, tmp_path, monkeypatch, capsys):
+    root, slides = files
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # the base install: no cluster extra
+    rc = main(["predict", *map(str, slides), "--checkpoint", str(root / "m.pt"), "--out", str(tmp_path / "o")])
+    assert rc == 0  # one process, no cluster: distributed is not needed
+    capsys.readouterr()
+    args = ["predict", *map(str, slides), "--checkpoint", str(root / "m.pt"), "--out", str(tmp_path / "o2")]
+    rc = main([*args, "--workers", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "protoseg[cluster]" in err and len(err.splitlines()) == 1 and "Traceback" not in err

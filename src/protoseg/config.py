@@ -78,6 +78,7 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int | None = None  # None: chosen from the machine (protoseg.runtime.default_num_workers)
     augment: bool = True
+    augment_on_device: bool = True  # stain jitter batched on the training device (else per image in the dataset)
     max_train: int | None = None  # subsample training patches (quick runs)
     max_val: int | None = None
 

@@ -67,7 +67,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from protoseg.infer.batch import predict_slide_to_omezarr
-    from protoseg.infer.distributed import SlideOutcome, output_names, predict_many
+    from protoseg.infer.distributed import SlideOutcome, cluster_api, output_names, predict_many
     from protoseg.infer.errors import InferenceError
     from protoseg.infer.omezarr import check_output_parent
     from protoseg.infer.predictor import Predictor
@@ -79,6 +79,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise InferenceError(f"slide(s) not found: {', '.join(missing)}")
     outcomes: list[SlideOutcome] = []
     if args.scheduler or args.workers > 1:
+        cluster_api()  # the cluster extra is installed (else a one-line error before any progress bar)
         with tqdm(total=len(args.slides), unit="slide", desc="slides") as bar:
 
             def done(o: SlideOutcome) -> None:

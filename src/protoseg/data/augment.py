@@ -11,6 +11,8 @@ _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.5
 _RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
 _HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 _OD_EPS = 1e-6
+#: HED stain jitter strength (alpha = beta) of the default training augmentation.
+DEFAULT_STAIN = 0.05
 
 
 def _uniform(lo: float, hi: float, g: torch.Generator | None, n: int = 1) -> torch.Tensor:
@@ -98,21 +100,20 @@ def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
 class HEDJitter(Augmentation):
     """Tellez-style stain jitter: each HED channel c -> c * U(1-a, 1+a) + U(-b, b)."""
 
-    def __init__(self, alpha: float = 0.05, beta: float = 0.05) -> None:
+    def __init__(self, alpha: float = DEFAULT_STAIN, beta: float = DEFAULT_STAIN) -> None:
         self.alpha, self.beta = alpha, beta
 
     def apply(self, image, mask, g):
-        scale = _uniform(1 - self.alpha, 1 + self.alpha, g, 3).view(3, 1, 1)
-        shift = _uniform(-self.beta, self.beta, g, 3).view(3, 1, 1)
-        hed = rgb_to_hed(image)
-        hed = hed * scale.to(hed.device, hed.dtype) + shift.to(hed.device, hed.dtype)
-        return hed_to_rgb(hed).to(image.dtype), mask
+        return self.apply_batch(image[None], g)[0], mask
 
     def apply_batch(self, images: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-        """Jitter a (B, 3, H, W) batch where it lives (e.g. on the GPU), one draw per image (float32)."""
+        """Jitter a (B, 3, H, W) batch where it lives (e.g. on the GPU), one draw per image (float32 unless
+        float64). The draws (on the CPU, from ``g``) come image by image, 3 scales then 3 shifts each: a
+        batch gets exactly what jittering its images one after the other from the same generator gives."""
         b = images.shape[0]
-        scale = _uniform(1 - self.alpha, 1 + self.alpha, g, 3 * b).view(b, 3, 1, 1)
-        shift = _uniform(-self.beta, self.beta, g, 3 * b).view(b, 3, 1, 1)
+        u = torch.rand(b, 2, 3, generator=g, dtype=torch.float64)
+        scale = (1 - self.alpha + 2 * self.alpha * u[:, 0]).view(b, 3, 1, 1)
+        shift = (-self.beta + 2 * self.beta * u[:, 1]).view(b, 3, 1, 1)
         hed = rgb_to_hed(images)
         hed = hed * scale.to(hed.device, hed.dtype) + shift.to(hed.device, hed.dtype)
         return hed_to_rgb(hed).to(images.dtype)
@@ -132,19 +133,30 @@ class Compose:
         return sample
 
 
-def default_augmentation(seed: int | None = None, stain: float = 0.05) -> Compose:
-    """Flips, rot90, small colour and HED stain jitter: the usual histology training augmentation."""
-    return Compose([RandomFlip(), RandomRot90(), ColorJitter(), HEDJitter(alpha=stain, beta=stain)], seed=seed)
+def default_augmentation(seed: int | None = None, stain: float = DEFAULT_STAIN, with_stain: bool = True) -> Compose:
+    """Flips, rot90, small colour and HED stain jitter: the usual histology training augmentation
+    (``with_stain=False``: without the stain jitter, which the trainer then applies batched on the device)."""
+    stains = [HEDJitter(alpha=stain, beta=stain)] if with_stain else []
+    return Compose([RandomFlip(), RandomRot90(), ColorJitter(), *stains], seed=seed)
+
+
+def without_stain(compose: Compose) -> Compose:
+    """The same pipeline, drawing from the same generator, minus its HED stain jitter."""
+    out = Compose([t for t in compose.transforms if not isinstance(t, HEDJitter)])
+    out.generator = compose.generator
+    return out
 
 
 __all__ = [
     "Augmentation",
     "ColorJitter",
     "Compose",
+    "DEFAULT_STAIN",
     "HEDJitter",
     "RandomFlip",
     "RandomRot90",
     "default_augmentation",
     "hed_to_rgb",
     "rgb_to_hed",
+    "without_stain",
 ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protoseg.infer.errors import InferenceError
 from protoseg.slide.formats import slide_stem
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,19 @@ def _memory_limit(n_workers: int) -> int:
     return int(psutil.virtual_memory().total * 0.85 / max(1, n_workers))
 
 
+def cluster_api() -> tuple[Any, Any, Any]:
+    """dask.distributed's Client, LocalCluster and as_completed; a one-line error when it is not installed
+    (an optional extra: importing it costs ~0.3 s, and dask imports it at every first compute when present)."""
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as exc:
+        raise InferenceError(
+            "several slides at once (--workers > 1 or --scheduler) need dask.distributed: "
+            "pip install 'protoseg[cluster]' (or predict with --workers 1)"
+        ) from exc
+    return Client, LocalCluster, as_completed
+
+
 def predict_many(
     slide_paths: Sequence[str | os.PathLike[str]],
     checkpoint_path: str | os.PathLike[str],
@@ -88,8 +102,7 @@ def predict_many(
 ) -> list[SlideOutcome]:
     """Predict every slide; returns outcomes in input order. ``batch_options`` go to
     ``predict_slide_to_omezarr`` (slide_mpp, tissue_only, chunk, resume, overwrite...)."""
-    from dask.distributed import Client, LocalCluster, as_completed
-
+    Client, LocalCluster, as_completed = cluster_api()
     from protoseg.infer.omezarr import check_output_parent
     from protoseg.models.checkpoint import load_checkpoint
 
