@@ -47,6 +47,34 @@ def test_batch_equals_lazy_on_every_level(tmp_path):
         assert np.array_equal(mask, np.asarray(lazy.mask(k)))
 
 
+def test_several_writer_threads_give_the_same_bytes(tmp_path, monkeypatch):
+    import threading
+
+    from protoseg.infer import batch
+
+    slide, _model, p = _setup()
+    ref = tmp_path / "one.zarr"
+    predict_slide_to_omezarr(p, slide, ref, chunk=48, tissue_only=False, strip=2, readers=2, writers=1)
+    names: set[str] = set()
+    original = batch._Arrays.write
+
+    def spy(self, level, cy, cx, data):
+        names.add(threading.current_thread().name)
+        return original(self, level, cy, cx, data)
+
+    monkeypatch.setattr(batch._Arrays, "write", spy)
+    seen: list[int] = []
+    out = tmp_path / "three.zarr"
+    res = predict_slide_to_omezarr(
+        p, slide, out, chunk=48, tissue_only=False, strip=2, readers=2, writers=3, progress=lambda d, t: seen.append(d)
+    )
+    assert res.chunks_predicted == 20 and seen[-1] == 20 and sorted(seen) == seen  # counted once each, in order
+    assert len({n for n in names if n.startswith("protoseg-write-")}) >= 2  # chunks were written in parallel
+    assert open_prediction(out).group["done"][...].all()
+    for (pa, ma), (pb, mb) in zip(_read_all(out), _read_all(ref)):
+        assert np.array_equal(pa, pb) and np.array_equal(ma, mb)
+
+
 def test_plan_reuses_tiles_within_a_strip_and_bounds_memory():
     from protoseg.infer.grid import ChunkGrid, PredictionGrid
 

@@ -139,8 +139,18 @@ def default_readers(device_type: str) -> int:
     return 2 if device_type == "cpu" else max(2, min(16, cores - 2))
 
 
+def default_writers(device_type: str) -> int:
+    """Blend + zarr-write threads: 1 when the model shares the CPU (the model is the bottleneck); on an
+    accelerator a few (2..4), so blending and compressing chunks never holds the model loop back."""
+    cores = os.cpu_count() or 2
+    return 1 if device_type == "cpu" else max(2, min(4, cores // 4))
+
+
 class _Pipeline:
-    """Readers -> model -> writer over a stream of ``ChunkStep``s; first error stops everything."""
+    """Readers -> model -> writers over a stream of ``ChunkStep``s; first error stops everything.
+
+    ``finish_chunk`` runs in ``writers`` threads at once (each chunk is its own zarr chunk; the caller
+    serialises its shared bookkeeping)."""
 
     def __init__(
         self,
@@ -149,6 +159,7 @@ class _Pipeline:
         finish_chunk: Callable[[ChunkStep, dict], None],
         readers: int | None,
         cancel: CancelLike | None = None,
+        writers: int | None = None,
     ) -> None:
         self.layout, self.finish_chunk, self.cancel = layout, finish_chunk, cancel
         self.predictor = layout.predictor
@@ -158,9 +169,11 @@ class _Pipeline:
         self._ready_steps: deque[ChunkStep] = deque()
         self._plan_done = False
         self.n_readers = max(1, int(readers if readers is not None else default_readers(self.predictor.device.type)))
+        self.n_writers = max(1, int(writers if writers is not None else default_writers(self.predictor.device.type)))
         bs = self.predictor.batch_size
         self.read_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * bs))
-        self.write_q: queue.Queue = queue.Queue(maxsize=8)  # absorbs zarr write hiccups off the model loop
+        # absorbs zarr write hiccups off the model loop
+        self.write_q: queue.Queue = queue.Queue(maxsize=4 + 4 * self.n_writers)
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
@@ -236,8 +249,11 @@ class _Pipeline:
         threads = [
             threading.Thread(target=self._reader, name=f"protoseg-read-{i}", daemon=True) for i in range(self.n_readers)
         ]
-        writer = threading.Thread(target=self._writer, name="protoseg-write", daemon=True)
-        for th in (*threads, writer):
+        writers = [
+            threading.Thread(target=self._writer, name=f"protoseg-write-{i}", daemon=True)
+            for i in range(self.n_writers)
+        ]
+        for th in (*threads, *writers):
             th.start()
         store: dict[int, np.ndarray] = {}
         # tiles arrive in reader order; batches are cut from consecutive job ids so that a slide's
@@ -271,12 +287,13 @@ class _Pipeline:
             self._fail(exc)
         finally:
             if self.error is None:
-                self._put(self.write_q, _DONE)
-                writer.join()
+                for _ in writers:
+                    self._put(self.write_q, _DONE)
+                for th in writers:
+                    th.join()
             self.stop.set()
-            for th in threads:
+            for th in (*threads, *writers):
                 th.join(timeout=5)
-            writer.join(timeout=5)
         if self.error is not None:
             raise self.error
         if self._ready_steps:
@@ -298,9 +315,11 @@ def predict_slide_to_omezarr(
     readers: int | None = None,
     strip: int = 4,
     cancel: CancelLike | None = None,
+    writers: int | None = None,
 ) -> BatchResult:
     """Predict a whole slide into an OME-Zarr folder ``out_dir``; see the module docstring.
 
+    ``readers`` / ``writers``: decode and blend+write threads (default from the device and the cores).
     ``cancel`` (a ``CancelToken``) stops the run at the next chunk with ``protoseg.cancel.Cancelled``;
     finished chunks stay recorded, so a later call with ``resume=True`` continues from them.
     """
@@ -322,12 +341,15 @@ def predict_slide_to_omezarr(
     resumed = counts["done"]
     tiles_before = predictor.tiles_predicted
 
+    book = threading.Lock()  # writer threads share the one-chunk "done" array and the counters
+
     def mark(cy: int, cx: int, data: ChunkData) -> None:
-        arrays.write(0, cy, cx, data)
-        arrays.done[cy, cx] = 1
-        counts["done"] += 1
-        if progress is not None:
-            progress(counts["done"], total)
+        arrays.write(0, cy, cx, data)  # its own zarr chunk: writers run this in parallel
+        with book:
+            arrays.done[cy, cx] = 1
+            counts["done"] += 1
+            if progress is not None:
+                progress(counts["done"], total)
         check_cancelled(cancel, "whole-slide prediction")
 
     if progress is not None:
@@ -344,12 +366,13 @@ def predict_slide_to_omezarr(
 
     def finish(step: ChunkStep, tiles: dict) -> None:
         mark(*step.chunk, layout.finish(*step.chunk, tiles))
-        counts["predicted"] += 1
+        with book:
+            counts["predicted"] += 1
 
     if tissue_chunks:
         order = strip_order(rows, cols, strip, include=lambda ch: ch in tissue_chunks)
         steps = plan_steps(order, layout.tiles_for_chunk, window=strip)
-        _Pipeline(layout, steps, finish, readers, cancel).run()
+        _Pipeline(layout, steps, finish, readers, cancel, writers).run()
     _build_pyramid(arrays, layout)
     attrs = dict(root.attrs["protoseg"])
     attrs.update(complete=True, pyramid_complete=True)
