@@ -24,6 +24,12 @@ _ALIGNED = 1e-6
 #: source pixels (bytes) above which a read is streamed in output blocks, each reading its own window,
 #: so a thumbnail of a huge single-level slide never holds the whole level (bounded memory)
 STREAM_BYTES = 16 << 20
+#: float32 source values per block of output rows in the y pass (~2 MiB: stays in cache)
+BLOCK_FLOATS = 1 << 19
+#: y-pass float32 values per group of output rows that the x pass takes at once
+GROUP_FLOATS = 1 << 20
+#: source pixels per dense band of the x pass (see ``_bands``)
+BAND_INPUTS = 48
 
 
 @runtime_checkable
@@ -159,13 +165,7 @@ def read_at_scale(
     wx0, wy0 = min(wx0, max(0, wx0 - 1)), min(wy0, max(0, wy0 - 1))
     wx1, wy1 = max(wx1, min(lw, wx1 + 1)), max(wy1, min(lh, wy1 + 1))
     src = read_level_box(slide, level, wx0, wy0, wx1 - wx0, wy1 - wy0)
-    hx, wx = _taps(sx0 - wx0, sx1 - wx0, ow, wx1 - wx0)
-    hy, wy = _taps(sy0 - wy0, sy1 - wy0, oh, wy1 - wy0)
-    # y pass on the rows, then the x pass on the transposed (smaller) result: sparse (taps per row) products
-    tmp = _apply(src.reshape(src.shape[0], -1), hy, wy).reshape(oh, src.shape[1], 3)
-    cols = np.ascontiguousarray(tmp.transpose(1, 0, 2)).reshape(src.shape[1], -1)
-    out = _apply(cols, hx, wx).reshape(ow, oh, 3).transpose(1, 0, 2)
-    return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    return _resample(src, _taps(sx0 - wx0, sx1 - wx0, ow, wx1 - wx0), _taps(sy0 - wy0, sy1 - wy0, oh, wy1 - wy0))
 
 
 def _block_mean(src: np.ndarray, fx: int, fy: int) -> np.ndarray:
@@ -232,14 +232,69 @@ def _taps(start: float, stop: float, n: int, length: int) -> tuple[np.ndarray, n
     return np.minimum(index, length - 1), weight.astype(np.float32)
 
 
-def _apply(rows: np.ndarray, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """sum_t weight[t, :, None] * rows[index[t]] for a (length, m) array -> (n, m) float32.
-
-    A sparse (n x length) matrix with ``taps`` entries per row times the float32 rows: memory-bound,
-    no (taps, n, m) gather, and every output row sums its taps in the same order wherever it is read.
-    """
+def _csr(index: np.ndarray, weight: np.ndarray, length: int, offset: int = 0) -> Any:
+    """The (n x length) sparse matrix of ``_taps`` output (columns shifted by ``-offset``); taps summed in order."""
     from scipy.sparse import csr_matrix
 
     taps, n = index.shape
-    mat = csr_matrix((weight.T.ravel(), index.T.ravel(), np.arange(0, n * taps + 1, taps)), shape=(n, rows.shape[0]))
-    return np.asarray(mat @ rows.astype(np.float32, copy=False), dtype=np.float32)
+    indptr = np.arange(0, n * taps + 1, taps)
+    return csr_matrix((weight.T.ravel(), index.T.ravel() - offset, indptr), shape=(n, length))
+
+
+def _bands(index: np.ndarray, weight: np.ndarray, width: int) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """``_taps`` as dense bands ``(c0, c1, j0, j1, mat)``: outputs ``j0:j1`` = inputs ``c0:c1`` @ ``mat``.
+
+    ``width`` outputs per band keeps each band's matrix small, so a band product wastes few multiplications
+    on zeros while BLAS still does the work; zeros add exactly nothing, so a pixel sums the same taps.
+    """
+    n = index.shape[1]
+    bands = []
+    for j0 in range(0, n, width):
+        j1 = min(n, j0 + width)
+        idx, w = index[:, j0:j1], weight[:, j0:j1]
+        c0, c1 = int(idx.min()), int(idx.max()) + 1
+        mat = np.zeros((c1 - c0, j1 - j0), np.float32)
+        cols = np.arange(j1 - j0)
+        for t in range(idx.shape[0]):  # one tap per output at a time: no repeated (row, col) pair
+            mat[idx[t] - c0, cols] += w[t]
+        bands.append((c0, c1, j0, j1, mat))
+    return bands
+
+
+Taps = tuple[np.ndarray, np.ndarray]
+
+
+def _resample(src: np.ndarray, x_taps: Taps, y_taps: Taps) -> np.ndarray:
+    """(h, w, 3) uint8 -> (oh, ow, 3) uint8: y pass then x pass in float32, rounded once at the end.
+
+    Groups of output rows (``GROUP_FLOATS`` y-pass values each) are built from blocks whose float32 source
+    rows stay cache-sized (``BLOCK_FLOATS``); the y pass is a sparse product over a block's source rows,
+    split into colour planes so the x pass is a product along contiguous rows, done by BLAS on small dense
+    bands (``_bands``): no transposes, no float copy of the whole window.
+    """
+    (hx, wx), (hy, wy) = x_taps, y_taps
+    h, w = src.shape[:2]
+    ow, oh = hx.shape[1], hy.shape[1]
+    rows = src.reshape(h, w * 3)
+    bands = _bands(hx, wx, max(1, int(BAND_INPUTS * ow / w)))
+    out = np.empty((oh, ow, 3), np.uint8)
+    group = max(1, min(oh, GROUP_FLOATS // (w * 3)))
+    step = max(1, min(group, int(BLOCK_FLOATS * oh / (w * 3 * h))))
+    for a in range(0, oh, group):
+        b = min(oh, a + group)
+        planes = np.empty((b - a, 3, w), np.float32)
+        for i in range(a, b, step):
+            j = min(b, i + step)
+            r0, r1 = int(hy[:, i:j].min()), int(hy[:, i:j].max()) + 1
+            tmp = _csr(hy[:, i:j], wy[:, i:j], r1 - r0, r0) @ rows[r0:r1].astype(np.float32)  # (j - i, w * 3)
+            for c in range(3):
+                planes[i - a : j - a, c] = tmp[:, c::3]
+        flat = planes.reshape(-1, w)
+        res = np.empty((flat.shape[0], ow), np.float32)
+        for c0, c1, j0, j1, mat in bands:
+            np.matmul(flat[:, c0:c1], mat, out=res[:, j0:j1])
+        np.rint(res, out=res)  # convex weights keep every value within [0, 255]
+        res3 = res.reshape(b - a, 3, ow)
+        for c in range(3):
+            out[a:b, :, c] = res3[:, c]
+    return out
