@@ -34,6 +34,14 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def timed_cpu(fn) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``fn()``; CPU time counts every thread (the scheduler's worker too) and is
+    less disturbed than wall time by other processes on a shared machine."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def overlay_cost(predictor: Predictor, slide: Path, view: tuple[int, int], rounds: int, only: list[str]) -> None:
     """Overlay of one view: chunks covering it, or the window, vs predicting exactly that box (interleaved)."""
     vw, vh = view
@@ -53,35 +61,47 @@ def overlay_cost(predictor: Predictor, slide: Path, view: tuple[int, int], round
     def window() -> None:
         LazyPrediction(predictor, str(slide)).window(x0, y0, x0 + vw, y0 + vh)
 
-    def scheduler() -> None:
-        sched = ChunkScheduler(LazyPrediction(predictor, str(slide)))  # the GUI's path: default 512 px chunks
-        sched.set_view(0, y0, y0 + vh, x0, x0 + vw)
-        if not sched.wait_idle(3600):
-            raise RuntimeError("scheduler did not finish")
-        sched.close()
-        if sched.last_error:
-            raise RuntimeError(sched.last_error)
+    def scheduler(whole: bool):
+        def run() -> None:
+            sched = ChunkScheduler(LazyPrediction(predictor, str(slide)))  # the GUI's path: default 512 px chunks
+            if whole:  # the scheduler before partial chunks: every chunk under the view computed whole
+                sched.compute_all(sched.chunks_in(0, y0, y0 + vh, x0, x0 + vw))
+            else:
+                sched.set_view(0, y0, y0 + vh, x0, x0 + vw)
+            if not sched.wait_idle(3600):
+                raise RuntimeError("scheduler did not finish")
+            sched.close()
+            if sched.last_error:
+                raise RuntimeError(sched.last_error)
+
+        return run
 
     ways = {
         "exact box (predict_box)": exact,
         "chunks 512": chunks(512),
         "chunks 256": chunks(256),
         "window": window,
-        "scheduler (set_view)": scheduler,
+        "scheduler whole chunks": scheduler(True),
+        "scheduler (set_view)": scheduler(False),
     }
     ways = {k: v for i, (k, v) in enumerate(ways.items()) if i == 0 or not only or any(o in k for o in only)}
-    secs: dict[str, list[float]] = {k: [] for k in ways}
+    names = list(ways)
+    secs: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
     tiles: dict[str, int] = {}
-    for _ in range(rounds):
-        for name, fn in ways.items():
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # interleaved, order rotated each round
             before = predictor.tiles_predicted
-            secs[name].append(timed(fn))
+            secs[name].append(timed_cpu(ways[name]))
             tiles[name] = predictor.tiles_predicted - before
-    base = statistics.median(secs["exact box (predict_box)"])
-    print(f"\non-screen overlay of a {vw}x{vh} view at level 0 (median of {rounds}, fresh caches):")
+    exact_name = names[0]
+    base = [statistics.median(t[i] for t in secs[exact_name]) for i in (0, 1)]
+    print(f"\non-screen overlay of a {vw}x{vh} view at level 0 (median of {rounds}, fresh caches, x = vs exact box):")
     for name, v in secs.items():
-        m = statistics.median(v)
-        print(f"  {name:24s} {m:7.2f} s  {tiles[name]:5d} tiles  cost {m / base:.2f}x the exact box")
+        wall, cpu = (statistics.median(t[i] for t in v) for i in (0, 1))
+        print(
+            f"  {name:24s} wall {wall:7.2f} s ({wall / base[0]:.2f}x)  cpu {cpu:7.2f} s ({cpu / base[1]:.2f}x)"
+            f"  {tiles[name]:5d} tiles ({tiles[name] / tiles[exact_name]:.2f}x)"
+        )
 
 
 def latency(predictor: Predictor, slide: Path) -> None:

@@ -162,3 +162,31 @@ def test_level_array_indexing():
     assert np.array_equal(arr[1, 5:70:3, 60:130], full[1, 5:70:3, 60:130])
     assert np.array_equal(arr[..., 7], full[..., 7])
     assert np.array_equal(lazy.level_array(1, "mask")[10], np.asarray(lazy.mask(1))[10])
+
+
+def test_chunk_part_runs_only_its_tiles_and_the_rest_of_the_chunk_reuses_them():
+    lazy, _, model, _ = _lazy()
+    grid = lazy.layout.geom.grid
+    part = lazy.chunk_part(1, 1, 70, 80, 100, 140)  # x 70..100, y 80..128 (clipped to chunk (1, 1))
+    assert part.mask.shape == (48, 30) and part.probs.shape == (4, 48, 30)
+    assert model.tiles == len(grid.tiles_for_box((70, 80, 30, 48))) < len(lazy.layout.tiles_for_chunk(1, 1))
+    assert lazy.chunks_computed == 1 and lazy.cached_chunk(0, 1, 1) is None  # a part is not the chunk
+    full = lazy.chunk(0, 1, 1)  # only the tiles the part did not need run now
+    assert model.tiles == len(lazy.layout.tiles_for_chunk(1, 1))
+    np.testing.assert_array_equal(part.probs, full.probs[:, 16:64, 6:36])
+    np.testing.assert_array_equal(part.mask, full.mask[16:64, 6:36])
+    fresh, *_ = _lazy()
+    np.testing.assert_array_equal(fresh.chunk(0, 1, 1).probs, full.probs)  # same bytes as computed at once
+    with pytest.raises(IndexError):
+        lazy.chunk_part(1, 1, 0, 0, 64, 64)  # outside the chunk
+
+
+def test_chunk_part_without_tissue_is_background_without_model_calls():
+    class NoTissue:
+        def fraction(self, x, y, w, h):
+            return 0.0
+
+    lazy, _, model, _ = _lazy(tissue_only=True, tissue=NoTissue())
+    part = lazy.chunk_part(0, 0, 5, 6, 20, 30)
+    assert model.tiles == 0 and part.mask.shape == (24, 15) and np.all(part.mask == 3)
+    assert np.all(part.probs[3] == 255) and not part.probs[:3].any()

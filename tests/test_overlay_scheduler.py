@@ -14,7 +14,7 @@ from protoseg.classes import BCSS_WSSS
 from protoseg.infer import LazyPrediction, Predictor
 from protoseg.infer.pyramid import downsample2
 from protoseg.napari.overlays import MASK_OFFSET, OverlayLevel, cam_display
-from protoseg.napari.scheduler import ChunkScheduler, downsample_covered
+from protoseg.napari.scheduler import ChunkScheduler, PartialChunk, downsample_covered
 
 CHUNK = 32
 
@@ -54,9 +54,13 @@ class _Slide:
         return Image.fromarray(out)
 
 
-def _scheduler() -> tuple[ChunkScheduler, LazyPrediction]:
+def _lazy() -> LazyPrediction:
     predictor = Predictor(_ColourModel(), classes=BCSS_WSSS, mpp=1.0, device="cpu", tile_size=32, batch_size=16)
-    lazy = LazyPrediction(predictor, _Slide(), slide_mpp=1.0, chunk=CHUNK)
+    return LazyPrediction(predictor, _Slide(), slide_mpp=1.0, chunk=CHUNK)
+
+
+def _scheduler() -> tuple[ChunkScheduler, LazyPrediction]:
+    lazy = _lazy()
     return ChunkScheduler(lazy), lazy
 
 
@@ -83,16 +87,69 @@ def test_only_chunks_in_view_are_computed_and_coarse_levels_never_compute() -> N
     sched.set_view(0, 40, 100, 50, 70)  # a corner at the model's resolution: chunk rows 1..3, cols 1..2
     assert sched.wait_idle(60)
     assert sched.computed == 6 and lazy.chunks_computed == 6
-    assert all(("chunk", 0, r, c) in lazy.cache for r in (1, 2, 3) for c in (1, 2))
+    # each chunk is only partly on screen: only the tiles under the view ran, none of the chunks is complete
+    assert lazy.predictor.tiles_predicted == len(lazy.layout.geom.grid.tiles_for_box((50, 40, 20, 60)))
+    assert not any(("chunk", 0, r, c) in lazy.cache for r in (1, 2, 3) for c in (1, 2))
     level0 = OverlayLevel(sched, 0, None, MASK_OFFSET)
     window = level0[40:100, 50:70]
     assert (window > 0).all() and sched.computed == 6  # what the view reads is there; no more work
+    assert sched.pending() == []  # reading the partial chunks queued nothing: their view part is computed
+    assert not level0[32:40, 32:96].any() and not level0[32:128, 70:96].any()  # off screen: transparent (0)
 
     # the coarse level now shows the computed part (downsampled), transparent elsewhere, still computing nothing
     shown = coarse[...]
-    assert shown[10:24, 8:16].all() and not shown[:8].any() and sched.computed == 6
+    assert shown[10:25, 12:18].all() and not shown[:10].any() and not shown[:, :12].any() and not shown[:, 18:].any()
+    assert sched.computed == 6
     cam = OverlayLevel(sched, 1, 2)[...]
-    assert cam[16:48, 16:48].any() and not cam[:, 60:].any()
+    assert cam[20:50, 25:35].any() and not cam[:, 40:].any()
+
+
+def test_partial_chunks_complete_when_panned_over_reusing_their_tiles() -> None:
+    sched, lazy = _scheduler()
+    grid = lazy.layout.geom.grid
+    views = [(40, 100, 50, 70), (30, 90, 40, 60), (32, 128, 32, 96)]  # pan, then all of chunks rows 1..3, cols 1..2
+    tiles: set = set()
+    for i, (y0, y1, x0, x1) in enumerate(views):
+        sched.set_view(0, y0, y1, x0, x1)
+        assert sched.wait_idle(60)
+        tiles |= set(grid.tiles_for_box((x0, y0, x1 - x0, y1 - y0)))
+        assert lazy.predictor.tiles_predicted == len(tiles)  # every tile ran once: parts reuse the cached ones
+        if i == 1:
+            part = sched.get(0, 1, 1)  # chunk px 32..64: the union of both views' parts is known
+            expected = np.zeros((CHUNK, CHUNK), bool)
+            expected[8:, 18:] = True  # the first view
+            expected[:, 8:28] = True  # the second
+            np.testing.assert_array_equal(part.covered, expected)
+            assert sched.pending() == []
+    fresh = _lazy()  # its own predictor and caches
+    for r in (1, 2, 3):
+        for c in (1, 2):
+            done = sched.get(0, r, c)
+            assert not isinstance(done, PartialChunk) and lazy.cached_chunk(0, r, c) is done  # complete: the lazy chunk
+            once = fresh.chunk(0, r, c)  # the same chunk computed at once: the same bytes
+            np.testing.assert_array_equal(done.probs, once.probs)
+            np.testing.assert_array_equal(done.mask, once.mask)
+    assert sched.pending() == []
+    strip = sched.get(0, 0, 1)  # the second view showed rows 30..32 of chunk (0, 1): still partial, not queued
+    assert strip.covered[30:, 8:28].all() and strip.covered.sum() == 2 * 20 and sched.pending() == []
+
+
+def test_partial_results_equal_the_full_chunk_and_stay_within_their_budget() -> None:
+    sched, lazy = _scheduler()
+    sched.max_partial_bytes = 1  # keeps only the newest partial chunk
+    sched.set_view(0, 40, 100, 50, 70)
+    assert sched.wait_idle(60) and sched.computed == 6
+    shown = {(r, c): sched.get(0, r, c) for r in (1, 2, 3) for c in (1, 2)}  # evicted ones are queued again
+    kept = [key for key, got in shown.items() if got is not None]
+    assert len(kept) == 1 and isinstance(shown[kept[0]], PartialChunk)
+    r, c = kept[0]
+    part = shown[kept[0]]
+    full = _lazy().chunk(0, r, c)
+    assert part.covered.any()
+    np.testing.assert_array_equal(part.probs[:, part.covered], full.probs[:, part.covered])
+    np.testing.assert_array_equal(part.mask[part.covered], full.mask[part.covered])
+    assert sched.wait_idle(60)  # the evicted ones were queued again by get(): recomputed from the cached tiles
+    assert lazy.predictor.tiles_predicted == len(lazy.layout.geom.grid.tiles_for_box((50, 40, 20, 60)))
 
 
 def test_coarse_chunk_equals_lazy_pyramid_once_its_fine_chunks_are_computed() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from protoseg.infer.cache import ByteLRU
 from protoseg.infer.chunks import DEFAULT_CHUNK, SlideChunks, TissueLike
 from protoseg.infer.predictor import Predictor
-from protoseg.infer.pyramid import ChunkData, chunk_from_finer, chunk_from_scores
+from protoseg.infer.pyramid import ChunkData, background_chunk, chunk_from_finer, chunk_from_scores
 from protoseg.infer.reader import SlideLike
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class LazyPrediction:
         )
         self.predictor = predictor
         self.cache = ByteLRU(cache_bytes)
-        self.chunks_computed = 0
+        self.chunks_computed = 0  # chunks (and chunk parts) computed, any level
         self._uid = next(_ids)
 
     @property
@@ -112,6 +112,26 @@ class LazyPrediction:
         indices = lay.geom.grid.tiles_for_box(box)
         tiles = self.cache.get_many([("tile", i) for i in indices], self._tiles)
         return chunk_from_scores(self.predictor.blend_box(lay.geom, box, dict(zip(indices, tiles))))
+
+    def chunk_part(self, cy: int, cx: int, x0: int, y0: int, x1: int, y1: int) -> ChunkData:
+        """Level-0 scores and mask of the part [x0, x1) x [y0, y1) (level-0 px, clipped) of chunk (cy, cx).
+
+        E.g. the on-screen part of a chunk: only the tiles under it run, through the tile cache, so
+        computing the rest of the chunk later never runs them again; the values equal that part of
+        ``chunk(0, cy, cx)`` bit for bit. Not cached itself; counted in ``chunks_computed``.
+        """
+        bx, by, bw, bh = self.layout.grid0.box(cy, cx)
+        x0, y0, x1, y1 = max(int(x0), bx), max(int(y0), by), min(int(x1), bx + bw), min(int(y1), by + bh)
+        if x1 <= x0 or y1 <= y0:
+            raise IndexError(f"part {(x0, y0, x1, y1)} lies outside level-0 chunk {(cy, cx)}")
+        if self.layout.has_tissue(cy, cx):
+            result = self.window(x0, y0, x1, y1)
+        else:
+            result = background_chunk(self.layout.channels, y1 - y0, x1 - x0)
+        result.probs.flags.writeable = False
+        result.mask.flags.writeable = False
+        self.chunks_computed += 1
+        return result
 
     def cached_chunk(self, level: int, cy: int, cx: int) -> ChunkData | None:
         """The chunk (level, row, col) if it is in the cache, else None; never runs the model."""

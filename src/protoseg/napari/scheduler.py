@@ -1,7 +1,9 @@
 """On-demand computation of ``LazyPrediction`` chunks for the overlays (Qt-free, one worker thread).
 
 Only level-0 chunks (the model's resolution) are ever computed, and only those the current view asks
-for; coarser levels show what is already computed, downsampled from the finer results as they arrive,
+for; a chunk partly on screen is computed only under the view (its tiles, through the tile cache) and
+completed if the view moves over the rest, so an overlay costs about what predicting the visible box
+costs. Coarser levels show what is already computed, downsampled from the finer results as they arrive,
 and never make the model run. Work that left the view is dropped; ``close()`` cancels the
 ``protoseg.cancel.CancelToken``.
 """
@@ -26,15 +28,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Key = tuple[int, int, int]  # (level, chunk row, chunk col)
+Span = tuple[int, int, int, int]  # (y0, y1, x0, x1) pixels
 
 
 @dataclass(frozen=True)
 class PartialChunk:
-    """A coarse chunk assembled from the finer chunks computed so far: ``covered`` marks the pixels it knows."""
+    """A chunk known in part: ``covered`` marks the pixels it knows (a coarse chunk from the finer chunks
+    computed so far, or a level-0 chunk computed only under the view)."""
 
     probs: np.ndarray  # (C+1, h, w) uint8
-    mask: np.ndarray  # (h, w) uint8, argmax of probs (meaningless where not covered)
+    mask: np.ndarray  # (h, w) uint8, class mask (meaningless where not covered)
     covered: np.ndarray  # (h, w) bool
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.probs.nbytes + self.mask.nbytes + self.covered.nbytes)
 
 
 def downsample_covered(probs: np.ndarray, covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,11 +64,14 @@ def downsample_covered(probs: np.ndarray, covered: np.ndarray) -> tuple[np.ndarr
 class ChunkScheduler:
     """Computes the level-0 chunks the view asks for in one background thread, newest request first.
 
-    ``get(0, ...)`` returns a cached chunk or None after queueing it; ``get(k > 0, ...)`` never queues:
-    it returns the lazy pyramid's chunk if cached, else a :class:`PartialChunk` built from what is computed
-    (or None when nothing under it is). ``set_view`` names the level-0 chunks on screen (none when the
-    screen shows a coarser level): queued chunks outside it are dropped. ``on_ready()`` is called from the
-    worker thread after each computed chunk. ``computed`` counts the level-0 chunks this scheduler ran.
+    ``get(0, ...)`` returns a cached chunk, else the part computed so far (a :class:`PartialChunk`) or
+    None, queueing what the view still needs of it; ``get(k > 0, ...)`` never queues: it returns the lazy
+    pyramid's chunk if cached, else a :class:`PartialChunk` built from what is computed (or None when
+    nothing under it is). ``set_view`` names the pixels on screen (no level-0 chunk when the screen shows a
+    coarser level): queued chunks outside are dropped, and a level-0 chunk partly on screen is computed
+    only under the view (completed, from the cached tiles plus the missing ones, once the view has covered
+    all of it). ``on_ready()`` is called from the worker thread after each computation. ``computed`` counts
+    the level-0 computations (whole chunks or parts) this scheduler ran.
     """
 
     def __init__(
@@ -68,12 +79,17 @@ class ChunkScheduler:
         lazy: LazyPrediction,
         on_ready: Callable[[], None] | None = None,
         max_pending: int = 4096,
+        max_partial_bytes: int = 256 * 2**20,
     ) -> None:
         self.lazy, self.on_ready, self.max_pending = lazy, on_ready, int(max_pending)
+        self.max_partial_bytes = int(max_partial_bytes)
         self.token = CancelToken()
         self._pending: OrderedDict[Key, None] = OrderedDict()
         self._failed: set[Key] = set()
         self._view: set[Key] | None = None
+        self._view_span: Span | None = None  # level-0 pixels on screen (None: whole chunks)
+        self._parts: OrderedDict[Key, PartialChunk] = OrderedDict()  # level-0 chunks computed in part (LRU)
+        self._parts_bytes = 0
         self._shown: dict[Key, tuple[np.ndarray, np.ndarray]] = {}  # coarse (probs, covered) from finer results
         self._cond = threading.Condition()
         self._busy = False
@@ -100,8 +116,15 @@ class ChunkScheduler:
         if data is not None:
             return data
         if level == 0:
-            self.request((0, cy, cx))
-            return None
+            key = (0, cy, cx)
+            with self._cond:
+                part = self._parts.get(key)
+                if part is not None:
+                    self._parts.move_to_end(key)
+                todo = part is None or self._todo(key, part) is not None
+            if todo:
+                self.request(key)
+            return part
         with self._cond:
             shown = self._shown.get((level, cy, cx))
         if shown is None:
@@ -141,6 +164,7 @@ class ChunkScheduler:
         view = self.chunks_in(0, y0, y1, x0, x1) if level == 0 else set()
         with self._cond:
             self._view = view
+            self._view_span = (y0, y1, x0, x1) if level == 0 else None
             gone = [k for k in self._pending if k not in view]
             for k in gone:
                 del self._pending[k]
@@ -151,7 +175,10 @@ class ChunkScheduler:
         cy, cx = (y0 + y1) / 2 / self.lazy.layout.chunk, (x0 + x1) / 2 / self.lazy.layout.chunk
         for key in sorted(view, key=lambda k: -((k[1] + 0.5 - cy) ** 2 + (k[2] + 0.5 - cx) ** 2)):
             if self.cached(*key) is None:
-                self.request(key)  # the centre ends on top of the queue: computed first
+                with self._cond:
+                    todo = self._todo(key, self._parts.get(key))
+                if todo is not None:
+                    self.request(key)  # the centre ends on top of the queue: computed first
         return len(gone)
 
     # ---- worker ----------------------------------------------------------------------------------
@@ -168,24 +195,89 @@ class ChunkScheduler:
 
     def _run(self) -> None:
         while (key := self._next()) is not None:
-            if self.cached(*key) is not None:
-                continue
             try:
-                data = self.lazy.chunk(*key)
+                done = self._work(key)
             except Exception as exc:  # noqa: BLE001 - reported through last_error, never kills the viewer
                 logger.warning("overlay chunk %s failed: %s", key, exc)
                 self._failed.add(key)
                 self.last_error = f"{type(exc).__name__}: {exc}"
             else:
+                if not done:
+                    continue
                 self.computed += 1
-                self._propagate(key, data.probs)
             if self.on_ready is not None and not self.closed:
                 self.on_ready()
 
-    def _propagate(self, key: Key, probs: np.ndarray) -> None:
-        """Fold a computed level-0 chunk into the coarse levels shown (its quadrant of each ancestor)."""
+    def _work(self, key: Key) -> bool:
+        """Compute what the view still needs of a level-0 chunk: the whole chunk when that completes it, else
+        the part under the view (merged into the chunk's partial result). False when nothing was needed."""
+        if self.cached(*key) is not None:
+            return False
+        with self._cond:
+            part = self._parts.get(key)
+            span = self._todo(key, part)
+        if span is None:
+            return False
         _, cy, cx = key
-        covered = np.ones(probs.shape[1:], bool)
+        bx, by, bw, bh = self.lazy.layout.grid0.box(cy, cx)
+        y0, y1, x0, x1 = span
+        covered = np.zeros((bh, bw), bool) if part is None else part.covered.copy()  # readers may hold the old
+        covered[y0:y1, x0:x1] = True
+        if covered.all():  # the whole chunk: its tiles already computed come from the cache
+            data = self.lazy.chunk(*key)
+            self._set_part(key, None)
+            self._propagate(key, data.probs, None)
+            return True
+        got = self.lazy.chunk_part(cy, cx, bx + x0, by + y0, bx + x1, by + y1)
+        if part is None:
+            probs = np.zeros((got.probs.shape[0], bh, bw), np.uint8)
+            mask = np.zeros((bh, bw), np.uint8)
+        else:
+            probs, mask = part.probs.copy(), part.mask.copy()
+        probs[:, y0:y1, x0:x1] = got.probs
+        mask[y0:y1, x0:x1] = got.mask
+        for arr in (probs, mask, covered):
+            arr.flags.writeable = False
+        self._set_part(key, PartialChunk(probs, mask, covered))
+        self._propagate(key, probs, covered)
+        return True
+
+    def _todo(self, key: Key, part: PartialChunk | None) -> Span | None:
+        """Chunk pixels (y0, y1, x0, x1) the view still needs of a level-0 chunk (the box around those not
+        computed yet), or None; the whole chunk when no view was set. Call with the lock held."""
+        _, cy, cx = key
+        bx, by, bw, bh = self.lazy.layout.grid0.box(cy, cx)
+        span = (0, bh, 0, bw)
+        if self._view_span is not None:
+            vy0, vy1, vx0, vx1 = self._view_span
+            span = (max(0, vy0 - by), min(bh, vy1 - by), max(0, vx0 - bx), min(bw, vx1 - bx))
+        y0, y1, x0, x1 = span
+        if y1 <= y0 or x1 <= x0:
+            return None
+        if part is None:
+            return span
+        missing = ~part.covered[y0:y1, x0:x1]
+        rows, cols = np.flatnonzero(missing.any(axis=1)), np.flatnonzero(missing.any(axis=0))
+        if rows.size == 0:
+            return None
+        return y0 + int(rows[0]), y0 + int(rows[-1]) + 1, x0 + int(cols[0]), x0 + int(cols[-1]) + 1
+
+    def _set_part(self, key: Key, part: PartialChunk | None) -> None:
+        """Store (or drop, with None) a level-0 chunk's partial result; the least recent go over the budget."""
+        with self._cond:
+            old = self._parts.pop(key, None)
+            self._parts_bytes -= 0 if old is None else old.nbytes
+            if part is not None:
+                self._parts[key] = part
+                self._parts_bytes += part.nbytes
+            while self._parts_bytes > self.max_partial_bytes and len(self._parts) > 1:
+                self._parts_bytes -= self._parts.popitem(last=False)[1].nbytes
+
+    def _propagate(self, key: Key, probs: np.ndarray, covered: np.ndarray | None) -> None:
+        """Fold a level-0 chunk computed so far (``covered``; None: all of it) into the coarse levels shown
+        (its quadrant of each ancestor)."""
+        _, cy, cx = key
+        covered = np.ones(probs.shape[1:], bool) if covered is None else covered
         half = self.lazy.layout.chunk // 2
         for level in range(1, self.num_levels):
             small, small_cov = downsample_covered(probs, covered)
@@ -217,7 +309,7 @@ class ChunkScheduler:
     def compute_all(self, keys: Iterable[Key]) -> None:
         """Queue level-0 chunks regardless of the view (scripts; the GUI uses the view)."""
         with self._cond:
-            self._view = None
+            self._view, self._view_span = None, None
         for k in keys:
             self.request(k)
 
