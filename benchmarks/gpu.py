@@ -8,7 +8,12 @@ path alone (DataLoader with the machine's default workers, decoded-patch cache, 
 augmentation; first and second epoch) and of the model step alone (forward + backward + AdamW on one
 resident batch). The CPU figures are always measured; the GPU ones only where CUDA exists.
 
-    python benchmarks/gpu.py [--size 2048] [--batch-size N] [--train-images 64] [--quick]
+``--augment``: stain jitter per image in the dataset (``data.augment_on_device=false``) against batched on
+the training device in the trainer step (the default), interleaved, median of ``--augment-repeats``: the
+jitter alone, the data path alone (loader + copy to the device + device jitter) and a whole training step
+(that plus a CAM ResNet-18 forward/backward/AdamW), in images/s.
+
+    python benchmarks/gpu.py [--size 2048] [--batch-size N] [--train-images 64] [--quick] [--augment]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import contextlib
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -174,6 +180,81 @@ def training(recipe: str, device: torch.device, args: argparse.Namespace, data_r
     )
 
 
+def augment_paths(device: torch.device, args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
+    """Per-image stain jitter in the dataset vs batched on the device: jitter, data path and training step."""
+    from protoseg.config import load_config
+    from protoseg.data.augment import HEDJitter
+    from protoseg.train.pipeline import folder_data
+    from protoseg.train.stage1 import Stage1Trainer
+
+    modes = {}
+    for name, on_device in (("per-image", False), ("device", True)):
+        sets = [f"data.root={data_root}", "data.patch_size=224", f"data.batch_size={args.train_batch}"]
+        sets += ["model.backbone=resnet18", "model.weights=null", "stage1.recipe=cam", f"run.device={device.type}"]
+        sets += [f"run.out_dir={tmp / name}", f"data.augment_on_device={str(on_device).lower()}"]
+        cfg = load_config(None, sets)
+        data = folder_data(cfg)
+        trainer = Stage1Trainer(cfg, data.train, None, data.classes)
+        modes[name] = (trainer, trainer._loader()[0])
+    net = modes["per-image"][0].net.to(device).train()  # one network: the model step is the same in both modes
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    def run(name: str, steps: int, train: bool) -> float:
+        trainer, loader = modes[name]
+        sync(device)
+        t0, n = time.perf_counter(), 0
+        for i, batch in enumerate(loader):
+            if i == steps:
+                break
+            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            if trainer.batch_augment is not None:
+                batch = trainer.batch_augment(batch)
+            if train:
+                with amp:
+                    loss, _ = trainer.training_loss(net, batch, i)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            n += len(batch["image"])
+        sync(device)
+        return n / (time.perf_counter() - t0)
+
+    images = torch.rand(args.train_batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(device)
+    jit, g = HEDJitter(), torch.Generator().manual_seed(0)
+
+    def jitter(name: str) -> float:
+        seconds = []
+        for _ in range(5):  # cheap: the median of 5 calls per repeat
+            sync(device)
+            t0 = time.perf_counter()
+            if name == "device":
+                jit.apply_batch(images, g)
+            else:
+                for im in images.cpu():  # the dataset path: one CPU image at a time
+                    jit({"image": im}, g)
+            sync(device)
+            seconds.append(time.perf_counter() - t0)
+        return len(images) / statistics.median(seconds)
+
+    for name in modes:  # warm-up: decoded-patch cache filled, kernels loaded, for both modes alike
+        run(name, 10**6, False), run(name, 1, True), jitter(name)
+    rates: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.augment_repeats):
+        for name in modes:  # interleaved: drift on the shared machine hits both modes alike
+            rates.setdefault(("jitter", name), []).append(jitter(name))
+            rates.setdefault(("data", name), []).append(run(name, 10**6, False))
+            rates.setdefault(("step", name), []).append(run(name, args.augment_steps, True))
+    for what, label in (("jitter", "stain jitter alone"), ("data", "data path alone"), ("step", "training step")):
+        a, b = (statistics.median(rates[(what, m)]) for m in modes)
+        rate = f"per-image {a:8.1f} images/s, device-batched {b:8.1f} images/s ({b / a:.2f}x)"
+        print(f"  {label:18s} {device.type}: {rate}")
+    print(
+        f"  ({args.augment_repeats} interleaved repeats, medians; batch {args.train_batch}, "
+        f"{modes['device'][1].num_workers} loader workers; step = {args.augment_steps} batches from the loader)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=0, help="slide side (default 12288 on CUDA, 1536 on CPU)")
@@ -186,6 +267,9 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=0)
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--quick", action="store_true", help="one backbone, one recipe (smoke run)")
+    ap.add_argument("--augment", action="store_true", help="only the per-image vs device stain jitter comparison")
+    ap.add_argument("--augment-repeats", type=int, default=5)
+    ap.add_argument("--augment-steps", type=int, default=2)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cuda = torch.cuda.is_available()
@@ -205,11 +289,13 @@ def main() -> None:
             a.model_tiles = args.model_tiles or (2048 if on_gpu else 96)
             a.repeats = args.repeats or (3 if on_gpu else 1)
             a.train_steps = args.train_steps or (20 if on_gpu else 3)
-            slide = make_slide(tmp, a.size)
-            print(f"\ninference on {device.type}, slide {a.size}x{a.size} px (0.5 um/px, 224-px tiles, overlap 56):")
-            for backbone in backbones:
-                inference(backbone, device, a, tmp, slide)
-            slide.unlink()
+            if not args.augment:
+                slide = make_slide(tmp, a.size)
+                where = f"slide {a.size}x{a.size} px (0.5 um/px, 224-px tiles, overlap 56)"
+                print(f"\ninference on {device.type}, {where}:")
+                for backbone in backbones:
+                    inference(backbone, device, a, tmp, slide)
+                slide.unlink()
             if args.skip_train:
                 continue
             from protoseg.data.synthetic.writers import write_bcss_dataset
@@ -217,6 +303,10 @@ def main() -> None:
             root = tmp / "data"
             if not root.exists():
                 write_bcss_dataset(root, n_train=args.train_images, n_val=4, n_test=4, size=224)
+            if args.augment:
+                print(f"\nstain jitter per image vs batched on the device ({device.type}, {args.train_images} images):")
+                augment_paths(device, a, root, tmp / device.type / "augment")
+                continue
             print(f"\nstage-1 training on {device.type}, 224-px patches, {args.train_images} images:")
             for recipe in recipes:
                 training(recipe, device, a, root, tmp / device.type)

@@ -1,4 +1,5 @@
-"""Augmentations keep image and mask aligned, are seeded, and HED maths matches scikit-image."""
+"""Augmentations keep image and mask aligned, are seeded, HED maths matches scikit-image, and batched stain
+jitter (the trainer's, on the device) draws what per-image jitter draws."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from protoseg.data import ColorJitter, Compose, HEDJitter, RandomFlip, RandomRot90
-from protoseg.data.augment import hed_to_rgb, rgb_to_hed
+from protoseg.data.augment import default_augmentation, hed_to_rgb, rgb_to_hed, without_stain
 
 
 def _coord_sample(h=5, w=7):
@@ -77,3 +78,70 @@ def test_hed_matches_skimage_up_to_channel_scale_and_roundtrips():
     stains = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]) / norms[:, None]
     expected = np.clip(10 ** -((ours + shift) @ stains), 0, 1)
     np.testing.assert_allclose(out.permute(1, 2, 0).numpy(), expected, atol=1e-5)
+
+
+def _tissue(n: int, seed: int, size: int = 6) -> torch.Tensor:
+    """``n`` small H&E-coloured patches (four base colours plus pixel noise) in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    bases = torch.tensor([[0.78, 0.24, 0.35], [0.9, 0.59, 0.75], [0.24, 0.16, 0.59], [0.95, 0.9, 0.93]])
+    noise = 0.04 * torch.randn(n, 3, size, size, generator=g)
+    return (bases[torch.arange(n) % 4].view(n, 3, 1, 1) + noise).clamp(0.02, 1.0)
+
+
+def test_batched_stain_jitter_is_per_image_jitter_from_the_same_generator():
+    images = _tissue(10, seed=0)
+    jit = HEDJitter(0.1, 0.08)
+    g = torch.Generator().manual_seed(7)
+    one_by_one = torch.stack([jit({"image": im}, g)["image"] for im in images])
+    batched = jit.apply_batch(images, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(batched, one_by_one, atol=1e-6, rtol=0)
+    g = torch.Generator().manual_seed(7)  # reference: HED channels scaled and shifted, image by image
+    ref = []
+    for im in images.double():
+        scale = 0.9 + 0.2 * torch.rand(3, generator=g, dtype=torch.float64)
+        shift = -0.08 + 0.16 * torch.rand(3, generator=g, dtype=torch.float64)
+        ref.append(hed_to_rgb(rgb_to_hed(im) * scale.view(3, 1, 1) + shift.view(3, 1, 1)))
+    torch.testing.assert_close(batched, torch.stack(ref).float(), atol=2e-6, rtol=0)
+    torch.testing.assert_close(jit.apply_batch(images.double(), torch.Generator().manual_seed(7)), torch.stack(ref))
+    assert (batched - images).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # every image jittered
+    again = jit.apply_batch(images, torch.Generator().manual_seed(8))
+    assert not torch.allclose(again, batched, atol=1e-4)
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic (largest gap between the empirical CDFs)."""
+    grid = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+def test_batched_and_per_image_stain_jitter_have_the_same_statistics():
+    n = 480
+    images = _tissue(n, seed=1)
+    per_image = Compose([HEDJitter()], seed=11)  # the dataset path: one image at a time
+    a = torch.stack([per_image({"image": im})["image"] for im in images])
+    g = torch.Generator().manual_seed(12)  # another stream: same distribution, other draws
+    b = torch.cat([HEDJitter().apply_batch(chunk, g) for chunk in images.split(16)])
+    assert not torch.allclose(a, b, atol=1e-3)
+    da, db = (x - images for x in (a, b))  # the jitter's effect per pixel
+    for c in range(3):
+        ma, mb = da[:, c].mean(dim=(1, 2)).numpy(), db[:, c].mean(dim=(1, 2)).numpy()
+        assert _ks(ma, mb) < 0.11  # 5% critical value at n = m = 480 is 0.088; 0.1% is 0.126
+        assert abs(ma.mean() - mb.mean()) < 0.15 * ma.std()
+        assert 0.85 < mb.std() / ma.std() < 1.15
+        assert ma.std() > 5e-3  # the jitter does something measurable
+    # a different strength is told apart by the same statistic (the comparison has power)
+    c = torch.cat([HEDJitter(0.15, 0.15).apply_batch(chunk, g) for chunk in images.split(16)]) - images
+    assert _ks(da[:, 0].mean(dim=(1, 2)).numpy(), c[:, 0].mean(dim=(1, 2)).numpy()) > 0.15
+
+
+def test_default_augmentation_without_stain_leaves_it_to_the_device():
+    full, light = default_augmentation(seed=3), default_augmentation(seed=3, with_stain=False)
+    assert [type(t) for t in full.transforms] == [RandomFlip, RandomRot90, ColorJitter, HEDJitter]
+    assert [type(t) for t in light.transforms] == [RandomFlip, RandomRot90, ColorJitter]
+    stripped = without_stain(full)
+    assert [type(t) for t in stripped.transforms] == [RandomFlip, RandomRot90, ColorJitter]
+    assert stripped.generator is full.generator and len(full.transforms) == 4  # shared draws, input untouched
+    base, _, _ = _coord_sample()
+    torch.testing.assert_close(light(base)["image"], default_augmentation(seed=3, with_stain=False)(base)["image"])

@@ -52,9 +52,12 @@ def test_reader_layer_data_for_svs_with_mpp() -> None:
 
 def _settled_screenshot(viewer) -> np.ndarray:
     from protoseg.napari.demo import _settle
+    from protoseg.napari.refresh import wait_slide_layers
 
     viewer.reset_view()
-    _settle(viewer, 1.5)
+    _settle(viewer, 0.5)
+    assert wait_slide_layers(viewer, 60), "slide chunks never finished loading"  # progressive slide layers
+    _settle(viewer, 0.5)
     return np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3]
 
 

@@ -272,7 +272,96 @@ def test_overlays_compute_only_the_chunks_on_screen(make_napari_viewer, qtbot, a
     assert mask.data_level > 0 and sched.computed == len(on_screen)
     shown = np.asarray(mask.data[mask.data_level][...])
     assert shown.any() and not shown.all()  # the computed corner, downsampled; transparent elsewhere
+    assert viewer.layers.selection.active is _slide  # the overlays were added without taking the selection
+
+    # the canvas legend outlives its overlays (hidden) and is shown again, not rebuilt, by the next overlays
+    from protoseg.napari.widgets.overlay_layers import canvas_legend
+
+    qtbot.waitUntil(lambda: len(canvas_legend(viewer)) == 4, timeout=10_000)
+    legend = canvas_legend(viewer)
+    for ly in list(widget.overlays):
+        viewer.layers.remove(ly)
+    assert canvas_legend(viewer) == legend and not any(o.visible for o in legend)
+    _show(qtbot, widget)
+    assert len(widget.overlays) == 2 and all(a is b for a, b in zip(canvas_legend(viewer), legend, strict=True))
+    assert all(o.visible for o in legend)
+
+    # napari's own cost of adding an Image and a Labels layer of the same size from numpy (for the report)
+    pyramid = [np.zeros((256 >> k, 384 >> k), np.uint8) for k in range(4)]
+    beat.reset()
+    viewer.add_image(pyramid, multiscale=True, contrast_limits=(0, 255), blending="additive")
+    settle(0.5)
+    viewer.add_labels(pyramid, multiscale=True, opacity=0.6)
+    settle(0.5)
+    record_stall("napari baseline: add_image + add_labels (numpy, same size)", beat)
     beat.stop()
+
+
+def test_steps_run_one_per_event_loop_turn(qtbot) -> None:
+    """Timers and input run between the steps of an overlay sequence (Qt runs zero-delay timers queued by
+    one another back to back, so a 0 ms chain would be one long stall)."""
+    from itertools import pairwise
+
+    from protoseg.napari.widgets.overlay_layers import run_in_turns
+    from widget_support import Heartbeat
+
+    beats: list[int] = []
+    beat = Heartbeat()
+    original = beat._beat
+    count = [0]
+
+    def counting() -> None:
+        count[0] += 1
+        original()
+
+    beat._timer.timeout.disconnect()
+    beat._timer.timeout.connect(counting)
+
+    def step() -> None:
+        beats.append(count[0])
+        time.sleep(0.03)  # a step as slow as adding a layer: the 10 ms heartbeat is due after each
+
+    run_in_turns([step] * 6)
+    qtbot.waitUntil(lambda: len(beats) == 6, timeout=5_000)
+    beat.stop()
+    assert all(b > a for a, b in pairwise(beats)), beats
+
+
+def test_overlay_layers_are_added_without_taking_the_selection(make_napari_viewer) -> None:
+    from protoseg.napari.widgets.overlay_layers import add_layer_quietly
+
+    viewer = make_napari_viewer()
+    slide = viewer.add_image(np.zeros((32, 32), np.uint8), name="slide")
+    from napari.layers import Labels
+
+    mask = add_layer_quietly(viewer, Labels(np.zeros((32, 32), np.uint8)))
+    assert mask in viewer.layers and viewer.layers.selection.active is slide
+    other = viewer.add_image(np.zeros((32, 32), np.uint8))  # napari's own adds still select the new layer
+    assert viewer.layers.selection.active is other
+
+
+def test_bulk_allocations_postpone_collection_and_free_garbage_later() -> None:
+    import gc
+    import weakref
+
+    from protoseg.napari.widgets.predict import bulk_allocations
+
+    class Node:
+        pass
+
+    assert gc.isenabled()
+    with bulk_allocations():
+        assert not gc.isenabled()
+        with bulk_allocations():  # nested (two workers): collection resumes after the outer block only
+            pass
+        assert not gc.isenabled()
+        node = Node()
+        node.self = node  # cyclic garbage made meanwhile
+        ref = weakref.ref(node)
+        del node
+    assert gc.isenabled() and ref() is not None and gc.get_freeze_count() == 0
+    gc.collect()
+    assert ref() is None
 
 
 def _save_small(img: np.ndarray, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -112,11 +113,17 @@ class HEDJitter(Augmentation):
         batch gets exactly what jittering its images one after the other from the same generator gives."""
         b = images.shape[0]
         u = torch.rand(b, 2, 3, generator=g, dtype=torch.float64)
-        scale = (1 - self.alpha + 2 * self.alpha * u[:, 0]).view(b, 3, 1, 1)
-        shift = (-self.beta + 2 * self.beta * u[:, 1]).view(b, 3, 1, 1)
-        hed = rgb_to_hed(images)
-        hed = hed * scale.to(hed.device, hed.dtype) + shift.to(hed.device, hed.dtype)
-        return hed_to_rgb(hed).to(images.dtype)
+        scale = 1 - self.alpha + 2 * self.alpha * u[:, 0]
+        shift = -self.beta + 2 * self.beta * u[:, 1]
+        # hed = od @ HED_FROM_RGB, od' = (hed * scale + shift) @ RGB_FROM_HED with od = -log10(rgb): per image
+        # one 3x3 map and an offset in log space, ln rgb' = mix @ ln rgb - ln(10) * shift @ RGB_FROM_HED,
+        # so a pixel costs one log, one 3x3 product and one exp (same result as rgb_to_hed/hed_to_rgb)
+        mix = torch.einsum("dc,bd,ed->bce", _RGB_FROM_HED, scale, _HED_FROM_RGB)
+        offset = -math.log(10.0) * (shift @ _RGB_FROM_HED)
+        x = _working(images)
+        log_rgb = x.reshape(b, 3, -1).clamp_min(_OD_EPS).log_()
+        out = torch.baddbmm(offset.unsqueeze(-1).to(x), mix.to(x), log_rgb)
+        return out.exp_().clamp_(0.0, 1.0).view(images.shape).to(images.dtype)
 
 
 class Compose:
@@ -148,10 +155,10 @@ def without_stain(compose: Compose) -> Compose:
 
 
 __all__ = [
+    "DEFAULT_STAIN",
     "Augmentation",
     "ColorJitter",
     "Compose",
-    "DEFAULT_STAIN",
     "HEDJitter",
     "RandomFlip",
     "RandomRot90",

@@ -37,14 +37,16 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def slide_layer_data(path: str | Path) -> LayerData:
-    """Layer data for one slide: lazy pyramid arrays, mpp as scale (µm) and slide facts in metadata.
+    """Layer data for one slide: progressive pyramid arrays, mpp as scale (µm) and slide facts in metadata.
 
-    napari gets the slide's own array-likes (``Slide.pyramid_arrays``: one backend read per slice, lazy
-    2x levels for slides with too few) rather than dask arrays: a dask compute imports dask.array and
-    dask.distributed on the GUI thread at the first draw and adds per-call overhead to every slice.
+    napari gets array-likes over the slide's own levels (``Slide.pyramid_arrays``: one backend read per
+    slice, lazy 2x levels for slides with too few) rather than dask arrays: a dask compute imports
+    dask.array and dask.distributed on the GUI thread at the first draw and adds per-call overhead to every
+    slice. They are wrapped by ``protoseg.napari.progressive``: on the GUI thread a read never waits for
+    pixels (see :func:`progressive_pyramid`); anywhere else it is exact.
     """
     slide = open_slide(path)
-    pyramid = [array for array, _chunk, _ds in slide.pyramid_arrays()]
+    pyramid = progressive_pyramid(slide)
     mpp = slide.mpp
     scale = (mpp, mpp) if mpp else (1.0, 1.0)
     metadata = {
@@ -72,6 +74,26 @@ def slide_layer_data(path: str | Path) -> LayerData:
         logger.warning("%s has no microns-per-pixel metadata: showing pixel units", path)
     data = pyramid if len(pyramid) > 1 else pyramid[0]
     return (data, kwargs, "image")
+
+
+def progressive_pyramid(slide: Any) -> list[Any]:
+    """``ProgressiveLevel`` arrays of ``slide``'s pyramid. Read from the Qt GUI thread they return at once
+    (missing chunks show a coarser level, load in the background, then the layer refreshes) and the
+    coarsest level starts loading now; with no Qt application (scripts, headless tests) reads are exact."""
+    from protoseg.napari.progressive import ProgressiveLoader
+
+    levels = [(array, chunk) for array, chunk, _ds in slide.pyramid_arrays()]
+    try:
+        from protoseg.napari.refresh import LayerRefresher, on_gui_thread
+    except (ImportError, RuntimeError):  # no usable Qt binding: nothing to keep responsive
+        return ProgressiveLoader(levels).arrays
+    if not on_gui_thread():
+        return ProgressiveLoader(levels).arrays
+    refresher = LayerRefresher()
+    loader = ProgressiveLoader(levels, on_ready=refresher.notify, nonblocking=on_gui_thread)
+    refresher.attach(loader)
+    loader.prefetch()
+    return loader.arrays
 
 
 def read_slide(path: str | list[str]) -> list[LayerData]:

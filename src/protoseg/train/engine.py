@@ -20,6 +20,7 @@ from protoseg.cancel import Cancelled, CancelToken
 from protoseg.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from protoseg.outputs import clean_stale_temporaries
 from protoseg.runtime import resolve_num_workers, seed_everything, select_device
+from protoseg.train.device_augment import BatchStainJitter
 from protoseg.train.distributed import DistContext, barrier, init_distributed
 from protoseg.train.errors import TrainingError
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
@@ -106,6 +107,8 @@ class Trainer(ABC):
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.generator = seed_everything(optim.seed + self.dist.rank)
+        #: Stain jitter of each training batch on the device (set by stages with ``data.augment_on_device``).
+        self.batch_augment: BatchStainJitter | None = None
 
     # ---- to implement -------------------------------------------------------------------
     @property
@@ -253,7 +256,7 @@ class Trainer(ABC):
         run.epoch = run.epochs_done = ckpt.epoch
         run.best = ckpt.best_metric
         if "rng" in ckpt.extra:
-            restore_rng(ckpt.extra["rng"], self.generator)
+            restore_rng(ckpt.extra["rng"], self.generator, self._augment_generator())
         else:
             logger.warning("%s has no random states (older protoseg): the resumed run differs", last_path)
         logger.info("resuming %s from %s at epoch %d", self.stage, last_path, run.epoch)
@@ -269,7 +272,7 @@ class Trainer(ABC):
         """One pass over the loader; the cancel token is checked before every batch."""
         if run.sampler is not None:
             run.sampler.set_epoch(run.epoch)
-        run.rng_start = capture_rng(self.generator)
+        run.rng_start = capture_rng(self.generator, self._augment_generator())
         run.model.train()
         for batch in run.loader:
             self.cancel.raise_if_cancelled(f"{self.stage} training")
@@ -286,6 +289,9 @@ class Trainer(ABC):
                     " ".join(f"{k}={v:.4f}" for k, v in parts.items()),
                 )
 
+    def _augment_generator(self) -> torch.Generator | None:
+        return self.batch_augment.generator if self.batch_augment is not None else None
+
     def _lr(self, step: int, total: int) -> float:
         """Poly schedule: lr * (1 - step/total) ** poly_power."""
         return self.optim.lr * max(0.0, 1.0 - step / max(1, total)) ** self.optim.poly_power
@@ -295,6 +301,8 @@ class Trainer(ABC):
         for group in run.opt.param_groups:
             group["lr"] = self._lr(run.step, run.total)
         batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        if self.batch_augment is not None:  # on the device, before the model normalises the images
+            batch = self.batch_augment(batch)
         with torch.autocast(self.device.type, enabled=run.use_amp):
             loss, parts = self.training_loss(run.train_model, batch, run.step)
         if self.dist.enabled:  # every parameter gets a gradient (zero if unused) so DDP's
@@ -338,7 +346,8 @@ class Trainer(ABC):
             run.best = value
         last_path, best_path = self.out_dir / LAST, self.out_dir / BEST
         extra = {"optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict()}
-        extra["rng"] = capture_rng(self.generator)  # after validation: where the next epoch starts
+        # after validation: where the next epoch starts
+        extra["rng"] = capture_rng(self.generator, self._augment_generator())
         ckpt = self.make_checkpoint(run.epoch + 1, run.step, metrics, extra).with_updates(best_metric=run.best)
         save_checkpoint(ckpt, last_path)
         if improved or value is None:

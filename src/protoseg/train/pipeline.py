@@ -17,13 +17,14 @@ from torch.utils.data import Dataset, Subset
 from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig, Recipe, save_config
-from protoseg.data.augment import default_augmentation
+from protoseg.data.augment import default_augmentation, without_stain
 from protoseg.data.datasets import PatchDataset, open_dataset
 from protoseg.data.layouts import parse_mpp
 from protoseg.data.records import Split
 from protoseg.metrics import Protocol
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.runtime import select_device
+from protoseg.train.device_augment import stain_on_device
 from protoseg.train.engine import BEST, LAST, FitResult
 from protoseg.train.evaluation import evaluate_pseudo, evaluate_segmentation
 from protoseg.train.events import Callback
@@ -41,9 +42,14 @@ def _subset(ds: Dataset, limit: int | None, seed: int) -> Dataset:
     return Subset(ds, sorted(int(i) for i in idx))
 
 
+def _train_augmentation(cfg: ProtosegConfig) -> Any:
+    """Per-sample training augmentation; its stain jitter is left to the trainer with ``data.augment_on_device``."""
+    return default_augmentation(seed=cfg.run.seed, with_stain=not cfg.data.augment_on_device)
+
+
 def open_split(cfg: ProtosegConfig, split: Split, augment: bool = False) -> PatchDataset | None:
     """One split of ``data.root`` (None when a val/test split is absent)."""
-    transform = default_augmentation(seed=cfg.run.seed) if augment else None
+    transform = _train_augmentation(cfg) if augment else None
     try:
         return open_dataset(cfg.data.root, split, cfg.data.layout, transform=transform)
     except Exception:
@@ -123,7 +129,7 @@ def region_data(
         stride=dense_stride(cfg.data.patch_size),
         seed=cfg.run.seed,
         fallback_mpp=fallback_mpp,
-        transform=default_augmentation(seed=cfg.run.seed) if use_aug else None,
+        transform=_train_augmentation(cfg) if use_aug else None,
     )
     logger.info("training regions: %s", ds.tiling.summary())
     if ds.tiling.too_small:
@@ -290,6 +296,8 @@ def train_stage2(
     images = _subset(data.train, cfg.data.max_train, cfg.run.seed)
     _check_pseudo_classes(pseudo_dir, data.classes)
     ds = PseudoMaskDataset(images, pseudo_dir, augment=cfg.data.augment, seed=cfg.run.seed)
+    if stain_on_device(cfg) and ds.colour is not None:  # Stage2Trainer jitters the stains batched
+        ds.colour = without_stain(ds.colour)
     info = {"checkpoint": str(stage1)} if stage1 else {}
     val = _subset(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None
     trainer = Stage2Trainer(cfg, ds, val, data.classes, callbacks=callbacks, cancel=cancel, stage1_info=info)

@@ -1,6 +1,6 @@
 """What makes a resumed run continue exactly like an uninterrupted one: random-number states (python,
-NumPy, torch CPU/CUDA, the data-order generator), one process per output folder (a lock file), and a
-metrics log without rows of epochs that the resumed run will train again."""
+NumPy, torch CPU/CUDA, the data-order and batch-augmentation generators), one process per output folder
+(a lock file), and a metrics log without rows of epochs that the resumed run will train again."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ METRICS = "metrics.jsonl"
 _HELD: set[Path] = set()  # locks held by this process (two threads, e.g. two GUI jobs, share a pid)
 
 
-def capture_rng(generator: torch.Generator | None) -> dict[str, Any]:
-    """Every random state a training epoch draws from, as tensors and plain lists (weights-only loadable)."""
+def capture_rng(generator: torch.Generator | None, augment: torch.Generator | None = None) -> dict[str, Any]:
+    """Every random state a training epoch draws from (``generator``: data order, ``augment``: the batch
+    augmentation on the device), as tensors and plain lists (weights-only loadable)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, mt, nxt = random.getstate()
     state: dict[str, Any] = {
@@ -37,11 +38,16 @@ def capture_rng(generator: torch.Generator | None) -> dict[str, Any]:
     }
     if generator is not None:
         state["data"] = generator.get_state()
+    if augment is not None:
+        state["augment"] = augment.get_state()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator | None) -> None:
-    """Put back the states ``capture_rng`` recorded (CUDA states only when the same number of devices)."""
+def restore_rng(
+    state: dict[str, Any], generator: torch.Generator | None, augment: torch.Generator | None = None
+) -> None:
+    """Put back the states ``capture_rng`` recorded (CUDA states only when the same number of devices; a
+    generator the state does not hold, e.g. from a run without batch augmentation, keeps its seed)."""
     version, mt, nxt = state["python"]
     random.setstate((int(version), tuple(int(v) for v in mt), nxt))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
@@ -52,6 +58,8 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator | None) -> Non
         torch.cuda.set_rng_state_all(cuda)
     if generator is not None and "data" in state:
         generator.set_state(state["data"])
+    if augment is not None and "augment" in state:
+        augment.set_state(state["augment"])
 
 
 def _alive(pid: int) -> bool:

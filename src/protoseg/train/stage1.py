@@ -18,6 +18,7 @@ from protoseg.models.checkpoint import Stage
 from protoseg.models.classnet import ClassNet
 from protoseg.models.encoders import EncoderKind, EncoderSpec, ImageEncoder, TextEncoder, build_encoder
 from protoseg.train.configured import ConfiguredTrainer
+from protoseg.train.device_augment import batch_augment_for
 from protoseg.train.evaluation import evaluate_pseudo
 from protoseg.train.events import Callback
 from protoseg.train.recipes import RecipeError, Stage1Objective, classnet_config, encode_class_prompts
@@ -62,6 +63,7 @@ class Stage1Trainer(ConfiguredTrainer):
     ) -> None:
         s1 = cfg.stage1
         super().__init__(Stage.STAGE1, cfg, train_ds, val_ds, classes, callbacks, cancel)
+        self.batch_augment = batch_augment_for(cfg, self.optim.seed + self.dist.rank)
         self.bank = bank
         needs_encoder = s1.recipe is not Recipe.CAM or AddOn.PLIM in s1.addons
         self.encoder = encoder if encoder is not None else (encoder_from_config(cfg, bank) if needs_encoder else None)

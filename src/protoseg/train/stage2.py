@@ -16,6 +16,7 @@ from protoseg.losses.noise_ce import confidence_weighted_ce, segmentation_ce
 from protoseg.models.checkpoint import Stage
 from protoseg.models.segnet import SegNet, SegNetConfig
 from protoseg.train.configured import ConfiguredTrainer
+from protoseg.train.device_augment import batch_augment_for
 from protoseg.train.evaluation import evaluate_segmentation
 from protoseg.train.events import Callback
 
@@ -51,6 +52,7 @@ class Stage2Trainer(ConfiguredTrainer):
         stage1_info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(Stage.STAGE2, cfg, train_ds, val_ds, classes, callbacks, cancel)
+        self.batch_augment = batch_augment_for(cfg, self.optim.seed + self.dist.rank)
         self.net = SegNet(segnet_config(cfg, classes.num_classes))
         self.stage1_info = stage1_info or {}
 

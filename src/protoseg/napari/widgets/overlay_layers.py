@@ -1,10 +1,12 @@
 """napari layers and canvas decorations of computed overlays: read-only mask layers, layer creation from
-overlay layer data, the class legend on the canvas and a layer's units."""
+overlay layer data, adding layers one per event-loop turn, the class legend on the canvas and a layer's units."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import QTimer
 
 from protoseg.classes import ClassSpec
@@ -33,38 +35,130 @@ def create_overlay_layer(layer_data: Any) -> Any:
     return make_read_only(layer) if layer._type_string == "labels" else layer
 
 
+#: Delay between two GUI steps (ms). Positive on purpose: Qt runs zero-delay timers queued by one another
+#: back to back, before other timers and input, so a 0 ms chain is one long stall; 1 ms lets them run between.
+STEP_MS = 1
+
+
+def run_in_turns(steps: Sequence[Callable[[], Any]], delay_ms: int = STEP_MS) -> None:
+    """Run ``steps`` in order, one per event-loop turn, so the viewer paints and answers input between them."""
+    todo = list(steps)
+
+    def step() -> None:
+        todo.pop(0)()
+        if todo:
+            QTimer.singleShot(delay_ms, step)
+
+    if todo:
+        QTimer.singleShot(delay_ms, step)
+
+
+def add_layer_quietly(viewer: Any, layer: Any) -> Any:
+    """Add ``layer`` without making it the selected, active layer.
+
+    napari activates an inserted layer, rebuilding the layer-controls panel and the layer buttons (about a
+    third of the GUI time of adding a layer); overlays leave the slide layer active instead.
+    """
+    layers = viewer.layers
+    previous = getattr(layers, "_activate_on_insert", None)
+    if previous is not None:
+        layers._activate_on_insert = False
+    try:
+        return viewer.add_layer(layer)
+    finally:
+        if previous is not None:
+            layers._activate_on_insert = previous
+
+
+def add_layers_in_turns(viewer: Any, data: Sequence[Any], added: list[Any], done: Callable[[], Any]) -> None:
+    """Build and add overlay layers from layer data, one step per event-loop turn, then call ``done``.
+
+    Each layer takes three turns: napari builds it; adds it hidden (GL visual and layer controls: the
+    costliest step, made without activating it, see :func:`add_layer_quietly`); then shows it (first
+    slice, texture upload). Layers are appended to ``added`` as they join the viewer.
+    """
+    built: list[tuple[Any, bool]] = []
+
+    def build(ld: Any) -> None:
+        built.append((create_overlay_layer((ld[0], {**ld[1], "visible": False}, ld[2])), ld[1].get("visible", True)))
+
+    def add() -> None:
+        added.append(add_layer_quietly(viewer, built[-1][0]))
+
+    def show() -> None:
+        layer, visible = built.pop()
+        layer.visible = visible
+
+    run_in_turns([*(step for ld in data for step in (lambda ld=ld: build(ld), add, show)), done])
+
+
 LEGEND_KEY = "protoseg_legend_"
+
+
+def _legend_entries(classes: ClassSpec) -> list[tuple[str, list[float]]]:
+    return [(f"■ {name}", [v / 255 for v in rgb] + [1.0]) for name, rgb in zip(classes.names, classes.colors)]
+
+
+def canvas_legend(viewer: Any) -> list[Any]:
+    """The legend's text overlays on the canvas, in class order."""
+    found = {k: o for k, o in viewer.canvas.overlays.items() if str(k).startswith(LEGEND_KEY)}
+    return [found[k] for k in sorted(found, key=lambda k: int(str(k)[len(LEGEND_KEY) :]))]
+
+
+#: Characters vispy's text layout measures for vertical alignment whatever the text (loaded with its first text).
+_ALIGNMENT_GLYPHS = "ÅÉÑŐjgpqy"
+
+
+def _glyph_loader(viewer: Any) -> Callable[[str], Any] | None:
+    """Loads one character into the canvas font atlas (napari renders each new glyph's distance field on the
+    CPU during the first draw of a text); None when this napari does not expose it."""
+    try:
+        info = viewer.window._qt_viewer.canvas.font_info()
+        font = info.font_manager.get_font(info.face)
+    except Exception:  # noqa: BLE001 - private napari API: without it glyphs load when first drawn
+        return None
+    return font.__getitem__
 
 
 def add_canvas_legend(viewer: Any, classes: ClassSpec, staggered: bool = False) -> list[Any]:
     """Class names in their colours in the canvas's top-right corner (one napari text overlay per class), so
-    a screenshot of the canvas can be read; replaces an earlier legend. ``staggered`` adds one text per
-    event-loop turn (napari builds a GL text visual for each)."""
+    a screenshot of the canvas can be read. A legend already showing these classes is kept (napari builds
+    a GL text visual for each text: costly); another one is replaced. ``staggered`` spreads the work over
+    event-loop turns: one glyph of the legend's font per turn, then one text overlay per turn."""
     from napari.components.overlays import TextOverlay
 
+    entries = _legend_entries(classes)
+    shown = canvas_legend(viewer)
+    if len(shown) == len(entries) and all(
+        o.text == t and np.allclose(o.color, c, atol=1e-3) for o, (t, c) in zip(shown, entries)
+    ):
+        for overlay in shown:
+            overlay.visible = True
+        return shown
     remove_canvas_legend(viewer)
-    overlays = [
-        TextOverlay(
-            text=f"■ {name}", color=[v / 255 for v in rgb] + [1.0], position="top_right", font_size=11, visible=True
-        )
-        for name, rgb in zip(classes.names, classes.colors)
-    ]
-    todo = list(enumerate(overlays))
-
-    def step() -> None:
-        i, overlay = todo.pop(0)
-        viewer.canvas.overlays[f"{LEGEND_KEY}{i}"] = overlay
-        if todo and staggered:
-            QTimer.singleShot(0, step)
-
-    while todo and not staggered:
-        step()
-    if staggered and todo:
-        QTimer.singleShot(0, step)
+    overlays = [TextOverlay(text=t, color=c, position="top_right", font_size=11, visible=False) for t, c in entries]
+    steps = []
+    for i, overlay in enumerate(overlays):  # added hidden (napari builds the visual), shown a turn later (drawn)
+        steps.append(lambda i=i, overlay=overlay: viewer.canvas.overlays.__setitem__(f"{LEGEND_KEY}{i}", overlay))
+        steps.append(lambda overlay=overlay: setattr(overlay, "visible", True))
+    if staggered:
+        load = _glyph_loader(viewer)
+        glyphs = sorted({ch for text, _ in entries for ch in text} | set(_ALIGNMENT_GLYPHS)) if load else []
+        run_in_turns([*(lambda ch=ch: load(ch) for ch in glyphs), *steps])
+    else:
+        for step in steps:
+            step()
     return overlays
 
 
+def hide_canvas_legend(viewer: Any) -> None:
+    """Hide the class legend (kept for the next overlays of the same classes: no GL visuals to rebuild)."""
+    for overlay in canvas_legend(viewer):
+        overlay.visible = False
+
+
 def remove_canvas_legend(viewer: Any) -> None:
+    """Remove the class legend from the canvas."""
     for key in [k for k in viewer.canvas.overlays if str(k).startswith(LEGEND_KEY)]:
         del viewer.canvas.overlays[key]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protoseg.napari.widgets.overlay_layers import add_canvas_legend, make_read_only, remove_canvas_legend
+from protoseg.napari.widgets.overlay_layers import add_canvas_legend, hide_canvas_legend, make_read_only
 
 
 class OverlayViewSection:
@@ -43,10 +43,12 @@ class OverlayViewSection:
 
     def _style_overlays(self) -> None:
         """Overlay opacity from the dock's slider, read-only mask layer, class legend on the canvas."""
-        self.set_overlay_opacity(self.opacity.value())
+        if any(ly.opacity != self.opacity.value() / 100.0 for ly in self.overlays):
+            self.set_overlay_opacity(self.opacity.value())  # each change redraws the layer's thumbnail
         masks = [ly for ly in self.overlays if ly._type_string == "labels"]
         for ly in masks:
-            make_read_only(ly)
+            if ly.editable:
+                make_read_only(ly)
         if masks and self.classes is not None:
             add_canvas_legend(self.viewer, self.classes, staggered=True)
 
@@ -98,7 +100,7 @@ class OverlayViewSection:
             self.scheduler.close()
             self.scheduler = None
         old, self.overlays = self.overlays, []
-        remove_canvas_legend(self.viewer)
+        hide_canvas_legend(self.viewer)
         for ly in old:
             if ly in self.viewer.layers:
                 self.viewer.layers.remove(ly)
@@ -107,6 +109,6 @@ class OverlayViewSection:
         if event.value in self.overlays:
             self.overlays.remove(event.value)
             if not self.overlays:
-                remove_canvas_legend(self.viewer)
+                hide_canvas_legend(self.viewer)
                 if self.scheduler is not None:
                     self.scheduler.close()

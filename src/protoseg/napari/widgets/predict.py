@@ -3,7 +3,11 @@ background as the user pans, whole-slide batch to OME-Zarr (progress, cancel, re
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,8 @@ from protoseg.napari.widgets._common import (
 from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress, guard_triton_llvm_clash
 from protoseg.napari.widgets.legend import Legend
 from protoseg.napari.widgets.overlay_layers import (
+    add_layer_quietly,
+    add_layers_in_turns,
     create_overlay_layer,
     layer_units,
 )
@@ -49,6 +55,35 @@ from protoseg.napari.widgets.slide_info import MppPrompt, set_slide_mpp, slide_m
 from protoseg.napari.widgets.whole_slide import EXPORTS, WholeSlideSection
 
 logger = logging.getLogger(__name__)
+
+
+_gc_lock = threading.Lock()
+_gc_holds = [0]
+
+
+@contextmanager
+def bulk_allocations() -> Iterator[None]:
+    """Allocate many long-lived objects (imports, a model) without a full garbage collection in the middle.
+
+    A full collection scans every object of the process (napari + torch: 0.3-0.8 s holding the GIL, the
+    viewer frozen even when a worker thread triggers it). Here collection waits until the block ends; its
+    objects then join the oldest generation without counting as new pressure for it (``gc.freeze`` +
+    ``gc.unfreeze``), so garbage made meanwhile is freed by the next regular full collection.
+    """
+    with _gc_lock:
+        _gc_holds[0] += 1
+        disabled = _gc_holds[0] == 1 and gc.isenabled()
+        if disabled:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holds[0] -= 1
+            if disabled:
+                gc.freeze()
+                gc.unfreeze()
+                gc.enable()
 
 
 class _Bridge(QObject):
@@ -250,14 +285,15 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         tissue, chunk = self.tissue.isChecked(), self.chunk.value()
 
         def work(report: Any, cancel: Any) -> Any:
-            from protoseg.infer import LazyPrediction
+            with bulk_allocations():
+                from protoseg.infer import LazyPrediction
 
-            report("loading the model")
-            predictor = self._predictor_for(key)
-            report("opening the slide")
-            import pandas  # noqa: F401 - napari's Labels layer imports it (1.5 s): not on the GUI thread
+                report("loading the model")
+                predictor = self._predictor_for(key)
+                report("opening the slide")
+                import pandas  # noqa: F401 - napari's Labels layer imports it (1.5 s): not on the GUI thread
 
-            return LazyPrediction(predictor, path, slide_mpp=override, chunk=chunk, tissue_only=tissue)
+                return LazyPrediction(predictor, path, slide_mpp=override, chunk=chunk, tissue_only=tissue)
 
         if not background:
             return self._add_overlays(layer, work(lambda _m: None, None))
@@ -280,29 +316,26 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         return self._overlay_job.start()
 
     def _add_overlays(self, layer: Any, lazy: Any, staggered: bool = False) -> list[Any]:
-        """Add the overlay layers; ``staggered`` adds one per event-loop turn (each napari layer costs ~0.1 s of
-        GUI time: one at a time keeps the viewer responsive)."""
+        """Add the overlay layers; ``staggered`` builds and adds them one step per event-loop turn (a napari
+        layer costs ~0.1 s of GUI time to build and as much to add: one at a time keeps the viewer responsive)."""
 
         self._clear_overlays()
         self.scheduler = ChunkScheduler(lazy, on_ready=self._bridge.ready.emit)
         placement = Placement.on_slide(layer.scale, layer.translate, lazy.layout.geom.scale, layer_units(layer))
         data = self._one_cam(lazy_layer_data(self.scheduler, self.classes, placement, self._shown_class()))
-        if staggered:
-            self._adding = True
-            todo = list(data)
+        for _, meta, _ in data:
+            meta["opacity"] = self.opacity.value() / 100.0  # set up front: changing it later redraws thumbnails
+        if not staggered:
+            self.overlays = [add_layer_quietly(self.viewer, create_overlay_layer(ld)) for ld in data]
+            return self._overlays_added(layer, lazy)
+        self._adding = True
 
-            def step() -> None:
-                if todo:
-                    self.overlays.append(self.viewer.add_layer(create_overlay_layer(todo.pop(0))))
-                    QTimer.singleShot(0, step)
-                else:
-                    self._adding = False
-                    self._overlays_added(layer, lazy)
+        def finish() -> None:
+            self._adding = False
+            self._overlays_added(layer, lazy)
 
-            QTimer.singleShot(0, step)
-            return self.overlays
-        self.overlays = [self.viewer.add_layer(create_overlay_layer(ld)) for ld in data]
-        return self._overlays_added(layer, lazy)
+        add_layers_in_turns(self.viewer, data, self.overlays, finish)
+        return self.overlays
 
     @property
     def overlays_ready(self) -> bool:

@@ -1,0 +1,177 @@
+"""The Qt side of progressive slide layers: which thread may not wait, and coalesced layer refreshes.
+
+A :class:`LayerRefresher` receives a ``ProgressiveLoader``'s ``on_ready`` calls from its worker threads,
+hops to the GUI thread through a queued signal and refreshes the napari layer(s) showing the loader's
+arrays at most once per ``interval_ms``; when such a layer is removed from its viewer the loader is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QCoreApplication, QObject, QThread, QTimer, Signal
+
+if TYPE_CHECKING:
+    from protoseg.napari.progressive import ProgressiveLoader
+
+logger = logging.getLogger(__name__)
+
+#: how often (ms) a slide layer may be refreshed while chunks arrive
+REFRESH_MS = 50
+#: how many times (every REFRESH_MS * 4) a refresh looks again for a layer not yet added to a viewer
+FIND_RETRIES = 25
+
+
+def on_gui_thread() -> bool:
+    """True on the thread of a running Q(Core)Application (the one that must never wait for pixels)."""
+    app = QCoreApplication.instance()
+    return app is not None and QThread.currentThread() is app.thread()
+
+
+def _viewers() -> list[Any]:
+    """Every open napari viewer (the current one first)."""
+    import napari
+
+    found: list[Any] = []
+    current = napari.current_viewer()
+    if current is not None:
+        found.append(current)
+    try:
+        from napari._qt.qt_main_window import _QtMainWindow
+
+        for window in list(_QtMainWindow._instances):
+            viewer = window._qt_viewer.viewer
+            if all(viewer is not v for v in found):
+                found.append(viewer)
+    except (ImportError, AttributeError):  # napari internals moved: the current viewer is enough
+        pass
+    return found
+
+
+class _Bridge(QObject):
+    ready = Signal()
+
+
+class LayerRefresher:
+    """Refreshes, on the GUI thread and at most every ``interval_ms``, the layers that show ``loader``'s arrays."""
+
+    def __init__(self, interval_ms: int = REFRESH_MS) -> None:
+        self.loader: ProgressiveLoader | None = None
+        self.refreshes = 0
+        self._layers: list[weakref.ref[Any]] = []
+        self._viewers: list[weakref.ref[Any]] = []
+        self._misses = 0
+        self._interval = int(interval_ms)
+        self._bridge = _Bridge()
+        self._timer = QTimer(self._bridge)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(self._interval)
+        self._timer.timeout.connect(self._refresh)
+        self._bridge.ready.connect(self._schedule)  # emitted from worker threads: a queued connection
+
+    def attach(self, loader: ProgressiveLoader) -> None:
+        """Refresh for ``loader`` (whose ``on_ready`` should be :meth:`notify`)."""
+        self.loader = loader
+
+    def notify(self) -> None:
+        """Thread-safe: chunks arrived; a refresh follows on the GUI thread."""
+        try:
+            self._bridge.ready.emit()
+        except RuntimeError:  # the Qt object is gone (application shutting down)
+            pass
+
+    def _schedule(self) -> None:
+        if not self._timer.isActive():
+            self._timer.start(self._interval)
+
+    def layers(self) -> list[Any]:
+        """The layers (in any open viewer) whose data hold this loader's arrays."""
+        alive = [layer for ref in self._layers if (layer := ref()) is not None]
+        if alive or self.loader is None:
+            return alive
+        mine = {id(a) for a in self.loader.arrays}
+        for viewer in _viewers():
+            hits = [ly for ly in viewer.layers if _holds(ly, mine)]
+            if hits:
+                self._layers.extend(weakref.ref(ly) for ly in hits)
+                self._viewers.append(weakref.ref(viewer))
+                viewer.layers.events.removed.connect(self._on_removed)
+                alive.extend(hits)
+        return alive
+
+    def _refresh(self) -> None:
+        loader = self.loader
+        if loader is None or loader.closed:
+            return
+        layers = self.layers()
+        if not layers:
+            if self._misses < FIND_RETRIES:  # the reader's layer is not in a viewer yet
+                self._misses += 1
+                self._timer.start(self._interval * 4)
+            return
+        for layer in layers:
+            layer.refresh(extent=False, highlight=False)
+        self.refreshes += 1
+
+    def _on_removed(self, event: Any) -> None:
+        gone = event.value
+        self._layers = [ref for ref in self._layers if (ly := ref()) is not None and ly is not gone]
+        if self._layers or self.loader is None:
+            return
+        logger.debug("slide layer removed: stopping its loader")
+        self.loader.close()
+        self._timer.stop()
+        for ref in self._viewers:
+            viewer = ref()
+            if viewer is not None:
+                try:
+                    viewer.layers.events.removed.disconnect(self._on_removed)
+                except (RuntimeError, ValueError):  # already gone with its viewer
+                    pass
+        self._viewers = []
+
+
+def slide_loaders(viewer: Any) -> list[ProgressiveLoader]:
+    """The loaders behind ``viewer``'s progressive slide layers (one per layer, open ones only)."""
+    out: list[ProgressiveLoader] = []
+    for layer in viewer.layers:
+        data = getattr(layer, "data", None)
+        first = data[0] if getattr(layer, "multiscale", False) and data is not None else data
+        loader = getattr(first, "loader", None)
+        if loader is not None and hasattr(loader, "wait_idle") and not loader.closed:
+            out.append(loader)
+    return out
+
+
+def wait_slide_layers(viewer: Any, timeout: float = 30.0) -> bool:
+    """Process Qt events until every slide layer of ``viewer`` has loaded the chunks asked so far and been
+    refreshed (screenshots, tests); False on timeout. Never blocks the event loop."""
+    end = time.monotonic() + timeout
+    loaders = slide_loaders(viewer)
+    quiet_since: float | None = None
+    while time.monotonic() < end:
+        QCoreApplication.processEvents()
+        now = time.monotonic()
+        if not all(loader.wait_idle(0) for loader in loaders):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since > 3 * REFRESH_MS / 1000:  # idle through the coalesced refresh and its redraw
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _holds(layer: Any, ids: set[int]) -> bool:
+    """Whether ``layer``'s data (one array or a multiscale list) includes an array whose id is in ``ids``."""
+    data = getattr(layer, "data", None)
+    if data is None:
+        return False
+    if id(data) in ids:
+        return True
+    if getattr(layer, "multiscale", False):
+        return any(id(d) in ids for d in data)
+    return False
