@@ -41,6 +41,14 @@ class Gated:
         return self.data[key]
 
 
+def _until(predicate, timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until true (worker threads reach a state) or ``timeout``."""
+    end = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < end:
+        time.sleep(0.005)
+    return bool(predicate())
+
+
 def _gated_levels(gate: threading.Event, chunk: int = 64) -> list[tuple[Any, int]]:
     rng = np.random.default_rng(1)
     fine = rng.integers(0, 255, (512, 768, 3), dtype=np.uint8)
@@ -105,9 +113,8 @@ def test_coarsest_level_placeholder_and_level_switch_drops_old_requests() -> Non
     coarse = levels[1][0].data
     out = loader.arrays[0][0:128, 0:200]  # nothing of level 0 loaded: the coarsest level, repeated 4x
     np.testing.assert_array_equal(out, np.repeat(np.repeat(coarse, 4, 0), 4, 1)[0:128, 0:200])
-    time.sleep(0.2)  # the worker takes one chunk and waits at the gate
     first = set(loader.keys_in(0, 0, 128, 0, 200))
-    assert len(loader.pending()) == len(first) - 1
+    assert _until(lambda: len(loader.pending()) == len(first) - 1)  # the worker took one, waits at the gate
     loader.arrays[0][384:512, 512:768]  # the view moved: the old window's queued chunks are dropped
     second = set(loader.keys_in(0, 384, 512, 512, 768))
     assert set(loader.pending()) == second and loader.dropped == len(first) - 1
@@ -125,7 +132,7 @@ def test_close_stops_the_workers_and_later_reads_are_exact() -> None:
     levels = _gated_levels(gate)
     loader = ProgressiveLoader(levels, nonblocking=lambda: True, workers=2)
     loader.arrays[0][0:256, 0:256]
-    time.sleep(0.2)
+    assert _until(lambda: len(loader._inflight) == 2)  # both workers wait inside a read
     assert loader.threads == 2 and loader.pending()
     assert not loader.close(timeout=0.2)  # both workers still wait inside a read
     assert loader.closed and not loader.pending() and loader.token.cancelled

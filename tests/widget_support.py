@@ -37,6 +37,9 @@ def widget_screenshot(viewer, name: str, max_width: int = 960) -> np.ndarray:
     """Whole-window screenshot (canvas + docked widgets) saved small as DOC_IMAGES/widget_<name>.jpg."""
     from PIL import Image
 
+    from protoseg.napari.refresh import wait_slide_layers
+
+    assert wait_slide_layers(viewer, timeout=30.0), "slide layers still loading after 30 s"
     settle(1.0)
     img = np.asarray(viewer.screenshot(canvas_only=False, flash=False))[..., :3]
     pil = Image.fromarray(np.ascontiguousarray(img))

@@ -34,9 +34,12 @@ class DemoSettings:
 
 
 def _settle(viewer, seconds: float = 1.0) -> None:
-    """Let Qt and napari's async slicing draw the visible chunks before a screenshot."""
+    """Let the progressive slide layers load what is on screen and Qt draw it before a screenshot."""
     from qtpy.QtWidgets import QApplication
 
+    from protoseg.napari.refresh import wait_slide_layers
+
+    wait_slide_layers(viewer, timeout=30.0)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         QApplication.processEvents()
