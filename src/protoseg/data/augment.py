@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 # Ruifrok & Johnston optical-density vectors (rows: haematoxylin, eosin, DAB/residual).
@@ -126,11 +127,37 @@ class HEDJitter(Augmentation):
         return out.exp_().clamp_(0.0, 1.0).view(images.shape).to(images.dtype)
 
 
+class SampleKey(int):
+    """A dataset index carrying the seed of one augmentation draw (the training sampler's keys); a dataset
+    that knows nothing of augmentation seeds indexes with it as with the plain int it is."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SampleKey:
+        key = super().__new__(cls, index)
+        key.seed = int(seed)
+        return key
+
+    def __getnewargs__(self) -> tuple[int, int]:  # pickled to DataLoader workers with its seed
+        return int(self), self.seed
+
+    def __repr__(self) -> str:
+        return f"SampleKey({int(self)}, seed={self.seed})"
+
+
+def sample_generator(seed: int | None, draw: int) -> torch.Generator:
+    """A fresh generator that is a pure function of a pipeline ``seed`` and one sample's ``draw`` seed."""
+    entropy = [int(draw)] if seed is None else [int(seed), int(draw)]
+    mixed = np.random.SeedSequence([v % 2**64 for v in entropy]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed))
+
+
 class Compose:
-    """Apply augmentations in order; with ``seed`` set, draws come from one private generator."""
+    """Apply augmentations in order; with ``seed`` set, unkeyed draws come from one private generator."""
 
     def __init__(self, transforms: Sequence[Augmentation], seed: int | None = None) -> None:
         self.transforms = list(transforms)
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
@@ -138,6 +165,16 @@ class Compose:
         for t in self.transforms:
             sample = t(sample, g)
         return sample
+
+
+def apply_transform(transform: Callable[[dict], dict] | None, sample: dict, key: int) -> dict:
+    """``transform(sample)`` for the sample at ``key``. A :class:`SampleKey` gives a :class:`Compose` a generator
+    of its own (``sample_generator(compose.seed, key.seed)``): the same draw in any worker or process."""
+    if transform is None:
+        return sample
+    if isinstance(key, SampleKey) and isinstance(transform, Compose):
+        return transform(sample, sample_generator(transform.seed, key.seed))
+    return transform(sample)
 
 
 def default_augmentation(seed: int | None = None, stain: float = DEFAULT_STAIN, with_stain: bool = True) -> Compose:
@@ -150,7 +187,7 @@ def default_augmentation(seed: int | None = None, stain: float = DEFAULT_STAIN, 
 def without_stain(compose: Compose) -> Compose:
     """The same pipeline, drawing from the same generator, minus its HED stain jitter."""
     out = Compose([t for t in compose.transforms if not isinstance(t, HEDJitter)])
-    out.generator = compose.generator
+    out.seed, out.generator = compose.seed, compose.generator
     return out
 
 
@@ -162,8 +199,11 @@ __all__ = [
     "HEDJitter",
     "RandomFlip",
     "RandomRot90",
+    "SampleKey",
+    "apply_transform",
     "default_augmentation",
     "hed_to_rgb",
     "rgb_to_hed",
+    "sample_generator",
     "without_stain",
 ]

@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from protoseg.classes import ClassSpec
+from protoseg.data.augment import apply_transform
 from protoseg.data.cache import CacheMode, DecodedCache
 from protoseg.data.errors import DataError, DatasetLayoutError
 from protoseg.data.generic import generic_records
@@ -92,7 +93,9 @@ class PatchDataset(Dataset):
             return np.zeros((0, self.classes.num_classes), np.float32)
         return np.stack([self.label(i) for i in range(len(self))])
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int) -> dict:
+        """The sample at ``key`` (an index, or a ``SampleKey`` whose seed picks the augmentation draw)."""
+        index = int(key)
         rec = self.records[index]
         rgb = self._cache.get(index)
         if rgb is None:
@@ -111,9 +114,7 @@ class PatchDataset(Dataset):
         else:
             label = rec.label
         sample["label"] = torch.as_tensor(np.asarray(label, dtype=np.float32))
-        if self.transform is not None:
-            sample = self.transform(sample)
-        return sample
+        return apply_transform(self.transform, sample, key)
 
     def __repr__(self) -> str:
         return (

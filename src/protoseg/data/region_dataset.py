@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from protoseg.classes import ClassSpec
+from protoseg.data.augment import apply_transform
 from protoseg.data.datasets import Transform, to_tensor
 from protoseg.data.errors import RegionError
 from protoseg.data.regions import RegionAnnotation, RegionSource, clip_to_slide
@@ -332,10 +333,8 @@ class WsiRegionDataset(Dataset):
             )
         self.mpp, self.patch_size = float(mpp), int(patch_size)
         self.stride = int(stride or patch_size)
-        self.min_inside, self.jitter = float(min_inside), float(jitter)
-        self.fallback_mpp = fallback_mpp
-        self.transform = transform
-        self.slide_opener = slide_opener
+        self.min_inside, self.jitter, self.fallback_mpp = float(min_inside), float(jitter), fallback_mpp
+        self.transform, self.slide_opener = transform, slide_opener
         self._slides: dict[str, object] = {}
         self.tiling = tile_regions(
             self.regions,
@@ -389,12 +388,12 @@ class WsiRegionDataset(Dataset):
         p = self.patches[index]
         return read_at_scale(self._slide(p.slide_path), p.box, (self.patch_size, self.patch_size))
 
-    def __getitem__(self, index: int) -> dict:
-        p = self.patches[index]
+    def __getitem__(self, key: int) -> dict:  # an index, or a SampleKey (seed of the augmentation draw)
+        p = self.patches[int(key)]
         sample = {
-            "image": to_tensor(self.read_patch(index)),
+            "image": to_tensor(self.read_patch(int(key))),
             "label": torch.tensor(p.label, dtype=torch.float32),
             "name": f"{Path(p.slide_path).stem}_x{p.box[0]}_y{p.box[1]}",
             "box": torch.tensor(p.box, dtype=torch.long),
         }
-        return self.transform(sample) if self.transform is not None else sample
+        return apply_transform(self.transform, sample, key)

@@ -25,6 +25,7 @@ from protoseg.train.distributed import DistContext, barrier, init_distributed
 from protoseg.train.errors import TrainingError
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
 from protoseg.train.runstate import RunLock, capture_rng, restore_rng, trim_metrics
+from protoseg.train.sampling import KeyedDistributedSampler, training_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -143,22 +144,24 @@ class Trainer(ABC):
         ds = self.train_dataset
         if len(ds) == 0:  # type: ignore[arg-type]
             raise TrainingError("the training set is empty; check data.root and the dataset layout")
-        sampler = DistributedSampler(ds, shuffle=True, seed=self.optim.seed) if self.dist.enabled else None
+        # keys (index, augmentation seed): a sample's augmentation is the same in any worker and on resume
+        sampler = training_sampler(ds, self.generator, self.optim.seed, self.dist.enabled)
         workers = resolve_num_workers(self.optim.num_workers, self.device.type, self.dist.world_size)
         cuda = self.device.type == "cuda"
         loader = DataLoader(
             ds,
             batch_size=self.optim.batch_size,
-            shuffle=sampler is None,
             sampler=sampler,
             num_workers=workers,
             drop_last=len(ds) > self.optim.batch_size,  # type: ignore[arg-type]
-            generator=self.generator if sampler is None else None,
+            # worker seeds only (augmentations come from the keys): a private generator, so persistent workers
+            # (one draw per run, not per epoch) leave the data-order stream as with none, and on resume
+            generator=torch.Generator().manual_seed(self.optim.seed + self.dist.rank),
             persistent_workers=workers > 0,
             pin_memory=cuda,  # page-locked batches: asynchronous host-to-device copies
             prefetch_factor=(4 if cuda else 2) if workers > 0 else None,
         )
-        return loader, sampler
+        return loader, sampler if isinstance(sampler, KeyedDistributedSampler) else None
 
     def _event(self, kind: EventKind, epoch: int, step: int, total: int, **kw: Any) -> None:
         if self.dist.is_main:

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig, Recipe, save_config
-from protoseg.data.augment import default_augmentation, without_stain
+from protoseg.data.augment import default_augmentation
 from protoseg.data.datasets import PatchDataset, open_dataset
 from protoseg.data.layouts import parse_mpp
 from protoseg.data.records import Split
@@ -29,6 +29,7 @@ from protoseg.train.engine import BEST, LAST, FitResult
 from protoseg.train.evaluation import evaluate_pseudo, evaluate_segmentation
 from protoseg.train.events import Callback
 from protoseg.train.pseudo import PseudoMaskDataset, export_pseudo_masks
+from protoseg.train.sampling import KeyedSubset
 from protoseg.train.stage1 import Stage1Trainer, encoder_from_config
 from protoseg.train.stage2 import Stage2Trainer
 
@@ -39,7 +40,7 @@ def _subset(ds: Dataset, limit: int | None, seed: int) -> Dataset:
     if limit is None or limit >= len(ds):  # type: ignore[arg-type]
         return ds
     idx = np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)  # type: ignore[arg-type]
-    return Subset(ds, sorted(int(i) for i in idx))
+    return KeyedSubset(ds, sorted(int(i) for i in idx))  # forwards the trainer's augmentation seeds
 
 
 def _train_augmentation(cfg: ProtosegConfig) -> Any:
@@ -295,9 +296,8 @@ def train_stage2(
     cfg = replace(cfg, run=replace(cfg.run, mpp=data.mpp))
     images = _subset(data.train, cfg.data.max_train, cfg.run.seed)
     _check_pseudo_classes(pseudo_dir, data.classes)
-    ds = PseudoMaskDataset(images, pseudo_dir, augment=cfg.data.augment, seed=cfg.run.seed)
-    if stain_on_device(cfg) and ds.colour is not None:  # Stage2Trainer jitters the stains batched
-        ds.colour = without_stain(ds.colour)
+    # with data.augment_on_device Stage2Trainer jitters the stains batched
+    ds = PseudoMaskDataset(images, pseudo_dir, cfg.data.augment, seed=cfg.run.seed, stain=not stain_on_device(cfg))
     info = {"checkpoint": str(stage1)} if stage1 else {}
     val = _subset(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None
     trainer = Stage2Trainer(cfg, ds, val, data.classes, callbacks=callbacks, cancel=cancel, stage1_info=info)

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from protoseg.config import ProtosegConfig, to_dict
-from protoseg.data.augment import ColorJitter, Compose, HEDJitter, RandomFlip, RandomRot90
+from protoseg.data.augment import ColorJitter, Compose, HEDJitter, RandomFlip, RandomRot90, apply_transform
 from protoseg.data.masks import save_palette_mask
 from protoseg.errors import ProtosegError
 from protoseg.models.checkpoint import Checkpoint, Stage
@@ -181,9 +181,13 @@ def export_pseudo_masks(
 
 
 class PseudoMaskDataset(Dataset):
-    """Training patches paired with their exported pseudo-mask and confidence (stage-2 input)."""
+    """Training patches paired with their exported pseudo-mask and confidence (stage-2 input). With ``augment``
+    flips/rot90 move image, mask and confidence together, then colour jitter and (``stain``) HED stain jitter
+    touch the image; ``stain=False`` leaves the stain jitter to the trainer (batched on the device)."""
 
-    def __init__(self, images: Dataset, pseudo_dir: str | Path, augment: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self, images: Dataset, pseudo_dir: str | Path, augment: bool = True, seed: int = 0, stain: bool = True
+    ) -> None:
         self.images = images
         self.dir = Path(pseudo_dir)
         marker = read_marker(self.dir)
@@ -199,22 +203,25 @@ class PseudoMaskDataset(Dataset):
                 f"samples, this dataset has {len(self.keys)}); re-export them with `protoseg pseudo`"
             )
         self.geometric = Compose([RandomFlip(), RandomRot90()], seed=seed) if augment else None
-        self.colour = Compose([ColorJitter(), HEDJitter()], seed=seed + 1) if augment else None
+        stains = [HEDJitter()] if stain else []
+        self.colour = Compose([ColorJitter(), *stains], seed=seed + 1) if augment else None
 
     def __len__(self) -> int:
         return len(self.images)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.images[index]
-        key = self.keys[index]
-        mask_path, conf_path = self.dir / "mask" / f"{key}.png", self.dir / "conf" / f"{key}.png"
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        """The sample at ``key`` (an index, or a ``SampleKey`` whose seed picks the augmentation draw)."""
+        index = int(key)
+        sample = self.images[index]  # the training patch itself, un-augmented
+        name = self.keys[index]
+        mask_path, conf_path = self.dir / "mask" / f"{name}.png", self.dir / "conf" / f"{name}.png"
         if not conf_path.is_file() or not mask_path.is_file():
-            raise PseudoMaskError(f"no pseudo-mask for {key} in {self.dir}; re-export with `protoseg pseudo`")
+            raise PseudoMaskError(f"no pseudo-mask for {name} in {self.dir}; re-export with `protoseg pseudo`")
         mask = torch.from_numpy(np.asarray(Image.open(mask_path)).astype(np.int64))
         conf = torch.from_numpy(np.asarray(Image.open(conf_path), dtype=np.float32) / 255.0)
         image = sample["image"]
         if self.geometric is not None and self.colour is not None:
-            stacked = self.geometric({"image": torch.cat([image, conf[None]]), "mask": mask})
+            stacked = apply_transform(self.geometric, {"image": torch.cat([image, conf[None]]), "mask": mask}, key)
             image, conf, mask = stacked["image"][:3], stacked["image"][3], stacked["mask"]
-            image = self.colour({"image": image})["image"]
+            image = apply_transform(self.colour, {"image": image}, key)["image"]
         return {"image": image, "mask": mask, "confidence": conf, "label": sample["label"], "name": sample["name"]}

@@ -26,8 +26,9 @@ _HELD: set[Path] = set()  # locks held by this process (two threads, e.g. two GU
 
 
 def capture_rng(generator: torch.Generator | None, augment: torch.Generator | None = None) -> dict[str, Any]:
-    """Every random state a training epoch draws from (``generator``: data order, ``augment``: the batch
-    augmentation on the device), as tensors and plain lists (weights-only loadable)."""
+    """Every random state a training epoch draws from (``generator``: data order and the per-sample
+    augmentation seeds, ``augment``: the batch augmentation on the device), as tensors and plain lists
+    (weights-only loadable)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, mt, nxt = random.getstate()
     state: dict[str, Any] = {
