@@ -261,7 +261,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=0, help="inference batch (default: chosen for the device)")
     ap.add_argument("--model-tiles", type=int, default=0, help="pre-read tiles for model-only (default 2048 / 96)")
     ap.add_argument("--repeats", type=int, default=0)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    ap.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=False,
+        choices=("default", "reduce-overhead", "max-autotune"),
+        help="torch.compile the model (CUDA); reduce-overhead = CUDA graphs",
+    )
     ap.add_argument("--train-images", type=int, default=64)
     ap.add_argument("--train-batch", type=int, default=16)
     ap.add_argument("--train-steps", type=int, default=0)

@@ -113,6 +113,25 @@ def test_cuda_device_path_matches_its_own_host_blend(tmp_path) -> None:
         np.testing.assert_array_equal(ma, mb)
 
 
+def test_compile_modes_are_checked() -> None:
+    from protoseg.infer.errors import InferenceError
+    from protoseg.infer.predictor import compile_mode
+
+    assert compile_mode(True) == "default" and compile_mode("reduce-overhead") == "reduce-overhead"
+    with pytest.raises(InferenceError, match="reduce-overhead"):
+        Predictor(SmoothModel(), classes=CLASSES, tile_size=32, overlap=8, device="cpu", compile="cuda-graphs")
+
+
+@cuda
+def test_cuda_graphs_give_the_eager_scores() -> None:
+    tiles = np.random.default_rng(1).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    kw = {"classes": CLASSES, "tile_size": 32, "overlap": 8, "device": "cuda", "amp": False, "batch_size": 16}
+    eager = Predictor(SmoothModel(), **kw).predict_tiles(tiles)
+    graphed = Predictor(SmoothModel(), compile="reduce-overhead", **kw)
+    for _ in range(2):  # recorded, then replayed (and the short last batch of 8 records its own graph)
+        np.testing.assert_allclose(graphed.predict_tiles(tiles), eager, atol=1e-4)
+
+
 @cuda
 def test_cuda_defaults_amp_and_pinned_copy() -> None:
     p = Predictor(SmoothModel(), classes=CLASSES, tile_size=32, overlap=8, device="cuda")

@@ -55,6 +55,18 @@ class SlideGeometry:
     mpp: float | None
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_mode(value: bool | str) -> str:
+    """``torch.compile`` mode for a ``compile`` option: True -> "default"; "reduce-overhead" replays CUDA graphs
+    (fixed batch shapes: the last short batch records its own graph)."""
+    mode = "default" if value is True else str(value)
+    if mode not in COMPILE_MODES:
+        raise InferenceError(f"compile must be true/false or one of {', '.join(COMPILE_MODES)}, got {value!r}")
+    return mode
+
+
 class Predictor:
     """Runs a segmentation model over tiles with batching, optional AMP (CUDA) and flip TTA."""
 
@@ -75,13 +87,14 @@ class Predictor:
         pad: PadMode | str = PadMode.WHITE,
         amp_dtype: str = "auto",
         channels_last: bool | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         device_blend: bool | None = None,
     ) -> None:
         """``batch_size`` None = chosen for the device (``default_batch_size``); ``amp`` autocasts on CUDA
         to ``amp_dtype`` (auto: bf16 where supported, else fp16); ``channels_last`` (default: on CUDA) and
-        ``compile`` (``torch.compile``) speed up convolutions; ``device_blend`` (default: on CUDA) keeps
-        tile scores on the device and blends/quantises there, so only uint8 chunks come back to the host.
+        ``compile`` (``torch.compile``: True or a mode, ``"reduce-overhead"`` = CUDA graphs) speed up
+        convolutions; ``device_blend`` (default: on CUDA) keeps tile scores on the device and blends/quantises
+        there, so only uint8 chunks come back to the host.
         """
         from protoseg.models.checkpoint import Checkpoint, load_checkpoint
 
@@ -124,7 +137,7 @@ class Predictor:
         fn = getattr(self.model, "predict", None)
         self._call = fn if callable(fn) else self._softmax
         if compile:
-            self._call = torch.compile(self._call)
+            self._call = torch.compile(self._call, mode=compile_mode(compile))
         self._window_t: dict[torch.device, torch.Tensor] = {}
         self.tiles_predicted = 0
         self._lock = threading.Lock()
