@@ -3,6 +3,7 @@ overlay layer data, adding layers one per event-loop turn, the class legend on t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 from qtpy.QtCore import QTimer
 
 from protoseg.classes import ClassSpec
+
+logger = logging.getLogger(__name__)
 
 
 def make_read_only(layer: Any) -> Any:
@@ -41,11 +44,15 @@ STEP_MS = 1
 
 
 def run_in_turns(steps: Sequence[Callable[[], Any]], delay_ms: int = STEP_MS) -> None:
-    """Run ``steps`` in order, one per event-loop turn, so the viewer paints and answers input between them."""
+    """Run ``steps`` in order, one per event-loop turn, so the viewer paints and answers input between them.
+    A step that raises is logged and the sequence goes on (its last step usually ends a busy state)."""
     todo = list(steps)
 
     def step() -> None:
-        todo.pop(0)()
+        try:
+            todo.pop(0)()
+        except Exception:
+            logger.exception("overlay step failed")
         if todo:
             QTimer.singleShot(delay_ms, step)
 
