@@ -506,3 +506,34 @@ def test_batch_cancel_resume_open_and_export(make_napari_viewer, qtbot, assets, 
     assert table.rowCount() == 4
     assert [table.item(i, 0).text() for i in range(4)] == list(BCSS_WSSS.names)
     np.testing.assert_allclose([float(table.item(i, 1).text()) for i in range(4)], expected_mm2[:4], atol=1e-4)
+
+
+def test_show_again_after_the_user_deletes_the_overlays(make_napari_viewer, qtbot, assets) -> None:
+    """Deleting the overlays at once (as napari's delete button does) then showing them again, twice: napari
+    crashed here in glDrawArrays (software GL) before protoseg's docks installed ``gl_guard``."""
+    from protoseg.napari.gl_guard import install_removal_repaint
+
+    viewer, _slide, widget = _viewer_with_widget(make_napari_viewer, assets["slide"])
+    assert not install_removal_repaint(viewer)  # the dock installed it already: once per viewer
+    widget.set_checkpoint(assets["ckpt"])
+    viewer.camera.center, viewer.camera.zoom = (40.0, 60.0), 10.0
+    settle(0.3)
+    _show(qtbot, widget)
+    _wait_overlays(widget, qtbot)
+    from widget_support import Heartbeat, record_stall
+
+    beat = Heartbeat()
+    beat.reset()
+    viewer.layers.selection.clear()
+    viewer.layers.selection.update(widget.overlays)
+    viewer.layers.remove_selected()  # several layers in one event-loop turn
+    settle(0.3)
+    record_stall("Predict: delete the overlay layers", beat)
+    beat.stop()
+    for _ in range(2):
+        _show(qtbot, widget)
+        _wait_overlays(widget, qtbot)
+        settle(0.5)
+    names = [ly.name for ly in viewer.layers]
+    assert sum(n.startswith("class mask") for n in names) == 1  # showing again replaced, never stacked
+    assert np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].std() > 10

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 from protoseg.bank import ImageBank, add_from_slide, exclude, include, load_bank, pin, recluster, save_bank, unpin
 from protoseg.cancel import Cancelled, check_cancelled
 from protoseg.config import ProtosegConfig
+from protoseg.napari.gl_guard import install_removal_repaint
 from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.widgets._common import (
     FOLDER,
@@ -74,6 +75,7 @@ class BankWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
+        install_removal_repaint(napari_viewer)  # napari crash after removing several layers at once
         self.viewer = napari_viewer
         self.bank: ImageBank | None = None
         self.lists: list[QListWidget] = []

@@ -112,26 +112,11 @@ def canvas_legend(viewer: Any) -> list[Any]:
     return [found[k] for k in sorted(found, key=lambda k: int(str(k)[len(LEGEND_KEY) :]))]
 
 
-#: Characters vispy's text layout measures for vertical alignment whatever the text (loaded with its first text).
-_ALIGNMENT_GLYPHS = "ÅÉÑŐjgpqy"
-
-
-def _glyph_loader(viewer: Any) -> Callable[[str], Any] | None:
-    """Loads one character into the canvas font atlas (napari renders each new glyph's distance field on the
-    CPU during the first draw of a text); None when this napari does not expose it."""
-    try:
-        info = viewer.window._qt_viewer.canvas.font_info()
-        font = info.font_manager.get_font(info.face)
-    except Exception:  # noqa: BLE001 - private napari API: without it glyphs load when first drawn
-        return None
-    return font.__getitem__
-
-
 def add_canvas_legend(viewer: Any, classes: ClassSpec, staggered: bool = False) -> list[Any]:
     """Class names in their colours in the canvas's top-right corner (one napari text overlay per class), so
     a screenshot of the canvas can be read. A legend already showing these classes is kept (napari builds
     a GL text visual for each text: costly); another one is replaced. ``staggered`` spreads the work over
-    event-loop turns: one glyph of the legend's font per turn, then one text overlay per turn."""
+    event-loop turns: one text overlay per turn."""
     from napari.components.overlays import TextOverlay
 
     entries = _legend_entries(classes)
@@ -148,10 +133,8 @@ def add_canvas_legend(viewer: Any, classes: ClassSpec, staggered: bool = False) 
     for i, overlay in enumerate(overlays):  # added hidden (napari builds the visual), shown a turn later (drawn)
         steps.append(lambda i=i, overlay=overlay: viewer.canvas.overlays.__setitem__(f"{LEGEND_KEY}{i}", overlay))
         steps.append(lambda overlay=overlay: setattr(overlay, "visible", True))
-    if staggered:
-        load = _glyph_loader(viewer)
-        glyphs = sorted({ch for text, _ in entries for ch in text} | set(_ALIGNMENT_GLYPHS)) if load else []
-        run_in_turns([*(lambda ch=ch: load(ch) for ch in glyphs), *steps])
+    if staggered:  # (pre-loading glyphs into the font atlas outside a draw crashed Mesa's GL: not done)
+        run_in_turns(steps)
     else:
         for step in steps:
             step()

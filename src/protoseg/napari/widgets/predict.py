@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from protoseg.classes import ClassSpec
+from protoseg.napari.gl_guard import install_removal_repaint
 from protoseg.napari.overlays import Placement, lazy_layer_data
 from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.scheduler import ChunkScheduler
@@ -98,6 +99,7 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
+        install_removal_repaint(napari_viewer)  # napari crash after removing several layers at once
         self.viewer = napari_viewer
         self.checkpoint = PathEdit("open", "checkpoint .pt from training", "protoseg checkpoint (*.pt *.pth);;All (*)")
         self.slide = LayerCombo(self.viewer, lambda ly: ly._type_string == "image" and slide_meta(ly) is not None)

@@ -32,6 +32,7 @@ from protoseg.data.regions import (
     regions_to_napari,
     save_regions_geojson,
 )
+from protoseg.napari.gl_guard import install_removal_repaint
 from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.widgets._common import (
     LayerCombo,
@@ -77,6 +78,7 @@ class RegionTagWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
+        install_removal_repaint(napari_viewer)  # napari crash after removing several layers at once
         self.viewer = napari_viewer
         self.classes: ClassSpec = BCSS_WSSS
         self.checks: dict[str, QCheckBox] = {}

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 
 from protoseg.config import AddOn, ProtosegConfig, Recipe
 from protoseg.errors import ProtosegError
+from protoseg.napari.gl_guard import install_removal_repaint
 from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.widgets._common import (
     DEVICES,
@@ -106,6 +107,7 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
+        install_removal_repaint(napari_viewer)  # napari crash after removing several layers at once
         self.viewer = napari_viewer
         self.preset = QComboBox()
         self.preset.addItems([NO_PRESET, *available_presets()])
