@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from protoseg.cancel import Cancelled, CancelToken
-from protoseg.slide.array import _axis, level_key
+from protoseg.slide.array import RgbLevelLike, _axis, level_key
 from protoseg.slide.lazy_pyramid import LevelLike, half
 
 logger = logging.getLogger(__name__)
@@ -351,35 +351,21 @@ class ProgressiveLoader:
             return self._live == 0 if timeout is None else self._cond.wait_for(lambda: self._live == 0, timeout)
 
 
-class ProgressiveLevel:
+class ProgressiveLevel(RgbLevelLike):
     """Read-only (H, W, 3) uint8 array-like of one pyramid level, served through a :class:`ProgressiveLoader`."""
 
-    __slots__ = ("base", "dtype", "level", "loader", "ndim", "shape")
+    __slots__ = ("base", "level", "loader")
 
     def __init__(self, loader: ProgressiveLoader, level: int) -> None:
         self.loader, self.level = loader, int(level)
         self.base = loader.bases[self.level]
-        h, w = self.base.shape[:2]
-        self.shape: tuple[int, int, int] = (int(h), int(w), 3)
-        self.dtype = np.dtype(np.uint8)
-        self.ndim = 3
+        self._set_shape(*self.base.shape[:2])
 
     @property
     def chunks(self) -> tuple[int, int, int]:
         """The loader's chunk shape (th, tw, 3), clipped to the level."""
         c = self.loader.chunk_sides[self.level]
         return min(c, self.shape[0]) or 1, min(c, self.shape[1]) or 1, 3
-
-    @property
-    def size(self) -> int:
-        return self.shape[0] * self.shape[1] * 3
-
-    @property
-    def nbytes(self) -> int:
-        return self.size
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
         loader = self.loader
@@ -389,10 +375,6 @@ class ProgressiveLevel:
         y0, y1, ly = _axis(key[0], self.shape[0], "y")
         x0, x1, lx = _axis(key[1], self.shape[1], "x")
         return loader.window(self.level, y0, y1, x0, x1)[ly, lx, key[2]]
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        out = self[:, :, :]
-        return out if dtype is None else out.astype(dtype, copy=False)
 
     def __repr__(self) -> str:
         return f"ProgressiveLevel(level={self.level}, shape={self.shape}, base={self.base!r})"

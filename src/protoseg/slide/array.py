@@ -64,30 +64,19 @@ def _axis(key: Any, n: int, axis: str) -> tuple[int, int, Any]:
     return i, i + 1, 0
 
 
-class SlideLevelArray:
-    """Read-only (H, W, 3) uint8 array-like of one level; safe to index from many threads at once."""
+class RgbLevelLike:
+    """The numpy-style protocol napari and dask need from an (H, W, 3) uint8 level: ``shape``, ``dtype``,
+    ``ndim``, ``size``, ``nbytes``, ``len`` and ``np.asarray``; subclasses add ``chunks`` and ``__getitem__``."""
 
-    __slots__ = ("_read", "_slide", "dtype", "level", "ndim", "shape", "tile_size")
+    __slots__ = ("dtype", "ndim", "shape")
 
-    def __init__(self, slide: Slide, level: int) -> None:
-        slide._check_level(level)
-        self._slide = slide
-        # the backend's in-bounds reader, bound once; geometry is checked here, not per read. It returns
-        # contiguous RGB: a zero-copy view of openslide's RGBA buffer saves ~0.15 ms per tile but makes
-        # dask's concatenation of a viewport ~20x slower (strided copies), so it is not used
-        self._read = slide._backend.read
-        self.level = int(level)
-        w, h = slide.level_dimensions[self.level]
-        self.shape: tuple[int, int, int] = (int(h), int(w), 3)
+    def _set_shape(self, height: int, width: int) -> None:
+        self.shape: tuple[int, int, int] = (int(height), int(width), 3)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
-        self.tile_size: tuple[int, int] = slide.tile_size(self.level)  # (w, h), the natural chunking
 
-    @property
-    def chunks(self) -> tuple[int, int, int]:
-        """Native tile shape (th, tw, 3), clipped to the level."""
-        tw, th = self.tile_size
-        return min(th, self.shape[0]) or 1, min(tw, self.shape[1]) or 1, 3
+    def __getitem__(self, key: Any) -> np.ndarray:
+        raise NotImplementedError
 
     @property
     def size(self) -> int:
@@ -99,6 +88,34 @@ class SlideLevelArray:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+class SlideLevelArray(RgbLevelLike):
+    """Read-only (H, W, 3) uint8 array-like of one level; safe to index from many threads at once."""
+
+    __slots__ = ("_read", "_slide", "level", "tile_size")
+
+    def __init__(self, slide: Slide, level: int) -> None:
+        slide._check_level(level)
+        self._slide = slide
+        # the backend's in-bounds reader, bound once; geometry is checked here, not per read. It returns
+        # contiguous RGB: a zero-copy view of openslide's RGBA buffer saves ~0.15 ms per tile but makes
+        # dask's concatenation of a viewport ~20x slower (strided copies), so it is not used
+        self._read = slide._backend.read
+        self.level = int(level)
+        w, h = slide.level_dimensions[self.level]
+        self._set_shape(h, w)
+        self.tile_size: tuple[int, int] = slide.tile_size(self.level)  # (w, h), the natural chunking
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        """Native tile shape (th, tw, 3), clipped to the level."""
+        tw, th = self.tile_size
+        return min(th, self.shape[0]) or 1, min(tw, self.shape[1]) or 1, 3
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = level_key(key)
@@ -119,10 +136,6 @@ class SlideLevelArray:
                 _axis(c, 3, "channel")  # validate it like numpy would
             out = out[..., c]
         return out
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        out = self[:, :, :]
-        return out if dtype is None else out.astype(dtype, copy=False)
 
     def __repr__(self) -> str:
         return f"SlideLevelArray({str(self._slide.path)!r}, level={self.level}, shape={self.shape})"

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protoseg.slide.array import _FULL, _axis, level_key
+from protoseg.slide.array import _FULL, RgbLevelLike, _axis, level_key
 
 #: target chunk side for viewer reads (a multiple of the native tile near this)
 VIEW_CHUNK = 1024
@@ -107,15 +107,15 @@ class ChunkCache:
         return self._bytes
 
 
-class DownsampledLevelArray:
+class DownsampledLevelArray(RgbLevelLike):
     """(H, W, 3) uint8 array-like: the 2x reduction of ``parent``, computed per chunk and cached."""
+
+    __slots__ = ("_cache", "_key", "chunk", "parent")
 
     def __init__(self, parent: LevelLike, chunk: int, cache: ChunkCache, key: Any) -> None:
         ph, pw = parent.shape[:2]
         self.parent = parent
-        self.shape: tuple[int, int, int] = (-(-ph // 2), -(-pw // 2), 3)
-        self.dtype = np.dtype(np.uint8)
-        self.ndim = 3
+        self._set_shape(-(-ph // 2), -(-pw // 2))
         self.chunk = int(chunk)
         self._cache = cache
         self._key = key
@@ -123,13 +123,6 @@ class DownsampledLevelArray:
     @property
     def chunks(self) -> tuple[int, int, int]:
         return min(self.chunk, self.shape[0]), min(self.chunk, self.shape[1]), 3
-
-    @property
-    def size(self) -> int:
-        return self.shape[0] * self.shape[1] * 3
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def _chunk(self, cy: int, cx: int) -> np.ndarray:
         c = self.chunk
@@ -161,7 +154,3 @@ class DownsampledLevelArray:
                 _axis(ch, 3, "channel")
             out = out[..., ch]
         return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        arr = self[:, :]
-        return arr if dtype is None else arr.astype(dtype)
