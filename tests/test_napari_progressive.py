@@ -248,3 +248,15 @@ def test_tcga_slide_opens_progressively(make_napari_viewer, monkeypatch) -> None
     rgb = img.astype(int)
     stained = ((rgb.max(-1) - rgb.min(-1) > 25) & (rgb.max(-1) > 60)).mean()
     assert img.std() > 10 and stained > 0.05, "no stained tissue visible"
+
+
+def test_levels_survive_deepcopy_as_napari_duplicate_layer_does(tmp_path: Path) -> None:
+    import copy
+
+    path, _ = make_pyramid(tmp_path / "dup.tif", 300, 400, tile_size=128, compression=None, n_levels=1)
+    with open_slide(path) as slide:
+        loader = ProgressiveLoader(_levels(slide))
+        copied = copy.deepcopy(loader.arrays)  # the loader holds locks: copying it would raise
+        assert all(a is b for a, b in zip(copied, loader.arrays))
+        np.testing.assert_array_equal(np.asarray(copied[0]), np.asarray(_levels(slide)[0][0]))
+        loader.close()

@@ -182,3 +182,15 @@ def test_the_dataset_transform_keeps_the_cheap_parts(tmp_path: Path, on_device: 
     kinds = [type(t) for t in train.transform.transforms]  # type: ignore[union-attr]
     assert kinds == [RandomFlip, RandomRot90, ColorJitter, HEDJitter][:expected]
     assert open_split(cfg, Split.VAL).transform is None  # validation: never augmented
+
+
+def test_negative_run_seeds_work_like_others() -> None:
+    import torch
+
+    from protoseg.train.device_augment import BatchStainJitter
+
+    images = torch.rand(4, 3, 16, 16)
+    a = BatchStainJitter(-1)({"image": images})["image"]
+    b = BatchStainJitter(-1)({"image": images})["image"]
+    c = BatchStainJitter(1)({"image": images})["image"]
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -537,3 +537,17 @@ def test_show_again_after_the_user_deletes_the_overlays(make_napari_viewer, qtbo
     names = [ly.name for ly in viewer.layers]
     assert sum(n.startswith("class mask") for n in names) == 1  # showing again replaced, never stacked
     assert np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].std() > 10
+
+
+def test_clearing_overlays_while_they_are_being_added_leaves_no_layer_behind(make_napari_viewer, qtbot, assets) -> None:
+    from protoseg.infer.lazy import LazyPrediction
+
+    viewer, slide, widget = _viewer_with_widget(make_napari_viewer, assets["slide"])
+    widget.set_checkpoint(assets["ckpt"])
+    n = len(viewer.layers)
+    lazy = LazyPrediction(widget.predictor(), str(assets["slide"]), chunk=CHUNK)
+    widget._add_overlays(slide, lazy, staggered=True)  # steps queued, one per event-loop turn
+    widget._clear_overlays()  # e.g. a whole-slide result opened meanwhile
+    qtbot.waitUntil(lambda: widget.overlays_ready, timeout=10_000)
+    settle(0.3)
+    assert len(viewer.layers) == n and widget.overlays == [] and widget.scheduler is None

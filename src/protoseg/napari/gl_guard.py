@@ -18,7 +18,8 @@ _MARK = "_protoseg_removal_repaint"
 
 
 def install_removal_repaint(viewer: Any) -> bool:
-    """Collect and repaint ``viewer``'s canvas after every layer removal (user or code); idempotent.
+    """Collect and repaint ``viewer``'s canvas after every image or labels layer removal (user or code);
+    idempotent.
     Returns True when installed now, False when already installed or the viewer has no Qt canvas."""
     if getattr(viewer, _MARK, False):
         return False
@@ -27,7 +28,9 @@ def install_removal_repaint(viewer: Any) -> bool:
     if native is None or not hasattr(native, "repaint"):
         return False
 
-    def settle_gl(_event: Any = None) -> None:
+    def settle_gl(event: Any = None) -> None:
+        if getattr(getattr(event, "value", None), "_type_string", "image") not in ("image", "labels"):
+            return  # the crash was reproduced with image and labels layers only: others skip the cost
         start = time.perf_counter()
         gc.collect()  # a partial (generation 0/1) collection was not enough in tests
         try:

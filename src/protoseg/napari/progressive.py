@@ -376,5 +376,8 @@ class ProgressiveLevel(RgbLevelLike):
         x0, x1, lx = _axis(key[1], self.shape[1], "x")
         return loader.window(self.level, y0, y1, x0, x1)[ly, lx, key[2]]
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> ProgressiveLevel:
+        return self  # read-only: napari's Duplicate Layer deep-copies layer data (the loader holds locks)
+
     def __repr__(self) -> str:
         return f"ProgressiveLevel(level={self.level}, shape={self.shape}, base={self.base!r})"

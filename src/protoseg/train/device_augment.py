@@ -27,7 +27,7 @@ class BatchStainJitter:
 
     def __init__(self, seed: int, stain: float = DEFAULT_STAIN) -> None:
         self.jitter = HEDJitter(alpha=stain, beta=stain)
-        mixed = np.random.SeedSequence([int(seed), _STREAM]).generate_state(1, np.uint64)[0]
+        mixed = np.random.SeedSequence([int(seed) % 2**64, _STREAM]).generate_state(1, np.uint64)[0]
         self.generator = torch.Generator().manual_seed(int(mixed))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

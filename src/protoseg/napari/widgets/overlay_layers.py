@@ -77,8 +77,15 @@ def add_layer_quietly(viewer: Any, layer: Any) -> Any:
             layers._activate_on_insert = previous
 
 
-def add_layers_in_turns(viewer: Any, data: Sequence[Any], added: list[Any], done: Callable[[], Any]) -> None:
-    """Build and add overlay layers from layer data, one step per event-loop turn, then call ``done``.
+def add_layers_in_turns(
+    viewer: Any,
+    data: Sequence[Any],
+    added: list[Any],
+    done: Callable[[], Any],
+    stale: Callable[[], bool] = lambda: False,
+) -> None:
+    """Build and add overlay layers from layer data, one step per event-loop turn, then call ``done``; once
+    ``stale()`` is true (the overlays were cleared meanwhile) the remaining steps do nothing but ``done``.
 
     Each layer takes three turns: napari builds it; adds it hidden (GL visual and layer controls: the
     costliest step, made without activating it, see :func:`add_layer_quietly`); then shows it (first
@@ -87,14 +94,19 @@ def add_layers_in_turns(viewer: Any, data: Sequence[Any], added: list[Any], done
     built: list[tuple[Any, bool]] = []
 
     def build(ld: Any) -> None:
+        if stale():
+            return
         built.append((create_overlay_layer((ld[0], {**ld[1], "visible": False}, ld[2])), ld[1].get("visible", True)))
 
     def add() -> None:
-        added.append(add_layer_quietly(viewer, built[-1][0]))
+        if not stale() and built:
+            added.append(add_layer_quietly(viewer, built[-1][0]))
 
     def show() -> None:
-        layer, visible = built.pop()
-        layer.visible = visible
+        if built:
+            layer, visible = built.pop()
+            if not stale():
+                layer.visible = visible
 
     run_in_turns([*(step for ld in data for step in (lambda ld=ld: build(ld), add, show)), done])
 

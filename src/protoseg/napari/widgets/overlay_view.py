@@ -94,7 +94,11 @@ class OverlayViewSection:
         if self.scheduler is not None and self.scheduler.last_error:
             self.status.error(f"overlay computation failed: {self.scheduler.last_error}")
 
+    #: bumped whenever the overlays are cleared: layer-adding steps still queued from before then do nothing
+    _overlay_generation = 0
+
     def _clear_overlays(self) -> None:
+        self._overlay_generation += 1
         self._view_timer.stop()
         if self.scheduler is not None:
             self.scheduler.close()

@@ -322,6 +322,7 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         layer costs ~0.1 s of GUI time to build and as much to add: one at a time keeps the viewer responsive)."""
 
         self._clear_overlays()
+        generation = self._overlay_generation
         self.scheduler = ChunkScheduler(lazy, on_ready=self._bridge.ready.emit)
         placement = Placement.on_slide(layer.scale, layer.translate, lazy.layout.geom.scale, layer_units(layer))
         data = self._one_cam(lazy_layer_data(self.scheduler, self.classes, placement, self._shown_class()))
@@ -332,11 +333,15 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
             return self._overlays_added(layer, lazy)
         self._adding = True
 
+        def stale() -> bool:  # cleared (or replaced) while the layers were being added
+            return generation != self._overlay_generation
+
         def finish() -> None:
             self._adding = False
-            self._overlays_added(layer, lazy)
+            if not stale():
+                self._overlays_added(layer, lazy)
 
-        add_layers_in_turns(self.viewer, data, self.overlays, finish)
+        add_layers_in_turns(self.viewer, data, self.overlays, finish, stale)
         return self.overlays
 
     @property
