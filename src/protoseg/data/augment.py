@@ -184,13 +184,6 @@ def default_augmentation(seed: int | None = None, stain: float = DEFAULT_STAIN, 
     return Compose([RandomFlip(), RandomRot90(), ColorJitter(), *stains], seed=seed)
 
 
-def without_stain(compose: Compose) -> Compose:
-    """The same pipeline, drawing from the same generator, minus its HED stain jitter."""
-    out = Compose([t for t in compose.transforms if not isinstance(t, HEDJitter)])
-    out.seed, out.generator = compose.seed, compose.generator
-    return out
-
-
 __all__ = [
     "DEFAULT_STAIN",
     "Augmentation",
@@ -205,5 +198,4 @@ __all__ = [
     "hed_to_rgb",
     "rgb_to_hed",
     "sample_generator",
-    "without_stain",
 ]
