@@ -49,7 +49,7 @@ def main() -> None:
         return [a for a, _c, _d in slide.pyramid_arrays()]
 
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1366, 768)
+    viewer.window.resize(1366, 768)
     settle(1.0)
     modes = ("napari baseline", "plain arrays", "progressive")
     viewer.open(str(slides[0]), plugin="protoseg")  # warm-up: GL, shaders, first imports

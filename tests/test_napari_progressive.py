@@ -205,7 +205,7 @@ def _warm_napari(viewer) -> None:
     """napari's own first-layer costs (imports of layer controls) are not the reader's."""
     from widget_support import settle
 
-    viewer.window._qt_window.resize(1280, 860)
+    viewer.window.resize(1280, 860)
     viewer.layers.remove(viewer.add_image(np.zeros((8, 8, 3), np.uint8), rgb=True))
     settle(0.5)
 

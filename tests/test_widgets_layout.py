@@ -29,7 +29,7 @@ def test_every_dock_fits_a_laptop_screen(make_napari_viewer) -> None:
 
     viewer = make_napari_viewer(show=True)
     open_sample(viewer)
-    viewer.window._qt_window.resize(1366, 768)
+    viewer.window.resize(1366, 768)
     widgets = {}
     for name, (module, cls) in DOCKS.items():
         widget = getattr(importlib.import_module(module), cls)(viewer)
@@ -45,7 +45,7 @@ def test_every_dock_fits_a_laptop_screen(make_napari_viewer) -> None:
         content[name] = area.widget().sizeHint().height()
     print("dock minimum heights (px):", heights, "contents (scrolled):", content)
     assert all(h <= MAX_DOCK_MIN_HEIGHT for h in heights.values()), heights
-    assert viewer.window._qt_window.height() <= 768
+    assert viewer.window.geometry()[3] <= 768
     for name in DOCKS:  # each dock on top in turn; the last one (Predict) is photographed for the README
         viewer.window.dock_widgets[name].parent().raise_()
         settle(0.2)

@@ -69,7 +69,7 @@ def _viewer_with_widget(make_napari_viewer, path: Path):
     from protoseg.napari.widgets.predict import PredictWidget
 
     viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1280, 860)
+    viewer.window.resize(1280, 860)
     slide = viewer.open(str(path), plugin="protoseg")[0]
     widget = PredictWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Predict", area="right")
@@ -350,6 +350,7 @@ def test_bulk_allocations_postpone_collection_and_free_garbage_later() -> None:
         pass
 
     assert gc.isenabled()
+    frozen = gc.get_freeze_count()  # objects gl_guard froze when an earlier test opened a dock
     with bulk_allocations():
         assert not gc.isenabled()
         with bulk_allocations():  # nested (two workers): collection resumes after the outer block only
@@ -359,7 +360,7 @@ def test_bulk_allocations_postpone_collection_and_free_garbage_later() -> None:
         node.self = node  # cyclic garbage made meanwhile
         ref = weakref.ref(node)
         del node
-    assert gc.isenabled() and ref() is not None and gc.get_freeze_count() == 0
+    assert gc.isenabled() and ref() is not None and gc.get_freeze_count() == frozen
     gc.collect()
     assert ref() is None
 
@@ -395,9 +396,10 @@ def test_slide_without_mpp_asks_for_it(make_napari_viewer, qtbot, assets) -> Non
     _click(qtbot, widget.mpp_hint.button)
     assert not widget.mpp_hint.ask.isVisibleTo(widget) and "0.5 µm/px (set by you)" in widget.mpp_hint.text()
     assert not regions.mpp_prompt.ask.isVisibleTo(regions) and slide_info.slide_mpp(slide) == 0.5
+    assert tuple(slide.scale) == (0.5, 0.5) and tuple(str(u) for u in slide.units) == ("micrometer",) * 2
     _show(qtbot, widget)
     added = list(viewer.layers)[n:]
-    assert len(added) == 2 and all(tuple(ly.scale) == (2.0, 2.0) for ly in added)  # slide-pixel units
+    assert len(added) == 2 and all(tuple(ly.scale) == (1.0, 1.0) for ly in added)  # 1 µm/px model, in µm
     np.testing.assert_allclose(_extent_edges(added[-1]), _extent_edges(slide), atol=2)
     _wait_overlays(widget, qtbot)
     region = widget.predictor().predict_region(str(assets["png"]), (256, 0, 128, 128), slide_mpp=0.5)
@@ -510,11 +512,13 @@ def test_batch_cancel_resume_open_and_export(make_napari_viewer, qtbot, assets, 
 
 def test_show_again_after_the_user_deletes_the_overlays(make_napari_viewer, qtbot, assets) -> None:
     """Deleting the overlays at once (as napari's delete button does) then showing them again, twice: napari
-    crashed here in glDrawArrays (software GL) before protoseg's docks installed ``gl_guard``."""
-    from protoseg.napari.gl_guard import install_removal_repaint
-
+    crashed here in glDrawArrays (software GL) before protoseg's docks installed ``gl_guard``; the guard
+    settles once for the several removals, and not at all for a layer of the user's own."""
     viewer, _slide, widget = _viewer_with_widget(make_napari_viewer, assets["slide"])
-    assert not install_removal_repaint(viewer)  # the dock installed it already: once per viewer
+    user_layer = viewer.add_image(np.zeros((8, 8), np.uint8), name="mine")
+    viewer.layers.remove(user_layer)
+    settle(0.2)
+    assert widget._gl_guard.settled == 0  # the user's own layers are not protoseg's business
     widget.set_checkpoint(assets["ckpt"])
     viewer.camera.center, viewer.camera.zoom = (40.0, 60.0), 10.0
     settle(0.3)
@@ -526,10 +530,12 @@ def test_show_again_after_the_user_deletes_the_overlays(make_napari_viewer, qtbo
     beat.reset()
     viewer.layers.selection.clear()
     viewer.layers.selection.update(widget.overlays)
+    names_before = list(widget.overlays)
     viewer.layers.remove_selected()  # several layers in one event-loop turn
     settle(0.3)
     record_stall("Predict: delete the overlay layers", beat)
     beat.stop()
+    assert widget._gl_guard.settled == len(names_before)  # one collection + repaint per overlay removed
     for _ in range(2):
         _show(qtbot, widget)
         _wait_overlays(widget, qtbot)

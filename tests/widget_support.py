@@ -28,7 +28,7 @@ def settle(seconds: float = 0.5) -> None:
 def open_sample(viewer):
     """The sample slide (mpp 0.5) through the protoseg reader."""
     layer = viewer.open(str(SAMPLE), plugin="protoseg")[0]
-    viewer.window._qt_window.resize(1280, 860)
+    viewer.window.resize(1280, 860)
     viewer.reset_view()
     return layer
 

@@ -29,8 +29,9 @@ class CancelLike(Protocol):
 class CancelToken:
     """Thread-safe cancel flag shared between a GUI/CLI and a running job."""
 
-    def __init__(self) -> None:
-        self._event = threading.Event()
+    def __init__(self, event: threading.Event | None = None) -> None:
+        # any object with set()/is_set() will do: a ``multiprocessing`` Event lets a parent cancel a child
+        self._event = event if event is not None else threading.Event()
 
     def cancel(self) -> None:
         """Ask the job to stop at its next check."""

@@ -7,47 +7,43 @@ human-readable ``manifest.json``; curation functions (``exclude``, ``pin``, ``ad
 
 from __future__ import annotations
 
-from protoseg.bank.build import WHITE_LEVEL, WHITE_THRESHOLD, build_bank, embed_images, make_thumbnail, white_fraction
-from protoseg.bank.core import THUMBNAIL_SIZE, BankMember, BankSample, ImageBank
-from protoseg.bank.curation import (
-    add_from_slide,
-    add_member,
-    exclude,
-    include,
-    pin,
-    recluster,
-    recompute_prototypes,
-    unpin,
-)
-from protoseg.bank.errors import BankCurationError, BankError, BankFormatError
-from protoseg.bank.kmeans import cosine_kmeans
-from protoseg.bank.store import FORMAT_VERSION, bank_manifest, load_bank, save_bank
+import importlib
+from typing import Any
 
-__all__ = [
-    "FORMAT_VERSION",
-    "THUMBNAIL_SIZE",
-    "WHITE_LEVEL",
-    "WHITE_THRESHOLD",
-    "BankCurationError",
-    "BankError",
-    "BankFormatError",
-    "BankMember",
-    "BankSample",
-    "ImageBank",
-    "add_from_slide",
-    "add_member",
-    "bank_manifest",
-    "build_bank",
-    "cosine_kmeans",
-    "embed_images",
-    "exclude",
-    "include",
-    "load_bank",
-    "make_thumbnail",
-    "pin",
-    "recluster",
-    "recompute_prototypes",
-    "save_bank",
-    "unpin",
-    "white_fraction",
-]
+#: public name -> module, imported on first use (the bank needs torch; a GUI importing this package must not)
+_EXPORTS = {
+    "BankCurationError": "protoseg.bank.errors",
+    "BankError": "protoseg.bank.errors",
+    "BankFormatError": "protoseg.bank.errors",
+    "BankMember": "protoseg.bank.core",
+    "BankSample": "protoseg.bank.core",
+    "FORMAT_VERSION": "protoseg.bank.store",
+    "ImageBank": "protoseg.bank.core",
+    "THUMBNAIL_SIZE": "protoseg.bank.core",
+    "WHITE_LEVEL": "protoseg.bank.build",
+    "WHITE_THRESHOLD": "protoseg.bank.build",
+    "add_from_slide": "protoseg.bank.curation",
+    "add_member": "protoseg.bank.curation",
+    "bank_manifest": "protoseg.bank.store",
+    "build_bank": "protoseg.bank.build",
+    "cosine_kmeans": "protoseg.bank.kmeans",
+    "embed_images": "protoseg.bank.build",
+    "exclude": "protoseg.bank.curation",
+    "include": "protoseg.bank.curation",
+    "load_bank": "protoseg.bank.store",
+    "make_thumbnail": "protoseg.bank.build",
+    "pin": "protoseg.bank.curation",
+    "recluster": "protoseg.bank.curation",
+    "recompute_prototypes": "protoseg.bank.curation",
+    "save_bank": "protoseg.bank.store",
+    "unpin": "protoseg.bank.curation",
+    "white_fraction": "protoseg.bank.build",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'protoseg.bank' has no attribute {name!r}")

@@ -6,67 +6,52 @@
 - :mod:`protoseg.data.synthetic`: H&E-like images with exact ground truth.
 """
 
-from protoseg.data.augment import (
-    ColorJitter,
-    Compose,
-    HEDJitter,
-    RandomFlip,
-    RandomRot90,
-    default_augmentation,
-)
-from protoseg.data.datasets import PatchDataset, load_image, open_dataset
-from protoseg.data.errors import DataError, DatasetLayoutError, MaskError, RegionError
-from protoseg.data.layouts import detect_layout
-from protoseg.data.masks import labels_from_mask, load_mask, save_palette_mask
-from protoseg.data.records import Layout, PatchRecord, Split
-from protoseg.data.region_dataset import (
-    RegionPatch,
-    RegionTiling,
-    SmallRegion,
-    WsiRegionDataset,
-    dense_stride,
-    tile_region_source,
-    tile_regions,
-)
-from protoseg.data.regions import (
-    RegionAnnotation,
-    load_regions_geojson,
-    regions_from_napari,
-    regions_to_napari,
-    save_regions_geojson,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ColorJitter",
-    "Compose",
-    "DataError",
-    "DatasetLayoutError",
-    "HEDJitter",
-    "Layout",
-    "MaskError",
-    "PatchDataset",
-    "PatchRecord",
-    "RandomFlip",
-    "RandomRot90",
-    "RegionAnnotation",
-    "RegionError",
-    "RegionPatch",
-    "RegionTiling",
-    "SmallRegion",
-    "Split",
-    "WsiRegionDataset",
-    "default_augmentation",
-    "dense_stride",
-    "detect_layout",
-    "labels_from_mask",
-    "load_image",
-    "load_mask",
-    "load_regions_geojson",
-    "open_dataset",
-    "regions_from_napari",
-    "regions_to_napari",
-    "save_palette_mask",
-    "save_regions_geojson",
-    "tile_region_source",
-    "tile_regions",
-]
+import importlib
+from typing import Any
+
+#: public name -> module; imported on first use, so ``import protoseg.data.regions`` (a GUI's region tagging)
+#: does not load torch through the augmentations
+_EXPORTS = {
+    "ColorJitter": "protoseg.data.augment",
+    "Compose": "protoseg.data.augment",
+    "DataError": "protoseg.data.errors",
+    "DatasetLayoutError": "protoseg.data.errors",
+    "HEDJitter": "protoseg.data.augment",
+    "Layout": "protoseg.data.records",
+    "MaskError": "protoseg.data.errors",
+    "PatchDataset": "protoseg.data.datasets",
+    "PatchRecord": "protoseg.data.records",
+    "RandomFlip": "protoseg.data.augment",
+    "RandomRot90": "protoseg.data.augment",
+    "RegionAnnotation": "protoseg.data.regions",
+    "RegionError": "protoseg.data.errors",
+    "RegionPatch": "protoseg.data.region_dataset",
+    "RegionTiling": "protoseg.data.region_dataset",
+    "SmallRegion": "protoseg.data.region_dataset",
+    "Split": "protoseg.data.records",
+    "WsiRegionDataset": "protoseg.data.region_dataset",
+    "default_augmentation": "protoseg.data.augment",
+    "dense_stride": "protoseg.data.region_dataset",
+    "detect_layout": "protoseg.data.layouts",
+    "labels_from_mask": "protoseg.data.masks",
+    "load_image": "protoseg.data.datasets",
+    "load_mask": "protoseg.data.masks",
+    "load_regions_geojson": "protoseg.data.regions",
+    "open_dataset": "protoseg.data.datasets",
+    "regions_from_napari": "protoseg.data.regions",
+    "regions_to_napari": "protoseg.data.regions",
+    "save_palette_mask": "protoseg.data.masks",
+    "save_regions_geojson": "protoseg.data.regions",
+    "tile_region_source": "protoseg.data.region_dataset",
+    "tile_regions": "protoseg.data.region_dataset",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'protoseg.data' has no attribute {name!r}")

@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +38,11 @@ from protoseg.infer.plan import ChunkStep, plan_steps, strip_order
 from protoseg.infer.predictor import Predictor
 from protoseg.infer.pyramid import ChunkData, chunk_from_finer
 from protoseg.infer.reader import SlideLike, open_any, slide_name
+from protoseg.infer.result import BatchResult
 
 logger = logging.getLogger(__name__)
 
 _DONE = object()
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """Summary of one slide's batch prediction."""
-
-    path: Path
-    chunks_total: int
-    chunks_resumed: int
-    chunks_background: int
-    chunks_predicted: int
-    tiles_predicted: int
-    seconds: float
 
 
 #: Recorded keys that may differ on resume (the checkpoint file may move; its weights hash is compared).

@@ -115,7 +115,7 @@ def run_demo(
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True, title="protoseg demo")
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window.resize(1400, 900)
     slide_layer = open_sample(viewer)
     shots: list[Path] = []
     if headless:

@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 
 #: how often (ms) a slide layer may be refreshed while chunks arrive
 REFRESH_MS = 50
-#: how many times (every REFRESH_MS * 4) a refresh looks again for a layer not yet added to a viewer
-FIND_RETRIES = 25
+#: longest wait (ms) between looks for a layer not yet in a viewer (the looks never stop while chunks arrive)
+FIND_MAX_MS = 2000
 
 
 def on_gui_thread() -> bool:
@@ -31,24 +31,11 @@ def on_gui_thread() -> bool:
     return app is not None and QThread.currentThread() is app.thread()
 
 
-def _viewers() -> list[Any]:
-    """Every open napari viewer (the current one first)."""
+def _current_viewer() -> Any | None:
+    """napari's current viewer (public API), or None."""
     import napari
 
-    found: list[Any] = []
-    current = napari.current_viewer()
-    if current is not None:
-        found.append(current)
-    try:
-        from napari._qt.qt_main_window import _QtMainWindow
-
-        for window in list(_QtMainWindow._instances):
-            viewer = window._qt_viewer.viewer
-            if all(viewer is not v for v in found):
-                found.append(viewer)
-    except (ImportError, AttributeError):  # napari internals moved: the current viewer is enough
-        pass
-    return found
+    return napari.current_viewer()
 
 
 class _Bridge(QObject):
@@ -72,9 +59,30 @@ class LayerRefresher:
         self._timer.timeout.connect(self._refresh)
         self._bridge.ready.connect(self._schedule)  # emitted from worker threads: a queued connection
 
-    def attach(self, loader: ProgressiveLoader) -> None:
-        """Refresh for ``loader`` (whose ``on_ready`` should be :meth:`notify`)."""
+    def attach(self, loader: ProgressiveLoader, viewer: Any | None = None) -> None:
+        """Refresh for ``loader`` (whose ``on_ready`` should be :meth:`notify`). The layer is found when
+        ``viewer`` (default: napari's current viewer, the one File > Open reads into) inserts it."""
         self.loader = loader
+        viewer = viewer if viewer is not None else _current_viewer()
+        if viewer is not None:
+            self._watch(viewer)
+
+    def _watch(self, viewer: Any) -> None:
+        """Follow ``viewer``'s layer insertions and removals (once per viewer)."""
+        if any(ref() is viewer for ref in self._viewers):
+            return
+        self._viewers.append(weakref.ref(viewer))
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self._on_removed)
+
+    def _on_inserted(self, event: Any) -> None:
+        layer = getattr(event, "value", None)
+        if self.loader is None or layer is None or not _holds(layer, {id(a) for a in self.loader.arrays}):
+            return
+        if all(ref() is not layer for ref in self._layers):
+            self._layers.append(weakref.ref(layer))
+        self._misses = 0
+        self._schedule()  # chunks may have arrived before napari inserted the layer
 
     def notify(self) -> None:
         """Thread-safe: chunks arrived; a refresh follows on the GUI thread."""
@@ -88,17 +96,20 @@ class LayerRefresher:
             self._timer.start(self._interval)
 
     def layers(self) -> list[Any]:
-        """The layers (in any open viewer) whose data hold this loader's arrays."""
+        """The layers (in the watched viewers, or napari's current one) whose data hold this loader's arrays."""
         alive = [layer for ref in self._layers if (layer := ref()) is not None]
         if alive or self.loader is None:
             return alive
         mine = {id(a) for a in self.loader.arrays}
-        for viewer in _viewers():
+        viewers = [v for ref in self._viewers if (v := ref()) is not None]
+        current = _current_viewer()
+        if current is not None and all(current is not v for v in viewers):
+            viewers.append(current)
+        for viewer in viewers:
             hits = [ly for ly in viewer.layers if _holds(ly, mine)]
             if hits:
                 self._layers.extend(weakref.ref(ly) for ly in hits)
-                self._viewers.append(weakref.ref(viewer))
-                viewer.layers.events.removed.connect(self._on_removed)
+                self._watch(viewer)
                 alive.extend(hits)
         return alive
 
@@ -107,10 +118,9 @@ class LayerRefresher:
         if loader is None or loader.closed:
             return
         layers = self.layers()
-        if not layers:
-            if self._misses < FIND_RETRIES:  # the reader's layer is not in a viewer yet
-                self._misses += 1
-                self._timer.start(self._interval * 4)
+        if not layers:  # not inserted yet: look again, less and less often but never giving up
+            self._misses += 1
+            self._timer.start(min(FIND_MAX_MS, self._interval * 2 ** min(self._misses, 6)))
             return
         for layer in layers:
             layer.refresh(extent=False, highlight=False)
@@ -118,8 +128,9 @@ class LayerRefresher:
 
     def _on_removed(self, event: Any) -> None:
         gone = event.value
+        was_mine = any(ref() is gone for ref in self._layers)
         self._layers = [ref for ref in self._layers if (ly := ref()) is not None and ly is not gone]
-        if self._layers or self.loader is None:
+        if not was_mine or self._layers or self.loader is None:
             return
         logger.debug("slide layer removed: stopping its loader")
         self.loader.close()
@@ -127,10 +138,14 @@ class LayerRefresher:
         for ref in self._viewers:
             viewer = ref()
             if viewer is not None:
-                try:
-                    viewer.layers.events.removed.disconnect(self._on_removed)
-                except (RuntimeError, ValueError):  # already gone with its viewer
-                    pass
+                for emitter, slot in (
+                    (viewer.layers.events.inserted, self._on_inserted),
+                    (viewer.layers.events.removed, self._on_removed),
+                ):
+                    try:
+                        emitter.disconnect(slot)
+                    except (RuntimeError, ValueError):  # already gone with its viewer
+                        pass
         self._viewers = []
 
 

@@ -31,7 +31,4 @@ def sample_slide_path() -> Path:
 
 def sample_slide() -> list[LayerData]:
     """napari sample-data command."""
-    from protoseg.napari.preferences import prefer_protoseg_reader
-
-    prefer_protoseg_reader()
     return [slide_layer_data(sample_slide_path())]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,13 +23,22 @@ from protoseg.train.device_augment import BatchStainJitter
 from protoseg.train.distributed import DistContext, barrier, init_distributed
 from protoseg.train.errors import TrainingError
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
-from protoseg.train.runstate import RunLock, capture_rng, restore_rng, trim_metrics
+from protoseg.train.outcome import FitResult
+from protoseg.train.runstate import (
+    BEST,
+    LAST,
+    RunLock,
+    capture_rng,
+    check_new_run,
+    clear_checkpoints,
+    log_metrics,
+    restore_rng,
+    trim_metrics,
+)
 from protoseg.train.sampling import KeyedDistributedSampler, training_sampler
 
 logger = logging.getLogger(__name__)
 
-LAST = "last.pt"
-BEST = "best.pt"
 #: ``Checkpoint.extra`` keys only a resume needs (left out of ``best.pt``).
 _RESUME_ONLY = ("optimizer", "scaler", "rng")
 
@@ -49,19 +57,6 @@ class OptimConfig:
     seed: int = 0
     log_every: int = 10
     poly_power: float = 0.9
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """Where the run left its checkpoints and what it reached."""
-
-    last: Path
-    best: Path | None
-    best_metric: float | None
-    epochs_done: int
-    steps_done: int
-    cancelled: bool
-    seconds: float
 
 
 @dataclass
@@ -170,20 +165,23 @@ class Trainer(ABC):
 
     def _log_metrics(self, record: dict[str, Any]) -> None:
         if self.dist.is_main:
-            with open(self.out_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            log_metrics(self.out_dir, record)
 
     # ---- fit: one small step per concern ------------------------------------------------------
-    def fit(self, resume: bool = False) -> FitResult:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> FitResult:
         """Train for ``optim.epochs`` epochs (continuing from ``last.pt`` when ``resume``).
 
         A set ``CancelToken`` stops the run cleanly (``FitResult.cancelled``, ``last.pt`` usable);
         failures (empty training set, non-finite loss) raise ``TrainingError``. One process per output
         folder (a lock file; a second one raises ``TrainingError``); a resumed run restores the random
-        states and data order, so it reproduces the uninterrupted run.
+        states and data order, so it reproduces the uninterrupted run. A fresh run over an earlier run's
+        checkpoints raises ``TrainingError`` unless ``overwrite`` (they are then removed first).
         """
+        stale = check_new_run(self.out_dir, resume, overwrite)
         lock = RunLock(self.out_dir).acquire() if self.dist.is_main else None
         try:
+            if lock is not None:
+                clear_checkpoints(stale)
             return self._fit(resume)
         finally:
             if lock is not None:

@@ -4,17 +4,16 @@ pseudo-masks and stage 2, all stopped by one cancel token and reported through o
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from protoseg.cancel import Cancelled, CancelToken
 from protoseg.config import ProtosegConfig
 from protoseg.data.regions import RegionSource
-from protoseg.train.engine import FitResult
+from protoseg.errors import ProtosegError
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
+from protoseg.train.outcome import JobOutcome
 from protoseg.train.pipeline import (
     TrainingData,
     best_or_last,
@@ -26,22 +25,11 @@ from protoseg.train.pipeline import (
     train_stage2,
     with_default_bank,
 )
+from protoseg.train.runstate import check_new_run
 
 logger = logging.getLogger(__name__)
 
 PSEUDO_STAGE = "pseudo"
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    """What a training job produced; ``checkpoint`` is the one to predict with (best, else last)."""
-
-    stage1: FitResult
-    stage2: FitResult | None
-    pseudo_dir: Path | None
-    checkpoint: Path
-    metric: float | None
-    cancelled: bool
 
 
 def source_data(cfg: ProtosegConfig, source: RegionSource | None, augment: bool | None = None) -> TrainingData:
@@ -51,25 +39,15 @@ def source_data(cfg: ProtosegConfig, source: RegionSource | None, augment: bool 
     return region_data(cfg, list(source.regions), source.classes, source.mpp, source.fallback_mpp, augment)
 
 
-def _fresh_pseudo_dir(out: Path) -> None:
-    """Drop pseudo-masks of an earlier run (the exporter skips existing files to resume)."""
-    for sub in ("mask", "conf"):
-        if (out / sub).is_dir():
-            logger.info("removing stale pseudo-masks in %s", out / sub)
-            shutil.rmtree(out / sub)
-
-
 def _pseudo(
     cfg: ProtosegConfig,
     checkpoint: Path,
     data: TrainingData,
     callbacks: Sequence[Callback],
     cancel: CancelToken,
-    resume: bool,
 ) -> Path:
+    """Pseudo-masks of ``data`` from ``checkpoint`` in ``<out_dir>/pseudo`` (rewritten whole unless up to date)."""
     out = Path(cfg.run.out_dir) / "pseudo"
-    if not resume:
-        _fresh_pseudo_dir(out)
 
     def progress(done: int, total: int) -> None:
         emit(callbacks, TrainEvent(EventKind.STEP, PSEUDO_STAGE, 0, done, total))
@@ -108,24 +86,50 @@ def run_training(
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     cancel: CancelToken | None = None,
+    overwrite: bool = False,
 ) -> JobOutcome:
-    """Stage 1 on ``regions`` (or the folder ``data.root``); with ``stage2`` also pseudo-masks + stage 2."""
+    """Stage 1 on ``regions`` (or the folder ``data.root``); with ``stage2`` also pseudo-masks + stage 2.
+    Both stage folders are checked first: an earlier run's checkpoints are replaced only with ``overwrite``."""
     cancel = cancel or CancelToken()
     cfg = with_default_bank(cfg)
-    s1 = train_stage1(cfg, callbacks, cancel, resume, data=source_data(cfg, regions, None))
+    for stage in ("stage1", "stage2") if stage2 else ("stage1",):
+        check_new_run(Path(cfg.run.out_dir) / stage, resume, overwrite)
+    s1 = train_stage1(cfg, callbacks, cancel, resume, data=source_data(cfg, regions, None), overwrite=overwrite)
     ckpt1 = best_or_last(Path(cfg.run.out_dir) / "stage1")
     if s1.cancelled or not stage2:
         return JobOutcome(s1, None, None, ckpt1, s1.best_metric, s1.cancelled)
     plain = source_data(cfg, regions, False)
     try:
-        pseudo = _pseudo(cfg, ckpt1, plain, callbacks, cancel, resume)
+        pseudo = _pseudo(cfg, ckpt1, plain, callbacks, cancel)
     except Cancelled:
         emit(callbacks, TrainEvent(EventKind.CANCELLED, PSEUDO_STAGE, 0, 0, 0, message="cancelled"))
         logger.warning("cancelled while exporting pseudo-masks; stage-1 checkpoint: %s", ckpt1)
         return JobOutcome(s1, None, None, ckpt1, s1.best_metric, True)
-    s2 = train_stage2(cfg, pseudo, callbacks, cancel, resume, stage1=ckpt1, data=plain)
+    s2 = train_stage2(cfg, pseudo, callbacks, cancel, resume, stage1=ckpt1, data=plain, overwrite=overwrite)
     ckpt2 = best_or_last(Path(cfg.run.out_dir) / "stage2")
     return JobOutcome(s1, s2, pseudo, ckpt2, s2.best_metric, s2.cancelled)
+
+
+def training_job(
+    *,
+    report: Callable[[TrainEvent], object],
+    cancel: CancelToken,
+    cfg: ProtosegConfig,
+    regions: RegionSource | None = None,
+    stage2: bool = False,
+    resume: bool = False,
+) -> tuple[JobOutcome, int | None]:
+    """:func:`run_training` as a child-process job (``protoseg.child``): events go to ``report``; returns the
+    outcome and the checkpoint's output channels (classes + background; None when unreadable)."""
+    outcome = run_training(cfg, regions, stage2=stage2, resume=resume, callbacks=[report], cancel=cancel)
+    from protoseg.models.checkpoint import load_checkpoint
+
+    try:
+        channels: int | None = load_checkpoint(outcome.checkpoint).classes.num_classes + 1
+    except (OSError, ValueError, ProtosegError) as exc:
+        logger.info("could not read the classes of %s: %s", outcome.checkpoint, exc)
+        channels = None
+    return outcome, channels
 
 
 def build_bank_job(
@@ -139,4 +143,4 @@ def build_bank_job(
     return build_bank_from_config(cfg, out, encoder, source_data(cfg, regions, False), progress)
 
 
-__all__ = ["PSEUDO_STAGE", "JobOutcome", "RegionSource", "build_bank_job", "run_training"]
+__all__ = ["PSEUDO_STAGE", "JobOutcome", "RegionSource", "build_bank_job", "run_training", "training_job"]

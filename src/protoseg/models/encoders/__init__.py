@@ -2,46 +2,34 @@
 
 ``build_encoder(EncoderSpec(...))`` gives an ``ImageEncoder``: the weight-free ``HEDescriptor``
 (offline default), an ``OpenClipEncoder`` (image + text towers) or a ``TimmImageEncoder``.
-open_clip / timm are imported only when such an encoder is built.
+Every name is imported on first use (torch, open_clip, timm only when needed).
 """
 
 from __future__ import annotations
 
-from protoseg.models.encoders.base import (
-    EncoderError,
-    EncoderInputError,
-    EncoderWeightsError,
-    ImageEncoder,
-    TextEncoder,
-)
-from protoseg.models.encoders.descriptor import DESCRIPTOR_VERSION, HEDescriptor
-from protoseg.models.encoders.spec import EncoderKind, EncoderSpec, build_encoder
-from protoseg.models.encoders.weights import PRETRAINED_SETTING
+import importlib
+from typing import Any
 
-__all__ = [
-    "DESCRIPTOR_VERSION",
-    "PRETRAINED_SETTING",
-    "EncoderError",
-    "EncoderInputError",
-    "EncoderKind",
-    "EncoderSpec",
-    "EncoderWeightsError",
-    "HEDescriptor",
-    "ImageEncoder",
-    "OpenClipEncoder",
-    "TextEncoder",
-    "TimmImageEncoder",
-    "build_encoder",
-]
+_EXPORTS = {
+    "DESCRIPTOR_VERSION": "protoseg.models.encoders.descriptor",
+    "EncoderError": "protoseg.models.encoders.errors",
+    "EncoderInputError": "protoseg.models.encoders.errors",
+    "EncoderKind": "protoseg.models.encoders.spec",
+    "EncoderSpec": "protoseg.models.encoders.spec",
+    "EncoderWeightsError": "protoseg.models.encoders.errors",
+    "HEDescriptor": "protoseg.models.encoders.descriptor",
+    "ImageEncoder": "protoseg.models.encoders.base",
+    "OpenClipEncoder": "protoseg.models.encoders.openclip",
+    "PRETRAINED_SETTING": "protoseg.models.encoders.errors",
+    "TextEncoder": "protoseg.models.encoders.base",
+    "TimmImageEncoder": "protoseg.models.encoders.timm_encoder",
+    "build_encoder": "protoseg.models.encoders.spec",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):  # lazy: keep open_clip / timm modules out of a plain import
-    if name == "OpenClipEncoder":
-        from protoseg.models.encoders.openclip import OpenClipEncoder
-
-        return OpenClipEncoder
-    if name == "TimmImageEncoder":
-        from protoseg.models.encoders.timm_encoder import TimmImageEncoder
-
-        return TimmImageEncoder
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,21 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from protoseg.errors import ProtosegError
+from protoseg.models.encoders.errors import EncoderError as EncoderError  # re-exported
+from protoseg.models.encoders.errors import EncoderInputError
+from protoseg.models.encoders.errors import EncoderWeightsError as EncoderWeightsError  # re-exported
 
 logger = logging.getLogger(__name__)
-
-
-class EncoderError(ProtosegError):
-    """Base class of encoder errors."""
-
-
-class EncoderWeightsError(EncoderError):
-    """Encoder weights could not be found, downloaded or loaded."""
-
-
-class EncoderInputError(EncoderError, ValueError):
-    """Images or texts handed to an encoder do not follow the (N, 3, H, W) float [0, 1] convention."""
 
 
 def check_images(images: Tensor) -> Tensor:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
-from protoseg.models.encoders.base import EncoderError, ImageEncoder
-from protoseg.models.encoders.weights import PRETRAINED_SETTING
+from protoseg.models.encoders.errors import PRETRAINED_SETTING, EncoderError
+
+if TYPE_CHECKING:
+    from protoseg.models.encoders.base import ImageEncoder
 
 
 class EncoderKind(str, Enum):

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import torch
 
-from protoseg.models.encoders.base import EncoderWeightsError
+from protoseg.models.encoders.errors import PRETRAINED_SETTING, EncoderWeightsError
 
 logger = logging.getLogger(__name__)
 
-#: Configuration key users set to choose the bank encoder's weights (named in error messages).
-PRETRAINED_SETTING = "bank.encoder.pretrained"
 #: Seed of the random initialisation, so that a random-init encoder gives reproducible embeddings.
 RANDOM_INIT_SEED = 0
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".tar", ".npz")

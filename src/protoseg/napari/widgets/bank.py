@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from napari.layers import Shapes
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
@@ -27,11 +28,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from protoseg.bank import ImageBank, add_from_slide, exclude, include, load_bank, pin, recluster, save_bank, unpin
+import protoseg.bank as banklib  # lazy package: torch loads when a bank is first used, not with the dock
 from protoseg.cancel import Cancelled, check_cancelled
 from protoseg.config import ProtosegConfig
-from protoseg.napari.gl_guard import install_removal_repaint
-from protoseg.napari.preferences import prefer_protoseg_reader
+from protoseg.napari.gl_guard import RemovalGuard
 from protoseg.napari.widgets._common import (
     FOLDER,
     REGIONS,
@@ -74,10 +74,9 @@ class BankWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
-        install_removal_repaint(napari_viewer)  # napari crash after removing several layers at once
+        self._gl_guard = RemovalGuard(napari_viewer, self)  # napari/Mesa crash after removing layers
         self.viewer = napari_viewer
-        self.bank: ImageBank | None = None
+        self.bank: banklib.ImageBank | None = None
         self.lists: list[QListWidget] = []
         self.job: BackgroundJob | None = None
         self.progress = NapariProgress()
@@ -100,7 +99,7 @@ class BankWidget(QWidget):
         self.slide_combo = LayerCombo(self.viewer, lambda ly: slide_meta(ly) is not None)
         self.mpp_prompt = MppPrompt(lambda: self.slide_combo.layer(), self.viewer)
         self.slide_combo.currentIndexChanged.connect(lambda *_: self.mpp_prompt.refresh())
-        self.shapes_combo = LayerCombo(self.viewer, lambda ly: ly._type_string == "shapes")
+        self.shapes_combo = LayerCombo(self.viewer, lambda ly: isinstance(ly, Shapes))
         self.class_combo = QComboBox()
         self.add_btn = QPushButton("Add selection as prototype")
         self.bar = QProgressBar()
@@ -108,18 +107,18 @@ class BankWidget(QWidget):
         self._build_layout()
         g = self.status.guard
         self.build_btn.clicked.connect(lambda: g(self.build))
-        self.load_btn.clicked.connect(lambda: g(lambda: self.set_bank(load_bank(self._bank_path()))))
+        self.load_btn.clicked.connect(lambda: g(lambda: self.set_bank(banklib.load_bank(self._bank_path()))))
         self.save_btn.clicked.connect(lambda: g(self.save))
         self.ckpt_btn.clicked.connect(lambda: g(self.load_checkpoint_bank))
         for btn, fn in (
-            (self.exclude_btn, exclude),
-            (self.include_btn, include),
-            (self.pin_btn, pin),
-            (self.unpin_btn, unpin),
+            (self.exclude_btn, "exclude"),
+            (self.include_btn, "include"),
+            (self.pin_btn, "pin"),
+            (self.unpin_btn, "unpin"),
         ):
-            btn.clicked.connect(lambda _=False, f=fn: g(lambda: self.curate(f)))
+            btn.clicked.connect(lambda _=False, f=fn: g(lambda: self.curate(getattr(banklib, f))))
         self.recluster_btn.clicked.connect(
-            lambda: g(lambda: self.set_bank(recluster(self._need_bank(), self.k.value())))
+            lambda: g(lambda: self.set_bank(banklib.recluster(self._need_bank(), self.k.value())))
         )
         self.add_btn.clicked.connect(lambda: g(self.add_selection))
         regions_changed.connect(self._refresh_regions)
@@ -162,7 +161,7 @@ class BankWidget(QWidget):
             regions_changed.disconnect(self._refresh_regions)
 
     # ---- bank state ---------------------------------------------------------------------------
-    def _need_bank(self) -> ImageBank:
+    def _need_bank(self) -> banklib.ImageBank:
         if self.bank is None:
             raise WidgetError("build or load a bank first")
         return self.bank
@@ -172,7 +171,7 @@ class BankWidget(QWidget):
             raise WidgetError("choose a bank folder")
         return self.bank_dir.text()
 
-    def set_bank(self, bank: ImageBank) -> None:
+    def set_bank(self, bank: banklib.ImageBank) -> None:
         """Show ``bank``: a tab per class, a row of thumbnails per sub-cluster."""
         self.bank = bank
         current = self.tabs.currentIndex()
@@ -197,7 +196,7 @@ class BankWidget(QWidget):
         active = int(bank.active_mask().sum())
         self.summary.setText(f"{len(bank)} members ({active} active), K={bank.k}, encoder {bank.encoder_id}")
 
-    def _cluster_list(self, bank: ImageBank, rows: list[int]) -> QListWidget:
+    def _cluster_list(self, bank: banklib.ImageBank, rows: list[int]) -> QListWidget:
         lst = QListWidget()
         lst.setViewMode(QListWidget.ViewMode.IconMode)
         lst.setIconSize(QSize(64, 64))
@@ -232,7 +231,7 @@ class BankWidget(QWidget):
         self.status.ok(f"{fn.__name__}: {len(ids)} member(s); save to keep the change")
 
     def save(self) -> Path:
-        path = save_bank(self._need_bank(), self._bank_path())
+        path = banklib.save_bank(self._need_bank(), self._bank_path())
         self.status.ok(f"saved to {path}")
         return path
 
@@ -244,7 +243,7 @@ class BankWidget(QWidget):
         if not path:
             raise WidgetError("this checkpoint used no image bank (recipe cam, or LPD without a bank)")
         self.bank_dir.setText(path)
-        self.set_bank(load_bank(path))
+        self.set_bank(banklib.load_bank(path))
         self.status.ok(f"checkpoint bank: {path}")
         return path
 
@@ -272,7 +271,7 @@ class BankWidget(QWidget):
             self.bar.setValue(done)
             self.progress.update(done, total, "protoseg bank")
 
-        def on_done(bank: ImageBank) -> None:
+        def on_done(bank: banklib.ImageBank) -> None:
             self.progress.close()
             self.bar.setValue(self.bar.maximum())
             self.set_bank(bank)
@@ -314,7 +313,7 @@ class BankWidget(QWidget):
             raise WidgetError("choose the training patch folder to build from")
         cfg = replace(cfg, data=replace(cfg.data, root=self.folder.text()), bank=replace(cfg.bank, k=self.k.value()))
 
-        def work(report: Any, cancel: Any) -> ImageBank:
+        def work(report: Any, cancel: Any) -> banklib.ImageBank:
             def progress(done: int, total: int) -> None:
                 report((done, total))
                 check_cancelled(cancel, "bank build")
@@ -344,12 +343,12 @@ class BankWidget(QWidget):
             self.mpp_prompt.refresh()
             raise WidgetError("this slide records no microns-per-pixel: enter its scan resolution above first")
 
-        def work(report: Any, cancel: Any) -> ImageBank:
+        def work(report: Any, cancel: Any) -> banklib.ImageBank:
             encoder, handle, out = encoder_for_bank(bank), open_slide(path), bank
             try:
                 for n, box in enumerate(boxes):
                     check_cancelled(cancel, "adding prototypes")
-                    out = add_from_slide(out, handle, box, c, encoder, mpp=mpp, slide_mpp=scan_mpp)
+                    out = banklib.add_from_slide(out, handle, box, c, encoder, mpp=mpp, slide_mpp=scan_mpp)
                     report((n + 1, len(boxes)))
             finally:
                 handle.close()

@@ -52,3 +52,23 @@ def run_batch(
         logger.info("batch prediction to %s cancelled at %d/%d chunks", out_dir, *state)
         return BatchOutcome(Path(out_dir), None, True, state[0], state[1])
     return BatchOutcome(Path(out_dir), result, False, result.chunks_total, result.chunks_total)
+
+
+def whole_slide_job(
+    *,
+    report: Callable[[tuple[int, int]], None],
+    cancel: CancelLike,
+    checkpoint: str,
+    device: str,
+    batch_size: int,
+    tta: bool,
+    slide: str,
+    out_dir: str,
+    **kwargs: Any,
+) -> BatchOutcome:
+    """:func:`run_batch` as a child-process job (``protoseg.child``): loads the model, then predicts ``slide``."""
+    report((0, 0))  # busy while the model loads
+    from protoseg.infer import Predictor
+
+    predictor = Predictor(Path(checkpoint), device=device, batch_size=batch_size, tta=tta)
+    return run_batch(predictor, slide, out_dir, report=report, cancel=cancel, **kwargs)

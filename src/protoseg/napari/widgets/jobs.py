@@ -1,5 +1,6 @@
-"""Background-job plumbing of the widgets: a worker whose events reach the GUI thread in batches, the napari
-progress bar that follows it, and the triton/LLVM guard run before a job may import torchvision."""
+"""Background-job plumbing of the widgets: a worker thread or a child process whose events reach the GUI
+thread in batches, the napari progress bar that follows it, and the triton/LLVM guard run before a job may
+import torchvision."""
 
 from __future__ import annotations
 
@@ -114,6 +115,75 @@ class BackgroundJob(QObject):
                 logger.error("background job failed: %s", value, exc_info=value)
             if self.on_error is not None:
                 self.on_error(value)
+
+
+class ProcessJob(QObject):
+    """Run ``fn(report=..., cancel=..., **kwargs)`` (a module-level function, or its ``"module:name"``) in a
+    spawned child process.
+
+    Same interface as :class:`BackgroundJob`: ``on_events`` gets the reported items in batches, then
+    ``on_done(result)`` or ``on_error(exc)`` on the GUI thread. Heavy work (training, whole-slide runs) runs
+    here: its imports, its GIL and its garbage collections never reach the viewer, and a crash in the child
+    is an error message in the dock, not a dead viewer. ``cancel()`` asks it to stop after the current
+    step; ``kill()`` ends it at once (used when the dock closes).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any] | str,
+        kwargs: dict[str, Any],
+        on_events: Callable[[list[Any]], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        interval_ms: int = 50,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        from protoseg.child import ChildJob
+
+        self.child = ChildJob(fn, **kwargs)
+        self.on_events, self.on_done, self.on_error = on_events, on_done, on_error
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._poll)
+        self.started = False
+        self.finished = False
+
+    def start(self) -> ProcessJob:
+        self.child.start()
+        self.started = True
+        self._timer.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.started and not self.finished
+
+    def cancel(self) -> None:
+        self.child.cancel()
+
+    def kill(self) -> None:
+        self.child.kill()
+
+    def _poll(self) -> None:
+        items = self.child.poll()
+        if items and self.on_events is not None:
+            self.on_events(items)
+        if self.child.outcome is None:
+            return
+        self._timer.stop()
+        self.finished = True
+        kind, value = self.child.outcome
+        if kind == "done":
+            if self.on_done is not None:
+                self.on_done(value)
+            return
+        if isinstance(value, Cancelled):
+            logger.info("child job stopped: %s", value)
+        else:
+            logger.error("child job failed: %s", value)
+        if self.on_error is not None:
+            self.on_error(value)
 
 
 class NapariProgress:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from napari.layers import Labels
 from qtpy.QtCore import QTimer
 
 from protoseg.classes import ClassSpec
@@ -35,7 +36,7 @@ def create_overlay_layer(layer_data: Any) -> Any:
     from napari.layers import Layer
 
     layer = Layer.create(*layer_data)
-    return make_read_only(layer) if layer._type_string == "labels" else layer
+    return make_read_only(layer) if isinstance(layer, Labels) else layer
 
 
 #: Delay between two GUI steps (ms). Positive on purpose: Qt runs zero-delay timers queued by one another
@@ -61,20 +62,16 @@ def run_in_turns(steps: Sequence[Callable[[], Any]], delay_ms: int = STEP_MS) ->
 
 
 def add_layer_quietly(viewer: Any, layer: Any) -> Any:
-    """Add ``layer`` without making it the selected, active layer.
-
-    napari activates an inserted layer, rebuilding the layer-controls panel and the layer buttons (about a
-    third of the GUI time of adding a layer); overlays leave the slide layer active instead.
-    """
-    layers = viewer.layers
-    previous = getattr(layers, "_activate_on_insert", None)
-    if previous is not None:
-        layers._activate_on_insert = False
-    try:
-        return viewer.add_layer(layer)
-    finally:
-        if previous is not None:
-            layers._activate_on_insert = previous
+    """Add ``layer`` and give the selection back to the layers selected before (overlays leave the slide layer
+    the active one, so its controls stay in the layer-controls panel). Public napari API only."""
+    selection = viewer.layers.selection
+    before, active = list(selection), selection.active
+    added = viewer.add_layer(layer)
+    if active is not None:
+        selection.clear()
+        selection.update(before)
+        selection.active = active
+    return added
 
 
 def add_layers_in_turns(

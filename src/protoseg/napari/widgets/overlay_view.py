@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from napari.layers import Labels
+
 from protoseg.napari.widgets.overlay_layers import add_canvas_legend, hide_canvas_legend, make_read_only
 
 
@@ -45,7 +47,7 @@ class OverlayViewSection:
         """Overlay opacity from the dock's slider, read-only mask layer, class legend on the canvas."""
         if any(ly.opacity != self.opacity.value() / 100.0 for ly in self.overlays):
             self.set_overlay_opacity(self.opacity.value())  # each change redraws the layer's thumbnail
-        masks = [ly for ly in self.overlays if ly._type_string == "labels"]
+        masks = [ly for ly in self.overlays if isinstance(ly, Labels)]
         for ly in masks:
             if ly.editable:
                 make_read_only(ly)

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from napari.layers import Image
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -29,9 +30,8 @@ from qtpy.QtWidgets import (
 )
 
 from protoseg.classes import ClassSpec
-from protoseg.napari.gl_guard import install_removal_repaint
+from protoseg.napari.gl_guard import RemovalGuard
 from protoseg.napari.overlays import Placement, lazy_layer_data
-from protoseg.napari.preferences import prefer_protoseg_reader
 from protoseg.napari.scheduler import ChunkScheduler
 from protoseg.napari.widgets._common import (
     DEVICES,
@@ -43,7 +43,7 @@ from protoseg.napari.widgets._common import (
     row,
     scroll_layout,
 )
-from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress, guard_triton_llvm_clash
+from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress, ProcessJob, guard_triton_llvm_clash
 from protoseg.napari.widgets.legend import Legend
 from protoseg.napari.widgets.overlay_layers import (
     add_layer_quietly,
@@ -69,7 +69,9 @@ def bulk_allocations() -> Iterator[None]:
     A full collection scans every object of the process (napari + torch: 0.3-0.8 s holding the GIL, the
     viewer frozen even when a worker thread triggers it). Here collection waits until the block ends; its
     objects then join the oldest generation without counting as new pressure for it (``gc.freeze`` +
-    ``gc.unfreeze``), so garbage made meanwhile is freed by the next regular full collection.
+    ``gc.unfreeze``), so garbage made meanwhile is freed by the next regular full collection. When
+    ``gl_guard`` has frozen the older objects already, unfreezing would undo that: the block's objects then
+    simply age like any others (a full collection no longer scans the frozen ones).
     """
     with _gc_lock:
         _gc_holds[0] += 1
@@ -82,8 +84,9 @@ def bulk_allocations() -> Iterator[None]:
         with _gc_lock:
             _gc_holds[0] -= 1
             if disabled:
-                gc.freeze()
-                gc.unfreeze()
+                if not gc.get_freeze_count():
+                    gc.freeze()
+                    gc.unfreeze()
                 gc.enable()
 
 
@@ -98,11 +101,10 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
-        install_removal_repaint(napari_viewer)  # napari crash after removing several layers at once
+        self._gl_guard = RemovalGuard(napari_viewer, self)  # napari/Mesa crash after removing layers
         self.viewer = napari_viewer
         self.checkpoint = PathEdit("open", "checkpoint .pt from training", "protoseg checkpoint (*.pt *.pth);;All (*)")
-        self.slide = LayerCombo(self.viewer, lambda ly: ly._type_string == "image" and slide_meta(ly) is not None)
+        self.slide = LayerCombo(self.viewer, lambda ly: isinstance(ly, Image) and slide_meta(ly) is not None)
         self.mpp_hint = MppPrompt(lambda: self.slide.layer(), self.viewer)
         self.slide_mpp = QDoubleSpinBox(decimals=4, minimum=0.0, maximum=100.0, singleStep=0.05, value=0.0)
         self.slide_mpp.setSpecialValueText("from slide")
@@ -128,7 +130,7 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         self.classes: ClassSpec | None = None
         self.overlays: list[Any] = []
         self.scheduler: ChunkScheduler | None = None
-        self.job: BackgroundJob | None = None
+        self.job: ProcessJob | None = None
         self.outcome: Any = None
         self.result_path: Path | None = None
         self.progress = NapariProgress()

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import numpy as np
-import pandas as pd
+from napari.layers import Shapes
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -32,8 +32,7 @@ from protoseg.data.regions import (
     regions_to_napari,
     save_regions_geojson,
 )
-from protoseg.napari.gl_guard import install_removal_repaint
-from protoseg.napari.preferences import prefer_protoseg_reader
+from protoseg.napari.gl_guard import RemovalGuard
 from protoseg.napari.widgets._common import (
     LayerCombo,
     PathEdit,
@@ -47,8 +46,8 @@ from protoseg.napari.widgets._common import (
     register_regions,
     scroll_layout,
 )
+from protoseg.napari.widgets.reader_prefs import ReaderPreferenceButton
 from protoseg.napari.widgets.slide_info import MppPrompt, slide_meta, slide_mpp
-from protoseg.train.jobs import source_data
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +76,13 @@ class RegionTagWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
-        install_removal_repaint(napari_viewer)  # napari crash after removing several layers at once
+        self._gl_guard = RemovalGuard(napari_viewer, self)  # napari/Mesa crash after removing layers
         self.viewer = napari_viewer
         self.classes: ClassSpec = BCSS_WSSS
         self.checks: dict[str, QCheckBox] = {}
         self._layer: Any = None
         self.slide_combo = LayerCombo(self.viewer, lambda ly: slide_meta(ly) is not None)
-        self.shapes_combo = LayerCombo(self.viewer, lambda ly: ly._type_string == "shapes")
+        self.shapes_combo = LayerCombo(self.viewer, lambda ly: isinstance(ly, Shapes))
         self.new_btn = QPushButton("New regions layer")
         self.classes_edit = QLineEdit()
         self.set_classes_btn = QPushButton("Set")
@@ -99,6 +97,7 @@ class RegionTagWidget(QWidget):
         self.mpp_spin.setSuffix(" µm/px")
         self.use_btn = QPushButton("Use as training data")
         self.mpp_prompt = MppPrompt(lambda: self.slide_combo.layer(), self.viewer)
+        self.reader_prefs = ReaderPreferenceButton()  # napari's reader preferences change only on its click
         self.status = StatusLabel()
         self.source: RegionSource | None = None
         self._build_layout()
@@ -121,6 +120,7 @@ class RegionTagWidget(QWidget):
         form = QFormLayout()
         form.addRow("Slide", self.slide_combo)
         form.addRow("", self.mpp_prompt)
+        form.addRow("Slide files", self.reader_prefs)
         regions_row = QHBoxLayout()
         regions_row.addWidget(self.shapes_combo, 1)
         regions_row.addWidget(self.new_btn)
@@ -224,6 +224,8 @@ class RegionTagWidget(QWidget):
         """Write tags as features (string + bool per class), defaults, text and per-shape colours."""
         layer = self._layer
         tags = self.tags() if tags is None else tags
+        import pandas as pd  # napari's layer features are pandas; imported on first use, not with the dock
+
         feats = layer.features.copy() if len(layer.features) == len(tags) else pd.DataFrame(index=range(len(tags)))
         feats = feats.drop(columns=[c for c in feats.columns if feats[c].dtype == bool and c not in self.classes.names])
         feats[TAGS] = pd.Series([SEP.join(t) for t in tags], index=feats.index, dtype=object)
@@ -332,6 +334,8 @@ class RegionTagWidget(QWidget):
                 "(0.25 µm/px for 40x, 0.5 for 20x) so the patches are cut at the right scale"
             )
         source = RegionSource(layer.name, tuple(regions), self.classes, mpp, fallback)
+        from protoseg.train.jobs import source_data  # the training stack (torch): on first use only
+
         data = source_data(ProtosegConfig(), source, augment=False)
         counts = data.train.labels().sum(axis=0).astype(int)  # type: ignore[attr-defined]
         per_class = ", ".join(f"{n} {c}" for n, c in zip(self.classes.names, counts))

@@ -20,9 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from protoseg.config import AddOn, ProtosegConfig, Recipe
-from protoseg.errors import ProtosegError
-from protoseg.napari.gl_guard import install_removal_repaint
-from protoseg.napari.preferences import prefer_protoseg_reader
+from protoseg.napari.gl_guard import RemovalGuard
 from protoseg.napari.widgets._common import (
     DEVICES,
     FOLDER,
@@ -36,18 +34,20 @@ from protoseg.napari.widgets._common import (
     row,
     scroll_layout,
 )
-from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress, guard_triton_llvm_clash
+from protoseg.napari.widgets.jobs import NapariProgress, ProcessJob
 from protoseg.napari.widgets.loss_plot import LossPlot
 from protoseg.train.events import EventKind, TrainEvent
 
 if TYPE_CHECKING:
-    from protoseg.train.jobs import JobOutcome
+    from protoseg.train.outcome import JobOutcome
 
 logger = logging.getLogger(__name__)
 
 BACKBONES = ("resnet18", "pvt_v2_b0", "pvt_v2_b1", "resnet50", "convnext_tiny")
 
 
+#: the child-process job that trains (imported only in the child: the viewer never loads torch for it)
+TRAINING_JOB = "protoseg.train.jobs:training_job"
 NO_PRESET = "(protoseg defaults)"
 #: Backbone start choices (``model.weights``): label -> config value; any other text is a weights file.
 WEIGHTS = {
@@ -90,24 +90,12 @@ def describe_metric(outcome: JobOutcome, classes: int | None = None) -> str:
     )
 
 
-def _output_channels(outcome: JobOutcome) -> int | None:
-    """Classes + background of the trained checkpoint (read in the worker: loading it takes a while)."""
-    from protoseg.models.checkpoint import load_checkpoint
-
-    try:
-        return load_checkpoint(outcome.checkpoint).classes.num_classes + 1
-    except (OSError, ValueError, ProtosegError) as exc:
-        logger.info("could not read the classes of %s: %s", outcome.checkpoint, exc)
-        return None
-
-
 class TrainWidget(QWidget):
     """napari dock widget that trains protoseg models without blocking the viewer."""
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        prefer_protoseg_reader()  # slide files open with protoseg, without a reader dialog
-        install_removal_repaint(napari_viewer)  # napari crash after removing several layers at once
+        self._gl_guard = RemovalGuard(napari_viewer, self)  # napari/Mesa crash after removing layers
         self.viewer = napari_viewer
         self.preset = QComboBox()
         self.preset.addItems([NO_PRESET, *available_presets()])
@@ -146,7 +134,7 @@ class TrainWidget(QWidget):
         self.bar = QProgressBar()
         self.status, self.result = StatusLabel(), StatusLabel()
         self.plot = LossPlot()
-        self.job: BackgroundJob | None = None
+        self.job: ProcessJob | None = None
         self.outcome: JobOutcome | None = None
         self.progress = NapariProgress()
         self._build_layout()
@@ -259,8 +247,8 @@ class TrainWidget(QWidget):
             self.status.ok(f"preset {name}: form filled with its values; change any before Start")
         return cfg
 
-    def start(self) -> BackgroundJob:
-        """Start training in a worker thread (errors in the form are shown in the status line)."""
+    def start(self) -> ProcessJob:
+        """Start training in a child process (errors in the form are shown in the status line)."""
         if self.job is not None and self.job.running:
             raise WidgetError("a training run is already going; cancel it first")
         cfg = self.build_config()
@@ -270,13 +258,7 @@ class TrainWidget(QWidget):
             if regions is None:
                 raise WidgetError("no tagged regions yet: use 'Use as training data' in the Region tagging widget")
         stage2, resume = self.stage2.isChecked(), self.resume.isChecked()
-        guard_triton_llvm_clash()  # before the training code (models, torchvision) is imported
-        from protoseg.train.jobs import run_training
-
-        def work(report: Any, cancel: Any) -> tuple[JobOutcome, int | None]:
-            outcome = run_training(cfg, regions, stage2=stage2, resume=resume, callbacks=[report], cancel=cancel)
-            return outcome, _output_channels(outcome)
-
+        kwargs = {"cfg": cfg, "regions": regions, "stage2": stage2, "resume": resume}
         self.plot.clear()
         self.outcome = None
         self.result.ok("")
@@ -286,7 +268,7 @@ class TrainWidget(QWidget):
         self.status.ok("preparing the data and the model…")
         self.start_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
-        self.job = BackgroundJob(work, self._on_events, self._on_done, self._on_error, parent=self).start()
+        self.job = ProcessJob(TRAINING_JOB, kwargs, self._on_events, self._on_done, self._on_error, parent=self).start()
         return self.job
 
     def cancel(self) -> None:
@@ -299,6 +281,11 @@ class TrainWidget(QWidget):
         """Closing the dock stops a running training (it keeps its last checkpoint)."""
         self.cancel()
         super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop the training process at once (the viewer is closing)."""
+        if self.job is not None and self.job.running:
+            self.job.kill()
 
     def _on_events(self, events: list[TrainEvent]) -> None:
         for ev in events:

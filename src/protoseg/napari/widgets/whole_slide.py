@@ -11,10 +11,11 @@ from qtpy.QtWidgets import QFileDialog, QTableWidgetItem
 from protoseg.export import AreaRow, ExportFormat, default_output, export_format, export_prediction, read_area_csv
 from protoseg.napari.overlays import Placement, zarr_layer_data
 from protoseg.napari.widgets._common import WidgetError
-from protoseg.napari.widgets.batch import run_batch
-from protoseg.napari.widgets.jobs import BackgroundJob
+from protoseg.napari.widgets.jobs import BackgroundJob, ProcessJob
 from protoseg.napari.widgets.overlay_layers import create_overlay_layer, layer_units
 
+#: the child-process job of 'Whole slide' (Qt-free; the viewer process never runs the prediction itself)
+WHOLE_SLIDE_JOB = "protoseg.napari.widgets.batch:whole_slide_job"
 EXPORTS = {  # format -> (button, file filter); default names come from protoseg.export.default_output
     ExportFormat.OME_ZARR: ("OME-Zarr", "OME-Zarr folder (*.zarr)"),
     ExportFormat.OME_TIFF: ("OME-TIFF", "OME-TIFF (*.ome.tif)"),
@@ -37,8 +38,8 @@ class WholeSlideSection:
         ckpt = Path(self.checkpoint.text()).resolve()
         return ckpt.parent / "predictions" / default_prediction_name(path, ckpt)
 
-    def start_batch(self) -> BackgroundJob:
-        """Predict the whole slide into the OME-Zarr output in a worker (resumes a cancelled run)."""
+    def start_batch(self) -> ProcessJob:
+        """Predict the whole slide into the OME-Zarr output in a child process (resumes a cancelled run)."""
         if self.job is not None and self.job.running:
             raise WidgetError("a whole-slide run is already going; cancel it first")
         key = self._predictor_key()
@@ -46,19 +47,25 @@ class WholeSlideSection:
         self._check_mpp(self._ckpt_mpp, layer, override)
         out = self.output_path()
         self.out.setText(str(out))
-        kwargs = {"slide_mpp": override, "tissue_only": self.tissue.isChecked(), "chunk": self.chunk.value()}
-
-        def work(report: Any, cancel: Any) -> Any:
-            report((0, 0))  # the progress bar moves (busy) while the model loads
-            predictor = self._predictor_for(key)
-            return run_batch(predictor, path, out, report=report, cancel=cancel, **kwargs)
-
+        kwargs = {
+            "checkpoint": key[0],
+            "device": key[2],
+            "batch_size": key[3],
+            "tta": key[4],
+            "slide": str(path),
+            "out_dir": str(out),
+            "slide_mpp": override,
+            "tissue_only": self.tissue.isChecked(),
+            "chunk": self.chunk.value(),
+        }
         self.outcome = None
         self.bar.setRange(0, 0)  # busy at once, while the model loads; the first chunk gives the real range
         self.batch_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.status.ok(f"predicting the whole slide into {out} …")
-        self.job = BackgroundJob(work, self._on_batch_events, self._on_batch_done, self._on_batch_error, parent=self)
+        self.job = ProcessJob(
+            WHOLE_SLIDE_JOB, kwargs, self._on_batch_events, self._on_batch_done, self._on_batch_error, parent=self
+        )
         return self.job.start()
 
     def cancel_batch(self) -> None:

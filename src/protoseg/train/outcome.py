@@ -1,0 +1,32 @@
+"""What a training run hands back: plain, torch-free records (a GUI unpickles them from a child process
+without importing the training stack)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Where the run left its checkpoints and what it reached."""
+
+    last: Path
+    best: Path | None
+    best_metric: float | None
+    epochs_done: int
+    steps_done: int
+    cancelled: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a training job produced; ``checkpoint`` is the one to predict with (best, else last)."""
+
+    stage1: FitResult
+    stage2: FitResult | None
+    pseudo_dir: Path | None
+    checkpoint: Path
+    metric: float | None
+    cancelled: bool
