@@ -55,3 +55,48 @@ def make_pyramid(
     rgb = smooth_rgb(h, w, seed)
     write_pyramidal_tiff(path, rgb, mpp, tile_size=tile_size, n_levels=n_levels, compression=compression)
     return path, rgb
+
+
+def write_images(root: Path) -> dict[str, Path]:
+    """One file per kind a user may open: RGB slides (picture, tiled, pyramid) and others' images."""
+    import tifffile
+    from PIL import Image
+
+    rgb = (np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8)
+    files = {name: root / name for name in IMAGES}
+    Image.fromarray(rgb).save(files["rgb.png"])
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(files["rgba.png"])
+    Image.fromarray(rgb).save(files["rgb.jpg"])
+    Image.fromarray(rgb[..., 0]).save(files["grey.png"])
+    Image.fromarray(rgb[..., 0]).save(files["grey.jpg"])
+    Image.fromarray(rgb).convert("P").save(files["palette.png"])
+    tifffile.imwrite(files["rgb.tif"], rgb)  # one strip-organised 2-D RGB picture
+    tifffile.imwrite(files["tiled.tif"], rgb, tile=(128, 128))
+    with tifffile.TiffWriter(files["pyramid.tiff"]) as tif:  # level 0 + a reduced-resolution page
+        tif.write(rgb, tile=(128, 128))
+        tif.write(rgb[::2, ::2], tile=(128, 128), subfiletype=1)
+    tifffile.imwrite(files["fluo.tif"], np.zeros((5, 64, 80), np.uint16))  # 3-D uint16 fluorescence stack
+    tifffile.imwrite(files["grey.tif"], rgb[..., 0], tile=(128, 128))
+    tifffile.imwrite(files["rgb16.tif"], rgb.astype(np.uint16), photometric="rgb")
+    tifffile.imwrite(files["rgbstack.tif"], np.stack([rgb] * 3), photometric="rgb")  # a time series
+    files["junk.png"].write_bytes(b"not an image at all")
+    return files
+
+
+#: file name -> whether protoseg takes it for an RGB slide
+IMAGES = {
+    "rgb.png": True,
+    "rgba.png": True,
+    "rgb.jpg": True,
+    "rgb.tif": True,
+    "tiled.tif": True,
+    "pyramid.tiff": True,
+    "grey.png": False,
+    "grey.jpg": False,
+    "palette.png": False,
+    "fluo.tif": False,
+    "grey.tif": False,
+    "rgb16.tif": False,
+    "rgbstack.tif": False,
+    "junk.png": False,
+}

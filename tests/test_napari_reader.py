@@ -133,12 +133,11 @@ def test_prediction_omezarr_of_tcga_opens_in_napari(make_napari_viewer, tmp_path
     assert img.std() > 10
 
 
-def test_protoseg_is_the_reader_for_slides_without_a_dialog(make_napari_viewer) -> None:
-    """After protoseg ran once (a dock widget, the sample), viewer.open(path) on a slide uses protoseg,
-    without asking; a reader the user chose for a pattern is kept; widgets explain layers they cannot use."""
+def test_docks_explain_layers_another_reader_opened(make_napari_viewer) -> None:
+    """A dock leaves napari's reader preferences alone; it explains a layer it cannot use and reopens it with
+    protoseg in one click."""
     from napari.settings import get_settings
 
-    from protoseg.napari.preferences import PATTERNS
     from protoseg.napari.widgets.predict import PredictWidget
     from protoseg.napari.widgets.slide_info import foreign_image_layers
 
@@ -147,8 +146,7 @@ def test_protoseg_is_the_reader_for_slides_without_a_dialog(make_napari_viewer) 
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="pasted", rgb=True)  # not a protoseg slide
     widget = PredictWidget(viewer)
-    assert settings.extension2reader["*.jpg"] == "napari"
-    assert all(settings.extension2reader[p] == "protoseg" for p in PATTERNS if p != "*.jpg")
+    assert settings.extension2reader == {"*.jpg": "napari"}
     assert foreign_image_layers(viewer) == [image]
     assert "not opened by protoseg" in widget.mpp_hint.text()
     builtin = viewer.open(str(SAMPLE))[0]  # viewer.open's default plugin is napari's built-in reader
@@ -158,6 +156,3 @@ def test_protoseg_is_the_reader_for_slides_without_a_dialog(make_napari_viewer) 
     widget.mpp_hint.reopen.click()  # one click: the same file as a lazy protoseg slide layer in µm
     assert builtin not in viewer.layers and widget.slide.layer() is not None
     assert "0.5 µm/px" in widget.mpp_hint.text() and not widget.mpp_hint.reopen.isVisibleTo(widget)
-    viewer.layers.clear()
-    layer = viewer._open_or_raise_error([str(SAMPLE)])[0]  # File > Open: the preference decides, no dialog
-    assert layer.metadata["protoseg"]["mpp"] == 0.5 and tuple(layer.scale) == (0.5, 0.5)

@@ -1,39 +1,76 @@
-"""Make protoseg napari's reader for slide files (no "choose a reader" dialog, no silent built-in reader).
+"""Make protoseg napari's reader for whole-slide files, when the user asks (a button in the Region tagging dock).
 
 napari picks among several compatible readers through its ``plugins.extension2reader`` setting (pattern ->
-plugin). protoseg fills in the slide patterns the user has not assigned yet, never overriding a choice the
-user made (Preferences > Plugins keeps the last word). npe2 runs no plugin code at napari start-up, so this
-happens the first time protoseg runs in a session: a dock widget, the sample data or the reader itself.
+plugin); without an entry, File > Open asks which reader to use. :func:`prefer_protoseg_reader` fills in the
+whole-slide patterns the user has not assigned yet and never overrides a choice they made (Preferences >
+Plugins keeps the last word). Plain image patterns (``*.tif``, ``*.png``, ...), ``*.dcm`` (radiology DICOM)
+and ``*.zarr`` (OME-Zarr of other plugins) are never touched: those files belong to napari's own readers
+unless the user decides otherwise; protoseg's reader still opens RGB slides of those types when chosen.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
-from protoseg.slide import SUPPORTED_EXTENSIONS
+from protoseg.slide import PLAIN_IMAGE_EXTENSIONS, WHOLE_SLIDE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
 PLUGIN = "protoseg"
-#: The patterns of napari.yaml's reader contribution (slides + prediction folders).
-PATTERNS = (*(f"*{ext}" for ext in SUPPORTED_EXTENSIONS), "*.zarr")
+#: Patterns assigned to protoseg on request: whole-slide formats, less DICOM (mostly radiology images).
+PATTERNS: tuple[str, ...] = tuple(f"*{ext}" for ext in WHOLE_SLIDE_EXTENSIONS if ext != ".dcm")
+#: Plain image patterns an earlier protoseg assigned by itself; reported, never changed.
+PLAIN_PATTERNS: tuple[str, ...] = (*(f"*{ext}" for ext in PLAIN_IMAGE_EXTENSIONS), "*.zarr")
 
 
-def prefer_protoseg_reader() -> list[str]:
-    """Assign every unassigned slide pattern to protoseg in napari's reader preferences; returns the patterns
-    assigned now (empty when napari is absent or all were already set)."""
+@dataclass
+class ReaderPreference:
+    """What :func:`prefer_protoseg_reader` did: patterns it assigned, those left to the user's choice."""
+
+    assigned: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)  # already protoseg
+    kept: dict[str, str] = field(default_factory=dict)  # pattern -> the reader the user chose
+    plain: list[str] = field(default_factory=list)  # plain image patterns that point to protoseg
+
+    def summary(self) -> str:
+        """One status line for the dock."""
+        parts = []
+        if self.assigned:
+            parts.append(f"napari now opens {' '.join(self.assigned)} with protoseg")
+        if self.already:
+            parts.append(f"{' '.join(self.already)} already open with protoseg")
+        if self.kept:
+            kept = ", ".join(f"{p} → {reader}" for p, reader in self.kept.items())
+            parts.append(f"left to your existing choice: {kept}")
+        if self.plain:
+            parts.append(
+                f"your preferences also open {' '.join(self.plain)} with protoseg, which declines non-slide "
+                "images: change it in File > Preferences > Plugins if ordinary images should open with napari"
+            )
+        return "; ".join(parts) + " (File > Preferences > Plugins)" if parts else "napari settings unavailable"
+
+
+def prefer_protoseg_reader() -> ReaderPreference:
+    """Assign every unassigned whole-slide pattern to protoseg in napari's reader preferences; patterns the
+    user already assigned (to any reader) are kept as they are."""
+    result = ReaderPreference()
     try:
         from napari.settings import get_settings
     except ImportError:  # pragma: no cover - napari is a dependency of the viewer only
-        return []
+        return result
     plugins = get_settings().plugins
     current = dict(plugins.extension2reader)
-    added = [p for p in PATTERNS if p not in current]
-    if added:
-        current.update(dict.fromkeys(added, PLUGIN))
-        plugins.extension2reader = current
-        logger.info("napari now opens %s with protoseg (change it in Preferences > Plugins)", ", ".join(added))
-    others = sorted({v for p, v in current.items() if p in PATTERNS and v != PLUGIN})
-    if others:
-        logger.info("your napari preferences open some slide files with %s, not protoseg", ", ".join(others))
-    return added
+    for pattern in PATTERNS:
+        chosen = current.get(pattern)
+        if chosen is None:
+            result.assigned.append(pattern)
+        elif chosen == PLUGIN:
+            result.already.append(pattern)
+        else:
+            result.kept[pattern] = chosen
+    result.plain = [p for p in PLAIN_PATTERNS if current.get(p) == PLUGIN]
+    if result.assigned:
+        plugins.extension2reader = {**current, **dict.fromkeys(result.assigned, PLUGIN)}
+    logger.info("reader preferences: %s", result.summary())
+    return result

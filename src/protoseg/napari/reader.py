@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protoseg.slide import SlideError, is_slide_path, open_slide
+from protoseg.slide import SlideError, is_rgb_slide_image, is_whole_slide_path, open_slide
 
 logger = logging.getLogger(__name__)
 
@@ -15,8 +15,8 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """Return a reader when ``path`` is one slide (or a protoseg prediction OME-Zarr) that protoseg can
-    open, else None (napari tries other readers)."""
+    """Return a reader when ``path`` is one slide protoseg can open or a protoseg prediction OME-Zarr, else
+    None (napari uses another reader). Plain .tif/.png/.jpg count only when their header says RGB(A) slide."""
     if isinstance(path, list):
         if len(path) != 1:
             return None
@@ -25,15 +25,20 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         from protoseg.infer.omezarr import read_protoseg_attrs
 
         return read_prediction if read_protoseg_attrs(Path(path)) is not None else None
-    if not is_slide_path(path):  # protoseg.slide.SUPPORTED_EXTENSIONS, as in napari.yaml
-        return None
+    if is_whole_slide_path(path):
+        return read_slide if _opens_as_slide(path) else None
+    return read_slide if is_rgb_slide_image(path) else None  # plain types, header only: greyscale -> napari
+
+
+def _opens_as_slide(path: str) -> bool:
+    """Whether ``open_slide`` reads the whole-slide file ``path`` (a damaged or non-RGB file is left to others)."""
     try:
         slide = open_slide(path)
     except SlideError as exc:
         logger.info("protoseg cannot read %s: %s", path, exc)
-        return None
+        return False
     slide.close()
-    return read_slide
+    return True
 
 
 def slide_layer_data(path: str | Path) -> LayerData:
@@ -91,7 +96,7 @@ def progressive_pyramid(slide: Any) -> list[Any]:
         return ProgressiveLoader(levels).arrays
     refresher = LayerRefresher()
     loader = ProgressiveLoader(levels, on_ready=refresher.notify, nonblocking=on_gui_thread)
-    refresher.attach(loader)
+    refresher.attach(loader)  # napari's current viewer: the layer is found when it is inserted
     loader.prefetch()
     return loader.arrays
 

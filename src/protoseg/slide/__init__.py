@@ -2,7 +2,8 @@
 
 Entry point: ``open_slide(path, backend=None) -> Slide``. Any level-0 box of a slide (or of any
 ``SlideLike`` stand-in) is read at another resolution by ``read_at_scale``; every picture is
-normalised to (H, W, 3) uint8 RGB by ``as_rgb_uint8``; ``SUPPORTED_EXTENSIONS`` lists the file types.
+normalised to (H, W, 3) uint8 RGB by ``as_rgb_uint8``; ``SUPPORTED_EXTENSIONS`` lists the file types: whole-slide
+formats by name (``is_whole_slide_path``), plain .tif/.png/.jpg only when RGB(A) slides (``is_rgb_slide_image``).
 
 Errors (all derive from ``SlideError``, itself a ``protoseg.errors.ProtosegError``):
 
@@ -29,7 +30,14 @@ from protoseg.slide.errors import (
     SlideRequestError,
     UnsupportedSlideError,
 )
-from protoseg.slide.formats import SUPPORTED_EXTENSIONS, is_slide_path
+from protoseg.slide.formats import (
+    PLAIN_IMAGE_EXTENSIONS,
+    SUPPORTED_EXTENSIONS,
+    WHOLE_SLIDE_EXTENSIONS,
+    is_rgb_slide_image,
+    is_slide_path,
+    is_whole_slide_path,
+)
 from protoseg.slide.opener import open_slide
 from protoseg.slide.pixels import as_rgb_uint8
 from protoseg.slide.resample import SlideLike, read_at_scale
@@ -39,7 +47,9 @@ from protoseg.slide.tissue import TissueMask, tissue_mask
 from protoseg.slide.writer import write_pyramidal_tiff, write_pyramidal_tiff_from_tiles
 
 __all__ = [
+    "PLAIN_IMAGE_EXTENSIONS",
     "SUPPORTED_EXTENSIONS",
+    "WHOLE_SLIDE_EXTENSIONS",
     "Backend",
     "CorruptSlideError",
     "ImageFormatError",
@@ -55,7 +65,9 @@ __all__ = [
     "TissueMask",
     "UnsupportedSlideError",
     "as_rgb_uint8",
+    "is_rgb_slide_image",
     "is_slide_path",
+    "is_whole_slide_path",
     "open_slide",
     "read_at_scale",
     "tissue_mask",

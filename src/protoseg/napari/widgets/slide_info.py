@@ -3,15 +3,21 @@ one the user gave, remembered per slide), layers other readers opened, and the p
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from napari.layers import Image
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from protoseg.errors import ProtosegError
 from protoseg.napari.widgets._common import WidgetError, mpp_changed, row
 
+logger = logging.getLogger(__name__)
+
+UM = ("micrometer", "micrometer")  # how napari names the layer units of ("um", "um")
 _USER_MPP: dict[str, float] = {}  # resolved slide path -> µm/px the user gave (slides that record none)
 
 
@@ -24,13 +30,13 @@ def slide_meta(layer: Any) -> dict[str, Any] | None:
 
 def slide_layers(viewer: Any) -> list[Any]:
     """Image layers opened by the protoseg reader, in layer-list order."""
-    return [ly for ly in viewer.layers if ly._type_string == "image" and slide_meta(ly) is not None]
+    return [ly for ly in viewer.layers if isinstance(ly, Image) and slide_meta(ly) is not None]
 
 
 def foreign_image_layers(viewer: Any) -> list[Any]:
     """Image layers the protoseg widgets cannot use: opened by another reader (no µm scale, not lazy) or made
     from arrays; layers with a source file come first."""
-    other = [ly for ly in viewer.layers if ly._type_string == "image" and slide_meta(ly) is None]
+    other = [ly for ly in viewer.layers if isinstance(ly, Image) and slide_meta(ly) is None]
     other = [ly for ly in other if not (getattr(ly, "metadata", None) or {}).get("protoseg_overlay")]
     return sorted(other, key=lambda ly: getattr(getattr(ly, "source", None), "path", None) is None)
 
@@ -56,8 +62,9 @@ def slide_mpp(layer: Any) -> float | None:
     return _USER_MPP.get(str(Path(info["path"]).resolve()))
 
 
-def set_slide_mpp(layer: Any, mpp: float) -> None:
-    """Remember the scan resolution of a slide without mpp metadata; every widget uses it (``mpp_changed``)."""
+def set_slide_mpp(layer: Any, mpp: float, viewer: Any = None) -> None:
+    """Remember the scan resolution of a slide without mpp metadata; every widget uses it (``mpp_changed``).
+    The slide and the layers placed on it (in ``viewer``, else napari's current one) are shown in µm."""
     info = slide_meta(layer)
     if info is None:
         raise WidgetError(f"{getattr(layer, 'name', layer)} is not a slide opened by protoseg")
@@ -65,7 +72,66 @@ def set_slide_mpp(layer: Any, mpp: float) -> None:
         raise WidgetError(f"scan resolution {mpp} µm/px is out of range: use e.g. 0.25 (40x) or 0.5 (20x)")
     path = str(Path(info["path"]).resolve())
     _USER_MPP[path] = float(mpp)
+    if not info.get("mpp"):  # a file mpp is the layer's scale already
+        show_in_micrometres(layer, float(mpp), viewer if viewer is not None else _viewer_showing(layer))
     mpp_changed.emit(path)
+
+
+def _viewer_showing(layer: Any) -> Any | None:
+    """napari's current viewer when ``layer`` is one of its layers, else None."""
+    import napari
+
+    viewer = napari.current_viewer()
+    return viewer if viewer is not None and any(ly == layer for ly in viewer.layers) else None
+
+
+def show_in_micrometres(slide: Any, mpp: float, viewer: Any = None) -> list[Any]:
+    """Give a slide layer the scale ``mpp`` and units µm, with the layers placed on it in its old frame
+    (:func:`layers_on_slide`, when ``viewer`` is given); the camera keeps its view. Returns the layers changed."""
+    old_scale = np.asarray(slide.scale, np.float64)[-2:]
+    if np.allclose(old_scale, mpp) and _units(slide) == UM:
+        return []
+    factor = mpp / old_scale
+    origin = np.asarray(slide.translate, np.float64)[-2:]
+    changed = [slide, *(layers_on_slide(viewer, slide) if viewer is not None else [])]
+    for ly in changed:
+        _rescale(ly, factor, origin)
+    if viewer is not None:
+        centre = np.asarray(viewer.camera.center, np.float64)
+        centre[-2:] = origin + (centre[-2:] - origin) * factor
+        viewer.camera.center = tuple(centre)
+        viewer.camera.zoom = viewer.camera.zoom / float(factor.mean())
+    logger.info("%s shown at %.4g µm/px with %d layer(s) placed on it", slide.name, mpp, len(changed) - 1)
+    return changed
+
+
+def layers_on_slide(viewer: Any, slide: Any) -> list[Any]:
+    """Layers drawn or predicted on ``slide`` in its frame: 2-D, the slide's units, not a slide themselves,
+    their centre inside the slide or still empty (regions, prediction overlays)."""
+    box = np.asarray(slide.extent.world, np.float64)[:, -2:]
+    units = _units(slide)
+    out = []
+    for ly in viewer.layers:
+        if slide_meta(ly) is not None or ly.ndim != 2 or _units(ly) != units:
+            continue
+        centre = np.asarray(ly.extent.world, np.float64)[:, -2:].mean(axis=0)
+        if not np.all(np.isfinite(centre)) or (np.all(centre >= box[0]) and np.all(centre <= box[1])):
+            out.append(ly)
+    return out
+
+
+def _units(layer: Any) -> tuple[str, ...]:
+    return tuple(str(u) for u in layer.units)[-2:]
+
+
+def _rescale(layer: Any, factor: np.ndarray, origin: np.ndarray) -> None:
+    """Scale a 2-D layer's world placement by ``factor`` about ``origin`` and label it in µm."""
+    scale = np.asarray(layer.scale, np.float64)
+    translate = np.asarray(layer.translate, np.float64)
+    scale[-2:] *= factor
+    translate[-2:] = origin + (translate[-2:] - origin) * factor
+    layer.scale, layer.translate = tuple(scale), tuple(translate)
+    layer.units = ("um", "um")
 
 
 def find_slide_layer(viewer: Any, path: str | Path) -> Any | None:
@@ -116,8 +182,10 @@ class MppPrompt(QWidget):
         except RuntimeError:  # the widget was deleted by Qt: stop listening
             mpp_changed.disconnect(self._on_mpp_changed)
 
-    def _on_layers(self, _event: Any = None) -> None:
+    def _on_layers(self, event: Any = None) -> None:
         try:
+            if getattr(event, "type", "") == "inserted":
+                self._rescale_reopened(getattr(event, "value", None))
             self.refresh()
         except RuntimeError:  # the widget was deleted by Qt: stop listening
             for name in ("inserted", "removed"):
@@ -158,7 +226,14 @@ class MppPrompt(QWidget):
             given = "" if info.get("mpp") else " (set by you)"
             self.label.setText(f"slide resolution {mpp:.4g} µm/px{given}")
 
+    def _rescale_reopened(self, layer: Any) -> None:
+        """A slide opened again after the user gave its mpp is shown in µm at once."""
+        info = slide_meta(layer) if layer is not None else None
+        mpp = slide_mpp(layer) if info is not None and not info.get("mpp") else None
+        if mpp and show_in_micrometres(layer, mpp) and len(self.viewer.layers) == 1:
+            self.viewer.reset_view()  # napari framed the first layer at its old scale
+
     def apply(self) -> None:
         layer = self.layer_of()
         if layer is not None:
-            set_slide_mpp(layer, float(self.spin.value()))
+            set_slide_mpp(layer, float(self.spin.value()), self.viewer)
