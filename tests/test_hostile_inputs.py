@@ -134,6 +134,35 @@ def test_cli_nan_setting_is_one_line_error_naming_the_key(capsys: Any) -> None:
     assert "stage1.grad_clip" in err and "Traceback" not in err
 
 
+# issue 22 item 8: every float option is finite and bounded (inf/1e308 collapsed every object, nan acted as 0)
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--simplify", "inf"),
+        ("--simplify", "1e308"),
+        ("--simplify", "nan"),
+        ("--simplify", "-1"),
+        ("--min-area", "nan"),
+        ("--min-area", "inf"),
+        ("--min-area", "1e300"),
+    ],
+)
+def test_export_float_options_are_range_checked(flag: str, value: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "p.zarr", "-f", "geojson", flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: must be a finite number >= 0 and <= " in err and "Traceback" not in err
+
+
+def test_export_library_refuses_non_finite_shape_options(tmp_path: Path) -> None:
+    from protoseg.export import ExportError, export_prediction
+
+    for kw, named in (({"simplify_um": float("nan")}, "simplify_um"), ({"min_area_um2": float("inf")}, "min_area_um2")):
+        with pytest.raises(ExportError, match=f"{named} .*not a finite number"):
+            export_prediction(tmp_path / "p.zarr", "geojson", **kw)
+
+
 # ==== datasets: check before training (item 8) =========================================================
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
@@ -212,6 +241,76 @@ def test_training_checks_the_dataset_before_the_first_epoch(dataset: Path, tmp_p
     with pytest.raises(DatasetCheckError, match=re.escape(str(bad["truncated"]))):
         train_stage1(cfg)
     assert not (tmp_path / "run" / "stage1" / "last.pt").exists()
+
+
+# issue 22 item 6: 16-bit tiles loaded all white (PIL's convert saturates I;16) while `data check` said OK
+def test_16_bit_tiles_load_scaled_to_8_bits_and_the_check_agrees(dataset: Path) -> None:
+    from protoseg.data.check import check_dataset
+    from protoseg.data.datasets import load_image
+    from protoseg.data.errors import DataError
+
+    train = sorted((dataset / "train").glob("*.png"))
+    with Image.open(train[0]) as im:
+        grey = np.asarray(im.convert("L"))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(train[0])  # the same picture at 16 bits (mode I;16)
+    with Image.open(train[0]) as im:
+        assert im.mode == "I;16"
+    loaded = load_image(train[0])
+    assert loaded.shape == (*grey.shape, 3) and np.array_equal(loaded[..., 1], grey)  # not 255 everywhere
+    report = check_dataset(dataset)
+    assert report.ok and f"16-bit grey image(s) (e.g. {train[0]})" in report.format()
+    # a 32-bit image whose values do not fit 8 bits: refused by the check and by training, naming the file
+    wide = train[1].with_suffix(".tif")
+    train[1].unlink()
+    Image.fromarray(np.full(grey.shape, 70000, np.int32)).save(wide)
+    report = check_dataset(dataset)
+    assert [p.path for p in report.all_problems] == [str(wide)] and "70000" in report.all_problems[0].problem
+    with pytest.raises(DataError, match=re.escape(str(wide))):
+        load_image(wide)
+
+
+def _generic_without_masks(root: Path) -> Path:
+    """A generic dataset (classes.yaml + labels.csv with a split column) whose val rows have no mask."""
+    root.mkdir()
+    (root / "classes.yaml").write_text("names: [tumour, stroma]\n")
+    rng = np.random.default_rng(0)
+    rows = ["path,split,tumour,stroma"]
+    for i, split in enumerate(["train"] * 4 + ["val"] * 2):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"p{i}.png")
+        rows.append(f"p{i}.png,{split},{i % 2},{1 - i % 2}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+# issue 22 item 11: a generic val split without masks trained an epoch, then KeyError 'mask'
+def test_data_check_says_the_val_split_has_no_masks(tmp_path: Path, capsys: Any) -> None:
+    root = _generic_without_masks(tmp_path / "generic")
+    assert main(["data", "check", str(root), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: no masks: the val split has image-level labels only, so validation is skipped" in out
+
+
+def test_training_without_val_masks_skips_validation_once(tmp_path: Path, caplog: Any) -> None:
+    from protoseg.data.errors import DataError
+    from protoseg.data.records import Split
+    from protoseg.train.pipeline import evaluate_checkpoint, train_stage1
+
+    root = _generic_without_masks(tmp_path / "generic")
+    cfg = _cfg(
+        "stage1.recipe=cam",
+        f"data.root={root}",
+        f"run.out_dir={tmp_path / 'run'}",
+        "data.patch_size=32",
+        "data.batch_size=2",
+        "stage1.epochs=2",
+    )
+    with caplog.at_level("WARNING"):
+        result = train_stage1(cfg)
+    assert result.epochs_done == 2 and result.best is not None and result.best.is_file()
+    skipped = [r.getMessage() for r in caplog.records if "has no masks" in r.getMessage()]
+    assert len(skipped) == 1 and f"the val split of {root}" in skipped[0] and "validation is skipped" in skipped[0]
+    with pytest.raises(DataError, match=r"the val split of .* has no masks, so predictions cannot be scored"):
+        evaluate_checkpoint(cfg, result.best, Split.VAL)
 
 
 # ==== region GeoJSON and the region dataset (item 9) ===================================================
@@ -976,3 +1075,87 @@ def test_checkpoint_with_executable_objects_is_refused_plainly(tmp_path: Path, c
     assert str(path) in message and "executable" in message and "will not be loaded" in message
     assert "weights_only" not in message and "truncated" not in message
     assert "this ran" not in capsys.readouterr().out
+
+
+# issue 22 item 14: a real payload (os.system) was reported as "truncated or damaged"
+class _SystemPayload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "torch.save protocol 4", "pickle protocol 5"])
+def test_checkpoint_running_a_shell_command_is_refused_as_unsafe(tmp_path: Path, writer: str) -> None:
+    import pickle
+
+    from protoseg.models.checkpoint import CheckpointError, load_checkpoint
+
+    path, marker = tmp_path / "evil.pt", tmp_path / "ran"
+    payload = {"format": "protoseg-checkpoint", "state_dict": _SystemPayload(marker)}
+    if writer == "pickle protocol 5":
+        path.write_bytes(pickle.dumps(payload, protocol=5))
+    else:
+        torch.save(payload, path, pickle_protocol=4 if writer.endswith("4") else 2)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert str(path) in message and "refused as unsafe" in message and "system" in message
+    assert "truncated" not in message and "weights_only" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+# ==== non-finite weights and scores stop prediction, naming the checkpoint (issue 22 item 7) ==============
+def _damaged_weights(src: Path, dst: Path, name_part: str, value: float) -> Path:
+    """A copy of checkpoint ``src`` with every value of the first tensor whose name holds ``name_part`` set."""
+    from protoseg.models.checkpoint import Checkpoint, save_checkpoint
+
+    payload = torch.load(src, weights_only=True)
+    key = next(k for k in payload["state_dict"] if name_part in k)
+    payload["state_dict"][key] = torch.full_like(payload["state_dict"][key], value)
+    save_checkpoint(Checkpoint.from_payload(payload), dst)
+    return dst
+
+
+def test_checkpoint_with_nan_weights_is_refused_naming_it(predict_files: tuple, tmp_path: Path, capsys: Any) -> None:
+    from protoseg.models.checkpoint import CheckpointError, load_checkpoint
+
+    ckpt, small, _ = predict_files
+    bad = _damaged_weights(ckpt, tmp_path / "nan.pt", "weight", float("nan"))
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {bad} has NaN or infinite weights")):
+        load_checkpoint(bad)
+    assert main(_predict_argv([small], bad, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {bad} has NaN or infinite weights" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_non_finite_scores_stop_prediction_naming_the_checkpoint(
+    predict_files: tuple, tmp_path: Path, capsys: Any
+) -> None:
+    from protoseg.infer.errors import OutputError
+    from protoseg.infer.omezarr import check_finished, open_prediction
+
+    ckpt, small, _ = predict_files
+    # finite weights, NaN scores: a batch-norm variance of -1 takes the square root of a negative number
+    bad = _damaged_weights(ckpt, tmp_path / "var.pt", "running_var", -1.0)
+    out = tmp_path / "out"
+    assert main(_predict_argv([small], bad, out)) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {bad.resolve()} gave NaN or infinite scores" in err and "Traceback" not in err
+    with pytest.raises(OutputError, match="unfinished prediction"):  # never marked complete
+        check_finished(open_prediction(out / "small.zarr"))
+
+
+@pytest.mark.parametrize("device_blend", [False, True])
+def test_nan_scores_of_a_module_are_an_inference_error(device_blend: bool) -> None:
+    from protoseg.infer.errors import InferenceError
+    from protoseg.infer.memory import ArraySlide
+    from test_infer_fakes import ConstantModel, smooth_image
+
+    predictor = _predictor(ConstantModel((float("nan"), 0.2, 0.3, 0.4)), device_blend=device_blend)
+    with pytest.raises(InferenceError, match=r"the model gave NaN or infinite scores"):
+        predictor.predict_region(ArraySlide(smooth_image(64, 64), mpp=0.5), (0, 0, 64, 64))

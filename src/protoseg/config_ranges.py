@@ -95,6 +95,23 @@ RANGES: dict[str, Range] = {
 }
 
 
+#: Ranges of numeric options that are not run-config settings (``protoseg export`` flags and their
+#: ``export_prediction`` arguments); checked with ``check_value`` and, on the command line, ``cli.args.float_in``.
+SIMPLIFY_UM = Range(0, 1000)  # GeoJSON outline smoothing tolerance in µm (0 = exact pixel outlines; 1 mm at most)
+MIN_AREA_UM2 = Range(0, 1e8)  # GeoJSON objects/holes smaller than this many µm² are dropped (100 mm² at most)
+
+
+def _refusal(name: str, value: Any, why: str, rule: Range) -> str:
+    return f"{name}={value!r} is {why}: expected a number {rule.describe()}"
+
+
+def check_value(name: str, value: Any, rule: Range, error: type[Exception]) -> None:
+    """Raise ``error`` naming ``name`` when ``value`` is outside ``rule`` (NaN and inf included)."""
+    why = rule.problem(value)
+    if why is not None:
+        raise error(_refusal(name, value, why, rule))
+
+
 def numeric_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """Every int/float (or tuple-of-numbers) setting of a config tree by dotted key, with its value."""
     out: dict[str, Any] = {}
@@ -118,4 +135,4 @@ def check_ranges(cfg: Any, error: type[Exception], prefix: str = "") -> None:
         for v in value if isinstance(value, tuple) else (value,):
             why = rule.problem(v)
             if why is not None:
-                raise error(f"{key}={value!r} is {why}: expected a number {rule.describe()}")
+                raise error(_refusal(key, value, why, rule))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
+
+from protoseg.config_ranges import POSITIVE, Range
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -23,12 +24,21 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def positive_float(text: str) -> float:
-    """``type=`` for a float flag that must be finite and > 0 (microns per pixel, scales)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+def float_in(rule: Range) -> Callable[[str], float]:
+    """``type=`` for a float flag that must be finite and within ``rule`` (a ``protoseg.config_ranges`` range)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {rule.describe()}, got {text!r}") from None
+        if rule.problem(value) is not None:
+            raise argparse.ArgumentTypeError(f"must be a finite number {rule.describe()}, got {text}")
+        return value
+
+    parse.__name__ = f"number {rule.describe()}"
+    return parse
+
+
+#: ``type=`` for a float flag that must be finite and > 0 (microns per pixel, learning rates).
+positive_float = float_in(POSITIVE)

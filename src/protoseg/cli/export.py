@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from protoseg.cli.args import float_in
+from protoseg.config_ranges import MIN_AREA_UM2, SIMPLIFY_UM
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from protoseg.export import DEFAULT_MIN_AREA_UM2, DEFAULT_SIMPLIFY_UM, ExportFormat
@@ -21,25 +24,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="geojson: QuPath objects; ome-tiff: class mask pyramid; areas: mm² per class (CSV); ome-zarr: copy",
     )
     e.add_argument("--out", "-o", default=None, help="output file (default: next to ZARR)")
-    e.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an export protoseg wrote")
+    e.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the file --out even if it is not an export protoseg wrote "
+        "(an OME-Zarr folder holding files protoseg did not write is never replaced)",
+    )
     e.add_argument(
         "--level", type=int, default=None, help="pyramid level to export (default: 0; GeoJSON: finest that fits)"
     )
     e.add_argument(
         "--simplify",
-        type=float,
+        type=float_in(SIMPLIFY_UM),
         default=DEFAULT_SIMPLIFY_UM,
         metavar="UM",
         help=f"GeoJSON: smooth pixel staircases with this tolerance in µm, 0 = exact pixel outlines "
-        f"(default {DEFAULT_SIMPLIFY_UM:g})",
+        f"(default {DEFAULT_SIMPLIFY_UM:g}, at most {SIMPLIFY_UM.high:g})",
     )
     e.add_argument(
         "--min-area",
-        type=float,
+        type=float_in(MIN_AREA_UM2),
         default=DEFAULT_MIN_AREA_UM2,
         metavar="UM2",
         help=f"GeoJSON: drop objects and fill holes smaller than this many µm², 0 = keep all "
-        f"(default {DEFAULT_MIN_AREA_UM2:g})",
+        f"(default {DEFAULT_MIN_AREA_UM2:g}, at most {MIN_AREA_UM2.high:g})",
     )
     e.set_defaults(func=run_export)
 

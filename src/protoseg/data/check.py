@@ -16,11 +16,12 @@ from PIL import Image
 
 from protoseg.cancel import CancelLike, Progress, check_cancelled
 from protoseg.classes import ClassSpec
-from protoseg.data.datasets import PatchDataset, open_dataset
+from protoseg.data.datasets import PatchDataset, load_image, open_dataset
 from protoseg.data.errors import DataError
 from protoseg.data.layouts import detect_layout, split_dir
 from protoseg.data.masks import labels_from_mask, load_mask
 from protoseg.data.records import IMAGE_SUFFIXES, Layout, PatchRecord, Split
+from protoseg.slide.pixels import SIXTEEN_BIT_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 SHOWN = 5
 #: What Pillow raises for damaged, truncated or hostile image files.
 UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
+#: PIL modes with 8 bits per channel: their pixels load as they are. Images of other modes (16-bit grey,
+#: 32-bit) are decoded by the check exactly as training loads them (``load_image``).
+EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
 
 
 class DatasetCheckError(DataError):
@@ -106,15 +112,18 @@ class DatasetReport:
             )
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """Width, height of an image file after checking it is complete (PNG: chunk CRCs; others: decoded)."""
+def _image_size(path: Path) -> tuple[tuple[int, int], str]:
+    """Width, height and PIL mode of an image file after checking it is complete (PNG: chunk CRCs; others:
+    decoded); an image that is not 8-bit is also loaded as training loads it (DataError if it cannot be)."""
     with Image.open(path) as im:
-        size = im.size
+        size, mode = im.size, im.mode
         if im.format == "PNG":
             im.verify()
         else:
             im.load()
-    return size
+    if mode not in EIGHT_BIT_MODES:
+        load_image(path)  # 16-bit scaled to 8 bits, out-of-range 32-bit refused: the same call as training
+    return size, mode
 
 
 def _palette_differs(path: Path, classes: ClassSpec) -> bool:
@@ -129,14 +138,20 @@ def _palette_differs(path: Path, classes: ClassSpec) -> bool:
 
 
 def _check_record(
-    rec: PatchRecord, classes: ClassSpec, problems: list[FileProblem], palette_off: list[str]
+    rec: PatchRecord, classes: ClassSpec, problems: list[FileProblem], notes: dict[str, list[str]]
 ) -> tuple[tuple[int, int] | None, np.ndarray | None]:
-    """Size and image-level label of one patch; problems are appended instead of raised."""
+    """Size and image-level label of one patch; problems are appended instead of raised, oddities noted
+    by kind (``palette_off``, ``sixteen_bit``)."""
     try:
-        size = _image_size(rec.image)
+        size, mode = _image_size(rec.image)
+    except DataError as exc:
+        problems.append(FileProblem(str(rec.image), str(exc).removeprefix(f"{rec.image}: ")))
+        return None, None
     except UNREADABLE as exc:
         problems.append(FileProblem(str(rec.image), f"unreadable image ({type(exc).__name__}: {exc})"))
         return None, None
+    if mode in SIXTEEN_BIT_MODES:
+        notes["sixteen_bit"].append(str(rec.image))
     label = np.asarray(rec.label, dtype=np.float32) if rec.label is not None else None
     if rec.mask is not None:
         try:
@@ -154,24 +169,37 @@ def _check_record(
                 )
             )
         if _palette_differs(rec.mask, classes):
-            palette_off.append(str(rec.mask))
+            notes["palette_off"].append(str(rec.mask))
         if label is None:
             label = labels_from_mask(mask, classes.num_classes)
     return size, label
+
+
+def _mask_warnings(ds: PatchDataset) -> list[str]:
+    """What a val/test split without masks (or with some missing) means: validation is skipped, evaluation
+    refuses it; the same rule ``protoseg.train.evaluation.masked_split`` applies."""
+    split, total = ds.split or Split.TRAIN, len(ds.records)
+    missing = total - len(ds.masked())
+    if split is Split.TRAIN or not missing:
+        return []
+    use = "validation is skipped" if split is Split.VAL else "`protoseg evaluate` cannot score it"
+    if missing == total:
+        return [f"no masks: the {split.value} split has image-level labels only, so {use} (add a mask per patch)"]
+    return [f"{missing} of {total} {split.value} patch(es) have no mask; the metrics leave them out"]
 
 
 def check_split(ds: PatchDataset, cancel: CancelLike | None = None, progress: Progress | None = None) -> SplitReport:
     """Open every image and mask of one split; bad files become ``problems``, oddities ``warnings``."""
     classes, split = ds.classes, ds.split or Split.TRAIN
     problems: list[FileProblem] = []
-    palette_off: list[str] = []
+    notes: dict[str, list[str]] = {"palette_off": [], "sixteen_bit": []}
     sizes: Counter[tuple[int, int]] = Counter()
     by_size: dict[tuple[int, int], list[str]] = {}
     counts = np.zeros(classes.num_classes, np.int64)
     unlabelled = 0
     for i, rec in enumerate(ds.records):
         check_cancelled(cancel, "the dataset check")
-        size, label = _check_record(rec, classes, problems, palette_off)
+        size, label = _check_record(rec, classes, problems, notes)
         if size is not None:
             sizes[size] += 1
             by_size.setdefault(size, []).append(str(rec.image))
@@ -189,11 +217,17 @@ def check_split(ds: PatchDataset, cancel: CancelLike | None = None, progress: Pr
                     for p in paths
                 ]
     warnings = []
-    if palette_off:
+    if notes["palette_off"]:
         warnings.append(
-            f"{len(palette_off)} mask palette(s) differ from the class colours {classes.palette()} "
-            f"(e.g. {palette_off[0]}); check the masks use this class order"
+            f"{len(notes['palette_off'])} mask palette(s) differ from the class colours {classes.palette()} "
+            f"(e.g. {notes['palette_off'][0]}); check the masks use this class order"
         )
+    if notes["sixteen_bit"]:
+        warnings.append(
+            f"{len(notes['sixteen_bit'])} 16-bit grey image(s) (e.g. {notes['sixteen_bit'][0]}) are scaled to "
+            "8 bits for training"
+        )
+    warnings += _mask_warnings(ds)
     if any(w != h for w, h in sizes):
         warnings.append("non-square patches: 90-degree rotation augmentation changes their shape")
     missing = [n for n, c in zip(classes.names, counts) if c == 0]

@@ -87,6 +87,15 @@ class PatchDataset(Dataset):
             self._mask_labels[index] = labels_from_mask(load_mask(rec.mask, self.classes), self.classes.num_classes)
         return self._mask_labels[index]
 
+    def masked(self) -> list[int]:
+        """Indices of the patches that have a mask (the ones validation and evaluation can score)."""
+        return [i for i, rec in enumerate(self.records) if rec.mask is not None]
+
+    def describe(self) -> str:
+        """``the val split of ROOT`` (for messages)."""
+        split = f"the {self.split.value} split" if self.split is not None else "the dataset"
+        return f"{split} of {self.root}" if self.root is not None else split
+
     def labels(self) -> np.ndarray:
         """All image-level labels as an (N, C) float32 array (loads masks once where needed)."""
         if not self.records:

@@ -12,6 +12,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
+from protoseg.config_ranges import MIN_AREA_UM2, SIMPLIFY_UM, check_value
 from protoseg.export.areas import AreaRow, class_areas, count_classes, read_area_csv, write_area_csv
 from protoseg.export.errors import ExportError
 from protoseg.export.geojson import (
@@ -76,7 +77,8 @@ def export_prediction(
     """Export a finished batch prediction folder; returns the written file (or folder, for OME-Zarr).
 
     GeoJSON: one QuPath object per connected region, outlines simplified with tolerance ``simplify_um``
-    (µm), objects and holes under ``min_area_um2`` (µm²) dropped; 0 and 0 give exact pixel outlines.
+    (µm), objects and holes under ``min_area_um2`` (µm²) dropped; 0 and 0 give exact pixel outlines. Both
+    must be finite and within ``protoseg.config_ranges`` ``SIMPLIFY_UM`` / ``MIN_AREA_UM2`` (else ExportError).
 
     An unfinished or damaged prediction (unmarked chunks in ``done``, missing or unreadable chunk files)
     raises ``ExportError`` naming the chunk and the repair. ``out`` is replaced only when it is an export
@@ -86,6 +88,8 @@ def export_prediction(
     from protoseg.infer.omezarr import open_prediction
 
     fmt = export_format(fmt)
+    check_value("simplify_um (--simplify)", simplify_um, SIMPLIFY_UM, ExportError)
+    check_value("min_area_um2 (--min-area)", min_area_um2, MIN_AREA_UM2, ExportError)
     try:
         return _export(open_prediction(zarr_path), zarr_path, fmt, out, level, overwrite, (simplify_um, min_area_um2))
     except OutputError as exc:

@@ -254,8 +254,28 @@ class Predictor:
             dev = items[0][2].device
             if dev not in self._window_t:
                 self._window_t[dev] = torch.from_numpy(self.window).to(dev)
-            return blend_tiles_torch(box, items, self._window_t[dev], self.channels)
-        return blend_tiles(box, items, self.window, self.channels)
+            scores = blend_tiles_torch(box, items, self._window_t[dev], self.channels)
+        else:
+            scores = blend_tiles(box, items, self.window, self.channels)
+        self._require_finite(scores, box)
+        return scores
+
+    def _require_finite(self, scores: Any, box: Box) -> None:
+        """InferenceError naming the checkpoint when blended scores hold NaN or infinity (damaged weights, an
+        overflow), which argmax would silently turn into the first class; NaN and inf survive blending."""
+        finite = torch.isfinite(scores).all() if isinstance(scores, torch.Tensor) else np.isfinite(scores).all()
+        if bool(finite):
+            return
+        source = f"checkpoint {self.checkpoint_path}" if self.checkpoint_path else "the model"
+        amp = (
+            "; if it only happens with mixed precision, pass --no-amp"
+            if self.amp and self.device.type == "cuda"
+            else ""
+        )
+        raise InferenceError(
+            f"{source} gave NaN or infinite scores (prediction box {box}), so no class can be assigned: its "
+            f"weights are damaged or its training diverged; use another checkpoint (e.g. best.pt) or train again{amp}"
+        )
 
     def predict_box(self, geom: SlideGeometry, box: Box) -> np.ndarray:
         """Scores (C+1, h, w) for a box (x, y, w, h) of the prediction grid."""

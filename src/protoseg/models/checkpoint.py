@@ -8,10 +8,12 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -152,33 +154,131 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _damaged(path: Path, exc: BaseException) -> str:
+def _damaged(path: Path, detail: str) -> str:
     return (
-        f"checkpoint {path} cannot be read ({type(exc).__name__}); the file is truncated or damaged: "
-        "use another copy or re-run training (it resumes from last.pt)."
+        f"checkpoint {path} cannot be read ({detail}); the file is truncated or damaged: use another copy or "
+        "re-run training (it resumes from last.pt)."
     )
 
 
+#: What torch's weights-only unpickler names when it meets anything but tensors and plain data (any version).
+_REFUSED = re.compile(
+    r"Unsupported global: GLOBAL (\S+)"
+    r"|unsupported GLOBAL (\S+) whose module"
+    r"|Unsupported class (\S+)"
+    r"|unrecognized function (.+?)(?: which belongs|$)"
+    r"|Can only (?:create new object|build)[^\n]* but got (.+)",
+    re.MULTILINE,
+)
+_DOTTED = re.compile(r"[A-Za-z_][\w.]*")
+
+
+def _allowed_globals() -> set[str]:
+    """Names torch's weights-only loading accepts (tensor rebuilders, OrderedDict...); empty if torch hides them."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return set(_get_allowed_globals())
+    except Exception:  # noqa: BLE001 - a private helper: without it every import counts as code
+        return set()
+
+
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+
+
+def _pickled_globals(stream: IO[bytes], limit: int = 3) -> list[str]:
+    """Python names a pickle imports beyond torch's allowed ones, found by disassembling it (nothing runs)."""
+    import pickletools
+
+    allowed, names = _allowed_globals(), []
+    memo: dict[int, Any] = {}
+    pushed: list[Any] = [None, None]  # the last two values pushed (strings, else None)
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            name = None
+            if op.name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1]
+                continue
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = pushed[-1]
+                continue
+            if op.name in ("GLOBAL", "INST"):
+                name = str(arg).replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and all(isinstance(v, str) for v in pushed):
+                name = ".".join(pushed)
+            value = memo.get(int(arg)) if op.name in ("GET", "BINGET", "LONG_BINGET") else None
+            pushed = [pushed[-1], arg if op.name in _STRING_OPS else value]
+            if name and _DOTTED.fullmatch(name) and name not in allowed and name not in names:
+                names.append(name)
+            if len(names) >= limit:
+                break
+    except Exception:  # noqa: BLE001 - garbage ends the disassembly; the names found so far stand
+        pass
+    return names
+
+
+def _refused_objects(path: Path, exc: BaseException) -> str | None:
+    """The executable objects weights-only loading rejected in ``path`` (e.g. ``posix.system``), or None when
+    the failure is damage rather than code."""
+    found = _REFUSED.search(str(exc))
+    if found is not None:
+        return next(g for g in found.groups() if g).strip()
+    if "Unsupported operand" not in str(exc):
+        return None
+    # a pickle protocol the safe loader cannot parse: list what it would import, without running it
+    names: list[str] = []
+    try:
+        if zipfile.is_zipfile(path):  # torch.save's format: the pickle is the archive's data.pkl
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if member is not None:
+                    with zf.open(member) as fh:
+                        names = _pickled_globals(fh)
+        else:
+            with path.open("rb") as fh:
+                names = _pickled_globals(fh)
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return None
+    return ", ".join(names) or None
+
+
+def _unsafe(path: Path, objects: str) -> str:
+    return (
+        f"checkpoint {path} was refused as unsafe: it holds executable Python objects ({objects}), not only "
+        "tensors and plain data, and weights-only loading rejected them; loading it could run arbitrary code, "
+        "so it will not be loaded. Use a checkpoint written by protoseg training."
+    )
+
+
+def non_finite_weight(state_dict: dict[str, Any]) -> str | None:
+    """Name of the first floating-point weight holding NaN or infinity, or None when all are finite."""
+    for name, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load with ``weights_only=True`` (no arbitrary code) and validate; clear errors for bad files."""
+    """Load with ``weights_only=True`` (no arbitrary code) and validate; clear errors for bad files, code
+    (refused as unsafe) and NaN/infinite weights."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the .pt file written by training.")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's multi-line pickle-protocol warning: the errors below say more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported class (\S+)", str(exc))
-        if found is None:
-            raise CheckpointError(_damaged(path, exc)) from None
+        objects = _refused_objects(path, exc)
         # torch's message suggests retrying with weights_only=False: that would run the file's code
-        raise CheckpointError(
-            f"checkpoint {path} holds executable Python objects ({found.group(1) or found.group(2)}), not only "
-            "tensors and plain data, so it will not be loaded: loading it could run arbitrary code. "
-            "Use a checkpoint written by protoseg training."
-        ) from None
+        raise CheckpointError(_unsafe(path, objects) if objects else _damaged(path, "UnpicklingError")) from None
     except Exception as exc:  # torch raises many types for damaged files
+        raise CheckpointError(_damaged(path, f"{type(exc).__name__}: {str(exc)[:200]}")) from exc
+    ckpt = Checkpoint.from_payload(payload, source=str(path))
+    bad = non_finite_weight(ckpt.state_dict)
+    if bad is not None:
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); the file is "
-            "truncated or damaged: use another copy or re-run training (it resumes from last.pt)."
-        ) from exc
-    return Checkpoint.from_payload(payload, source=str(path))
+            f"checkpoint {path} has NaN or infinite weights ({bad}), so every prediction would be wrong: the "
+            "training that wrote it diverged; use an earlier checkpoint (best.pt) or train again (e.g. a lower lr)."
+        )
+    return ckpt

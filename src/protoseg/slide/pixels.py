@@ -26,7 +26,9 @@ def as_rgb_uint8(image: Any) -> np.ndarray:
 
     Alpha is non-premultiplied and composited on white (``rgb * a + 255 * (1 - a)``, rounded), the
     colour of glass and of pixels outside a slide. PIL images are converted by PIL to RGB (opaque
-    modes, or fully opaque alpha: the C-speed path for openslide tiles) or to RGBA, then composited.
+    modes, or fully opaque alpha: the C-speed path for openslide tiles) or to RGBA, then composited;
+    16-bit grey images (``I;16`` modes) are scaled to 8 bits (``round(v * 255 / 65535)``), 32-bit
+    integer ones (``I``) follow the integer rule above.
     Raises ``ImageFormatError`` (a ``ValueError``) for other shapes or out-of-range integers.
     """
     if hasattr(image, "getchannel") and hasattr(image, "mode"):  # PIL.Image.Image
@@ -69,11 +71,23 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+#: PIL modes of 16-bit grey images; PIL's own ``convert("RGB")`` saturates them (every value > 255 is white).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def scale_16_to_8(arr: np.ndarray) -> np.ndarray:
+    """uint16 values 0..65535 -> uint8 0..255, rounded to nearest (65535 -> 255, 32768 -> 128)."""
+    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def _pil_array(img: Any) -> np.ndarray:
-    """PIL image -> RGB array when fully opaque (C-speed), else the RGBA array for the compositor."""
+    """PIL image -> RGB array when fully opaque (C-speed), else the RGBA array for the compositor; 16-bit
+    grey scaled to uint8 grey and 32-bit integer grey as int32 (``_to_uint8`` checks its range)."""
     if img.mode == "RGB":
+        return np.asarray(img)
+    if img.mode in SIXTEEN_BIT_MODES:
+        return scale_16_to_8(np.asarray(img))
+    if img.mode == "I":
         return np.asarray(img)
     if img.mode not in _ALPHA_MODES and "transparency" not in img.info:
         return np.asarray(img.convert("RGB"))

@@ -16,6 +16,7 @@ from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.models.factory import model_config
 from protoseg.train.engine import LAST, OptimConfig, Trainer
 from protoseg.train.errors import TrainingError
+from protoseg.train.evaluation import validation_split
 from protoseg.train.events import Callback
 
 
@@ -77,7 +78,7 @@ class ConfiguredTrainer(Trainer):
         )
         self.stage_kind = stage
         self.cfg, self.classes = cfg, classes
-        self._train, self._val = train_ds, val_ds
+        self._train, self._val = train_ds, validation_split(val_ds)
 
     @property
     def model(self) -> torch.nn.Module:

@@ -6,16 +6,21 @@ and the pseudo-mask export all call it, so the quality reported is the quality o
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from protoseg import cams as cam_ops
 from protoseg.classes import IGNORE_INDEX, ClassSpec
 from protoseg.config import ProtosegConfig, PseudoLabelConfig
+from protoseg.data.datasets import PatchDataset
+from protoseg.data.errors import DataError
 from protoseg.metrics import ConfusionMatrix, Protocol, SegMetrics, apply_protocol
 from protoseg.models.classnet import ClassNet
+
+logger = logging.getLogger(__name__)
 
 
 def flat_metrics(m: SegMetrics) -> dict[str, float]:
@@ -27,6 +32,65 @@ def flat_metrics(m: SegMetrics) -> dict[str, float]:
     for name, v in zip(m.class_names, m.iou):
         out[f"IoU_{name}"] = float(v)
     return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
+
+
+def _masked_indices(dataset: Dataset) -> tuple[list[int], str] | None:
+    """Indices of the samples of a folder split (or a subset of one) that have a mask, and the split's
+    name; None for other datasets (their samples are assumed to carry masks)."""
+    if isinstance(dataset, PatchDataset):
+        return dataset.masked(), dataset.describe()
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, PatchDataset):
+        have = set(dataset.dataset.masked())
+        return [j for j, i in enumerate(dataset.indices) if int(i) in have], dataset.dataset.describe()
+    return None
+
+
+def masked_split(dataset: Dataset) -> tuple[Dataset | None, str]:
+    """The samples of ``dataset`` that have a mask (``dataset`` itself when all do; None when none does) and
+    the split's name: metrics compare predictions with masks, so samples without one are left out (logged)."""
+    found = _masked_indices(dataset)
+    if found is None:
+        return dataset, "the dataset"
+    keep, name = found
+    total = len(dataset)  # type: ignore[arg-type]
+    if not keep:
+        return None, name
+    if len(keep) < total:
+        logger.warning(
+            "%d of %d patches of %s have no mask; the metrics use the %d with one",
+            total - len(keep),
+            total,
+            name,
+            len(keep),
+        )
+        return Subset(dataset, keep), name
+    return dataset, name
+
+
+def validation_split(dataset: Dataset | None) -> Dataset | None:
+    """What validation scores: the masked samples of ``dataset``; None (validation skipped, said once here)
+    when it has no masks, e.g. a generic dataset whose val split lists image-level labels only."""
+    if dataset is None:
+        return None
+    scored, name = masked_split(dataset)
+    if scored is None:
+        logger.warning(
+            "%s has no masks: validation is skipped (pseudo-mask and segmentation quality need a mask per patch); "
+            "the last epoch's checkpoint is kept as best.pt",
+            name,
+        )
+    return scored
+
+
+def _scored(dataset: Dataset) -> Dataset:
+    """``masked_split`` for evaluation, which has nothing to report without masks: DataError naming the split."""
+    scored, name = masked_split(dataset)
+    if scored is None:
+        raise DataError(
+            f"{name} has no masks, so predictions cannot be scored; evaluate on a split with a mask per patch "
+            "(e.g. test/img + test/mask, or a 'mask' column in labels.csv)"
+        )
+    return scored
 
 
 def _matrix(classes: ClassSpec, boundary: bool) -> ConfusionMatrix:
@@ -86,7 +150,7 @@ def evaluate_pseudo(
     """Quality of stage-1 pseudo-masks (label-gated CAMs when ``use_labels``, else the label-free
     score-gated prediction) on a masked split; ignored pixels count as misses (see ``coverage``)."""
     cm = _matrix(classes, boundary)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False)
+    loader = DataLoader(_scored(dataset), batch_size=cfg.data.batch_size, shuffle=False)
     net.eval()
     with torch.no_grad():
         for batch in loader:
@@ -110,7 +174,7 @@ def evaluate_segmentation(
 ) -> dict[str, float]:
     """Metrics of ``model.predict`` argmax maps (stage 2, or stage 1 score-gated) on a masked split."""
     cm = _matrix(classes, boundary)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(_scored(dataset), batch_size=batch_size, shuffle=False)
     model.eval()
     with torch.no_grad():
         for batch in loader:
