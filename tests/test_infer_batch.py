@@ -189,7 +189,7 @@ def test_output_errors_never_touch_user_data(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not a protoseg prediction"):
+    with pytest.raises(OutputError, match=r"foreign/notes\.txt, not written by protoseg"):
         predict_slide_to_omezarr(p, slide, foreign, chunk=32)
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
     afile = tmp_path / "file.txt"

@@ -17,7 +17,7 @@ from protoseg.data.records import PatchRecord
 from protoseg.models.checkpoint import Checkpoint, Stage
 from protoseg.models.classnet import ClassNet
 from protoseg.models.factory import model_config
-from protoseg.outputs import OutputOwnershipError, read_marker
+from protoseg.outputs import OutputOwnershipError, read_marker, write_marker
 from protoseg.train.pseudo import KIND, PseudoMaskDataset, PseudoMaskError, export_pseudo_masks, sample_keys
 from protoseg.train.recipes import classnet_config
 
@@ -89,16 +89,27 @@ def test_new_checkpoint_rewrites_the_folder_fresh(tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "mask").iterdir()) == ["p0.png", "p1.png", "p2.png"]
 
 
-def test_user_folder_is_refused_unless_overwrite(tmp_path: Path) -> None:
+def test_user_folder_is_refused_even_with_overwrite(tmp_path: Path) -> None:
     ds = _dataset(tmp_path / "data")
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("keep")
-    with pytest.raises(OutputOwnershipError, match="mine"):
-        export_pseudo_masks(_checkpoint(0), ds, user, _cfg())
-    assert (user / "notes.txt").read_text() == "keep"
-    export_pseudo_masks(_checkpoint(0), ds, user, _cfg(), overwrite=True)
-    assert read_marker(user)["kind"] == KIND
+    for overwrite in (False, True):  # --overwrite replaces only what protoseg wrote
+        with pytest.raises(OutputOwnershipError, match=r"mine/notes\.txt, not written by protoseg"):
+            export_pseudo_masks(_checkpoint(0), ds, user, _cfg(), overwrite=overwrite)
+        assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+    other = tmp_path / "other"  # another protoseg output: replaced only with overwrite
+    other.mkdir()
+    (other / "a.txt").write_text("x")
+    write_marker(other, "image-bank")
+    with pytest.raises(OutputOwnershipError, match="holds a protoseg image-bank output"):
+        export_pseudo_masks(_checkpoint(0), ds, other, _cfg())
+    export_pseudo_masks(_checkpoint(0), ds, other, _cfg(), overwrite=True)
+    assert read_marker(other)["kind"] == KIND and not (other / "a.txt").exists()
+    (other / "notes.txt").write_text("added by the user")  # the user's now: even its own kind is refused
+    with pytest.raises(OutputOwnershipError, match="notes.txt"):
+        export_pseudo_masks(_checkpoint(1), ds, other, _cfg(), overwrite=True)
+    assert (other / "notes.txt").exists()
 
 
 def test_same_file_name_in_two_folders_gets_two_masks(tmp_path: Path) -> None:

@@ -1,20 +1,26 @@
-"""What protoseg may overwrite: output folders carry a marker naming the protoseg kind that wrote them,
-and every writer replaces only its own kind, atomically (write beside, then rename over).
+"""What protoseg may overwrite: output folders carry a marker naming the protoseg kind that wrote them
+and the entries it wrote there, and every writer replaces only its own outputs, atomically (write beside,
+then rename over).
 
-A folder is *ours* when it holds ``.protoseg-output.json`` with ``{"kind": K, ...}``; anything else
-that is non-empty belongs to the user and is refused unless the caller passes ``overwrite=True``
-(the CLI's ``--overwrite``). A file named like one of ours (e.g. ``manifest.json``) proves nothing.
+A folder is *ours* when it holds ``.protoseg-output.json`` with ``{"kind": K, "entries": [...], ...}``
+and nothing at its top level but those entries (and protoseg's own ``.<name>.<random>.tmp``
+temporaries). A folder holding anything else is the user's and is refused, even with ``overwrite=True``
+(the CLI's ``--overwrite``), naming a foreign file: ``overwrite`` only lets one protoseg output replace
+another of a different kind. A file named like one of ours (e.g. ``manifest.json``) proves nothing.
+New files and folders get the permissions the umask gives (not ``mkstemp``'s 0600), and append-mode
+writers never write through a symbolic or hard link.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
-import tempfile
+import stat
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ from protoseg.errors import ProtosegError
 logger = logging.getLogger(__name__)
 
 MARKER = ".protoseg-output.json"
+_TEMP_SUFFIX = ".tmp"
 
 
 class OutputOwnershipError(ProtosegError):
@@ -36,6 +43,21 @@ def _version() -> str:
     return str(protoseg.__version__)
 
 
+def marker_info(kind: str, **info: Any) -> dict[str, Any]:
+    """The metadata protoseg records in its outputs: ``{"kind": kind, "version": ..., **info}``."""
+    return {"kind": kind, "version": _version(), **info}
+
+
+def written_by() -> str:
+    """``"protoseg <version>"``: how protoseg signs a file whose format has no metadata slot (CSV rows)."""
+    return f"protoseg {_version()}"
+
+
+def is_marker(data: Any, kind: str | None = None) -> bool:
+    """True when ``data`` is protoseg metadata (``marker_info``), of ``kind`` when given."""
+    return isinstance(data, dict) and isinstance(data.get("kind"), str) and kind in (None, data["kind"])
+
+
 def read_marker(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The marker of a protoseg output folder, or None when there is none (or it is unreadable)."""
     path = Path(folder) / MARKER
@@ -43,18 +65,56 @@ def read_marker(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return data if isinstance(data, dict) and isinstance(data.get("kind"), str) else None
+    return data if is_marker(data) else None
 
 
-def write_marker(folder: str | os.PathLike[str], kind: str, **info: Any) -> None:
-    """Mark ``folder`` as a protoseg output of ``kind`` (extra JSON-able ``info`` is recorded too)."""
-    atomic_write_text(Path(folder) / MARKER, json.dumps({"kind": kind, "version": _version(), **info}, indent=1))
+def is_temporary(name: str) -> bool:
+    """True for the name of a protoseg temporary (``.<name>.<random>.tmp``, left by a killed writer)."""
+    return name.startswith(".") and name.endswith(_TEMP_SUFFIX) and name.count(".") >= 3
+
+
+def write_marker(folder: str | os.PathLike[str], kind: str, entries: Iterable[str] | None = None, **info: Any) -> None:
+    """Mark ``folder`` as a protoseg output of ``kind`` that protoseg wrote ``entries`` into (top-level
+    names; default: everything the folder holds now); extra JSON-able ``info`` is recorded too."""
+    folder = Path(folder)
+    if entries is None:
+        entries = (p.name for p in folder.iterdir() if p.name != MARKER and not is_temporary(p.name))
+    data = {**marker_info(kind, **info), "entries": sorted(set(entries) - {MARKER})}
+    atomic_write_text(folder / MARKER, json.dumps(data, indent=1))
 
 
 def owned_by(folder: str | os.PathLike[str], kind: str) -> bool:
     """True when ``folder`` carries a marker of exactly ``kind``."""
+    return is_marker(read_marker(folder), kind)
+
+
+def foreign_entries(folder: str | os.PathLike[str]) -> list[str]:
+    """Top-level names in ``folder`` that its marker does not list as written by protoseg (all of them
+    when there is no marker), sorted; the marker itself and protoseg temporaries are never foreign."""
+    marker = read_marker(folder) or {}
+    listed = marker.get("entries")
+    known = {str(n) for n in listed} if isinstance(listed, list) else set()
+    names = (p.name for p in Path(folder).iterdir())
+    return sorted(n for n in names if n != MARKER and n not in known and not is_temporary(n))
+
+
+def adopt_legacy(
+    folder: str | os.PathLike[str], kind: str, entries: Iterable[str], valid: Callable[[Path], bool]
+) -> bool:
+    """Mark ``folder`` as a ``kind`` output written by an older protoseg (no marker, or one not listing its
+    entries) when it holds nothing but ``entries`` and ``valid(folder)`` (its format check) passes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
     marker = read_marker(folder)
-    return marker is not None and marker.get("kind") == kind
+    if marker is not None and ("entries" in marker or marker["kind"] != kind):
+        return False
+    names = {p.name for p in folder.iterdir() if not is_temporary(p.name)} - {MARKER}
+    if not names or not names <= set(entries) or not valid(folder):
+        return False
+    write_marker(folder, kind, entries=names, adopted=True)
+    logger.info("adopted %s (a protoseg %s output written by an older version)", folder, kind)
+    return True
 
 
 def check_replaceable(
@@ -62,24 +122,52 @@ def check_replaceable(
 ) -> bool:
     """Whether ``path`` may be (re)written as a ``kind`` output; True when something is there to replace.
 
-    Missing paths and empty folders are free; a folder marked with ``kind`` is ours; anything else
-    raises ``OutputOwnershipError`` naming the path, unless ``overwrite`` (the user asked).
+    Missing paths and empty folders are free; a folder holding only what protoseg wrote is replaceable,
+    a ``kind`` output always, another kind's only with ``overwrite``. A file, or a folder holding
+    anything else, raises ``OutputOwnershipError`` naming a foreign file, ``overwrite`` or not.
     """
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return False
-    if path.is_dir() and not any(path.iterdir()):
-        return False
-    if path.is_dir() and owned_by(path, kind):
-        return True
+    if not path.is_dir():
+        raise OutputOwnershipError(
+            f"{what} {path} is a file, not written by protoseg; choose a new folder path "
+            "(--overwrite replaces only protoseg's own outputs; nothing was changed)."
+        )
+    foreign = foreign_entries(path)
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise OutputOwnershipError(
+            f"{what} {path} holds {path / foreign[0]}{more}, not written by protoseg; choose a new or empty "
+            "folder, or move those files out (--overwrite replaces only protoseg's own outputs; nothing was "
+            "changed)."
+        )
+    found = read_marker(path)
+    if found is None or found["kind"] == kind:
+        return found is not None
     if overwrite:
-        logger.warning("replacing %s at the user's request (--overwrite)", path)
+        logger.warning("replacing the protoseg %s output %s at the user's request (--overwrite)", found["kind"], path)
         return True
-    found = read_marker(path) if path.is_dir() else None
-    why = f"holds a protoseg {found['kind']} output" if found else "exists and was not written by protoseg"
     raise OutputOwnershipError(
-        f"{what} {path} {why}; choose a new path, or pass --overwrite (overwrite=True) to replace it."
+        f"{what} {path} holds a protoseg {found['kind']} output; choose a new path, or pass --overwrite "
+        "(overwrite=True) to replace it."
     )
+
+
+def _new_temporary(path: Path, directory: bool = False) -> Path:
+    """Create a fresh ``.<name>.<random>.tmp`` sibling of ``path`` (a file, or a folder when ``directory``)
+    with the permissions the umask gives, as any other new file (``mkstemp``/``mkdtemp`` force 0600/0700)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}"
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
 @contextmanager
@@ -89,7 +177,7 @@ def replace_dir(folder: str | os.PathLike[str], kind: str, *, overwrite: bool = 
     folder = Path(folder)
     check_replaceable(folder, kind, overwrite=overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp = _new_temporary(folder, directory=True)
     try:
         yield tmp
         write_marker(tmp, kind, **info)
@@ -106,7 +194,7 @@ def replace_dir(folder: str | os.PathLike[str], kind: str, *, overwrite: bool = 
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
@@ -116,9 +204,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_temporary(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
@@ -135,9 +221,51 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
     """Write a binary file atomically."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _not_appendable(path: Path, why: str) -> OutputOwnershipError:
+    return OutputOwnershipError(
+        f"{path} {why}; protoseg appends only to a plain file of its own there, so nothing was written: "
+        "remove it (a link's target is left as it is) or choose another output folder."
+    )
+
+
+def check_appendable(path: str | os.PathLike[str]) -> None:
+    """Raise ``OutputOwnershipError`` unless ``path`` is missing or a regular file with no other name
+    (not a symbolic link, not hard-linked elsewhere): what protoseg may append to or rewrite in place."""
+    path = Path(path)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise _not_appendable(path, "is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_appendable(path, "is not a regular file")
+    if st.st_nlink > 1:
+        raise _not_appendable(path, f"has {st.st_nlink - 1} other hard link(s)")
+
+
+def append_text(path: str | os.PathLike[str], text: str) -> None:
+    """Append ``text`` (UTF-8) to ``path``, created with the umask's permissions when missing; never
+    through a link (``check_appendable``, and ``O_NOFOLLOW`` against a link made in between)."""
+    path = Path(path)
+    check_appendable(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO):
+            raise _not_appendable(path, "is a symbolic link or not a regular file") from exc
+        raise
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # replaced between the check and the open
+            raise _not_appendable(path, "is not a plain file of its own")
+        fh.write(text)
 
 
 def clean_stale_temporaries(folder: str | os.PathLike[str], pattern: str = ".*.tmp") -> int:

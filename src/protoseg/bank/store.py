@@ -61,31 +61,27 @@ OUTPUT_KIND = "image-bank"
 _BANK_FILES = frozenset({MANIFEST, FEATURES, THUMBNAILS, outputs.MARKER})
 
 
-def _adopt_legacy_bank(folder: Path) -> None:
-    """Mark a bank folder written before output markers existed, so it may be replaced like a marked one.
-
-    Only a folder holding nothing but the bank's own files, with a manifest of this format, qualifies;
-    a lone ``manifest.json`` among other files proves nothing.
-    """
-    if not folder.is_dir() or outputs.read_marker(folder) is not None:
-        return
-    names = {p.name for p in folder.iterdir()}
-    if MANIFEST not in names or not names <= _BANK_FILES:
-        return
+def _is_bank_manifest(folder: Path) -> bool:
+    """True when ``folder`` holds a ``manifest.json`` of this bank format."""
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return
-    if isinstance(data, dict) and data.get("format") == FORMAT_NAME:
-        outputs.write_marker(folder, OUTPUT_KIND, adopted=True)
-        logger.info("adopted %s (an image bank written before output markers) as a protoseg output", folder)
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
+def _adopt_legacy_bank(folder: Path) -> None:
+    """Mark a bank folder written before output markers listed their entries, so it may be replaced like
+    a marked one: only the bank's own files, with a manifest of this format (a lone ``manifest.json``
+    among other files proves nothing)."""
+    outputs.adopt_legacy(folder, OUTPUT_KIND, _BANK_FILES, _is_bank_manifest)
 
 
 def check_bank_output(folder: str | Path, overwrite: bool = False) -> None:
     """Fail early (before any encoding) unless ``folder`` is free, empty or an image bank protoseg wrote.
 
-    Raises ``protoseg.outputs.OutputOwnershipError`` naming the folder; ``overwrite=True`` (``--overwrite``)
-    allows replacing anything.
+    Raises ``protoseg.outputs.OutputOwnershipError`` naming the folder (and a foreign file in it);
+    ``overwrite=True`` (``--overwrite``) only lets it replace another kind of protoseg output.
     """
     folder = Path(folder)
     _adopt_legacy_bank(folder)
@@ -95,8 +91,8 @@ def check_bank_output(folder: str | Path, overwrite: bool = False) -> None:
 def save_bank(bank: ImageBank, folder: str | Path, overwrite: bool = False) -> Path:
     """Write the bank folder atomically (temp folder, then rename over a previous bank); returns it.
 
-    Only a bank folder protoseg wrote (or a free/empty one) is replaced, unless ``overwrite``; see
-    ``protoseg.outputs``.
+    Only a bank folder protoseg wrote (or a free/empty one) is replaced, or with ``overwrite`` another
+    protoseg output; a folder holding anything else is refused (see ``protoseg.outputs``).
     """
     folder = Path(folder)
     check_bank_output(folder, overwrite)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from protoseg.cli.args import int_at_least
-from protoseg.cli.common import add_config_args, config_from_args
+from protoseg.cli.common import HELP_OVERWRITE_DIR, add_config_args, config_from_args
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -56,9 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(b)
     b.add_argument("--data", help="dataset folder")
     b.add_argument("--out", required=True, help="bank folder to write")
-    b.add_argument(
-        "--overwrite", action="store_true", help="replace --out even if it holds files protoseg did not write"
-    )
+    b.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE_DIR)
     b.add_argument("--encoder", choices=["descriptor", "open_clip", "timm"], help="bank.encoder.kind")
     b.add_argument("--k", type=int_at_least(1), help="sub-clusters per class (default 3)")
     b.add_argument("--n", type=int_at_least(1), help="members kept per sub-cluster (default 100)")

@@ -1,4 +1,5 @@
-"""Shared pieces of the sub-commands: config arguments and a tqdm progress callback for training."""
+"""Shared pieces of the sub-commands: config arguments, a tqdm progress callback for training, and the help
+of ``--overwrite`` for the commands that write a whole output folder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from pathlib import Path
 
 from protoseg.config import ProtosegConfig, load_config
 from protoseg.train.events import EventKind, TrainEvent
+
+#: ``--overwrite`` of the commands writing a whole output folder (``protoseg.outputs.check_replaceable``).
+HELP_OVERWRITE_DIR = (
+    "also replace an output folder holding another kind of protoseg output "
+    "(a folder holding files protoseg did not write is never replaced)"
+)
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

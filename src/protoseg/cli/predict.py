@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace existing OUT/<slide>.zarr folders instead of resuming them (default: resume a matching run)",
+        help="replace existing OUT/<slide>.zarr predictions instead of resuming them (default: resume a matching run); "
+        "a folder holding files protoseg did not write is never replaced",
     )
     p.set_defaults(func=run_predict)
 

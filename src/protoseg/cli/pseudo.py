@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protoseg.cli.common import add_config_args, config_from_args
+from protoseg.cli.common import HELP_OVERWRITE_DIR, add_config_args, config_from_args
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -23,8 +23,10 @@ def _run(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    out = make_pseudo_masks(cfg, args.checkpoint, args.out, progress, overwrite=args.overwrite)
-    bar.close()
+    try:
+        out = make_pseudo_masks(cfg, args.checkpoint, args.out, progress, overwrite=args.overwrite)
+    finally:
+        bar.close()  # before any error line, not after it
     print(out)
     return 0
 
@@ -35,6 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="stage-1 checkpoint (.pt)")
     p.add_argument("--data", help="dataset folder")
     p.add_argument("--out", help="output folder (default RUN/pseudo); re-exported whole when the checkpoint changes")
-    p.add_argument("--overwrite", action="store_true", help="replace an --out folder that protoseg did not write")
+    p.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE_DIR)
     p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=_run)

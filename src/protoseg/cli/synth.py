@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from protoseg.cli.args import int_at_least, positive_float
+from protoseg.cli.common import HELP_OVERWRITE_DIR
 
 #: ``protoseg.outputs`` marker kind of a ``synth dataset`` folder.
 DATASET_KIND = "synthetic-dataset"
@@ -82,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--size", type=int_at_least(16), default=224, help="patch size in pixels")
     d.add_argument("--mpp", type=positive_float, default=0.5, help="microns per pixel written in the names (0.5)")
     d.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
-    d.add_argument("--overwrite", action="store_true", help="replace OUT even if protoseg did not write it")
+    d.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE_DIR)
     d.set_defaults(func=_dataset)
     # unset options take the sample slide's values (protoseg.data.synthetic.SAMPLE_SLIDE), read only when run
     s = kinds.add_parser(

@@ -46,10 +46,10 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, _shortcuts(args))
     bar = ProgressBar(args.stage)
     if args.stage == "stage1":
-        result = train_stage1(cfg, [bar], resume=args.resume)
+        result = train_stage1(cfg, [bar], resume=args.resume, overwrite=args.overwrite)
     else:
         pseudo = args.pseudo or str(Path(cfg.run.out_dir) / "pseudo")
-        result = train_stage2(cfg, pseudo, [bar], resume=args.resume)
+        result = train_stage2(cfg, pseudo, [bar], resume=args.resume, overwrite=args.overwrite)
     summary = {
         "stage": args.stage,
         "best": str(result.best) if result.best else None,
@@ -88,7 +88,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             help="training patch side in pixels (data.patch_size); an image bank built at another size still works",
         )
         s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
-        s.add_argument("--resume", action="store_true", help="continue from OUT/<stage>/last.pt")
+        again = s.add_mutually_exclusive_group()
+        again.add_argument("--resume", action="store_true", help="continue from OUT/<stage>/last.pt")
+        again.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="train again from scratch, replacing the checkpoints of an earlier run in OUT/<stage> "
+            "(without it, or --resume, such a run folder is refused)",
+        )
         if stage == "stage1":
             s.add_argument(
                 "--recipe",

@@ -12,6 +12,11 @@ import numpy as np
 
 from protoseg.classes import ClassSpec
 from protoseg.export.errors import ExportError
+from protoseg.outputs import written_by
+
+#: Columns of the area table; ``written_by`` (``"protoseg <version>"`` in every row) marks protoseg's own
+#: export, so that only such a file is replaced without ``--overwrite`` (``protoseg.export.replace``).
+AREA_COLUMNS = ("class_index", "class", "pixels", "area_mm2", "tissue_fraction", "written_by")
 
 
 @dataclass(frozen=True)
@@ -55,23 +60,25 @@ def class_areas(mask: Any, mpp: float | None, classes: ClassSpec) -> list[AreaRo
 
 
 def write_area_csv(rows: list[AreaRow], path: str | os.PathLike[str]) -> Path:
-    """CSV with columns class_index, class, pixels, area_mm2, tissue_fraction."""
+    """CSV with columns class_index, class, pixels, area_mm2, tissue_fraction, written_by."""
     path = Path(path)
+    signature = written_by()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["class_index", "class", "pixels", "area_mm2", "tissue_fraction"])
+            w.writerow(AREA_COLUMNS)
             for r in rows:
                 frac = "" if r.tissue_fraction is None else f"{r.tissue_fraction:.10g}"
-                w.writerow([r.class_index, r.name, r.pixels, f"{r.area_mm2:.10g}", frac])
+                w.writerow([r.class_index, r.name, r.pixels, f"{r.area_mm2:.10g}", frac, signature])
     except OSError as exc:
         raise ExportError(f"cannot write {path} ({exc.strerror or exc}); choose a writable path.") from exc
     return path
 
 
 def read_area_csv(path: str | os.PathLike[str]) -> list[AreaRow]:
-    """Rows of a CSV written by :func:`write_area_csv` (tissue_fraction None for background)."""
+    """Rows of a CSV written by :func:`write_area_csv` (tissue_fraction None for background; tables of older
+    versions, without ``written_by``, read the same)."""
     path = Path(path)
     try:
         with path.open(newline="") as fh:

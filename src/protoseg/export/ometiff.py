@@ -23,6 +23,9 @@ from protoseg.export.errors import ExportError
 
 logger = logging.getLogger(__name__)
 
+#: ``"protoseg"`` value of the ``Description`` JSON: protoseg's own mark on its mask exports.
+OMETIFF_MARK = "class-index mask"
+
 
 def _tiles(level: Any, tile: int) -> Iterator[np.ndarray]:
     h, w = level.shape
@@ -61,7 +64,7 @@ def write_mask_ometiff(
         raise ExportError(f"TIFF tile size must be a multiple of 16, got {tile}")
     path = Path(path)
     info = {
-        "protoseg": "class-index mask",
+        "protoseg": OMETIFF_MARK,
         "classes": [*classes.names, classes.background_name],
         "colors": [list(c) for c in classes.palette()],
         "background_index": classes.background_index,

@@ -14,7 +14,8 @@ def copy_prediction(zarr_path: str | os.PathLike[str], out: str | os.PathLike[st
     """Copy the prediction folder ``zarr_path`` to ``out``; returns ``out``.
 
     The source must be a finished, undamaged protoseg prediction; ``out`` must be free, empty or a
-    prediction folder protoseg wrote, unless ``overwrite``. Copying a folder onto itself does nothing.
+    prediction folder protoseg wrote (with ``overwrite`` also another protoseg output; never a file or a folder
+    holding anything else). Copying a folder onto itself does nothing.
     """
     from protoseg.infer.errors import OutputError
     from protoseg.infer.omezarr import OUTPUT_KIND, check_finished, is_prediction_dir, open_prediction
@@ -27,8 +28,8 @@ def copy_prediction(zarr_path: str | os.PathLike[str], out: str | os.PathLike[st
         raise ExportError(str(exc)) from exc
     if out.resolve() == src.resolve():
         return out
-    if out.exists() and not out.is_dir() and not overwrite:
-        raise ExportError(f"{out} is a file; choose a folder name (e.g. ending .zarr) or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file; choose a folder name (e.g. ending .zarr) for the OME-Zarr copy")
     is_prediction_dir(out)  # marks an older unmarked protoseg prediction as replaceable
     try:
         with replace_dir(out, OUTPUT_KIND, overwrite=overwrite) as tmp:

@@ -56,11 +56,9 @@ _ZARR_ENTRIES = frozenset({"zarr.json", "probs", "mask", "done", outputs.MARKER}
 
 
 def _adopt_legacy(path: Path) -> None:
-    """Mark a prediction written before output markers existed (protoseg attrs and only its own entries)."""
-    if not path.is_dir() or outputs.read_marker(path) is not None or read_protoseg_attrs(path) is None:
-        return
-    if {p.name for p in path.iterdir()} <= _ZARR_ENTRIES:
-        outputs.write_marker(path, OUTPUT_KIND, adopted=True)
+    """Mark a prediction written before output markers listed their entries (protoseg attrs, only its own
+    entries) as ours."""
+    outputs.adopt_legacy(path, OUTPUT_KIND, _ZARR_ENTRIES, lambda p: read_protoseg_attrs(p) is not None)
 
 
 def is_prediction_dir(path: str | os.PathLike[str]) -> bool:
@@ -73,7 +71,7 @@ def is_prediction_dir(path: str | os.PathLike[str]) -> bool:
 def _probe_writable(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".protoseg-write-test"
+        probe = path / f".protoseg-write-test.{os.getpid()}.tmp"  # a protoseg temporary if left by a crash
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -96,25 +94,18 @@ def check_output_parent(path: str | os.PathLike[str]) -> Path:
 def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> bool:
     """Create/validate the output folder; True when it already holds something to resume or replace.
 
-    A folder that is not a protoseg prediction raises ``OutputError`` (nothing is changed) unless
-    ``overwrite`` (the user asked: ``--overwrite``).
+    Only a folder holding nothing but protoseg's own outputs passes (``protoseg.outputs.check_replaceable``;
+    another kind of output only with ``overwrite``); a file, or a folder with anything else in it, raises
+    ``OutputError`` naming a foreign file, ``overwrite`` or not (nothing is changed).
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        if not overwrite:
-            raise OutputError(
-                f"output {path} exists and is a file; choose a folder path such as {path}.zarr "
-                "(or pass --overwrite to replace it)"
-            )
-        path.unlink()
-    existing = path.is_dir() and any(path.iterdir())
-    if existing and not is_prediction_dir(path) and not overwrite:
-        raise OutputError(
-            f"output folder {path} already contains other files and is not a protoseg prediction; "
-            "choose a new or empty folder, or pass --overwrite (overwrite=True) to replace it (nothing was changed)."
-        )
+    is_prediction_dir(path)  # marks an older unmarked protoseg prediction as ours
+    try:
+        existing = outputs.check_replaceable(path, OUTPUT_KIND, overwrite=overwrite, what="output folder")
+    except outputs.OutputOwnershipError as exc:
+        raise OutputError(str(exc)) from exc
     _probe_writable(path)
-    return bool(existing)
+    return existing
 
 
 def read_protoseg_attrs(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -140,10 +131,10 @@ def create_prediction_zarr(
     chunk = int(layout["chunk"])
     levels = [tuple(s) for s in layout["levels"]]
     channels = classes.num_classes + 1
-    if overwrite and Path(path).exists():  # replace the whole folder: no stale chunks or foreign files left
+    if overwrite and Path(path).exists():  # only protoseg's own entries (check_output_dir): no stale chunks left
         shutil.rmtree(path)
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    outputs.write_marker(path, OUTPUT_KIND)
+    outputs.write_marker(path, OUTPUT_KIND, entries=_ZARR_ENTRIES)
     probs = root.create_group("probs")
     mask = root.create_group("mask")
     for k, (w, h) in enumerate(levels):

@@ -177,9 +177,9 @@ class Trainer(ABC):
         states and data order, so it reproduces the uninterrupted run. A fresh run over an earlier run's
         checkpoints raises ``TrainingError`` unless ``overwrite`` (they are then removed first).
         """
-        stale = check_new_run(self.out_dir, resume, overwrite)
         lock = RunLock(self.out_dir).acquire() if self.dist.is_main else None
         try:
+            stale = check_new_run(self.out_dir, resume, overwrite)  # every rank: all refuse, or none
             if lock is not None:
                 clear_checkpoints(stale)
             return self._fit(resume)

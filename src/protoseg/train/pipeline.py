@@ -23,12 +23,15 @@ from protoseg.data.layouts import parse_mpp
 from protoseg.data.records import Split
 from protoseg.metrics import Protocol
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
+from protoseg.outputs import check_replaceable
 from protoseg.runtime import select_device
 from protoseg.train.device_augment import stain_on_device
 from protoseg.train.engine import BEST, LAST, FitResult
 from protoseg.train.evaluation import evaluate_pseudo, evaluate_segmentation
 from protoseg.train.events import Callback
+from protoseg.train.pseudo import KIND as PSEUDO_KIND
 from protoseg.train.pseudo import PseudoMaskDataset, export_pseudo_masks
+from protoseg.train.runstate import check_new_run
 from protoseg.train.sampling import KeyedSubset
 from protoseg.train.stage1 import Stage1Trainer, encoder_from_config
 from protoseg.train.stage2 import Stage2Trainer
@@ -173,7 +176,7 @@ def build_bank_from_config(
 ) -> Any:
     """Build the image bank from the single-class training patches and save it to ``out``;
     ``progress(seen, total)`` after each embedded batch. ``out`` must be free, empty or a bank protoseg
-    wrote (checked before encoding) unless ``overwrite``."""
+    wrote, or with ``overwrite`` another protoseg output (checked before encoding)."""
     from protoseg.bank import build_bank, save_bank
     from protoseg.bank.store import check_bank_output
 
@@ -226,9 +229,12 @@ def train_stage1(
     cancel: CancelToken | None = None,
     resume: bool = False,
     data: TrainingData | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
     """Train stage 1 as configured (on ``data``, default the folder at ``data.root``);
-    checkpoints in ``<out_dir>/stage1/{last,best}.pt``."""
+    checkpoints in ``<out_dir>/stage1/{last,best}.pt`` (an earlier run's are replaced only with
+    ``overwrite``, checked before anything is read or written)."""
+    check_new_run(Path(cfg.run.out_dir) / Stage.STAGE1.value, resume, overwrite)
     data = data or folder_data(cfg)
     check_training_data(data, cancel)
     cfg = with_default_bank(replace(cfg, run=replace(cfg.run, mpp=data.mpp)))
@@ -246,7 +252,7 @@ def train_stage1(
         callbacks=callbacks,
         cancel=cancel,
     )
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=resume, overwrite=overwrite)
 
 
 def best_or_last(folder: str | Path) -> Path:
@@ -264,11 +270,13 @@ def make_pseudo_masks(
     overwrite: bool = False,
 ) -> Path:
     """Export pseudo-masks of the (un-augmented) training patches from a stage-1 checkpoint (a fresh
-    ``pseudo-masks`` output folder; ``overwrite`` lets it replace a folder protoseg did not write)."""
+    ``pseudo-masks`` output folder; ``overwrite`` lets it replace another kind of protoseg output, never a
+    folder holding files protoseg did not write)."""
+    out = Path(out) if out is not None else Path(cfg.run.out_dir) / "pseudo"
+    check_replaceable(out, PSEUDO_KIND, overwrite=overwrite, what="pseudo-mask folder")  # before any work
     ckpt = load_checkpoint(checkpoint)
     data = data or folder_data(cfg, augment=False)
     _check_classes(ckpt, data.classes, str(checkpoint))
-    out = Path(out) if out is not None else Path(cfg.run.out_dir) / "pseudo"
     return export_pseudo_masks(
         ckpt,
         _subset(data.train, cfg.data.max_train, cfg.run.seed),
@@ -288,9 +296,12 @@ def train_stage2(
     resume: bool = False,
     stage1: str | Path | None = None,
     data: TrainingData | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
     """Train stage 2 on exported pseudo-masks (``data`` un-augmented: the pseudo-mask dataset augments
-    image, mask and confidence together); checkpoints in ``<out_dir>/stage2/``."""
+    image, mask and confidence together); checkpoints in ``<out_dir>/stage2/`` (an earlier run's are
+    replaced only with ``overwrite``)."""
+    check_new_run(Path(cfg.run.out_dir) / Stage.STAGE2.value, resume, overwrite)
     data = data or folder_data(cfg, augment=False)
     check_training_data(data, cancel)
     cfg = replace(cfg, run=replace(cfg.run, mpp=data.mpp))
@@ -301,7 +312,7 @@ def train_stage2(
     info = {"checkpoint": str(stage1)} if stage1 else {}
     val = _subset(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None
     trainer = Stage2Trainer(cfg, ds, val, data.classes, callbacks=callbacks, cancel=cancel, stage1_info=info)
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=resume, overwrite=overwrite)
 
 
 def evaluate_checkpoint(

@@ -124,8 +124,8 @@ def export_pseudo_masks(
     """Pseudo-masks of every training patch (``evaluation.pseudo_masks``, label-gated):
     ``mask/<key>.png`` (palette: classes, background C, ignore 255 grey) and ``conf/<key>.png``
     (label confidence × 255). The folder is written fresh and swapped in; when it already holds the
-    masks of the same weights, rules and samples nothing is redone. A folder protoseg did not write is
-    refused unless ``overwrite``."""
+    masks of the same weights, rules and samples nothing is redone. A folder holding anything protoseg did
+    not write is refused, ``overwrite`` or not (which only lets it replace another kind of protoseg output)."""
     if ckpt.stage is not Stage.STAGE1:
         raise PseudoMaskError("pseudo-masks come from a stage-1 checkpoint; this one is stage 2")
     out = Path(out_dir)

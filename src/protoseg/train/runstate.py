@@ -1,6 +1,8 @@
 """What makes a resumed run continue exactly like an uninterrupted one: random-number states (python,
 NumPy, torch CPU/CUDA, the data-order and batch-augmentation generators), one process per output folder
-(a lock file), and a metrics log without rows of epochs that the resumed run will train again."""
+(a lock file), and a metrics log without rows of epochs that the resumed run will train again; and what
+keeps a run folder's work: a fresh run never replaces an earlier run's checkpoints unless asked
+(``--overwrite``), and the metrics log is appended to only as a plain file of the run folder."""
 
 from __future__ import annotations
 
@@ -9,19 +11,22 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from protoseg.outputs import atomic_write_text
+from protoseg.outputs import append_text, atomic_write_text, check_appendable
 from protoseg.train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
 
 LOCK = ".protoseg-train.lock"
 METRICS = "metrics.jsonl"
+LAST = "last.pt"
+BEST = "best.pt"
 _HELD: set[Path] = set()  # locks held by this process (two threads, e.g. two GUI jobs, share a pid)
 
 
@@ -129,10 +134,39 @@ class RunLock:
         self.release()
 
 
+def check_new_run(out_dir: str | os.PathLike[str], resume: bool, overwrite: bool) -> list[Path]:
+    """The earlier run's checkpoints in ``out_dir`` that training from scratch would replace (none when
+    ``resume``: they are continued); without ``overwrite`` they raise ``TrainingError`` naming the folder."""
+    if resume:
+        return []
+    out = Path(out_dir)
+    found = [out / name for name in (LAST, BEST) if (out / name).exists() or (out / name).is_symlink()]
+    if found and not overwrite:
+        raise TrainingError(
+            f"run folder {out} already holds {found[0].name} of an earlier run; pass --resume (resume=True) to "
+            "continue it, --overwrite (overwrite=True) to train again from scratch, or choose another --out."
+        )
+    return found
+
+
+def clear_checkpoints(paths: Sequence[Path]) -> None:
+    """Remove an earlier run's checkpoints before training again from scratch (``check_new_run`` with
+    ``overwrite``), so none of them is mistaken for the new run's."""
+    for path in paths:
+        logger.warning("training again from scratch (--overwrite): removing the earlier run's %s", path)
+        path.unlink(missing_ok=True)
+
+
+def log_metrics(out_dir: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Append one JSON row to ``<out_dir>/metrics.jsonl`` (never through a link: ``outputs.append_text``)."""
+    append_text(Path(out_dir) / METRICS, json.dumps(record) + "\n")
+
+
 def trim_metrics(out_dir: str | os.PathLike[str], stage: str, upto_epoch: int) -> int:
     """Drop ``stage`` rows of epochs after ``upto_epoch`` from ``metrics.jsonl`` (they will be trained, and
     logged, again); rows of other stages and unreadable lines are kept. Returns how many were dropped."""
     path = Path(out_dir) / METRICS
+    check_appendable(path)  # before reading it: a link to a user's file is refused, not read or replaced
     if not path.is_file():
         return 0
     kept, dropped = [], 0
