@@ -525,14 +525,13 @@ def test_bank_save_never_replaces_a_folder_it_did_not_write(tmp_path: Path) -> N
     from test_bank_store import small_bank
 
     user = _user_folder(tmp_path / "user")
-    with pytest.raises(OutputOwnershipError, match=r"user exists and was not written by protoseg.*--overwrite"):
-        save_bank(small_bank(), user)
-    assert (user / "notes.txt").read_text() == "years of work"
+    for overwrite in (False, True):  # --overwrite replaces only what protoseg wrote (issue 22 item 1)
+        with pytest.raises(OutputOwnershipError, match=r"user/manifest\.json \(and 1 more\), not written by protoseg"):
+            save_bank(small_bank(), user, overwrite=overwrite)
+        assert (user / "notes.txt").read_text() == "years of work"
     bank = save_bank(small_bank(), tmp_path / "bank")
     save_bank(small_bank(), bank)  # its own output: replaced atomically
     assert (bank / MARKER).is_file() and len(load_bank(bank)) == 6
-    save_bank(small_bank(), user, overwrite=True)  # the user asked
-    assert not (user / "notes.txt").exists() and len(load_bank(user)) == 6
 
 
 def test_bank_folders_written_before_the_marker_are_still_replaceable(tmp_path: Path) -> None:
@@ -588,7 +587,8 @@ def test_export_out_replaces_only_its_own_exports(tmp_path: Path, fmt: str, caps
     own = tmp_path / ("own.zarr" if fmt == "ome-zarr" else "own.out")
     assert main(["export", str(pred), "-f", fmt, "-o", str(own)]) == 0
     assert main(["export", str(pred), "-f", fmt, "-o", str(own)]) == 0  # re-export over its own output
-    assert main(["export", str(pred), "-f", fmt, "-o", str(user), "--overwrite"]) == 0
+    # a file the user named is replaced when asked; a folder holding the user's files never is (issue 22 item 1)
+    assert main(["export", str(pred), "-f", fmt, "-o", str(user), "--overwrite"]) == (2 if fmt == "ome-zarr" else 0)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 
 
@@ -765,10 +765,11 @@ def test_cli_predict_refuses_a_foreign_slide_folder(predict_files: tuple, tmp_pa
     ckpt, small, _ = predict_files
     out = tmp_path / "preds"
     _user_folder(out / "small.zarr")
-    assert main(_predict_argv([small], ckpt, out)) == 2
-    err = capsys.readouterr().err
-    assert "small.zarr" in err and "not a protoseg prediction" in err and "Traceback" not in err
-    assert (out / "small.zarr" / "notes.txt").exists()
+    for extra in ((), ("--overwrite",)):  # --overwrite never deletes the user's files (issue 22 item 1)
+        assert main(_predict_argv([small], ckpt, out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert "small.zarr/manifest.json" in err and "not written by protoseg" in err and "Traceback" not in err
+        assert sorted(p.name for p in (out / "small.zarr").iterdir()) == ["manifest.json", "notes.txt"]
 
 
 @pytest.mark.slow

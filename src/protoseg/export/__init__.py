@@ -25,7 +25,7 @@ from protoseg.export.geojson import (
 )
 from protoseg.export.ometiff import write_mask_ometiff
 from protoseg.export.omezarr import copy_prediction
-from protoseg.export.replace import check_file_output, write_file_export
+from protoseg.export.replace import check_file_output, sign_geojson, write_file_export
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def _export(
         simplify_um=shape_opts[0],
         min_area_um2=shape_opts[1],
     )
-    return write_file_export(out, fmt.value, lambda tmp: write_geojson(collection, tmp), overwrite)
+    signed = sign_geojson(collection)  # protoseg's marker: only such a file is replaced without --overwrite
+    return write_file_export(out, fmt.value, lambda tmp: write_geojson(signed, tmp), overwrite)
 
 
 __all__ = [

@@ -7,7 +7,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ import torch
 from protoseg.classes import ClassSpec
 from protoseg.errors import ProtosegError
 from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from protoseg.outputs import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -135,21 +135,12 @@ class Checkpoint:
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike[str]) -> Path:
-    """Write atomically: serialise to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write atomically: serialise to a temp file in the same folder, fsync, then rename over ``path``
+    (``protoseg.outputs.atomic_write_bytes``: the umask's permissions; a link at ``path`` is replaced, not followed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(ckpt.to_payload(), buf)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.getbuffer())
     logger.debug("saved checkpoint %s (%d bytes)", path, buf.tell())
     return path
 
