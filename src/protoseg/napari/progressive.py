@@ -130,6 +130,12 @@ class ProgressiveLoader:
     def is_loaded(self, level: int, cy: int, cx: int) -> bool:
         return self.cached((level, cy, cx)) is not None
 
+    def coarsest_complete(self) -> bool:
+        """Whether every chunk of the coarsest level is loaded (it is pinned: once true, true for good)."""
+        rows, cols = self.grid(self.coarsest)
+        with self._cond:
+            return len(self._pinned) >= rows * cols
+
     def _store(self, key: Key, data: np.ndarray) -> None:
         data.setflags(write=False)
         with self._cond:

@@ -51,6 +51,7 @@ class LayerRefresher:
         self._layers: list[weakref.ref[Any]] = []
         self._viewers: list[weakref.ref[Any]] = []
         self._misses = 0
+        self._overview_fresh = False
         self._interval = int(interval_ms)
         self._bridge = _Bridge()
         self._timer = QTimer(self._bridge)
@@ -122,6 +123,14 @@ class LayerRefresher:
             self._misses += 1
             self._timer.start(min(FIND_MAX_MS, self._interval * 2 ** min(self._misses, 6)))
             return
+        if not self._overview_fresh and loader.coarsest_complete():
+            # napari (0.9) reads the coarsest level of a 2-D multiscale layer once per ``data`` and keeps it
+            # (its overview and thumbnail): hand it the same arrays again once that level is loaded, or the
+            # overview keeps the placeholders it first read.
+            self._overview_fresh = True
+            for layer in layers:
+                if getattr(layer, "multiscale", False):
+                    layer.data = list(layer.data)
         for layer in layers:
             layer.refresh(extent=False, highlight=False)
         self.refreshes += 1

@@ -13,7 +13,7 @@ from protoseg.config import ProtosegConfig
 from protoseg.data.regions import RegionSource
 from protoseg.errors import ProtosegError
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
-from protoseg.train.outcome import JobOutcome
+from protoseg.train.outcome import CheckpointFacts, JobOutcome
 from protoseg.train.pipeline import (
     TrainingData,
     best_or_last,
@@ -118,18 +118,18 @@ def training_job(
     regions: RegionSource | None = None,
     stage2: bool = False,
     resume: bool = False,
-) -> tuple[JobOutcome, int | None]:
+) -> tuple[JobOutcome, CheckpointFacts | None]:
     """:func:`run_training` as a child-process job (``protoseg.child``): events go to ``report``; returns the
-    outcome and the checkpoint's output channels (classes + background; None when unreadable)."""
+    outcome and the facts of its checkpoint (None when unreadable), so the viewer need not load it."""
     outcome = run_training(cfg, regions, stage2=stage2, resume=resume, callbacks=[report], cancel=cancel)
     from protoseg.models.checkpoint import load_checkpoint
 
     try:
-        channels: int | None = load_checkpoint(outcome.checkpoint).classes.num_classes + 1
+        ckpt = load_checkpoint(outcome.checkpoint)
     except (OSError, ValueError, ProtosegError) as exc:
-        logger.info("could not read the classes of %s: %s", outcome.checkpoint, exc)
-        channels = None
-    return outcome, channels
+        logger.info("could not read %s: %s", outcome.checkpoint, exc)
+        return outcome, None
+    return outcome, CheckpointFacts(ckpt.classes, ckpt.mpp)
 
 
 def build_bank_job(

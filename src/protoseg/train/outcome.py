@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from protoseg.classes import ClassSpec
+
 
 @dataclass(frozen=True)
 class FitResult:
@@ -30,3 +32,11 @@ class JobOutcome:
     checkpoint: Path
     metric: float | None
     cancelled: bool
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What a viewer shows of a checkpoint (its classes and resolution), sent along so it need not load it."""
+
+    classes: ClassSpec
+    mpp: float | None

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 
 from protoseg.classes import BCSS_WSSS, FALLBACK_COLORS, LUAD_HISTOSEG, ClassSpec
 from protoseg.errors import ProtosegError
+from protoseg.train.outcome import CheckpointFacts
 
 if TYPE_CHECKING:
     from protoseg.data.regions import RegionSource
@@ -114,11 +115,33 @@ def classes_from_text(text: str) -> ClassSpec:
     return ClassSpec(names, tuple(colours))
 
 
+_FACTS: dict[tuple[str, int], CheckpointFacts] = {}
+
+
+def _stamp(path: str | Path) -> tuple[str, int]:
+    resolved = Path(path).resolve()
+    return str(resolved), resolved.stat().st_mtime_ns
+
+
+def remember_checkpoint(path: str | Path, facts: CheckpointFacts) -> None:
+    """Record what a training job reported of the checkpoint it wrote (same file, same modification time)."""
+    _FACTS[_stamp(path)] = facts
+
+
+def checkpoint_facts(path: str | Path) -> CheckpointFacts:
+    """Classes and mpp of a checkpoint: as its training job reported them, else loaded from the file (torch)."""
+    key = _stamp(path)
+    if key not in _FACTS:
+        from protoseg.models.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        _FACTS[key] = CheckpointFacts(ckpt.classes, ckpt.mpp)
+    return _FACTS[key]
+
+
 def classes_from_checkpoint(path: str | Path) -> ClassSpec:
     """Classes stored in a protoseg checkpoint."""
-    from protoseg.models.checkpoint import load_checkpoint
-
-    return load_checkpoint(path).classes
+    return checkpoint_facts(path).classes
 
 
 def classes_from_dataset(folder: str | Path) -> ClassSpec:

@@ -4,9 +4,11 @@ import torchvision."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import queue
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,22 @@ def guard_triton_llvm_clash() -> bool:
     sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` now raises ImportError
     logger.info("OpenGL uses Mesa's LLVM: triton disabled in this napari session to avoid an LLVM clash")
     return True
+
+
+def warm_imports(*modules: str) -> threading.Thread:
+    """Import ``modules`` in a background thread (pure-Python imports let the GUI thread run in between), so a
+    later first use on the GUI thread (napari's Labels layer imports pandas: 1-2 s) finds them loaded."""
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:  # optional module: the later use reports it properly
+                logger.debug("warm import of %s failed: %s", name, exc)
+
+    thread = threading.Thread(target=run, name="protoseg-warm-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 class BackgroundJob(QObject):

@@ -39,6 +39,7 @@ from protoseg.napari.widgets._common import (
     PathEdit,
     StatusLabel,
     WidgetError,
+    checkpoint_facts,
     checkpoint_ready,
     row,
     scroll_layout,
@@ -217,10 +218,8 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         resolved = Path(path).resolve()
         stamp = (str(resolved), resolved.stat().st_mtime_ns) if resolved.is_file() else None
         if stamp is None or stamp != self._ckpt_stamp:
-            from protoseg.models.checkpoint import load_checkpoint
-
-            ckpt = load_checkpoint(path)
-            self._ckpt_stamp, self._ckpt_mpp, self._ckpt_classes = stamp, ckpt.mpp, ckpt.classes
+            facts = checkpoint_facts(path)  # a training job's report, else the file (loads torch)
+            self._ckpt_stamp, self._ckpt_mpp, self._ckpt_classes = stamp, facts.mpp, facts.classes
         classes = self._ckpt_classes
         if classes != self.classes:
             self.classes = classes

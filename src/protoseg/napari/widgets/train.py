@@ -31,6 +31,7 @@ from protoseg.napari.widgets._common import (
     checkpoint_ready,
     region_sources,
     regions_changed,
+    remember_checkpoint,
     row,
     scroll_layout,
 )
@@ -39,7 +40,7 @@ from protoseg.napari.widgets.loss_plot import LossPlot
 from protoseg.train.events import EventKind, TrainEvent
 
 if TYPE_CHECKING:
-    from protoseg.train.outcome import JobOutcome
+    from protoseg.train.outcome import CheckpointFacts, JobOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -309,8 +310,11 @@ class TrainWidget(QWidget):
         self.start_btn.setEnabled(True)
         self.cancel_btn.setEnabled(False)
 
-    def _on_done(self, result: tuple[JobOutcome, int | None] | JobOutcome) -> None:
-        outcome, classes = result if isinstance(result, tuple) else (result, None)
+    def _on_done(self, result: tuple[JobOutcome, CheckpointFacts | None]) -> None:
+        outcome, facts = result
+        classes = facts.classes.num_classes + 1 if facts is not None else None
+        if facts is not None and outcome.checkpoint.is_file():
+            remember_checkpoint(outcome.checkpoint, facts)  # the Predict dock then needs not load it
         self.outcome = outcome
         self._finish()
         metric = f"\n{describe_metric(outcome, classes)}"

@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QFileDialog, QTableWidgetItem
 from protoseg.export import AreaRow, ExportFormat, default_output, export_format, export_prediction, read_area_csv
 from protoseg.napari.overlays import Placement, zarr_layer_data
 from protoseg.napari.widgets._common import WidgetError
-from protoseg.napari.widgets.jobs import BackgroundJob, ProcessJob
+from protoseg.napari.widgets.jobs import BackgroundJob, ProcessJob, warm_imports
 from protoseg.napari.widgets.overlay_layers import create_overlay_layer, layer_units
 
 #: the child-process job of 'Whole slide' (Qt-free; the viewer process never runs the prediction itself)
@@ -63,6 +63,8 @@ class WholeSlideSection:
         self.batch_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.status.ok(f"predicting the whole slide into {out} …")
+        # opening the result adds Labels layers (napari imports pandas) and reads OME-Zarr: load those now
+        warm_imports("pandas", "zarr", "protoseg.infer.omezarr", "protoseg.napari.overlays")
         self.job = ProcessJob(
             WHOLE_SLIDE_JOB, kwargs, self._on_batch_events, self._on_batch_done, self._on_batch_error, parent=self
         )
