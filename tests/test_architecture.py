@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "metrics": 1,
     "slide": 1,
     "cams": 1,
+    "child": 1,
     "data": 2,
     "models": 2,
     "losses": 2,

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui, pytest.mark.filterwarnings("error:Private attribute access:FutureWarning")]
 
-from widget_support import SAMPLE, Heartbeat, settle
+from widget_support import SAMPLE, Heartbeat, settle, widget_screenshot
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
 DOCKS = {
@@ -66,6 +66,7 @@ def test_every_dock_opens_from_the_plugins_menu(make_napari_viewer) -> None:
     settle(0.3)
     assert any(w._gl_guard.settled for w in widgets.values())
     _wait_canvas(viewer, viewer.open(str(SAMPLE), plugin="protoseg")[0], timeout=60)
+    widget_screenshot(viewer, "plugin_menu_docks")  # the four docks as napari lays them out, at 1366x768
 
 
 def _slide_region(shot: np.ndarray) -> np.ndarray:

@@ -162,6 +162,21 @@ def test_cancel_keeps_a_loadable_last_checkpoint(
     assert widget.outcome is not None and not widget.outcome.cancelled
     assert load_checkpoint(tmp_path / "run" / "stage1" / "last.pt").epoch == widget.epochs.value()
 
+    # starting afresh over that finished run is refused (the model is never silently replaced) ...
+    before = (tmp_path / "run" / "stage1" / "last.pt").read_bytes()
+    widget.resume.setChecked(False)
+    widget.start_btn.click()
+    qtbot.waitUntil(lambda: widget.job.finished, timeout=60_000)
+    assert "already holds" in widget.status.text() and "Replace an earlier run" in widget.status.text()
+    assert (tmp_path / "run" / "stage1" / "last.pt").read_bytes() == before
+    # ... unless the user ticks 'Replace an earlier run'
+    widget.overwrite.setChecked(True)
+    widget.epochs.setValue(1)
+    widget.start_btn.click()
+    qtbot.waitUntil(lambda: widget.job.finished, timeout=60_000)
+    assert widget.outcome is not None and not widget.outcome.cancelled, widget.status.text()
+    assert load_checkpoint(tmp_path / "run" / "stage1" / "last.pt").epoch == 1
+
 
 def test_train_on_tagged_regions_and_form_errors(
     make_napari_viewer, qtbot, tmp_path, one_torch_thread, monkeypatch

@@ -120,10 +120,10 @@ def run_demo(
     shots: list[Path] = []
     if headless:
         shots.append(save_screenshot(viewer, out / "01_slide.png"))
-    train = TrainWidget(viewer)
-    predict = PredictWidget(viewer)
-    viewer.window.add_dock_widget(predict, name="Predict", area="right")
-    viewer.window.add_dock_widget(train, name="Train", area="right", tabify=True)
+    # the docks open the way Plugins > protoseg opens them (napari hands them its PublicOnlyProxy viewer)
+    predict_dock, predict = viewer.window.add_plugin_dock_widget("protoseg", "Predict")
+    _train_dock, train = viewer.window.add_plugin_dock_widget("protoseg", "Train", tabify=True)
+    assert isinstance(predict, PredictWidget) and isinstance(train, TrainWidget)
     predict.chunk.setValue(s.chunk)
     _configure_training(train, _demo_dataset(out, s), out, s)
 
@@ -151,9 +151,7 @@ def run_demo(
     if train.outcome is None or not predict.overlays:
         raise RuntimeError(f"demo training did not produce overlays: {train.status.text()}")
     predict.set_visible_class(0)
-    dock = viewer.window.dock_widgets.get("Predict")
-    if dock is not None:
-        dock.parent().raise_()
+    predict_dock.raise_()
     zoom_to_model_resolution(viewer, predict.overlays[-1], slide_layer)
     _settle(viewer, 0.5)  # the Predict widget sees the new view and queues the chunks on screen
     if predict.scheduler is not None:

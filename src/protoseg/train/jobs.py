@@ -118,10 +118,13 @@ def training_job(
     regions: RegionSource | None = None,
     stage2: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> tuple[JobOutcome, CheckpointFacts | None]:
     """:func:`run_training` as a child-process job (``protoseg.child``): events go to ``report``; returns the
     outcome and the facts of its checkpoint (None when unreadable), so the viewer need not load it."""
-    outcome = run_training(cfg, regions, stage2=stage2, resume=resume, callbacks=[report], cancel=cancel)
+    outcome = run_training(
+        cfg, regions, stage2=stage2, resume=resume, callbacks=[report], cancel=cancel, overwrite=overwrite
+    )
     from protoseg.models.checkpoint import load_checkpoint
 
     try:

@@ -143,8 +143,9 @@ def check_new_run(out_dir: str | os.PathLike[str], resume: bool, overwrite: bool
     found = [out / name for name in (LAST, BEST) if (out / name).exists() or (out / name).is_symlink()]
     if found and not overwrite:
         raise TrainingError(
-            f"run folder {out} already holds {found[0].name} of an earlier run; pass --resume (resume=True) to "
-            "continue it, --overwrite (overwrite=True) to train again from scratch, or choose another --out."
+            f"run folder {out} already holds {found[0].name} of an earlier run; pass --resume (Train dock: 'Resume') "
+            "to continue it, --overwrite (Train dock: 'Replace an earlier run') to train again from scratch, or "
+            "choose another output folder."
         )
     return found
 

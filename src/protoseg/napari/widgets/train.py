@@ -130,6 +130,8 @@ class TrainWidget(QWidget):
         self.out = PathEdit("dir", "run folder (checkpoints in stage1/ and stage2/)")
         self.stage2 = QCheckBox("Pseudo-masks + stage 2 after stage 1")
         self.resume = QCheckBox("Resume from last.pt")
+        self.overwrite = QCheckBox("Replace an earlier run")
+        self.overwrite.setToolTip("train from scratch into an output folder that holds an earlier run's checkpoints")
         self.start_btn, self.cancel_btn = QPushButton("Start"), QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.bar = QProgressBar()
@@ -170,7 +172,7 @@ class TrainWidget(QWidget):
         root = scroll_layout(self)
         root.addLayout(form)
         root.addWidget(self.stage2)
-        root.addWidget(self.resume)
+        root.addWidget(row(self.resume, self.overwrite))
         root.addWidget(row(self.start_btn, self.cancel_btn))
         root.addWidget(self.bar)
         root.addWidget(self.status)
@@ -259,7 +261,10 @@ class TrainWidget(QWidget):
             if regions is None:
                 raise WidgetError("no tagged regions yet: use 'Use as training data' in the Region tagging widget")
         stage2, resume = self.stage2.isChecked(), self.resume.isChecked()
-        kwargs = {"cfg": cfg, "regions": regions, "stage2": stage2, "resume": resume}
+        if resume and self.overwrite.isChecked():
+            raise WidgetError("tick either 'Resume' or 'Replace an earlier run', not both")
+        overwrite = self.overwrite.isChecked()
+        kwargs = {"cfg": cfg, "regions": regions, "stage2": stage2, "resume": resume, "overwrite": overwrite}
         self.plot.clear()
         self.outcome = None
         self.result.ok("")
