@@ -55,3 +55,29 @@ def test_writer_options_and_errors(tmp_path) -> None:
         write_pyramidal_tiff(tmp_path / "x.tif", rgb.astype(np.float32), 0.5)
     with pytest.raises(ValueError, match="returned shape"):
         write_pyramidal_tiff_from_tiles(tmp_path / "y.tif", (64, 64), lambda x, y, w, h: rgb, 0.5, tile_size=32)
+
+
+def test_in_memory_writer_streams_without_copying_the_image(tmp_path) -> None:
+    """Besides the image, the writer holds two reduced levels and a few tiles (the whole-image
+    2x reduction it replaced peaked at 6x the image: uint16 and uint64 copies)."""
+    import time
+    import tracemalloc
+
+    y, x = np.ogrid[:2048, :3072]
+    rgb = np.empty((2048, 3072, 3), np.uint8)  # 18.9 MB of smooth gradients (JPEG keeps them)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = (x // 12) % 256, (y // 8) % 256, ((x + y) // 20) % 256
+    start = time.perf_counter()
+    tracemalloc.start()
+    try:
+        shapes = write_pyramidal_tiff(tmp_path / "big.tif", rgb, 0.5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.75 * rgb.nbytes, f"peak {peak / 1e6:.1f} MB for a {rgb.nbytes / 1e6:.1f} MB image"
+    assert time.perf_counter() - start < 10
+    assert len(shapes) == 5
+    expected = rgb
+    for _ in range(4):
+        expected = _downsample2(expected)
+    level4 = tifffile.imread(tmp_path / "big.tif", key=4)
+    assert level4.shape == expected.shape and np.abs(level4.astype(int) - expected).mean() < 3  # JPEG
