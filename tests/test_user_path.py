@@ -40,11 +40,12 @@ def busy_cpu():
 
 
 def _menu_docks(viewer) -> dict[str, object]:
-    """Every protoseg dock, opened the way Plugins > protoseg > NAME opens it (tabified, as napari does)."""
+    """Every protoseg dock, opened the way Plugins > protoseg > NAME opens it."""
     widgets = {}
     for name in DOCKS:
-        _dock, widget = viewer.window.add_plugin_dock_widget("protoseg", name, tabify=True)
+        _dock, widget = viewer.window.add_plugin_dock_widget("protoseg", name)
         widgets[name] = widget
+    settle(0.2)
     return widgets
 
 
@@ -59,6 +60,16 @@ def test_every_dock_opens_from_the_plugins_menu(make_napari_viewer) -> None:
     for name, widget in widgets.items():
         assert type(widget).__name__ == DOCKS[name]
         assert isinstance(widget.viewer, PublicOnlyProxy), f"{name} was not built by napari's plugin path"
+    # one tab group, each dock at the full height of the window (not four stacked slits)
+    from qtpy.QtWidgets import QDockWidget
+
+    docks = [w.parentWidget() for w in widgets.values()]
+    while not all(isinstance(d, QDockWidget) for d in docks):
+        docks = [d if isinstance(d, QDockWidget) else d.parentWidget() for d in docks]
+    main = docks[0].parentWidget()
+    assert set(main.tabifiedDockWidgets(docks[0])) == set(docks[1:])
+    heights = [d.height() for d in docks if d.isVisible() and not d.visibleRegion().isEmpty()]
+    assert heights and min(heights) > 0.6 * viewer.window.geometry()[3], heights
     # File > Open with the docks present; a .tiff is claimed by napari's reader too, so the user picks protoseg
     layer = viewer.open(str(SAMPLE), plugin="protoseg")[0]
     assert layer.metadata["protoseg"]["mpp"] == pytest.approx(0.5)

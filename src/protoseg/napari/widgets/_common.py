@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import (
     QComboBox,
+    QDockWidget,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMainWindow,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -186,6 +188,47 @@ def scroll_layout(widget: QWidget) -> QVBoxLayout:
     outer.addWidget(area)
     widget.setMinimumHeight(0)
     return QVBoxLayout(inner)
+
+
+class _TabifyOnShow(QObject):
+    """Event filter: the first time a protoseg dock is shown docked, tabify it with protoseg's other docks."""
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Show and tabify_with_protoseg_docks(obj):
+            obj.removeEventFilter(self)
+        return False
+
+
+def _dock_of(widget: QWidget) -> QDockWidget | None:
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    return parent
+
+
+def tabify_with_protoseg_docks(widget: QWidget) -> bool:
+    """Put ``widget``'s dock in one tab group with the other protoseg docks of its window (each gets the full
+    height, not a slit) and bring it to the front. Qt API only. True once the widget is docked."""
+    dock = _dock_of(widget)
+    main = dock.parentWidget() if dock is not None else None
+    if dock is None or not isinstance(main, QMainWindow):
+        return False
+    others = [
+        d
+        for d in main.findChildren(QDockWidget)
+        if d is not dock and not d.isHidden() and getattr(d.widget(), "protoseg_dock", False)
+    ]
+    if others and dock not in main.tabifiedDockWidgets(others[0]):
+        main.tabifyDockWidget(others[0], dock)
+    dock.raise_()
+    return True
+
+
+def tabify_when_docked(widget: QWidget) -> None:
+    """Mark ``widget`` as a protoseg dock and tabify it with the others when napari docks it."""
+    widget.protoseg_dock = True  # our own widget's attribute: how sibling docks recognise each other
+    widget._tabify_filter = _TabifyOnShow(widget)
+    widget.installEventFilter(widget._tabify_filter)
 
 
 class PathEdit(QWidget):

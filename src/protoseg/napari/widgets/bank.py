@@ -45,6 +45,7 @@ from protoseg.napari.widgets._common import (
     regions_changed,
     row,
     scroll_layout,
+    tabify_when_docked,
 )
 from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress
 from protoseg.napari.widgets.slide_info import MppPrompt, find_slide_layer, slide_meta, slide_mpp
@@ -75,6 +76,7 @@ class BankWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self._gl_guard = RemovalGuard(napari_viewer, self)  # napari/Mesa crash after removing layers
+        tabify_when_docked(self)  # Plugins > protoseg docks share one tab group, each at full height
         self.viewer = napari_viewer
         self.bank: banklib.ImageBank | None = None
         self.lists: list[QListWidget] = []
@@ -141,6 +143,8 @@ class BankWidget(QWidget):
         add.addRow("Shapes", self.shapes_combo)
         add.addRow("Class", self.class_combo)
         root = scroll_layout(self)
+        root.addWidget(self.bar)  # progress and feedback first: visible without scrolling in a short window
+        root.addWidget(self.status)
         root.addLayout(form)
         root.addWidget(self.summary)
         root.addWidget(self.tabs, 1)
@@ -148,8 +152,6 @@ class BankWidget(QWidget):
         root.addWidget(self.recluster_btn)
         root.addLayout(add)
         root.addWidget(self.add_btn)
-        root.addWidget(self.bar)
-        root.addWidget(self.status)
 
     def _refresh_regions(self, *_: Any) -> None:
         try:

@@ -43,6 +43,7 @@ from protoseg.napari.widgets._common import (
     checkpoint_ready,
     row,
     scroll_layout,
+    tabify_when_docked,
 )
 from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress, ProcessJob, guard_triton_llvm_clash
 from protoseg.napari.widgets.legend import Legend
@@ -103,6 +104,7 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self._gl_guard = RemovalGuard(napari_viewer, self)  # napari/Mesa crash after removing layers
+        tabify_when_docked(self)  # Plugins > protoseg docks share one tab group, each at full height
         self.viewer = napari_viewer
         self.checkpoint = PathEdit("open", "checkpoint .pt from training", "protoseg checkpoint (*.pt *.pth);;All (*)")
         self.slide = LayerCombo(self.viewer, lambda ly: isinstance(ly, Image) and slide_meta(ly) is not None)
@@ -173,13 +175,14 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         el.addWidget(row(*self.export_btns.values()))
         el.addWidget(self.areas)
         root = scroll_layout(self)
-        root.addLayout(form)
+        # the action and its feedback first: visible without scrolling in a short window
         root.addWidget(self.show_btn)
+        root.addWidget(self.status)
         root.addWidget(row(QLabel("Overlay opacity"), self.opacity))
         root.addWidget(self.legend)
+        root.addLayout(form)
         root.addWidget(batch)
         root.addWidget(export)
-        root.addWidget(self.status)
         root.addStretch(1)
 
     def _connect(self) -> None:

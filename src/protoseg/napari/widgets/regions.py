@@ -44,7 +44,9 @@ from protoseg.napari.widgets._common import (
     layer_to_level0,
     level0_to_layer,
     register_regions,
+    row,
     scroll_layout,
+    tabify_when_docked,
 )
 from protoseg.napari.widgets.reader_prefs import ReaderPreferenceButton
 from protoseg.napari.widgets.slide_info import MppPrompt, slide_meta, slide_mpp
@@ -77,6 +79,7 @@ class RegionTagWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self._gl_guard = RemovalGuard(napari_viewer, self)  # napari/Mesa crash after removing layers
+        tabify_when_docked(self)  # Plugins > protoseg docks share one tab group, each at full height
         self.viewer = napari_viewer
         self.classes: ClassSpec = BCSS_WSSS
         self.checks: dict[str, QCheckBox] = {}
@@ -95,6 +98,7 @@ class RegionTagWidget(QWidget):
         self.save_btn, self.load_btn = QPushButton("Save GeoJSON"), QPushButton("Load GeoJSON")
         self.mpp_spin = QDoubleSpinBox(decimals=3, minimum=0.05, maximum=64.0, singleStep=0.25, value=0.5)
         self.mpp_spin.setSuffix(" µm/px")
+        self.mpp_spin.setToolTip("patch resolution of the training data made from the tagged regions")
         self.use_btn = QPushButton("Use as training data")
         self.mpp_prompt = MppPrompt(lambda: self.slide_combo.layer(), self.viewer)
         self.reader_prefs = ReaderPreferenceButton()  # napari's reader preferences change only on its click
@@ -136,18 +140,16 @@ class RegionTagWidget(QWidget):
         file_row = QHBoxLayout()
         file_row.addWidget(self.save_btn)
         file_row.addWidget(self.load_btn)
-        train_form = QFormLayout()
-        train_form.addRow("Patch resolution", self.mpp_spin)
         root = scroll_layout(self)
+        # the action and its feedback first: visible without scrolling in a short window
+        root.addWidget(row(self.use_btn, self.mpp_spin))
+        root.addWidget(self.status)
         root.addLayout(form)
         root.addWidget(self.tag_box)
         root.addWidget(self.info)
         root.addWidget(QLabel("GeoJSON (QuPath)"))
         root.addWidget(self.geojson)
         root.addLayout(file_row)
-        root.addLayout(train_form)
-        root.addWidget(self.use_btn)
-        root.addWidget(self.status)
         root.addStretch(1)
 
     # ---- classes ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from protoseg.napari.widgets._common import (
     remember_checkpoint,
     row,
     scroll_layout,
+    tabify_when_docked,
 )
 from protoseg.napari.widgets.jobs import NapariProgress, ProcessJob
 from protoseg.napari.widgets.loss_plot import LossPlot
@@ -97,6 +98,7 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self._gl_guard = RemovalGuard(napari_viewer, self)  # napari/Mesa crash after removing layers
+        tabify_when_docked(self)  # Plugins > protoseg docks share one tab group, each at full height
         self.viewer = napari_viewer
         self.preset = QComboBox()
         self.preset.addItems([NO_PRESET, *available_presets()])
@@ -170,14 +172,15 @@ class TrainWidget(QWidget):
         form.addRow("Device", self.device)
         form.addRow("Output folder", self.out)
         root = scroll_layout(self)
-        root.addLayout(form)
-        root.addWidget(self.stage2)
-        root.addWidget(row(self.resume, self.overwrite))
+        # the action and its progress first: visible without scrolling in a short window
         root.addWidget(row(self.start_btn, self.cancel_btn))
         root.addWidget(self.bar)
         root.addWidget(self.status)
-        root.addWidget(self.plot)
         root.addWidget(self.result)
+        root.addWidget(self.plot)
+        root.addLayout(form)
+        root.addWidget(self.stage2)
+        root.addWidget(row(self.resume, self.overwrite))
         root.addStretch(1)
 
     def _on_source(self, *_: Any) -> None:
