@@ -557,3 +557,42 @@ def test_clearing_overlays_while_they_are_being_added_leaves_no_layer_behind(mak
     qtbot.waitUntil(lambda: widget.overlays_ready, timeout=10_000)
     settle(0.3)
     assert len(viewer.layers) == n and widget.overlays == [] and widget.scheduler is None
+
+
+def test_predict_this_view_fills_the_overview_and_can_be_stopped(make_napari_viewer, qtbot, assets) -> None:
+    """Zoomed out, the view shows a coarse level that never makes the model run: 'Predict this view' says
+    what it costs, computes the visible level-0 chunks in the background (centre first) and the overview and
+    the layer thumbnail show the result; 'Stop' leaves the rest uncomputed."""
+    viewer, _slide, widget = _viewer_with_widget(make_napari_viewer, assets["slide"])
+    widget.set_checkpoint(assets["ckpt"])
+    viewer.reset_view()
+    viewer.camera.zoom = viewer.camera.zoom / 6  # the overview of a slide far larger than the screen
+    settle(0.3)
+    _show(qtbot, widget)
+    qtbot.waitUntil(lambda: widget._view_key is not None and widget.view_btn.isEnabled(), timeout=10_000)
+    mask = next(ly for ly in widget.overlays if isinstance(ly, __import__("napari").layers.Labels))
+    assert mask.data_level > 0 and widget.scheduler.computed == 0  # the overview computes nothing by itself
+    total = len(widget._view_region())
+    assert f"this view: {total} chunks" in widget.view_info.text()
+    thumb_before = np.asarray(mask.thumbnail).astype(int)
+    shot_before = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(int)
+    slide_px = shot_before.sum(-1) > 60  # the small slide on the black canvas (and the legend's text)
+
+    assert widget.predict_view() == total
+    qtbot.waitUntil(lambda: "this view is predicted" in widget.view_info.text(), timeout=120_000)
+    assert widget.scheduler.region_done == total and widget.scheduler.tiles_per_second > 0
+    settle(1.5)  # the throttled refresh hands napari the overview again
+    shot = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(int)
+    changed = (np.abs(shot - shot_before).max(-1) > 30)[slide_px].mean()
+    assert changed > 0.3, changed  # the class colours now cover the overview's tissue
+    assert np.abs(np.asarray(mask.thumbnail).astype(int) - thumb_before).max() > 50  # the thumbnail shows it too
+    assert "this view is computed" in widget.view_info.text() or not widget._view_region()
+    viewer.reset_view()
+    widget_screenshot(viewer, "predict_this_view")
+
+    _show(qtbot, widget)  # a fresh overlay: nothing computed; start and stop at once
+    qtbot.waitUntil(lambda: widget.view_btn.isEnabled(), timeout=10_000)
+    queued = widget.predict_view()
+    widget.stop_view_prediction()
+    assert widget.scheduler.wait_idle(60)
+    assert widget.scheduler.region_done < queued and "stopped" in widget.view_info.text()

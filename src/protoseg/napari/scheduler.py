@@ -6,12 +6,17 @@ completed if the view moves over the rest, so an overlay costs about what predic
 costs. Coarser levels show what is already computed, downsampled from the finer results as they arrive,
 and never make the model run. Work that left the view is dropped; ``close()`` cancels the
 ``protoseg.cancel.CancelToken``.
+
+A *region* (``predict_region``: "Predict this view" at any zoom) is different: its level-0 chunks are
+computed whole, centre-out, after whatever the view asks for, whatever the view shows meanwhile, until done
+or ``cancel_region()``; each one fills the coarser levels as it lands.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -97,6 +102,12 @@ class ChunkScheduler:
         self.computed = 0
         self.dropped = 0
         self.last_error: str | None = None
+        self._region: OrderedDict[Key, None] = OrderedDict()  # "Predict this view": whole chunks, next last
+        self.region_total = 0
+        self.region_done = 0
+        self.tiles_done = 0  # model tiles run for whole chunks, and the seconds they took: the measured rate
+        self.tile_seconds = 0.0
+        self._chunk_tiles: int | None = None
 
     @property
     def closed(self) -> bool:
@@ -144,9 +155,7 @@ class ChunkScheduler:
             while len(self._pending) > self.max_pending:
                 self._pending.popitem(last=False)
                 self.dropped += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="protoseg-overlay", daemon=True)
-                self._thread.start()
+            self._start_worker()
             self._cond.notify_all()
 
     # ---- the view --------------------------------------------------------------------------------
@@ -181,22 +190,78 @@ class ChunkScheduler:
                     self.request(key)  # the centre ends on top of the queue: computed first
         return len(gone)
 
-    # ---- worker ----------------------------------------------------------------------------------
-    def _next(self) -> Key | None:
+    # ---- a region ("Predict this view") ---------------------------------------------------------------
+    def region_chunks(self, level: int, y0: int, y1: int, x0: int, x1: int) -> list[Key]:
+        """Level-0 chunks under pixels [y0:y1, x0:x1] of ``level`` not computed yet, centre first."""
+        keys = [k for k in self.chunks_in(level, y0, y1, x0, x1) if self.cached(*k) is None]
+        f, c = 2**level, self.lazy.layout.chunk
+        cy, cx = (y0 + y1) / 2 * f / c, (x0 + x1) / 2 * f / c
+        return sorted(keys, key=lambda k: (k[1] + 0.5 - cy) ** 2 + (k[2] + 0.5 - cx) ** 2)
+
+    def region_tiles(self, keys: Iterable[Key]) -> int:
+        """About how many model tiles computing ``keys`` whole runs: chunks times the tiles of a whole chunk
+        (geometry only, cheap for any view; chunks without tissue and cached tiles are counted too)."""
+        if self._chunk_tiles is None:
+            self._chunk_tiles = len(self.lazy.layout.tiles_for_chunk(0, 0))
+        return len(list(keys)) * self._chunk_tiles
+
+    @property
+    def tiles_per_second(self) -> float | None:
+        """The model's tile rate measured on this machine by this scheduler's whole-chunk work, or None."""
+        return self.tiles_done / self.tile_seconds if self.tiles_done and self.tile_seconds > 0 else None
+
+    def predict_region(self, keys: Iterable[Key]) -> int:
+        """Compute these level-0 chunks whole in the background, in this order (centre first), after the
+        view's own requests; replaces a region still running. Returns how many are queued."""
+        keys = [k for k in keys if k[0] == 0 and self.cached(*k) is None]
         with self._cond:
-            while not self._pending and not self.closed:
+            if self.closed:
+                return 0
+            self._region = OrderedDict((k, None) for k in reversed(keys))  # popped from the end: centre first
+            self.region_total, self.region_done = len(keys), 0
+            self._start_worker()
+            self._cond.notify_all()
+        return len(keys)
+
+    def cancel_region(self) -> int:
+        """Stop the region after the chunk being computed; returns how many chunks were left."""
+        with self._cond:
+            left = len(self._region)
+            self._region.clear()
+            self.region_total -= left
+            self._cond.notify_all()
+        return left
+
+    @property
+    def region_running(self) -> bool:
+        with self._cond:
+            return bool(self._region) or (self._busy and self.region_done < self.region_total)
+
+    def _start_worker(self) -> None:  # caller holds the lock
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="protoseg-overlay", daemon=True)
+            self._thread.start()
+
+    # ---- worker ----------------------------------------------------------------------------------
+    def _next(self) -> tuple[Key, bool] | None:
+        """The next chunk and whether it is a region's (computed whole): the view's requests go first."""
+        with self._cond:
+            while not self._pending and not self._region and not self.closed:
                 self._busy = False
                 self._cond.notify_all()
                 self._cond.wait()
             if self.closed:
                 return None
             self._busy = True
-            return self._pending.popitem(last=True)[0]
+            if self._pending:
+                return self._pending.popitem(last=True)[0], False
+            return self._region.popitem(last=True)[0], True
 
     def _run(self) -> None:
-        while (key := self._next()) is not None:
+        while (job := self._next()) is not None:
+            key, whole = job
             try:
-                done = self._work(key)
+                done = self._whole(key) if whole else self._work(key)
             except Exception as exc:  # noqa: BLE001 - reported through last_error, never kills the viewer
                 logger.warning("overlay chunk %s failed: %s", key, exc)
                 self._failed.add(key)
@@ -205,8 +270,29 @@ class ChunkScheduler:
                 if not done:
                     continue
                 self.computed += 1
+            finally:
+                if whole:
+                    with self._cond:
+                        self.region_done += 1
             if self.on_ready is not None and not self.closed:
                 self.on_ready()
+
+    def _whole(self, key: Key) -> bool:
+        """Compute a region's level-0 chunk whole (tiles already run come from the cache) and fold it into
+        the coarser levels; its tiles and time feed the measured rate."""
+        if self.cached(*key) is not None:
+            return False
+        _, cy, cx = key
+        layout = self.lazy.layout
+        tiles = len(layout.tiles_for_chunk(cy, cx)) if layout.has_tissue(cy, cx) else 0
+        start = time.perf_counter()
+        data = self.lazy.chunk(*key)
+        if tiles:
+            self.tiles_done += tiles
+            self.tile_seconds += time.perf_counter() - start
+        self._set_part(key, None)
+        self._propagate(key, data.probs, None)
+        return True
 
     def _work(self, key: Key) -> bool:
         """Compute what the view still needs of a level-0 chunk: the whole chunk when that completes it, else
@@ -304,7 +390,9 @@ class ChunkScheduler:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or computing (tests, scripts); False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self.closed or (not self._pending and not self._busy), timeout)
+            return self._cond.wait_for(
+                lambda: self.closed or (not self._pending and not self._region and not self._busy), timeout
+            )
 
     def compute_all(self, keys: Iterable[Key]) -> None:
         """Queue level-0 chunks regardless of the view (scripts; the GUI uses the view)."""
@@ -318,4 +406,5 @@ class ChunkScheduler:
         with self._cond:
             self.token.cancel()
             self._pending.clear()
+            self._region.clear()
             self._cond.notify_all()

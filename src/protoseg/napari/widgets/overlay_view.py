@@ -3,10 +3,12 @@ the CAM class shown, overlay opacity and legend, redraws as chunks arrive, and r
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from napari.layers import Labels
 
+from protoseg.napari.widgets._common import WidgetError
 from protoseg.napari.widgets.overlay_layers import add_canvas_legend, hide_canvas_legend, make_read_only
 
 
@@ -33,7 +35,73 @@ class OverlayViewSection:
             self.scheduler.set_view(1, 0, 0, 0, 0)  # nothing visible: compute nothing
         else:
             self.scheduler.set_view(*key)
+        self._describe_view()
         return True
+
+    def _view_region(self) -> list[tuple[int, int, int]]:
+        """Level-0 chunks under the view that are not computed yet, centre first."""
+        key = self._view_key
+        if self.scheduler is None or key is None or key[0] < 0:
+            return []
+        return self.scheduler.region_chunks(*key)
+
+    def _describe_view(self) -> None:
+        """What 'Predict this view' would cost: chunks, tiles and the time at the rate measured here."""
+        sched = self.scheduler
+        if sched is None or sched.region_running:
+            return
+        keys = self._view_region()
+        self.view_btn.setEnabled(bool(keys))
+        if not keys:
+            self.view_info.setText("this view is computed" if self._view_key and self._view_key[0] >= 0 else "")
+            return
+        tiles = sched.region_tiles(keys)
+        rate = sched.tiles_per_second
+        when = (
+            f"about {_duration(tiles / rate)} at {rate:.0f} tiles/s measured here"
+            if rate
+            else "time known after the first chunks"
+        )
+        self.view_info.setText(f"this view: {len(keys)} chunks, up to {tiles} model tiles; {when}")
+
+    def predict_view(self) -> int:
+        """Compute the visible area at the model's resolution in the background, centre first (cancellable);
+        coarser levels fill in as chunks land. Returns the number of chunks queued."""
+        if self.scheduler is None:
+            raise WidgetError("press 'Show overlays' first")
+        self.update_view()
+        keys = self._view_region()
+        if not keys:
+            self.view_info.setText("this view is computed")
+            return 0
+        self._region_started = time.monotonic()
+        queued = self.scheduler.predict_region(keys)
+        self.view_btn.setEnabled(False)
+        self.view_stop.setEnabled(True)
+        self.view_info.setText(f"predicting this view: 0/{queued} chunks …")
+        return queued
+
+    def stop_view_prediction(self) -> None:
+        """Stop 'Predict this view' after the current chunk (computed chunks stay)."""
+        left = self.scheduler.cancel_region() if self.scheduler is not None else 0
+        self.view_stop.setEnabled(False)
+        self._describe_view()  # what the view still needs (the button is enabled again)
+        self.view_info.setText(f"stopped; {left} chunks not computed. {self.view_info.text()}".strip())
+
+    def _region_progress(self) -> None:
+        """Progress of 'Predict this view' (called as chunks land)."""
+        sched = self.scheduler
+        if sched is None or not self.view_stop.isEnabled():
+            return
+        done, total = sched.region_done, sched.region_total
+        if sched.region_running:
+            rate, left = sched.tiles_per_second, sched.region_tiles(range(total - done))
+            eta = f", about {_duration(left / rate)} left" if rate else ""
+            self.view_info.setText(f"predicting this view: {done}/{total} chunks{eta}")
+            return
+        self.view_stop.setEnabled(False)
+        took = time.monotonic() - getattr(self, "_region_started", time.monotonic())
+        self.view_info.setText(f"this view is predicted: {done} chunks in {_duration(took)}")
 
     def set_overlay_opacity(self, value: int | float) -> None:
         """Opacity (0-100 %) of every overlay layer (the dock's slider)."""
@@ -90,9 +158,19 @@ class OverlayViewSection:
             self._refresh_timer.start()
 
     def _refresh_overlays(self) -> None:
+        # napari keeps the coarsest level of a 2-D multiscale layer as first read (its overview and layer
+        # thumbnail); hand it the data again, at most once a second, so computed chunks show there too
+        now = time.monotonic()
+        stale = now - getattr(self, "_overview_at", 0.0) > 1.0
+        if stale:
+            self._overview_at = now
         for ly in self.overlays:
             if ly.visible and ly in self.viewer.layers:
-                ly.refresh()
+                if stale and ly.multiscale:
+                    ly.data = list(ly.data)
+                else:
+                    ly.refresh()
+        self._region_progress()
         if self.scheduler is not None and self.scheduler.last_error:
             self.status.error(f"overlay computation failed: {self.scheduler.last_error}")
 
@@ -102,6 +180,10 @@ class OverlayViewSection:
     def _clear_overlays(self) -> None:
         self._overlay_generation += 1
         self._view_timer.stop()
+        self._view_key = None
+        self.view_btn.setEnabled(False)
+        self.view_stop.setEnabled(False)
+        self.view_info.setText("")
         if self.scheduler is not None:
             self.scheduler.close()
             self.scheduler = None
@@ -118,3 +200,12 @@ class OverlayViewSection:
                 hide_canvas_legend(self.viewer)
                 if self.scheduler is not None:
                     self.scheduler.close()
+
+
+def _duration(seconds: float) -> str:
+    """'40 s', '3 min', '1.5 h'."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"

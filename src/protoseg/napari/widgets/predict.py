@@ -120,6 +120,15 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         self.chunk = QSpinBox(minimum=64, maximum=4096, singleStep=64, value=512)
         self.class_combo = QComboBox()
         self.show_btn = QPushButton("Show overlays")
+        self.view_btn, self.view_stop = QPushButton("Predict this view"), QPushButton("Stop")
+        self.view_btn.setToolTip(
+            "compute the whole visible area at the model's resolution in the background, centre first; the "
+            "overview fills in as chunks land (at the model's zoom the overlay follows the view by itself)"
+        )
+        self.view_btn.setEnabled(False)
+        self.view_stop.setEnabled(False)
+        self.view_info = QLabel("")
+        self.view_info.setWordWrap(True)
         self.legend = Legend()
         self.out = PathEdit("save", "output .zarr folder (default: next to the checkpoint)", "OME-Zarr (*.zarr)")
         self.batch_btn, self.cancel_btn = QPushButton("Whole slide"), QPushButton("Cancel")
@@ -177,6 +186,8 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         root = scroll_layout(self)
         # the action and its feedback first: visible without scrolling in a short window
         root.addWidget(self.show_btn)
+        root.addWidget(row(self.view_btn, self.view_stop))
+        root.addWidget(self.view_info)
         root.addWidget(self.status)
         root.addWidget(row(QLabel("Overlay opacity"), self.opacity))
         root.addWidget(self.legend)
@@ -193,6 +204,8 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         self.show_btn.clicked.connect(lambda: self.status.guard(lambda: self.show_overlays(background=True)))
         self.opacity.valueChanged.connect(self.set_overlay_opacity)
         self._view_timer.timeout.connect(self.update_view)
+        self.view_btn.clicked.connect(lambda: self.status.guard(self.predict_view))
+        self.view_stop.clicked.connect(self.stop_view_prediction)
         self.batch_btn.clicked.connect(lambda: self.status.guard(self.start_batch))
         self.cancel_btn.clicked.connect(self.cancel_batch)
         for kind, btn in self.export_btns.items():
