@@ -279,3 +279,35 @@ def test_recluster_recovers_groups_and_keeps_flags(built) -> None:
     fewer = recluster(bank, k=1)
     assert fewer.k == 1 and {m.cluster for m in fewer.members} == {0}
     np.testing.assert_allclose(fewer.prototypes()[0, 0].numpy(), _class_mean(bank, 0), atol=1e-5)
+
+
+def test_recluster_report_counts_clusters_moves_and_prototypes(built) -> None:
+    """Issue 20 item 4: what a re-clustering changed, per class, by hand."""
+    from protoseg.bank import recluster_report
+
+    bank, _colours = built
+    fewer = recluster(bank, k=1)
+    report = recluster_report(bank, fewer)
+    a, b = report.classes
+    rows_a = [m for m in bank.members if m.class_index == 0]
+    assert (a.name, a.members, a.clusters_after) == ("A", len(rows_a), 1)
+    assert a.clusters_before == len({m.cluster for m in rows_a if m.active}) == 3
+    assert a.moved == sum(m.cluster != 0 for m in rows_a)  # everyone lands in cluster 0
+    assert b.moved == sum(m.cluster != 0 for m in bank.members if m.class_index == 1)
+    assert report.moved == a.moved + b.moved and report.prototypes == 2 and report.problem is None
+    assert a.distance_after == pytest.approx(np.mean([m.distance for m in fewer.members if m.class_index == 0]))
+    assert a.distance_after > a.distance_before  # one centre per class: members lie farther from it
+    text = report.summary()
+    assert "K=1 (was 3)" in text and f"A 3→1 sub-clusters, {a.moved}/{a.members} moved" in text
+    assert "2 prototypes recomputed (2 classes × 1)" in text
+    same = recluster_report(fewer, recluster(fewer, k=1))
+    assert same.moved == 0 and "K=1:" in same.summary()  # nothing to move
+    only_b = exclude(fewer, [m.member_id for m in fewer.members if m.class_index == 0])
+    assert "no active bank members" in recluster_report(only_b, recluster(only_b, k=1)).summary()
+    with pytest.raises(BankError, match="same bank members"):
+        recluster_report(
+            bank,
+            only_b.replace(
+                members=only_b.members[:-1], features=only_b.features[:-1], thumbnails=only_b.thumbnails[:-1]
+            ),
+        )

@@ -122,19 +122,43 @@ def test_build_curate_save_add_and_navigate(make_napari_viewer, qtbot, tmp_path:
     qtbot.mouseClick(lst.viewport(), _left(), pos=lst.visualItemRect(item).center())
     np.testing.assert_allclose(viewer.camera.center[-2:], (640.0, 750.0), atol=1e-6)
     assert viewer.camera.zoom > 1.0  # zoomed in on a 100 µm box
-    # a member from a patch file does not move the camera
+    # ... and outlines the member's patch on the slide, in protoseg's one box layer
+    box_layer = _box_layers(viewer)[0]
+    assert box_layer.metadata["protoseg"] == {
+        "role": "bank-member-box",
+        "member_id": new.member_id,
+        "source": str(SAMPLE.resolve()),
+    }
+    np.testing.assert_allclose(_world_box(box_layer), BOX_WORLD, atol=1e-6)
+    assert viewer.layers.selection.active is not box_layer  # the user's active layer stays active
+    qtbot.mouseClick(lst.viewport(), _left(), pos=lst.visualItemRect(item).center())  # again: replaced
+    assert len(_box_layers(viewer)) == 1 and len(box_layer.data) == 1
+    viewer.layers.remove(box_layer)  # the user deleted it: the next click makes a new one
+    widget.go_to_member(item)
+    assert len(_box_layers(viewer)) == 1 and len(_box_layers(viewer)[0].data) == 1
+    # a member from a patch file does not move the camera, and says why
     other = next(it for _, it in _items(widget) if it.data(widget_id_role()) != new.member_id)
     assert widget.go_to_member(other) is False
+    assert "patch file" in widget.status.text()
 
     widget.tabs.setCurrentIndex(0)
     img = widget_screenshot(viewer, "bank")
     assert img.std() > 10
 
-    # re-cluster with K=1: one list per class, every member in cluster 0
+    # re-cluster with K=1: one list per class, every member in cluster 0; the status line says what changed
+    before = widget.bank
     widget.k.setValue(1)
     widget.recluster_btn.click()
     assert widget.bank.k == 1 and {m.cluster for m in widget.bank.members} == {0}
     assert len(widget.lists) == 4
+    text = widget.status.text()
+    assert text.startswith("re-clustered with K=1 (was 2): ") and "4 prototypes recomputed (4 classes × 1)" in text
+    for c, name in enumerate(before.class_spec.names):
+        rows = [m for m in before.members if m.class_index == c]
+        moved = sum(m.cluster != 0 for m in rows)
+        n_before = len({m.cluster for m in rows if m.active})
+        assert f"{name} {n_before}→1 sub-clusters, {moved}/{len(rows)} moved" in text
+    assert "save to keep the change" in text
 
 
 def test_cancelled_build_leaves_no_bank(make_napari_viewer, qtbot, tmp_path: Path) -> None:
@@ -190,6 +214,15 @@ def test_bank_of_a_checkpoint(make_napari_viewer, tmp_path: Path) -> None:
     assert "no image bank" in widget.status.text()
     widget.exclude_btn.click()  # nothing selected: a message, no exception
     assert "select thumbnails" in widget.status.text()
+
+
+def _box_layers(viewer) -> list:
+    return [ly for ly in viewer.layers if (ly.metadata.get("protoseg") or {}).get("role") == "bank-member-box"]
+
+
+def _world_box(layer) -> np.ndarray:
+    """The layer's one rectangle in world (row, col) coordinates, from its public scale and translate."""
+    return np.asarray(layer.data[0]) * np.asarray(layer.scale) + np.asarray(layer.translate)
 
 
 def widget_id_role():

@@ -1,5 +1,6 @@
 """Image bank widget: build (dataset folder or tagged regions, in a worker) or load a bank, browse thumbnails
-per class and sub-cluster, exclude/include/pin, add a slide selection as a prototype, re-cluster, save."""
+per class and sub-cluster, exclude/include/pin, add a slide selection as a prototype, re-cluster (saying what
+changed), go to a member on its slide (its patch outlined), save."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from protoseg.napari.widgets._common import (
     tabify_when_docked,
 )
 from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress
+from protoseg.napari.widgets.member_box import show_member_box
 from protoseg.napari.widgets.slide_info import MppPrompt, find_slide_layer, slide_meta, slide_mpp
 from protoseg.slide.pixels import as_rgb_uint8
 
@@ -119,9 +121,7 @@ class BankWidget(QWidget):
             (self.unpin_btn, "unpin"),
         ):
             btn.clicked.connect(lambda _=False, f=fn: g(lambda: self.curate(getattr(banklib, f))))
-        self.recluster_btn.clicked.connect(
-            lambda: g(lambda: self.set_bank(banklib.recluster(self._need_bank(), self.k.value())))
-        )
+        self.recluster_btn.clicked.connect(lambda: g(self.recluster))
         self.add_btn.clicked.connect(lambda: g(self.add_selection))
         regions_changed.connect(self._refresh_regions)
         self._refresh_regions()
@@ -232,6 +232,16 @@ class BankWidget(QWidget):
         self.set_bank(fn(self._need_bank(), ids))
         self.status.ok(f"{fn.__name__}: {len(ids)} member(s); save to keep the change")
 
+    def recluster(self) -> Any:
+        """Re-cluster every class with the chosen K and say what changed (``protoseg.bank.ReclusterReport``)."""
+        before = self._need_bank()
+        after = banklib.recluster(before, self.k.value())
+        report = banklib.recluster_report(before, after)
+        self.set_bank(after)
+        logger.info("%s", report.summary())
+        self.status.ok(f"{report.summary()}; save to keep the change")
+        return report
+
     def save(self) -> Path:
         path = banklib.save_bank(self._need_bank(), self._bank_path())
         self.status.ok(f"saved to {path}")
@@ -251,14 +261,20 @@ class BankWidget(QWidget):
 
     # ---- navigation ---------------------------------------------------------------------------
     def go_to_member(self, item: QListWidgetItem) -> bool:
-        """Centre the camera on a member cut from a slide that is open in the viewer; True when it moved."""
+        """Centre the camera on a member cut from a slide that is open in the viewer and outline its patch
+        there (one protoseg box layer, reused); True when it moved."""
         m = self._need_bank().members[self._need_bank().index_of([item.data(ID_ROLE)])[0]]
-        slide = find_slide_layer(self.viewer, m.source) if m.box is not None and Path(m.source).exists() else None
+        if m.box is None:
+            self.status.ok(f"{m.member_id} comes from the patch file {Path(m.source).name}, not from a slide")
+            return False
+        slide = find_slide_layer(self.viewer, m.source) if Path(m.source).exists() else None
         if slide is None:
+            self.status.ok(f"{m.member_id} is on {Path(m.source).name}: open that slide to see it")
             return False
         self.viewer.camera.center = box_world_center(m.box, slide)  # type: ignore[arg-type]
         size = max(m.box[2] * abs(slide.scale[-1]), m.box[3] * abs(slide.scale[-2]))  # type: ignore[index]
         self.viewer.camera.zoom = min(getattr(self.viewer.canvas, "size", (600, 800))) / (4.0 * size)
+        show_member_box(self.viewer, slide, m.box, m.member_id)
         self.status.ok(f"{m.member_id} on {slide.name} at {m.box}")
         return True
 
