@@ -3,7 +3,10 @@
 Before = exact pixel outlines (what the export wrote until now: every staircase step and 1-px speck);
 after = the export defaults (``DEFAULT_SIMPLIFY_UM``, ``DEFAULT_MIN_AREA_UM2``). ``load_geojson_mask``
 is timed against the previous full-frame rasteriser (one mask-sized image per ring), interleaved,
-median of repeats, on a slide-sized canvas. Run: ``python benchmarks/geojson_export.py``.
+median of repeats, on a slide-sized canvas. The polygonisation (exact outlines of every class) is timed
+against the hand-written marching-squares tracer it replaced (kept below as ``traced_polygons``),
+interleaved, median of 3, and both must give the same objects (count and total area per class).
+Run: ``python benchmarks/geojson_export.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from scipy import ndimage
 
 from protoseg.classes import BCSS_WSSS
 from protoseg.data.synthetic.layout import random_layout
-from protoseg.export.geojson import DEFAULT_MIN_AREA_UM2, DEFAULT_SIMPLIFY_UM, load_geojson_mask, mask_to_geojson
+from protoseg.export.geojson import (
+    DEFAULT_MIN_AREA_UM2,
+    DEFAULT_SIMPLIFY_UM,
+    _valid_parts,
+    _value_polygons,
+    load_geojson_mask,
+    mask_to_geojson,
+)
 
 MPP = 0.5
 HEIGHT, WIDTH = 3000, 2200  # 1.5 x 1.1 mm at 0.5 µm/px
@@ -65,8 +75,59 @@ def old_load(doc: dict, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def _corners(contour: np.ndarray) -> np.ndarray:
+    """Marching-squares contour (row, col; closed) -> its pixel-edge corner points (the old tracer)."""
+    pts = contour[:-1]
+    nxt = np.roll(pts, -1, axis=0)
+    horiz = np.isclose(pts[:, 0] % 1, 0.5)
+    turn = horiz != np.roll(horiz, -1)
+    a, b, ha = pts[turn], nxt[turn], horiz[turn]
+    return np.stack([np.where(ha, a[:, 0], b[:, 0]), np.where(ha, b[:, 1], a[:, 1])], axis=1)
+
+
+def traced_polygons(mask: np.ndarray, n_classes: int) -> list[tuple[int, object]]:
+    """The hand-written polygonisation the export used before rasterio: label, then trace each component."""
+    import shapely
+    from skimage.measure import find_contours
+
+    out = []
+    for idx in range(n_classes):
+        labels, _ = ndimage.label(mask == idx)
+        for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            comp = labels[sl] == i
+            rings = []
+            for contour in find_contours(np.pad(comp, 1).astype(np.float32), 0.5):
+                rc = _corners(contour)
+                rings.append(np.stack([rc[:, 1] - 0.5 + sl[1].start, rc[:, 0] - 0.5 + sl[0].start], axis=1))
+            areas = [shapely.Polygon(r).area for r in rings]
+            outer = int(np.argmax(areas))
+            holes = [r for j, r in enumerate(rings) if j != outer]
+            out.extend((idx, p) for p in _valid_parts(shapely.Polygon(rings[outer], holes)))
+    return out
+
+
+def polygonise_comparison(mask: np.ndarray, n_classes: int) -> None:
+    """Time the old tracer against ``rasterio.features.shapes`` (interleaved, median of 3); same objects."""
+    old_t, new_t = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        old = traced_polygons(mask, n_classes)
+        old_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        new = _value_polygons(mask, mask < n_classes, 0, 0)
+        new_t.append(time.perf_counter() - t)
+    for label, objs in (("traced", old), ("rasterio", new)):
+        area = [round(sum(p.area for i, p in objs if i == c)) for c in range(n_classes)]
+        print(f"  {label:9s} {len(objs):6d} polygons, area per class (px) {area}")
+    a, b = statistics.median(old_t), statistics.median(new_t)
+    print(f"polygonise (exact outlines): traced {a:.2f} s, rasterio.features.shapes {b:.2f} s ({a / b:.1f}x)")
+
+
 def main() -> None:
     mask = prediction_like_mask()
+    polygonise_comparison(mask, BCSS_WSSS.num_classes)
     rows = []
     for label, kwargs in (
         ("exact (before)", {}),

@@ -176,6 +176,53 @@ def test_geojson_roundtrip_and_qupath_variants(tmp_path):
         load_regions_geojson(tmp_path / "q.geojson")
 
 
+def test_multi_label_regions_are_qupath_derived_classes_with_ids_and_measurements(tmp_path):
+    """Issue 20 item 5: a two-class region is QuPath's derived class "A: B" and reads back as two classes;
+    every region has a stable UUID and its area / perimeter (µm, shapely) as QuPath measurements."""
+    import uuid
+
+    import shapely
+
+    from protoseg.classes import BCSS_WSSS
+
+    poly = np.array([[100, 50], [300, 50], [300, 250], [200, 300], [100, 250]], float)
+    regions = [
+        RegionAnnotation(poly, ("TUM", "STR"), "/slides/a.svs"),
+        RegionAnnotation(_rect(0, 0, 40, 20), ("LYM",), "/slides/a.svs"),
+        RegionAnnotation(_rect(0, 0, 40, 20), ("LYM",), "/slides/a.svs"),  # a duplicate still gets its own id
+    ]
+    path = save_regions_geojson(tmp_path / "r.geojson", regions, BCSS_WSSS, mpp=0.5)
+    doc = json.loads(path.read_text())
+    feats = doc["features"]
+    cls = [f["properties"]["classification"] for f in feats]
+    assert cls[0] == {"name": "TUM: STR", "names": ["TUM", "STR"], "color": list(BCSS_WSSS.colors[0])}
+    assert cls[1]["name"] == "LYM" and cls[1]["color"] == list(BCSS_WSSS.colors[2])
+    assert all(f["properties"]["objectType"] == "annotation" for f in feats)
+    ids = [f["id"] for f in feats]
+    assert len(set(ids)) == 3 and all(uuid.UUID(i).version == 5 for i in ids)
+    again = json.loads(save_regions_geojson(tmp_path / "again.geojson", regions, BCSS_WSSS, mpp=0.5).read_text())
+    assert [f["id"] for f in again["features"]] == ids  # stable: the same regions keep their ids
+    for f, r in zip(feats, regions):
+        g = shapely.Polygon(r.polygon)
+        m = f["properties"]["measurements"]
+        assert m["Area µm^2"] == pytest.approx(g.area * 0.25, abs=1e-3)
+        assert m["Perimeter µm"] == pytest.approx(g.length * 0.5, abs=1e-3)
+    px = json.loads(save_regions_geojson(tmp_path / "px.geojson", regions[:1]).read_text())["features"][0]
+    assert px["properties"]["measurements"] == {
+        "Area px^2": pytest.approx(shapely.Polygon(poly).area),
+        "Perimeter px": pytest.approx(shapely.Polygon(poly).length),
+    }
+    assert [r.classes for r in load_regions_geojson(path)] == [("TUM", "STR"), ("LYM",), ("LYM",)]
+    # as QuPath writes it (derived class by name only) and as protoseg wrote it before (names only)
+    for props in (
+        {"classification": {"name": "TUM: STR", "color": [1, 2, 3]}},
+        {"classification": {"names": ["TUM", "STR"]}},
+    ):
+        feats[0]["properties"] = props
+        (tmp_path / "q.geojson").write_text(json.dumps(doc))
+        assert load_regions_geojson(tmp_path / "q.geojson", slide_path="a.svs")[0].classes == ("TUM", "STR")
+
+
 def test_napari_shapes_conversion_with_scale():
     # napari vertices are (row, col) in world units: pixels * scale (um)
     shapes = [np.array([[0.0, 0.0], [0.0, 5.0], [10.0, 5.0], [10.0, 0.0]])]

@@ -109,3 +109,49 @@ def test_load_burns_inside_bounding_boxes_and_clips() -> None:
 def test_cli_export_has_simplify_and_min_area_options() -> None:
     args = build_parser().parse_args(["export", "p.zarr", "-f", "geojson", "--simplify", "0.5", "--min-area", "0"])
     assert (args.simplify, args.min_area) == (0.5, 0.0)
+
+
+def test_objects_carry_measurements_stable_ids_and_the_chosen_object_type() -> None:
+    """Issue 20 item 5: area (µm²) and perimeter (µm) as QuPath measurements, equal to shapely's on the
+    written geometry; a UUID per object, the same on every export of the same slide; detections on request."""
+    import uuid
+
+    m = _noisy_mask()
+    gj = mask_to_geojson(m, CLASSES, factor=2.0, mpp=MPP / 2, simplify_um=1.0, min_area_um2=5.0, slide="s.svs")
+    assert gj["features"]
+    for f in gj["features"]:
+        g = shape(f["geometry"])
+        meas = f["properties"]["measurements"]
+        assert meas["Area µm^2"] == pytest.approx(g.area * (MPP / 2) ** 2, abs=1e-3)
+        assert meas["Perimeter µm"] == pytest.approx(g.length * MPP / 2, abs=1e-3)
+        assert f["properties"]["objectType"] == "annotation" and uuid.UUID(f["id"]).version == 5
+    ids = [f["id"] for f in gj["features"]]
+    assert len(set(ids)) == len(ids)
+    same = mask_to_geojson(m, CLASSES, factor=2.0, mpp=MPP / 2, simplify_um=1.0, min_area_um2=5.0, slide="s.svs")
+    assert [f["id"] for f in same["features"]] == ids
+    other = mask_to_geojson(m, CLASSES, factor=2.0, mpp=MPP / 2, simplify_um=1.0, min_area_um2=5.0, slide="t.svs")
+    assert not {f["id"] for f in other["features"]} & set(ids)  # another slide's objects are other objects
+    det = mask_to_geojson(m, CLASSES, object_type="detection")
+    assert {f["properties"]["objectType"] for f in det["features"]} == {"detection"}
+    px = det["features"][0]
+    assert px["properties"]["measurements"]["Area px^2"] == pytest.approx(shape(px["geometry"]).area)
+    with pytest.raises(ExportError, match="annotation or detection"):
+        mask_to_geojson(m, CLASSES, object_type="cell")
+
+
+def test_cli_export_writes_detections_on_request(tmp_path) -> None:
+    from protoseg.cli import main
+    from test_export import _finished_prediction
+
+    pred = _finished_prediction(tmp_path / "s.zarr")
+    out = tmp_path / "d.geojson"
+    args = ["export", str(pred), "-f", "geojson", "-o", str(out), "--min-area", "0", "--object-type", "detection"]
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["features"] and {f["properties"]["objectType"] for f in doc["features"]} == {"detection"}
+    assert doc["protoseg"]["kind"] == "geojson-export"  # still recognised as protoseg's own export
+    assert main([*args[:-1], "annotation"]) == 0  # replaces its own export without --overwrite
+    assert {f["properties"]["objectType"] for f in json.loads(out.read_text())["features"]} == {"annotation"}
+    assert build_parser().parse_args(["export", "p.zarr", "-f", "geojson"]).object_type == "annotation"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "p.zarr", "-f", "geojson", "--object-type", "cell"])

@@ -133,14 +133,17 @@ def test_older_predictions_without_an_entry_list_are_still_replaced(prediction: 
     import shutil
 
     from protoseg.export import export_prediction
+    from protoseg.outputs import ZARR_MARKER_ATTR, read_marker
 
     old = tmp_path / "old.zarr"
     shutil.copytree(prediction, old)
-    marker = json.loads((old / MARKER).read_text())
-    del marker["entries"]  # as the previous release wrote it
+    meta = json.loads((old / "zarr.json").read_text())
+    marker = meta["attributes"].pop(ZARR_MARKER_ATTR)
+    del marker["entries"]  # as the release before last wrote it: a marker file without an entry list
+    (old / "zarr.json").write_text(json.dumps(meta))
     (old / MARKER).write_text(json.dumps(marker))
     assert export_prediction(prediction, "ome-zarr", old) == old  # adopted, then replaced
-    assert json.loads((old / MARKER).read_text())["entries"]
+    assert read_marker(old)["entries"] and not (old / MARKER).exists()  # the marker is in zarr.json now
 
 
 # ==== item 2: exports are recognised by protoseg's own marker ===============================================
@@ -275,7 +278,7 @@ def test_predictions_and_their_copies_are_readable_by_the_group(tmp_path: Path, 
     copy = tmp_path / "copy.zarr"
     assert main(["export", str(pred), "-f", "ome-zarr", "-o", str(copy)]) == 0
     for folder in (pred, copy):
-        assert _mode(folder) == 0o775 and _mode(folder / MARKER) == 0o664 and _mode(folder / "zarr.json") == 0o664
+        assert _mode(folder) == 0o775 and _mode(folder / "zarr.json") == 0o664  # zarr.json holds the marker
 
 
 def test_checkpoints_and_folders_are_readable_by_the_group(tmp_path: Path, group_umask: None) -> None:

@@ -3,12 +3,13 @@ and the entries it wrote there, and every writer replaces only its own outputs, 
 then rename over).
 
 A folder is *ours* when it holds ``.protoseg-output.json`` with ``{"kind": K, "entries": [...], ...}``
-and nothing at its top level but those entries (and protoseg's own ``.<name>.<random>.tmp``
-temporaries). A folder holding anything else is the user's and is refused, even with ``overwrite=True``
-(the CLI's ``--overwrite``), naming a foreign file: ``overwrite`` only lets one protoseg output replace
-another of a different kind. A file named like one of ours (e.g. ``manifest.json``) proves nothing.
-New files and folders get the permissions the umask gives (not ``mkstemp``'s 0600), and append-mode
-writers never write through a symbolic or hard link.
+(a zarr v3 group folder keeps the same record in its ``zarr.json`` attribute ``protoseg_output`` instead,
+so zarr sees no foreign file in the store) and nothing at its top level but those entries (and protoseg's
+own ``.<name>.<random>.tmp`` temporaries). A folder holding anything else is the user's and is refused,
+even with ``overwrite=True`` (the CLI's ``--overwrite``), naming a foreign file: ``overwrite`` only lets
+one protoseg output replace another of a different kind. A file named like one of ours (e.g.
+``manifest.json``) proves nothing. New files and folders get the permissions the umask gives (not
+``mkstemp``'s 0600), and append-mode writers never write through a symbolic or hard link.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from protoseg.errors import ProtosegError
 logger = logging.getLogger(__name__)
 
 MARKER = ".protoseg-output.json"
+#: The attribute of a zarr v3 group's root ``zarr.json`` that holds the marker of a zarr output folder: a
+#: marker file there would be listed by zarr ("not a zarr component" warning on every member listing).
+ZARR_MARKER_ATTR = "protoseg_output"
+_ZARR_JSON = "zarr.json"
 _TEMP_SUFFIX = ".tmp"
 
 
@@ -58,14 +63,28 @@ def is_marker(data: Any, kind: str | None = None) -> bool:
     return isinstance(data, dict) and isinstance(data.get("kind"), str) and kind in (None, data["kind"])
 
 
-def read_marker(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The marker of a protoseg output folder, or None when there is none (or it is unreadable)."""
-    path = Path(folder) / MARKER
+def _zarr_group_meta(folder: Path) -> dict[str, Any] | None:
+    """The root ``zarr.json`` of a zarr v3 group folder as a dict, or None when ``folder`` is not one."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads((folder / _ZARR_JSON).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return meta if isinstance(meta, dict) and meta.get("node_type") == "group" else None
+
+
+def read_marker(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The marker of a protoseg output folder (its marker file, else its zarr group attribute), or None."""
+    folder = Path(folder)
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = (_zarr_group_meta(folder) or {}).get("attributes", {}).get(ZARR_MARKER_ATTR)
     return data if is_marker(data) else None
+
+
+def marker_record(kind: str, entries: Iterable[str], **info: Any) -> dict[str, Any]:
+    """The marker of a ``kind`` output holding ``entries`` (top-level names protoseg wrote) and ``info``."""
+    return {**marker_info(kind, **info), "entries": sorted(set(entries) - {MARKER})}
 
 
 def is_temporary(name: str) -> bool:
@@ -75,12 +94,20 @@ def is_temporary(name: str) -> bool:
 
 def write_marker(folder: str | os.PathLike[str], kind: str, entries: Iterable[str] | None = None, **info: Any) -> None:
     """Mark ``folder`` as a protoseg output of ``kind`` that protoseg wrote ``entries`` into (top-level
-    names; default: everything the folder holds now); extra JSON-able ``info`` is recorded too."""
+    names; default: everything the folder holds now); extra JSON-able ``info`` is recorded too. A zarr v3
+    group folder gets it in its ``zarr.json`` (``ZARR_MARKER_ATTR``; an older marker file is removed)."""
     folder = Path(folder)
     if entries is None:
         entries = (p.name for p in folder.iterdir() if p.name != MARKER and not is_temporary(p.name))
-    data = {**marker_info(kind, **info), "entries": sorted(set(entries) - {MARKER})}
-    atomic_write_text(folder / MARKER, json.dumps(data, indent=1))
+    data = marker_record(kind, entries, **info)
+    meta = _zarr_group_meta(folder)
+    if meta is None:
+        atomic_write_text(folder / MARKER, json.dumps(data, indent=1))
+        return
+    attributes = meta.get("attributes") if isinstance(meta.get("attributes"), dict) else {}
+    meta["attributes"] = {**attributes, ZARR_MARKER_ATTR: data}
+    atomic_write_text(folder / _ZARR_JSON, json.dumps(meta, indent=2))
+    (folder / MARKER).unlink(missing_ok=True)
 
 
 def owned_by(folder: str | os.PathLike[str], kind: str) -> bool:
@@ -114,6 +141,19 @@ def adopt_legacy(
         return False
     write_marker(folder, kind, entries=names, adopted=True)
     logger.info("adopted %s (a protoseg %s output written by an older version)", folder, kind)
+    return True
+
+
+def migrate_zarr_marker(folder: str | os.PathLike[str]) -> bool:
+    """Move the marker file of a zarr group folder (as older versions wrote it) into its ``zarr.json``;
+    True when moved. Markers without an entry list are left to ``adopt_legacy``."""
+    folder = Path(folder)
+    marker = read_marker(folder) if (folder / MARKER).is_file() else None
+    if marker is None or not isinstance(marker.get("entries"), list) or _zarr_group_meta(folder) is None:
+        return False
+    info = {k: v for k, v in marker.items() if k not in ("kind", "entries")}
+    write_marker(folder, marker["kind"], entries=[str(n) for n in marker["entries"]], **info)
+    logger.info("moved the protoseg marker of %s into its zarr.json", folder)
     return True
 
 

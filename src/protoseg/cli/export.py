@@ -9,7 +9,7 @@ from protoseg.config_ranges import MIN_AREA_UM2, SIMPLIFY_UM
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from protoseg.export import DEFAULT_MIN_AREA_UM2, DEFAULT_SIMPLIFY_UM, ExportFormat
+    from protoseg.export import DEFAULT_MIN_AREA_UM2, DEFAULT_SIMPLIFY_UM, ExportFormat, ObjectType
 
     e = subparsers.add_parser(
         "export",
@@ -49,6 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"GeoJSON: drop objects and fill holes smaller than this many µm², 0 = keep all "
         f"(default {DEFAULT_MIN_AREA_UM2:g}, at most {MIN_AREA_UM2.high:g})",
     )
+    e.add_argument(
+        "--object-type",
+        choices=[t.value for t in ObjectType],
+        default=ObjectType.ANNOTATION.value,
+        help="GeoJSON: QuPath object type; annotation (editable regions, the default) or detection "
+        "(many small read-only objects, faster in QuPath)",
+    )
     e.set_defaults(func=run_export)
 
 
@@ -63,6 +70,7 @@ def run_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         simplify_um=args.simplify,
         min_area_um2=args.min_area,
+        object_type=args.object_type,
     )
     print(path)
     return 0

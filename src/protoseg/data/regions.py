@@ -7,11 +7,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from protoseg.classes import ClassSpec
+from protoseg.config_ranges import MPP, check_value
 from protoseg.data.errors import RegionError
+from protoseg.data.qupath import ObjectType, classification, measurements, object_key, split_derived, stable_ids
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,10 @@ class RegionSource:
     mpp: float
     fallback_mpp: float | None = None  # used for slides whose file records no mpp
 
+    def __post_init__(self) -> None:
+        check_value(f"{self.name}: patch mpp", self.mpp, MPP, RegionError)
+        check_value(f"{self.name}: the slides' mpp", self.fallback_mpp, MPP, RegionError)
+
 
 #: GeoJSON geometry types that carry no area: skipped with a warning (QuPath exports points and lines too).
 NON_AREA_GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", "GeometryCollection")
@@ -83,12 +90,19 @@ def _names(value: object, where: str) -> tuple[str, ...]:
 
 
 def _tags(props: dict, where: str = "feature") -> tuple[str, ...]:
+    """Classes of a feature: QuPath ``classification`` (``names`` list, else ``name`` split as QuPath splits
+    a derived class "EPI: STR"), else protoseg's ``classes``."""
     cls = props.get("classification")
     if isinstance(cls, dict):
-        return _names(cls.get("names"), where) or _names(cls.get("name"), where)
+        return _names(cls.get("names"), where) or _derived(cls.get("name"), where)
     if cls:
-        return _names(cls, where)
+        return _derived(cls, where)
     return _names(props.get("classes"), where)
+
+
+def _derived(value: object, where: str) -> tuple[str, ...]:
+    """Class names from QuPath class text: ``"EPI: STR"`` (derived class) or ``"A;B"``, or a list of texts."""
+    return tuple(part for name in _names(value, where) for part in split_derived(name))
 
 
 def _ring(ring: object, where: str) -> np.ndarray:
@@ -209,34 +223,48 @@ def load_regions_geojson(
 
 
 def save_regions_geojson(
-    path: str | Path, regions: Sequence[RegionAnnotation], classes: ClassSpec | None = None
+    path: str | Path, regions: Sequence[RegionAnnotation], classes: ClassSpec | None = None, mpp: float | None = None
 ) -> Path:
-    """Write regions as a GeoJSON FeatureCollection QuPath can import (classification names + colour)."""
+    """Write regions as a GeoJSON FeatureCollection QuPath imports as annotations (``protoseg.data.qupath``).
+
+    Each feature has a stable UUID ``id``, QuPath's ``classification`` (a region tagged with several classes
+    is the derived class "A: B"; its classes are listed in ``names`` too), ``measurements`` (µm with ``mpp``, the
+    slide's µm per level-0 pixel; px without) and protoseg's ``classes`` and ``slide_path``.
+    """
     colours = dict(zip(classes.names, classes.colors)) if classes is not None else {}
-    features = []
-    for i, r in enumerate(regions):
-        ring = [[float(x), float(y)] for x, y in r.polygon] + [[float(r.polygon[0, 0]), float(r.polygon[0, 1])]]
-        classification: dict = {"names": list(r.classes)}
-        if len(r.classes) == 1:
-            classification["name"] = r.classes[0]
-        if r.classes and r.classes[0] in colours:
-            classification["color"] = list(colours[r.classes[0]])
-        features.append(
-            {
-                "type": "Feature",
-                "id": f"region-{i}",
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": classification,
-                    "classes": list(r.classes),
-                    "slide_path": r.slide_path,
-                },
-            }
-        )
+    rings = [_closed_ring(r.polygon) for r in regions]
+    ids = stable_ids(object_key(r.slide_path, r.classes, [ring]) for r, ring in zip(regions, rings))
+    features = [_region_feature(r, ring, fid, colours, mpp) for r, ring, fid in zip(regions, rings, ids)]
     path = Path(path)
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
+
+
+def _closed_ring(polygon: np.ndarray) -> list[list[float]]:
+    """A GeoJSON ring (first position repeated at the end) of an (N, 2) polygon."""
+    return [[float(x), float(y)] for x, y in polygon] + [[float(polygon[0, 0]), float(polygon[0, 1])]]
+
+
+def _region_feature(
+    r: RegionAnnotation, ring: list[list[float]], fid: str, colours: dict[str, Any], mpp: float | None
+) -> dict[str, Any]:
+    """One region as a QuPath annotation feature."""
+    geometry = {"type": "Polygon", "coordinates": [ring]}
+    colour = colours.get(r.classes[0]) if r.classes else None
+    # ``names`` always, as region files always had it (older protoseg reads it first)
+    cls = {**classification(r.classes, colour), "names": list(r.classes)}
+    return {
+        "type": "Feature",
+        "id": fid,
+        "geometry": geometry,
+        "properties": {
+            "objectType": ObjectType.ANNOTATION.value,
+            "classification": cls,
+            "measurements": measurements(geometry, mpp),
+            "classes": list(r.classes),
+            "slide_path": r.slide_path,
+        },
+    }
 
 
 def _scale_yx(scale: float | Sequence[float]) -> tuple[float, float]:

@@ -13,11 +13,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from protoseg.config_ranges import MIN_AREA_UM2, SIMPLIFY_UM, check_value
+from protoseg.data.qupath import ObjectType
 from protoseg.export.areas import AreaRow, class_areas, count_classes, read_area_csv, write_area_csv
 from protoseg.export.errors import ExportError
 from protoseg.export.geojson import (
     DEFAULT_MIN_AREA_UM2,
     DEFAULT_SIMPLIFY_UM,
+    as_object_type,
     class_polygons,
     load_geojson_mask,
     mask_to_geojson,
@@ -73,12 +75,14 @@ def export_prediction(
     overwrite: bool = False,
     simplify_um: float = DEFAULT_SIMPLIFY_UM,
     min_area_um2: float = DEFAULT_MIN_AREA_UM2,
+    object_type: ObjectType | str = ObjectType.ANNOTATION,
 ) -> Path:
     """Export a finished batch prediction folder; returns the written file (or folder, for OME-Zarr).
 
-    GeoJSON: one QuPath object per connected region, outlines simplified with tolerance ``simplify_um``
-    (µm), objects and holes under ``min_area_um2`` (µm²) dropped; 0 and 0 give exact pixel outlines. Both
-    must be finite and within ``protoseg.config_ranges`` ``SIMPLIFY_UM`` / ``MIN_AREA_UM2`` (else ExportError).
+    GeoJSON: one QuPath object (``object_type`` "annotation" or "detection") per connected region, outlines
+    simplified with tolerance ``simplify_um`` (µm), objects and holes under ``min_area_um2`` (µm²) dropped;
+    0 and 0 give exact pixel outlines. Both must be finite and within ``protoseg.config_ranges``
+    ``SIMPLIFY_UM`` / ``MIN_AREA_UM2`` (else ExportError).
 
     An unfinished or damaged prediction (unmarked chunks in ``done``, missing or unreadable chunk files)
     raises ``ExportError`` naming the chunk and the repair. ``out`` is replaced only when it is an export
@@ -90,14 +94,21 @@ def export_prediction(
     fmt = export_format(fmt)
     check_value("simplify_um (--simplify)", simplify_um, SIMPLIFY_UM, ExportError)
     check_value("min_area_um2 (--min-area)", min_area_um2, MIN_AREA_UM2, ExportError)
+    shape_opts = (simplify_um, min_area_um2, as_object_type(object_type))
     try:
-        return _export(open_prediction(zarr_path), zarr_path, fmt, out, level, overwrite, (simplify_um, min_area_um2))
+        return _export(open_prediction(zarr_path), zarr_path, fmt, out, level, overwrite, shape_opts)
     except OutputError as exc:
         raise ExportError(str(exc)) from exc
 
 
 def _export(
-    pred, zarr_path, fmt: ExportFormat, out, level: int | None, overwrite: bool, shape_opts: tuple[float, float]
+    pred,
+    zarr_path,
+    fmt: ExportFormat,
+    out,
+    level: int | None,
+    overwrite: bool,
+    shape_opts: tuple[float, float, ObjectType],
 ) -> Path:
     from protoseg.infer.omezarr import CheckedArray, check_finished
 
@@ -140,6 +151,8 @@ def _export(
         mpp=level_mpp / factor if level_mpp else None,
         simplify_um=shape_opts[0],
         min_area_um2=shape_opts[1],
+        object_type=shape_opts[2],
+        slide=str(pred.attrs.get("slide") or ""),
     )
     signed = sign_geojson(collection)  # protoseg's marker: only such a file is replaced without --overwrite
     return write_file_export(out, fmt.value, lambda tmp: write_geojson(signed, tmp), overwrite)
@@ -151,6 +164,8 @@ __all__ = [
     "AreaRow",
     "ExportError",
     "ExportFormat",
+    "ObjectType",
+    "as_object_type",
     "class_areas",
     "class_polygons",
     "copy_prediction",

@@ -1,12 +1,13 @@
 """Class masks <-> GeoJSON that QuPath imports as classified objects (one feature per connected object).
 
-Each 4-connected region of a tissue class becomes one ``Polygon`` feature (holes as interior rings)
-with QuPath's ``properties.objectType`` and ``classification`` {name, color}. Rings are traced along
-pixel edges (marching squares, corners restored), so with no simplification rasterising back by pixel
-centres returns the mask. ``simplify_um`` smooths the pixel staircases with shapely's coverage
-simplification (boundaries shared by two classes stay gap- and overlap-free) and ``min_area_um2`` drops
-specks and fills small holes. Coordinates are level-0 slide pixels: mask pixel (row, col) covers x in
-[col, col+1) * factor + offset_x, likewise for y.
+Each 4-connected region of a tissue class becomes one ``Polygon`` feature (holes as interior rings),
+polygonised along pixel edges by ``rasterio.features.shapes``, so with no simplification rasterising back
+by pixel centres returns the mask. Features carry QuPath's ``id`` (a UUID derived from the object),
+``properties.objectType`` (annotation or detection), ``classification`` {name, color} and
+``measurements`` (area, perimeter; ``protoseg.data.qupath``). ``simplify_um`` smooths the pixel staircases
+with shapely's coverage simplification (boundaries shared by two classes stay gap- and overlap-free) and
+``min_area_um2`` drops specks and fills small holes. Coordinates are level-0 slide pixels: mask pixel
+(row, col) covers x in [col, col+1) * factor + offset_x, likewise for y.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from protoseg.classes import ClassSpec
+from protoseg.data import qupath
+from protoseg.data.qupath import ObjectType
 from protoseg.export.errors import ExportError
 
 logger = logging.getLogger(__name__)
@@ -30,56 +33,56 @@ DEFAULT_SIMPLIFY_UM = 2.0
 DEFAULT_MIN_AREA_UM2 = 50.0
 
 
-def _corners(contour: np.ndarray) -> np.ndarray:
-    """Marching-squares contour of a binary image (row, col; closed) -> its pixel-edge corner points."""
-    pts = contour[:-1]
-    nxt = np.roll(pts, -1, axis=0)
-    horiz = np.isclose(pts[:, 0] % 1, 0.5)  # midpoint of a horizontal pixel edge: row half-integer
-    turn = horiz != np.roll(horiz, -1)
-    a, b, ha = pts[turn], nxt[turn], horiz[turn]
-    rows = np.where(ha, a[:, 0], b[:, 0])
-    cols = np.where(ha, b[:, 1], a[:, 1])
-    return np.stack([rows, cols], axis=1)
+#: dtypes ``rasterio.features.shapes`` polygonises; other integer masks are converted to int32.
+_SHAPES_DTYPES = ("uint8", "uint16", "int16", "int32")
 
 
-def _signed_area(xy: np.ndarray) -> float:
-    x, y = xy[:, 0], xy[:, 1]
-    return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+def _shoelace(ring: np.ndarray) -> float:
+    """Unsigned area of a closed ring (N, 2)."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
+
+
+def _value_polygons(
+    labels: np.ndarray, valid: np.ndarray, min_pixels: int, min_hole_pixels: float
+) -> list[tuple[int, Any]]:
+    """(value, shapely polygon) of each 4-connected region of equal ``labels`` where ``valid``, sorted by value
+    then position; pixel-edge coordinates (x = column). Polygonised by ``rasterio.features.shapes``.
+
+    Regions under ``min_pixels`` pixels and holes under ``min_hole_pixels`` are dropped; a ring that touches
+    itself at a corner (diagonal pixels) is repaired with ``make_valid`` into valid polygons.
+    """
+    import shapely
+    from rasterio.features import shapes
+
+    if labels.dtype.name not in _SHAPES_DTYPES:
+        labels = labels.astype(np.int32)
+    found: list[tuple[tuple[int, float, float], Any]] = []
+    for geom, value in shapes(np.ascontiguousarray(labels), mask=np.asarray(valid, bool), connectivity=4):
+        rings = [np.asarray(r, dtype=np.float64) for r in geom["coordinates"]]
+        areas = [_shoelace(r) for r in rings]
+        if areas[0] - sum(areas[1:]) < max(1, min_pixels):  # polygon area = pixel count
+            continue
+        holes = [r for r, a in zip(rings[1:], areas[1:]) if a >= min_hole_pixels]
+        lo = rings[0].min(axis=0)
+        found.append(((int(value), float(lo[1]), float(lo[0])), shapely.Polygon(rings[0], holes)))
+    found.sort(key=lambda kp: kp[0])
+    polys = np.array([p for _, p in found], dtype=object)
+    ok = shapely.is_valid(polys) if len(polys) else np.zeros(0, bool)
+    out = []
+    for (key, poly), good in zip(found, ok):
+        if good:
+            out.append((key[0], poly))
+            continue
+        parts = _valid_parts(poly)  # self-touching ring split; pinched-off pockets may become small holes
+        out.extend((key[0], _without_small_holes(q, min_hole_pixels) if min_hole_pixels > 0 else q) for q in parts)
+    return out
 
 
 def _component_polygons(binary: np.ndarray, min_pixels: int, min_hole_pixels: float) -> list[Any]:
-    """Shapely polygons (mask pixel-edge coordinates, x = column) of the 4-connected regions of ``binary``.
-
-    Regions under ``min_pixels`` pixels and holes under ``min_hole_pixels`` are dropped; a ring that
-    touches itself at a corner (diagonal pixels) is repaired with ``make_valid`` into valid polygons.
-    """
-    import shapely
-    from scipy import ndimage
-    from skimage.measure import find_contours
-
-    labels, n = ndimage.label(binary)
-    if n == 0:
-        return []
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    out = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None or sizes[i] < max(1, min_pixels):
-            continue
-        comp = labels[sl] == i
-        oy, ox = sl[0].start, sl[1].start
-        rings = []
-        for contour in find_contours(np.pad(comp, 1).astype(np.float32), 0.5):
-            rc = _corners(contour)
-            # corner (r, c) in padded-crop centre coordinates -> pixel-edge coordinates of the full mask
-            rings.append(np.stack([rc[:, 1] - 0.5 + ox, rc[:, 0] - 0.5 + oy], axis=1))
-        areas = [abs(_signed_area(r)) for r in rings]
-        outer = int(np.argmax(areas))
-        holes = [r for j, r in enumerate(rings) if j != outer and areas[j] >= min_hole_pixels]
-        parts = _valid_parts(shapely.Polygon(rings[outer], holes))
-        if min_hole_pixels > 0:  # repairs turn pockets pinched off the outline into holes: filter them too
-            parts = [_without_small_holes(p, min_hole_pixels) for p in parts]
-        out.extend(parts)
-    return out
+    """Shapely polygons (mask pixel-edge coordinates, x = column) of the 4-connected regions of ``binary``."""
+    binary = np.asarray(binary, bool)
+    return [p for _, p in _value_polygons(binary.view(np.uint8), binary, min_pixels, min_hole_pixels)]
 
 
 def _without_small_holes(poly: Any, min_area: float) -> Any:
@@ -159,6 +162,16 @@ def class_polygons(
     return [_rings(p, factor, offset) for p in _component_polygons(np.asarray(binary, bool), min_pixels, 0)]
 
 
+def as_object_type(value: ObjectType | str) -> ObjectType:
+    """``value`` as an :class:`ObjectType` ("annotation" or "detection"); anything else raises ExportError."""
+    try:
+        return ObjectType(value)
+    except ValueError:
+        raise ExportError(
+            f"unknown QuPath object type {value!r}; choose {' or '.join(t.value for t in ObjectType)}"
+        ) from None
+
+
 def mask_to_geojson(
     mask: np.ndarray,
     classes: ClassSpec,
@@ -169,48 +182,70 @@ def mask_to_geojson(
     mpp: float | None = None,
     simplify_um: float = 0.0,
     min_area_um2: float = 0.0,
+    object_type: ObjectType | str = ObjectType.ANNOTATION,
+    slide: str = "",
 ) -> dict[str, Any]:
-    """FeatureCollection with one QuPath annotation ``Polygon`` per connected object of each tissue class.
+    """FeatureCollection with one QuPath ``Polygon`` object per connected region of each tissue class.
 
     ``mpp`` is µm per output coordinate unit (level-0 slide pixel); it is needed when ``simplify_um``
     (staircase smoothing tolerance, µm) or ``min_area_um2`` (objects dropped and holes filled below this
-    area) is non-zero. With both 0 the outlines follow pixel edges exactly. Every geometry is valid.
+    area) is non-zero, and gives the measurements in µm (else px). With both 0 the outlines follow pixel
+    edges exactly. Every geometry is valid. Objects are QuPath ``object_type`` ("annotation" or
+    "detection") with a ``classification``, ``measurements`` (area, perimeter) and an ``id`` derived from
+    ``slide``, class and outline (``protoseg.data.qupath``).
     """
+    kind = as_object_type(object_type)
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ExportError(f"mask must be 2-D (H, W), got shape {mask.shape}")
     tol_px, min_px = _pixel_thresholds(factor, mpp, simplify_um, min_area_um2)
-    objects: list[tuple[int, Any]] = []
-    for idx in range(classes.num_classes):
-        min_pixels_idx = max(int(min_pixels), int(np.ceil(min_px)))
-        objects.extend((idx, p) for p in _component_polygons(mask == idx, min_pixels_idx, min_px))
+    min_pixels_all = max(int(min_pixels), int(np.ceil(min_px)))
+    valid = (mask >= 0) & (mask < classes.num_classes)
+    objects = _value_polygons(mask, valid, min_pixels_all, min_px)
     n_before = len(objects)
     if tol_px > 0:
         simple = _simplify([p for _, p in objects], tol_px)
         objects = [(idx, q) for (idx, _), s in zip(objects, simple) for q in _valid_parts(s)]
-    features = []
-    for idx, poly in objects:
-        name, color = classes.names[idx], classes.colors[idx]
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": _rings(poly, factor, offset)},
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": name, "color": list(color)},
-                    "isLocked": False,
-                    "class_index": idx,
-                },
-            }
-        )
+    features = [_feature(idx, poly, classes, kind, factor, offset, mpp) for idx, poly in objects]
+    keys = [
+        qupath.object_key(slide, [classes.names[i]], f["geometry"]["coordinates"])
+        for (i, _), f in zip(objects, features)
+    ]
+    for feature, fid in zip(features, qupath.stable_ids(keys)):
+        feature["id"] = fid
     logger.info(
-        "GeoJSON: %d objects (%d before simplification), tolerance %.3g px, min area %.3g px",
+        "GeoJSON: %d %s objects (%d before simplification), tolerance %.3g px, min area %.3g px",
         len(features),
+        kind.value,
         n_before,
         tol_px,
         min_px,
     )
     return {"type": "FeatureCollection", "features": features}
+
+
+def _feature(
+    idx: int,
+    poly: Any,
+    classes: ClassSpec,
+    kind: ObjectType,
+    factor: float,
+    offset: tuple[float, float],
+    mpp: float | None,
+) -> dict[str, Any]:
+    """One QuPath object of class ``idx`` (its ``id`` is added by the caller)."""
+    geometry = {"type": "Polygon", "coordinates": _rings(poly, factor, offset)}
+    return {
+        "type": "Feature",
+        "geometry": geometry,
+        "properties": {
+            "objectType": kind.value,
+            "classification": qupath.classification([classes.names[idx]], classes.colors[idx]),
+            "isLocked": False,
+            "measurements": qupath.measurements(geometry, mpp),
+            "class_index": idx,
+        },
+    }
 
 
 def write_geojson(collection: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -52,7 +52,7 @@ def _multiscales(name: str, levels: int, mpp: float | None, channel_axis: bool) 
 
 #: The ``protoseg.outputs`` marker kind of a prediction folder.
 OUTPUT_KIND = "prediction"
-_ZARR_ENTRIES = frozenset({"zarr.json", "probs", "mask", "done", outputs.MARKER})
+_ZARR_ENTRIES = frozenset({"zarr.json", "probs", "mask", "done"})
 
 
 def _adopt_legacy(path: Path) -> None:
@@ -100,6 +100,7 @@ def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> b
     """
     path = Path(path)
     is_prediction_dir(path)  # marks an older unmarked protoseg prediction as ours
+    outputs.migrate_zarr_marker(path)  # an older marker file moves into zarr.json
     try:
         existing = outputs.check_replaceable(path, OUTPUT_KIND, overwrite=overwrite, what="output folder")
     except outputs.OutputOwnershipError as exc:
@@ -134,7 +135,9 @@ def create_prediction_zarr(
     if overwrite and Path(path).exists():  # only protoseg's own entries (check_output_dir): no stale chunks left
         shutil.rmtree(path)
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    outputs.write_marker(path, OUTPUT_KIND, entries=_ZARR_ENTRIES)
+    # the marker lives in the root zarr.json (a file beside it is "not a zarr component" to zarr); set
+    # through zarr so its later attribute updates keep it
+    root.attrs[outputs.ZARR_MARKER_ATTR] = outputs.marker_record(OUTPUT_KIND, _ZARR_ENTRIES)
     probs = root.create_group("probs")
     mask = root.create_group("mask")
     for k, (w, h) in enumerate(levels):

@@ -8,7 +8,15 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QTableWidgetItem
 
-from protoseg.export import AreaRow, ExportFormat, default_output, export_format, export_prediction, read_area_csv
+from protoseg.export import (
+    AreaRow,
+    ExportFormat,
+    ObjectType,
+    default_output,
+    export_format,
+    export_prediction,
+    read_area_csv,
+)
 from protoseg.napari.overlays import Placement, zarr_layer_data
 from protoseg.napari.widgets._common import WidgetError
 from protoseg.napari.widgets.jobs import BackgroundJob, ProcessJob, warm_imports
@@ -21,6 +29,11 @@ EXPORTS = {  # format -> (button, file filter); default names come from protoseg
     ExportFormat.OME_TIFF: ("OME-TIFF", "OME-TIFF (*.ome.tif)"),
     ExportFormat.GEOJSON: ("GeoJSON", "GeoJSON (*.geojson)"),
     ExportFormat.AREAS: ("Areas CSV", "CSV (*.csv)"),
+}
+#: the GeoJSON save dialog's file types: which QuPath object type the export writes
+GEOJSON_TYPES = {
+    "QuPath annotations (*.geojson)": ObjectType.ANNOTATION,
+    "QuPath detections (*.geojson)": ObjectType.DETECTION,
 }
 
 
@@ -132,20 +145,26 @@ class WholeSlideSection:
             raise WidgetError("no whole-slide result yet: run 'Whole slide' first (exports read its OME-Zarr)")
         return path
 
-    def export(self, kind: ExportFormat | str, out: str | Path, wait: bool = True) -> Any:
+    def export(
+        self,
+        kind: ExportFormat | str,
+        out: str | Path,
+        wait: bool = True,
+        object_type: ObjectType | str = ObjectType.ANNOTATION,
+    ) -> Any:
         """Write an export (an ``ExportFormat`` or its value: "ome-zarr", "ome-tiff", "geojson", "areas") of the
-        batch result to ``out``.
+        batch result to ``out``; GeoJSON objects are QuPath ``object_type`` ("annotation" or "detection").
 
         ``wait=False`` runs it in a worker (what the buttons do) and returns the job.
         """
         kind = export_format(kind)
         src = self._result()
         if wait:
-            path = export_prediction(src, kind, out)
+            path = export_prediction(src, kind, out, object_type=object_type)
             self._exported(kind, path)
             return path
         job = BackgroundJob(
-            lambda report, cancel: export_prediction(src, kind, out),
+            lambda report, cancel: export_prediction(src, kind, out, object_type=object_type),
             on_done=lambda p: self._exported(kind, p),
             on_error=lambda e: self.status.error(f"export failed: {e}"),
             parent=self,
@@ -168,8 +187,11 @@ class WholeSlideSection:
         self.areas.resizeColumnsToContents()
 
     def _export_dialog(self, kind: ExportFormat) -> None:
+        """Ask where to write ``kind`` (GeoJSON: the file type picks annotations or detections), then write it."""
         src = self._result()
         label, file_filter = EXPORTS[kind]
-        out, _ = QFileDialog.getSaveFileName(self, f"Export {label}", str(default_output(src, kind)), file_filter)
+        geojson = kind is ExportFormat.GEOJSON
+        filters = ";;".join(GEOJSON_TYPES) if geojson else file_filter
+        out, chosen = QFileDialog.getSaveFileName(self, f"Export {label}", str(default_output(src, kind)), filters)
         if out:
-            self.export(kind, out, wait=False)
+            self.export(kind, out, wait=False, object_type=GEOJSON_TYPES.get(chosen, ObjectType.ANNOTATION))
