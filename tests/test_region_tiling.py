@@ -85,7 +85,7 @@ def test_training_data_uses_dense_tiles_and_refuses_only_tiny_regions(
 ) -> None:
     from protoseg.train.pipeline import region_data
 
-    monkeypatch.setattr("protoseg.data.region_dataset._default_opener", _Slide)
+    monkeypatch.setattr("protoseg.data.region_tiling._default_opener", _Slide)
     cfg = load_config(None, ["data.patch_size=100", "data.augment=false"])
     src = _source()
     with caplog.at_level(logging.INFO, logger="protoseg.train.pipeline"):

@@ -29,6 +29,7 @@ def _tick(widget, qtbot, layer, index: int, names: list[str]) -> None:
 
 
 def test_tag_save_reload_and_training_patches(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    from protoseg.napari.widgets import _common
     from protoseg.napari.widgets._common import region_sources
     from protoseg.napari.widgets.regions import RegionTagWidget
 
@@ -88,8 +89,9 @@ def test_tag_save_reload_and_training_patches(make_napari_viewer, qtbot, tmp_pat
 
     # use as training data: 600 px squares at 224 px patches (0.5 µm/px on a 0.5 µm/px slide), half-patch
     # stride (dense tiling) -> 4x4 each
+    _common.set_training_patch(224)  # the Train dock's default (another test's dock may have set another)
     widget.use_btn.click()
-    assert "32 patches" in widget.status.text(), widget.status.text()
+    assert "32 patches of 224 px at 0.5 µm/px" in widget.status.text(), widget.status.text()
     source = region_sources()[reloaded.name]
     cfg = ProtosegConfig()
     data = source_data(replace(cfg, data=replace(cfg.data, patch_size=100)), source, augment=False)

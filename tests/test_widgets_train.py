@@ -202,10 +202,22 @@ def test_train_on_tagged_regions_and_form_errors(
     )
     assert widget.regions.findText("sample regions") >= 0
     widget.regions.setCurrentText("sample regions")
+    # before training: the patches per class at the form's patch size, and a preview of their boxes
+    # 128 µm square, 64 px patches at 1 µm/px every 32 px (dense tiling, as training cuts them): 3 x 3
+    assert "9 patches of 64 px at 1 µm/px" in widget.tiling.text() and "TUM 9, STR 9" in widget.tiling.text()
+    viewer.open(str(SAMPLE), plugin="protoseg")
+    widget.preview_btn.click()
+    boxes = widget._patch_layer
+    assert boxes is not None and len(boxes.data) == 9 and "9 patch boxes drawn" in widget.status.text()
+    widget.preview_btn.click()  # a new preview replaces the old boxes
+    assert sum(ly.name.startswith("training patches") for ly in viewer.layers) == 1
+    widget.patch.setValue(320)  # 320 px at 1 µm/px: under half of any patch lies in the 128 µm square
+    assert "0 patches" in widget.tiling.text() and "region 1 (TUM+STR)" in widget.tiling.text()
+    widget.patch.setValue(64)
     widget.start_btn.click()
     qtbot.waitUntil(lambda: widget.job is not None and widget.job.finished, timeout=60_000)
     out = widget.outcome
-    # 256 px at 0.5 µm/px = 128 µm = 2 x 2 patches of 64 px at 1 µm/px -> one step of batch 8 (size 4)
+    # the 9 patches -> one step of batch 8 (the last, partial batch is dropped)
     assert out is not None and out.stage1.steps_done == 1, widget.status.text()
     assert out.stage1.best_metric is None and (tmp_path / "run" / "stage1" / "last.pt").is_file()
 

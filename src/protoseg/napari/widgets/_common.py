@@ -73,6 +73,39 @@ def region_sources() -> dict[str, RegionSource]:
     return dict(_REGION_SOURCES)
 
 
+_TRAINING_PATCH: list[int] = []
+
+
+def set_training_patch(size: int) -> None:
+    """The patch size (px) the Train dock will train at; other docks count patches at it."""
+    _TRAINING_PATCH[:] = [int(size)]
+
+
+def training_patch() -> int:
+    """The Train dock's patch size, else the configuration default."""
+    if _TRAINING_PATCH:
+        return _TRAINING_PATCH[0]
+    from protoseg.config import ProtosegConfig
+
+    return ProtosegConfig().data.patch_size
+
+
+def describe_tiling(tiling: Any, name: str, limit: int = 3) -> str:
+    """What training on tagged regions gets: patches per class at the patch size and resolution, and the
+    regions too small to give one (named)."""
+    per_class = ", ".join(f"{n} {c}" for n, c in tiling.per_class.items())
+    text = (
+        f"'{name}': {len(tiling.patches)} patches of {tiling.patch_size} px at {tiling.mpp:g} µm/px, stride "
+        f"{tiling.stride} px ({per_class})"
+    )
+    if tiling.too_small:
+        patch_um = tiling.patch_size * tiling.mpp
+        named = "; ".join(r.describe(patch_um) for r in tiling.too_small[:limit])
+        more = f" (and {len(tiling.too_small) - limit} more)" if len(tiling.too_small) > limit else ""
+        text += f". {len(tiling.too_small)} region(s) too small for one patch: {named}{more}"
+    return text
+
+
 # ---- coordinates ------------------------------------------------------------------------------
 def _yx(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)[-2:]

@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
 )
 
 from protoseg.classes import BCSS_WSSS, ClassSpec
-from protoseg.config import ProtosegConfig
 from protoseg.data.regions import (
     RegionAnnotation,
     RegionSource,
@@ -41,12 +40,14 @@ from protoseg.napari.widgets._common import (
     classes_from_checkpoint,
     classes_from_dataset,
     classes_from_text,
+    describe_tiling,
     layer_to_level0,
     level0_to_layer,
     register_regions,
     row,
     scroll_layout,
     tabify_when_docked,
+    training_patch,
 )
 from protoseg.napari.widgets.reader_prefs import ReaderPreferenceButton
 from protoseg.napari.widgets.slide_info import MppPrompt, slide_meta, slide_mpp
@@ -336,16 +337,13 @@ class RegionTagWidget(QWidget):
                 "(0.25 µm/px for 40x, 0.5 for 20x) so the patches are cut at the right scale"
             )
         source = RegionSource(layer.name, tuple(regions), self.classes, mpp, fallback)
-        from protoseg.train.jobs import source_data  # the training stack (torch): on first use only
+        from protoseg.data.region_tiling import tile_region_source  # geometry only: no torch
 
-        data = source_data(ProtosegConfig(), source, augment=False)
-        counts = data.train.labels().sum(axis=0).astype(int)  # type: ignore[attr-defined]
-        per_class = ", ".join(f"{n} {c}" for n, c in zip(self.classes.names, counts))
+        tiling = tile_region_source(source, training_patch())  # what training will cut, at its patch size
+        if not tiling.patches:
+            raise WidgetError(describe_tiling(tiling, layer.name) + ": draw larger regions or lower the patch size")
         register_regions(source)
         self.source = source
-        self.status.ok(
-            f"'{layer.name}': {len(regions)} regions -> {len(data.train)} patches of "
-            f"{ProtosegConfig().data.patch_size} px at {mpp:g} µm/px ({per_class}); "
-            "pick it in the Train or Image bank widget"
-        )
+        text = f"{describe_tiling(tiling, layer.name)}. Train (Data: Tagged regions) or build a bank from it"
+        (self.status.error if tiling.too_small else self.status.ok)(text)
         return source

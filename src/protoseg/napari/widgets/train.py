@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -29,11 +30,14 @@ from protoseg.napari.widgets._common import (
     StatusLabel,
     WidgetError,
     checkpoint_ready,
+    describe_tiling,
     region_sources,
     regions_changed,
     remember_checkpoint,
+    rgb_to_hex,
     row,
     scroll_layout,
+    set_training_patch,
     tabify_when_docked,
 )
 from protoseg.napari.widgets.jobs import NapariProgress, ProcessJob
@@ -48,6 +52,8 @@ logger = logging.getLogger(__name__)
 BACKBONES = ("resnet18", "pvt_v2_b0", "pvt_v2_b1", "resnet50", "convnext_tiny")
 
 
+#: most patch boxes 'Preview patches' draws (napari's Shapes layer slows down with tens of thousands)
+PREVIEW_BOXES = 2000
 #: the child-process job that trains (imported only in the child: the viewer never loads torch for it)
 TRAINING_JOB = "protoseg.train.jobs:training_job"
 NO_PRESET = "(protoseg defaults)"
@@ -114,6 +120,8 @@ class TrainWidget(QWidget):
         self.source.addItems([FOLDER, REGIONS])
         self.folder = PathEdit("dir", "BCSS-WSSS / LUAD-HistoSeg / generic folder")
         self.regions = QComboBox()
+        self.tiling = StatusLabel()  # patches per class the tagged regions give at the patch size
+        self.preview_btn = QPushButton("Preview patches on the slide")
         self.recipe = QComboBox()
         self.recipe.addItems([r.value for r in Recipe])
         self.recipe.setCurrentText(Recipe.PBIP.value)
@@ -148,6 +156,11 @@ class TrainWidget(QWidget):
         self.start_btn.clicked.connect(lambda: self.status.guard(self.start))
         self.cancel_btn.clicked.connect(self.cancel)
         regions_changed.connect(self._refresh_regions)
+        self.patch.valueChanged.connect(self._on_patch)
+        set_training_patch(self.patch.value())
+        self.regions.currentTextChanged.connect(lambda *_: self.status.guard(self.describe_regions))
+        self.preview_btn.clicked.connect(lambda: self.status.guard(self.preview_patches))
+        self._patch_layer: Any = None
         self._refresh_regions()
         self._on_source()
 
@@ -157,6 +170,8 @@ class TrainWidget(QWidget):
         form.addRow("Data", self.source)
         form.addRow("Folder", self.folder)
         form.addRow("Regions", self.regions)
+        form.addRow("", self.tiling)
+        form.addRow("", self.preview_btn)
         form.addRow("Recipe", self.recipe)
         addons = QHBoxLayout()
         for box in self.addons.values():
@@ -187,8 +202,86 @@ class TrainWidget(QWidget):
         by_folder = self.source.currentText() == FOLDER
         self.folder.setEnabled(by_folder)
         self.regions.setEnabled(not by_folder)
+        self.tiling.setVisible(not by_folder)
+        self.preview_btn.setVisible(not by_folder)
+        if not by_folder:
+            self.status.guard(self.describe_regions)
 
-    def _refresh_regions(self, *_: Any) -> None:
+    def _on_patch(self, size: int) -> None:
+        set_training_patch(size)
+        if self.source.currentText() == REGIONS:
+            self.status.guard(self.describe_regions)
+
+    def region_tiling(self) -> Any:
+        """The tiling training will use for the chosen tagged regions at the form's patch size."""
+        source = region_sources().get(self.regions.currentText())
+        if source is None:
+            raise WidgetError("no tagged regions yet: use 'Use as training data' in the Region tagging widget")
+        from protoseg.data.region_tiling import tile_region_source
+
+        return tile_region_source(source, self.patch.value())
+
+    def describe_regions(self) -> Any:
+        """Show, before training, the patches per class and the regions too small at the patch size."""
+        if not region_sources().get(self.regions.currentText()):
+            self.tiling.ok("")
+            return None
+        tiling = self.region_tiling()
+        text = describe_tiling(tiling, self.regions.currentText())
+        (self.tiling.error if tiling.too_small or not tiling.patches else self.tiling.ok)(text)
+        return tiling
+
+    def preview_patches(self) -> Any:
+        """Draw the training patch boxes on the slides open in the viewer (one protoseg Shapes layer,
+        replaced on each preview; at most PREVIEW_BOXES boxes)."""
+        from napari.layers import Shapes
+
+        from protoseg.napari.widgets.slide_info import find_slide_layer
+
+        tiling = self.describe_regions()
+        if tiling is None:
+            raise WidgetError("choose tagged regions first")
+        if self._patch_layer is not None and self._patch_layer in self.viewer.layers:
+            self.viewer.layers.remove(self._patch_layer)
+        by_slide: dict[str, list] = {}
+        for p in tiling.patches[:PREVIEW_BOXES]:
+            by_slide.setdefault(p.slide_path, []).append(p)
+        drawn = 0
+        for path, patches in by_slide.items():
+            slide = find_slide_layer(self.viewer, path)
+            if slide is None:
+                continue
+            rects = [np.array([[y, x], [y + h, x + w]], float) for x, y, w, h in (p.box for p in patches)]
+            colours = [self._class_colour(p.label) for p in patches]
+            self._patch_layer = self.viewer.add_layer(
+                Shapes(
+                    rects,
+                    shape_type="rectangle",
+                    edge_color=colours,
+                    face_color="transparent",
+                    edge_width=max(1.0, 0.02 * float(np.median([w for *_, w, _h in (p.box for p in patches)]))),
+                    scale=tuple(slide.scale[-2:]),
+                    translate=tuple(slide.translate[-2:]),
+                    units=tuple(slide.units[-2:]),
+                    name=f"training patches: {self.regions.currentText()}",
+                    metadata={"protoseg_overlay": {"kind": "patches"}},
+                )
+            )
+            drawn += len(rects)
+            break  # one layer: the first slide in view with patches
+        capped = f" (the first {PREVIEW_BOXES})" if len(tiling.patches) > PREVIEW_BOXES else ""
+        self.status.ok(f"{drawn} patch boxes drawn{capped}, coloured by their first class")
+        return self._patch_layer
+
+    def _class_colour(self, label: Any) -> str:
+        """Hex colour of a patch's first class (the tagged regions' class colours)."""
+        source = region_sources().get(self.regions.currentText())
+        first = next((i for i, v in enumerate(label) if v), None)
+        if source is None or first is None:
+            return "#ffffff"
+        return rgb_to_hex(source.classes.colors[first])
+
+    def _refresh_regions(self, name: str = "") -> None:
         try:
             current = self.regions.currentText()
             self.regions.clear()
@@ -196,8 +289,12 @@ class TrainWidget(QWidget):
         except RuntimeError:  # the widget was deleted by Qt: stop listening
             regions_changed.disconnect(self._refresh_regions)
             return
-        if current:
-            self.regions.setCurrentText(current)
+        if name or current:
+            self.regions.setCurrentText(name or current)
+        if name and self.source.currentText() == FOLDER:
+            self.source.setCurrentText(REGIONS)  # the user just made regions training data: train on them
+        if self.source.currentText() == REGIONS:
+            self.status.guard(self.describe_regions)
 
     def build_config(self) -> ProtosegConfig:
         """The run configuration the form describes."""
