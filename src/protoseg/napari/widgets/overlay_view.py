@@ -171,6 +171,8 @@ class OverlayViewSection:
                 else:
                     ly.refresh()
         self._region_progress()
+        if stale:
+            self._describe_view()  # what is left of the view, at the rate measured so far
         if self.scheduler is not None and self.scheduler.last_error:
             self.status.error(f"overlay computation failed: {self.scheduler.last_error}")
 
