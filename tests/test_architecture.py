@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "bank": 3,
     "infer": 3,
     "export": 4,
+    "corrections": 4,  # GeoJSON through export's one mask-to-QuPath path
     "config": 4,
     "config_compat": 4,
     "config_overrides": 4,
@@ -47,6 +48,7 @@ FORBIDDEN: set[tuple[str, str]] = {
     ("models", "losses"),
     ("losses", "data"),
     ("data", "losses"),
+    ("export", "corrections"),
 }
 
 
