@@ -208,7 +208,7 @@ def test_presets_load_validate_and_cite_every_value():
     assert load_preset("lpd-bcss").model.learnable_k == 10
     pscl = load_preset("pscl-bcss")
     assert pscl.stage1.pscl.decoder and [a.value for a in pscl.stage1.addons] == ["pscl"]
-    assert load_preset("pbip-luad").data.layout.value == "luad_histoseg"
+    assert load_preset("pbip-luad").data.layout is None  # a preset never forces the layout (issue 24)
     assert "TUM=tumor" in load_preset("plim-bcss").stage1.plim.descriptions
     assert set(preset_dict("pbip-bcss")) <= {"data", "model", "bank", "stage1", "stage2", "run"}
     with pytest.raises(PresetError, match="pbip-bcss"):

@@ -30,14 +30,30 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> ProtosegConfig:
-    """Defaults < ``--preset`` (where the verb has it) < YAML file < shortcut flags (``extra``) < ``--set``."""
-    base = None
-    if getattr(args, "preset", None):
-        from protoseg.presets import load_preset
+def data_classes(cfg: ProtosegConfig) -> tuple[str, ...] | None:
+    """Class names of the training split of ``data.root`` (any layout), or None when it cannot be read yet
+    (the training job reports that with its own error)."""
+    from protoseg.data.datasets import open_dataset
+    from protoseg.errors import ProtosegError
 
-        base = load_preset(args.preset)
-    return load_config(args.config, [*(extra or []), *args.overrides], base=base)
+    if not cfg.data.root:
+        return None
+    try:
+        return tuple(open_dataset(cfg.data.root, "train", cfg.data.layout).classes.names)
+    except (ProtosegError, OSError):
+        return None
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> ProtosegConfig:
+    """Defaults < ``--preset`` (where the verb has it) < YAML file < shortcut flags (``extra``) < ``--set``;
+    a preset is fitted to the data's classes (one log line when they differ from the preset's)."""
+    overrides = [*(extra or []), *args.overrides]
+    if not getattr(args, "preset", None):
+        return load_config(args.config, overrides)
+    from protoseg.presets import load_preset
+
+    classes = data_classes(load_config(args.config, overrides, base=load_preset(args.preset)))
+    return load_config(args.config, overrides, base=load_preset(args.preset, classes))
 
 
 class ProgressBar:

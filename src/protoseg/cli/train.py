@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         s.add_argument(
             "--preset",
             choices=list_presets(),
-            help="start from a paper preset (see `protoseg presets`); --config and --set apply on top",
+            help="start from a paper preset (see `protoseg presets`): the method and its hyper-parameters; the "
+            "layout and classes come from --data; --config and --set apply on top",
         )
         s.add_argument("--data", help="dataset folder (BCSS-WSSS, LUAD-HistoSeg or generic layout)")
         s.add_argument("--out", help="run folder (checkpoints go to OUT/stage1 or OUT/stage2)")
