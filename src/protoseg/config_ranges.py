@@ -1,5 +1,7 @@
-"""Valid range of every numeric run-config setting (``RANGES``), checked whenever a config is built;
-knows no config class: ``protoseg.config`` passes in its config tree and its ``ConfigError``."""
+"""Valid range of every numeric run-config setting (``RANGES``), checked whenever a config is built, and of
+the numbers that enter elsewhere (``MPP`` for every resolution: checkpoints, slide metadata, options);
+knows no config class: ``protoseg.config`` passes in its config tree and its ``ConfigError``. Imports
+nothing of protoseg, so every layer may use it."""
 
 from __future__ import annotations
 
@@ -40,6 +42,13 @@ POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 FRACTION = Range(0, 1)
 AT_LEAST_ONE = Range(1)
+#: Microns per pixel of anything (a slide's level 0, a model's input, a typed or ``--slide-mpp`` value): from
+#: 0.01 µm (ten times finer than light microscopy resolves) to 100 µm (a 0.1x overview). Checked at every
+#: entry: checkpoint load, slide open (an implausible file value counts as unknown), options, ``run.mpp``.
+MPP = Range(0.01, 100)
+#: Model mpp / slide mpp for prediction: a slide is upsampled at most 16x and downsampled at most 64x (a
+#: larger factor means one of the two resolutions is wrong, and would read or allocate huge regions).
+MPP_SCALE = Range(1 / 16, 64)
 
 #: Valid range of every numeric setting, by dotted key; checked whenever a ProtosegConfig is built.
 #: A new numeric setting adds its line here (tests/test_hostile_inputs.py checks none is missing).
@@ -90,7 +99,7 @@ RANGES: dict[str, Range] = {
     "stage2.weight_decay": NON_NEGATIVE,
     "stage2.grad_clip": NON_NEGATIVE,
     "run.seed": Range(0, 2**63 - 1),
-    "run.mpp": POSITIVE,
+    "run.mpp": MPP,
     "run.log_every": AT_LEAST_ONE,
 }
 
@@ -105,11 +114,12 @@ def _refusal(name: str, value: Any, why: str, rule: Range) -> str:
     return f"{name}={value!r} is {why}: expected a number {rule.describe()}"
 
 
-def check_value(name: str, value: Any, rule: Range, error: type[Exception]) -> None:
-    """Raise ``error`` naming ``name`` when ``value`` is outside ``rule`` (NaN and inf included)."""
+def check_value(name: str, value: Any, rule: Range, error: type[Exception], hint: str = "") -> None:
+    """Raise ``error`` naming ``name`` when ``value`` is outside ``rule`` (NaN and inf included); ``hint``
+    (what to do) ends the message."""
     why = rule.problem(value)
     if why is not None:
-        raise error(_refusal(name, value, why, rule))
+        raise error(_refusal(name, value, why, rule) + (f"; {hint}" if hint else ""))
 
 
 def numeric_keys(cfg: Any, prefix: str = "") -> dict[str, Any]:

@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from protoseg.cli.args import int_at_least, positive_float
+from protoseg.cli.args import float_in, int_at_least
+from protoseg.config_ranges import MPP
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="average over flips (4x slower)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument(
-        "--slide-mpp", type=positive_float, default=None, help="microns per pixel of the slide (when the file has none)"
+        "--slide-mpp", type=float_in(MPP), default=None, help="microns per pixel of the slide (when the file has none)"
     )
     p.add_argument("--no-tissue-only", action="store_true", help="predict background chunks too")
     p.add_argument("--chunk", type=int_at_least(16), default=512, help="chunk size of the output arrays (px)")

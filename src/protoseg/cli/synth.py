@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from protoseg.cli.args import int_at_least, positive_float
+from protoseg.cli.args import float_in, int_at_least
 from protoseg.cli.common import HELP_OVERWRITE_DIR
+from protoseg.config_ranges import MPP
 
 #: ``protoseg.outputs`` marker kind of a ``synth dataset`` folder.
 DATASET_KIND = "synthetic-dataset"
@@ -81,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--n-val", type=int_at_least(0), default=40, help="validation patches with masks (default 40)")
     d.add_argument("--n-test", type=int_at_least(0), default=40, help="test patches with masks (default 40)")
     d.add_argument("--size", type=int_at_least(16), default=224, help="patch size in pixels")
-    d.add_argument("--mpp", type=positive_float, default=0.5, help="microns per pixel written in the names (0.5)")
+    d.add_argument("--mpp", type=float_in(MPP), default=0.5, help="microns per pixel written in the names (0.5)")
     d.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
     d.add_argument("--overwrite", action="store_true", help=HELP_OVERWRITE_DIR)
     d.set_defaults(func=_dataset)
@@ -93,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("out", help="slide file to write (.tif pyramidal TIFF)")
     s.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the sample slide's)")
-    s.add_argument("--mpp", type=positive_float, default=None, help="microns per pixel (default: the sample slide's)")
+    s.add_argument("--mpp", type=float_in(MPP), default=None, help="microns per pixel (default: the sample slide's)")
     s.add_argument("--seed", type=int, default=None, help="random seed (default: the sample slide's)")
     s.add_argument(
         "--tile", type=int_at_least(16), default=None, help="TIFF tile size in px (default: the sample slide's)"

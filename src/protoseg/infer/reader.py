@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from protoseg.config_ranges import MPP, MPP_SCALE, check_value
+from protoseg.infer.errors import InferenceError
 from protoseg.slide.errors import MissingMppError
 from protoseg.slide.resample import SlideLike, best_level, read_at_scale
 
@@ -55,9 +57,14 @@ class Resolution:
 
 def resolve_resolution(slide: SlideLike, model_mpp: float | None, slide_mpp: float | None = None) -> Resolution:
     """Prediction resolution for a slide; a clear error when the model has an mpp and the slide none."""
+    name = slide_name(slide)
     s_mpp = slide_mpp if slide_mpp is not None else getattr(slide, "mpp", None)
-    if s_mpp is not None and not (isinstance(s_mpp, (int, float)) and s_mpp > 0):
-        raise MissingMppError(f"slide mpp must be a positive number of microns per pixel, got {s_mpp!r}")
+    if s_mpp is not None:
+        if isinstance(s_mpp, bool) or not isinstance(s_mpp, (int, float)):
+            raise MissingMppError(f"slide mpp of {name} must be a number of microns per pixel, got {s_mpp!r}")
+        check_value(f"slide mpp of {name}", s_mpp, MPP, MissingMppError, "pass the scan's resolution (--slide-mpp)")
+    if model_mpp is not None:
+        check_value("model mpp", model_mpp, MPP, InferenceError, "use the checkpoint training wrote")
     if model_mpp is None:
         logger.warning("model has no mpp: predicting %s at its native resolution", slide_name(slide))
         return Resolution(1.0, s_mpp, s_mpp)
@@ -68,6 +75,12 @@ def resolve_resolution(slide: SlideLike, model_mpp: float | None, slide_mpp: flo
             "e.g. 0.25 for 40x or 0.5 for 20x scans."
         )
     scale = float(model_mpp) / float(s_mpp)
+    if MPP_SCALE.problem(scale) is not None:
+        raise InferenceError(
+            f"{name} at {s_mpp:g} µm/px would be resampled {max(scale, 1 / scale):.0f}x for a model at "
+            f"{model_mpp:g} µm/px (model/slide must be {MPP_SCALE.describe()}): one of the two resolutions is "
+            "wrong; check --slide-mpp or the slide's metadata"
+        )
     if abs(scale - 1.0) <= MPP_SNAP_TOLERANCE:
         return Resolution(1.0, float(s_mpp), float(s_mpp))
     return Resolution(scale, float(s_mpp), float(model_mpp))

@@ -17,6 +17,7 @@ from typing import IO, Any
 import torch
 
 from protoseg.classes import ClassSpec
+from protoseg.config_ranges import MPP, check_value
 from protoseg.errors import ProtosegError
 from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from protoseg.outputs import atomic_write_bytes
@@ -105,7 +106,7 @@ class Checkpoint:
                 model_config=dict(payload["model_config"]),
                 state_dict=dict(payload["state_dict"]),
                 classes=ClassSpec.from_dict(payload["classes"]),
-                mpp=payload.get("mpp"),
+                mpp=_checked_mpp(payload.get("mpp"), source),
                 patch_size=int(payload.get("patch_size", 224)),
                 mean=tuple(payload.get("mean", IMAGENET_MEAN)),
                 std=tuple(payload.get("std", IMAGENET_STD)),
@@ -122,8 +123,10 @@ class Checkpoint:
     def build_model(self, strict: bool = True) -> torch.nn.Module:
         """Rebuild the network from ``model_config`` and load the weights (eval mode)."""
         from protoseg.models import build_model
+        from protoseg.models.backbone import weights_from_checkpoint
 
-        model = build_model(self.model_config)
+        with weights_from_checkpoint(f"{self.stage.value} checkpoint (epoch {self.epoch})"):
+            model = build_model(self.model_config)
         try:
             model.load_state_dict(self.state_dict, strict=strict)
         except RuntimeError as exc:
@@ -247,6 +250,17 @@ def non_finite_weight(state_dict: dict[str, Any]) -> str | None:
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             return name
     return None
+
+
+def _checked_mpp(value: Any, source: str) -> float | None:
+    """The checkpoint's input mpp when it is a number in ``config_ranges.MPP`` (None: unknown), else CheckpointError."""
+    if value is None:
+        return None
+    hint = "the file is damaged or was edited: use the checkpoint training wrote, or train again with run.mpp set"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{source}: mpp={value!r} is not a number; {hint}")
+    check_value(f"{source}: mpp", value, MPP, CheckpointError, hint)
+    return float(value)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:

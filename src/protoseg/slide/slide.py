@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from protoseg.config_ranges import MPP, check_value
 from protoseg.slide.backends import Backend, SlideBackend
 from protoseg.slide.errors import MissingMppError, SlideRequestError
 from protoseg.slide.lazy_pyramid import ChunkCache
@@ -23,6 +24,21 @@ if TYPE_CHECKING:
     from protoseg.slide.array import SlideLevelArray
 
 logger = logging.getLogger(__name__)
+
+
+def plausible_mpp(value: float | None, path: Path) -> float | None:
+    """A slide file's mpp when it lies in ``config_ranges.MPP``; an implausible one (e.g. ``MPP = 999999``)
+    counts as unknown, with a warning naming the file, so the user is asked for it like any slide without mpp."""
+    if value is None or MPP.problem(value) is None:
+        return value
+    logger.warning(
+        "%s records %g µm per pixel, which is not %s: treated as unknown; give the slide's resolution "
+        "(--slide-mpp, or in the docks when asked)",
+        path,
+        value,
+        MPP.describe(),
+    )
+    return None
 
 
 class _AssociatedImages(Mapping[str, np.ndarray]):
@@ -57,6 +73,7 @@ class Slide:
         self._pyramids: dict[int, list[dask.array.Array]] = {}
         self._lock = threading.RLock()
         self._chunk_cache = ChunkCache()
+        self._mpp = plausible_mpp(backend.mpp, path)
         self.associated_images: Mapping[str, np.ndarray] = _AssociatedImages(backend)
 
     # ---- metadata -------------------------------------------------------------------------------
@@ -86,8 +103,8 @@ class Slide:
 
     @property
     def mpp(self) -> float | None:
-        """Level-0 microns per pixel (mean of x and y), or None when the file does not record it."""
-        return self._backend.mpp
+        """Level-0 microns per pixel (mean of x and y), or None when the file records none or an implausible one."""
+        return self._mpp
 
     @property
     def objective_power(self) -> float | None:
@@ -161,8 +178,8 @@ class Slide:
                     f"{self.path.name} records no microns-per-pixel, so a read at {mpp} um/px is "
                     "ambiguous; pass fallback_mpp=<um/px of level 0> (e.g. 0.5 for 20x) or read by level"
                 )
-            if mpp <= 0:
-                raise SlideRequestError(f"mpp must be > 0, got {mpp}")
+            check_value("mpp", mpp, MPP, SlideRequestError)
+            check_value(f"{self.path.name}: fallback_mpp", base, MPP, SlideRequestError)
             target_ds = mpp / base
             lvl = self.best_level_for_downsample(target_ds) if level is None else level
             self._check_level(lvl)
