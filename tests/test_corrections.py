@@ -169,3 +169,18 @@ def test_export_refuses_a_foreign_file(tmp_path: Path) -> None:
     assert mine.read_text() == "{}"
     corrections_to_geojson(store, mine, overwrite=True)
     assert json.loads(mine.read_text())["features"]
+
+
+def test_margin_uncertainty_and_next_review_block() -> None:
+    from protoseg.infer.uncertainty import margin_uncertainty, next_review_block
+
+    probs = np.zeros((3, 2, 2), np.uint8)
+    probs[0, 0, 0] = 255  # certain
+    probs[0, 0, 1], probs[1, 0, 1] = 128, 127  # nearly tied
+    probs[:, 1, :] = 85  # all tied
+    np.testing.assert_array_equal(margin_uncertainty(probs), [[0, 254], [255, 255]])
+    blocks = np.array([[0.1, np.nan], [0.9, 0.5]])
+    assert next_review_block(blocks, np.zeros((2, 2))) == (1, 0)
+    assert next_review_block(blocks, np.array([[0, 0], [1, 0]])) == (1, 1)
+    assert next_review_block(blocks, np.array([[1, 0], [1, 1]])) is None  # the NaN block is unknown
+    assert next_review_block(np.full((2, 2), np.nan), np.zeros((2, 2))) is None

@@ -15,11 +15,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="export a prediction (OME-Zarr) as OME-TIFF mask, QuPath GeoJSON, area table or OME-Zarr copy",
     )
-    e.add_argument("zarr", metavar="ZARR", help="prediction folder written by `protoseg predict`")
+    e.add_argument("zarr", metavar="ZARR", nargs="?", help="prediction folder written by `protoseg predict`")
+    e.add_argument(
+        "--corrections",
+        metavar="STORE",
+        help="export a corrections store (<slide>.corrections.zarr) as QuPath GeoJSON annotations instead",
+    )
     e.add_argument(
         "--format",
         "-f",
-        required=True,
         choices=[f.value for f in ExportFormat],
         help="geojson: QuPath objects; ome-tiff: class mask pyramid; areas: mm² per class (CSV); ome-zarr: copy",
     )
@@ -60,8 +64,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from protoseg.export import export_prediction
+    from protoseg.export import ExportError, export_prediction
 
+    if args.corrections:
+        from protoseg.corrections.geojson import corrections_to_geojson
+
+        out = args.out or str(args.corrections).rstrip("/").removesuffix(".zarr") + ".geojson"
+        print(corrections_to_geojson(args.corrections, out, args.object_type, overwrite=args.overwrite))
+        return 0
+    if not args.zarr or not args.format:
+        raise ExportError("export needs ZARR and --format (or --corrections STORE); see `protoseg export -h`")
     path = export_prediction(
         args.zarr,
         args.format,

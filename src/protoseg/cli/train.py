@@ -40,9 +40,51 @@ def _shortcuts(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    """``train stage2 --from CKPT --corrections PATH...``: fine-tune on corrections (stores, or GeoJSON files
+    with --slide: imported into OUT/corrections/ on the checkpoint's grid)."""
+    from protoseg.errors import ProtosegError
+    from protoseg.train.retrain import RetrainSettings, retrain_from_corrections
+
+    if not (args.from_checkpoint and args.corrections and args.out):
+        raise ProtosegError("retrain from corrections needs --from CKPT, --corrections PATH [PATH ...] and --out DIR")
+    geojson = [c for c in args.corrections if c.lower().endswith((".geojson", ".json"))]
+    slides = args.slide or []
+    if geojson and len(slides) not in (1, len(geojson)):
+        raise ProtosegError(
+            f"{len(geojson)} GeoJSON file(s) need --slide: one slide for all, or one per GeoJSON file in order"
+        )
+    stores = []
+    for path in args.corrections:
+        if path in geojson:
+            from protoseg.corrections.geojson import store_from_geojson
+
+            slide = slides[0] if len(slides) == 1 else slides[geojson.index(path)]
+            path = str(store_from_geojson(path, slide, args.from_checkpoint, Path(args.out) / "corrections").path)
+        stores.append(path)
+    defaults = RetrainSettings()
+    settings = RetrainSettings(
+        epochs=args.epochs or defaults.epochs,
+        lr=args.lr or defaults.lr,
+        batch_size=args.batch_size or defaults.batch_size,
+        patch=args.patch_size,
+        replay=defaults.replay if args.replay is None else args.replay,
+        confidence=defaults.confidence if args.confidence is None else args.confidence,
+        device=args.device or defaults.device,
+    )
+    bar = ProgressBar("retrain")
+    best = retrain_from_corrections(
+        args.from_checkpoint, stores, args.out, settings, [bar], resume=args.resume, overwrite=args.overwrite
+    )
+    print(json.dumps({"stage": "stage2", "retrained_from": args.from_checkpoint, "best": str(best)}))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from protoseg.train.pipeline import train_stage1, train_stage2
 
+    if getattr(args, "from_checkpoint", None) or getattr(args, "corrections", None):
+        return _retrain(args)
     cfg = config_from_args(args, _shortcuts(args))
     bar = ProgressBar(args.stage)
     if args.stage == "stage1":
@@ -107,4 +149,26 @@ def register(sub: argparse._SubParsersAction) -> None:
             s.add_argument("--bank", help="image bank folder (PBIP; built from the training set when absent)")
         else:
             s.add_argument("--pseudo", help="pseudo-mask folder (default OUT/pseudo)")
+            r = s.add_argument_group(
+                "retrain from corrections",
+                "fine-tune --from CKPT on painted corrections into --out DIR (a new checkpoint with its lineage; "
+                "the parent is never replaced); --epochs, --lr, --batch-size, --patch-size, --device apply",
+            )
+            r.add_argument("--from", dest="from_checkpoint", metavar="CKPT", help="stage-2 checkpoint to fine-tune")
+            r.add_argument(
+                "--corrections",
+                nargs="+",
+                metavar="PATH",
+                help="corrections stores (<slide>.corrections.zarr), or QuPath GeoJSON files with --slide",
+            )
+            r.add_argument(
+                "--slide",
+                nargs="+",
+                metavar="SLIDE",
+                help="the slide of the GeoJSON corrections (one, or one per file)",
+            )
+            r.add_argument("--replay", type=float, help="replay patches per corrected patch (default 1)")
+            r.add_argument(
+                "--confidence", type=float, help="replay pixels whose parent score is at least this (default 0.9)"
+            )
         s.set_defaults(func=_run)

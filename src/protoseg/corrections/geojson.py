@@ -196,3 +196,42 @@ def corrections_from_geojson(path: str | os.PathLike[str], store: CorrectionStor
         )
     logger.info("imported %d corrected pixels from %s into %s", written, path, store.path)
     return written
+
+
+def store_from_geojson(
+    geojson: str | os.PathLike[str],
+    slide: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+) -> CorrectionStore:
+    """A corrections store in ``folder`` holding the objects of ``geojson`` (level-0 pixels of ``slide``) on
+    the grid ``checkpoint`` predicts that slide on; one imported from the same file before is rebuilt."""
+    import shutil
+
+    from protoseg.corrections.store import create_corrections, default_corrections_path, read_attrs
+    from protoseg.infer.predictor import Predictor
+    from protoseg.infer.reader import open_any
+
+    geojson = Path(geojson).expanduser().resolve()
+    if not geojson.is_file():
+        raise CorrectionsError(
+            f"corrections file {geojson} does not exist; pass a QuPath GeoJSON or a corrections store."
+        )
+    predictor = Predictor(checkpoint, device="cpu")
+    geom = predictor.geometry(open_any(slide))
+    path = Path(folder) / f"{geojson.stem}-{default_corrections_path(folder, slide).name}"
+    attrs = read_attrs(path)
+    if attrs is not None and attrs.get("source") == str(geojson):
+        shutil.rmtree(path)  # derived from the GeoJSON (the user's data), rebuilt from it
+    store = create_corrections(
+        path,
+        slide=slide,
+        shape=(geom.grid.height, geom.grid.width),
+        mpp=float(geom.mpp or 0),
+        scale=geom.scale,
+        classes=predictor.classes,
+        source=str(geojson),
+    )
+    if corrections_from_geojson(geojson, store) == 0:
+        raise CorrectionsError(f"{geojson} holds no object of classes {list(store.classes.names)} inside {slide}.")
+    return store

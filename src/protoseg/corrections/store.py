@@ -175,9 +175,11 @@ def create_corrections(
     scale: float,
     classes: ClassSpec,
     chunk: int = 512,
+    source: str | None = None,
 ) -> CorrectionStore:
     """Create an empty corrections store at ``path`` (missing or an empty folder); an existing store or
-    anything protoseg did not write there is refused (nothing painted is ever replaced)."""
+    anything protoseg did not write there is refused (nothing painted is ever replaced). ``source`` records
+    the file the corrections were imported from (a GeoJSON), if any."""
     import zarr
     from zarr.codecs import BloscCodec
 
@@ -207,6 +209,7 @@ def create_corrections(
         "scale": float(scale),
         "classes": classes.to_dict(),
         "chunk": int(chunk),
+        "source": source,
     }
     codec = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
     root.create_array(

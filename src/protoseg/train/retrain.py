@@ -1,0 +1,422 @@
+"""Retrain from corrections: fine-tune a stage-2 checkpoint on the pixels a user corrected, without forgetting.
+
+Loss: dense cross-entropy on corrected pixels only (everything else ``IGNORE_INDEX``) of patches on a
+patch-aligned grid wherever corrections exist, plus ``replay`` patches per corrected patch elsewhere on the
+same slides labelled by the PARENT model's confident predictions (score >= ``confidence``, else ignored).
+Batch-norm statistics stay the parent's (few patches). Runs on the shared ``Trainer`` (events, cancel,
+resume, run lock); the new checkpoint (``out_dir/best.pt``) records its lineage: parent sha256, the
+corrections' digests and the settings (``checkpoint_lineage``). The parent is never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from protoseg.cancel import Cancelled, CancelToken
+from protoseg.classes import IGNORE_INDEX
+from protoseg.corrections import CorrectionStore, open_corrections
+from protoseg.errors import ProtosegError
+from protoseg.losses.noise_ce import segmentation_ce
+from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
+from protoseg.train.engine import BEST, LAST, OptimConfig, Trainer
+from protoseg.train.errors import TrainingError
+from protoseg.train.events import Callback, EventKind, TrainEvent, emit
+from protoseg.train.outcome import CheckpointFacts
+from protoseg.train.runstate import check_new_run
+
+logger = logging.getLogger(__name__)
+
+#: ``Checkpoint.extra`` key of a retrained checkpoint's lineage.
+LINEAGE_KEY = "lineage"
+#: Stage name of the events while the patches are prepared (before the optimiser steps).
+PREPARE_STAGE = "corrections"
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """How a retrain runs; ``patch`` None = the checkpoint's patch size."""
+
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 8
+    patch: int | None = None
+    replay: float = 1.0
+    confidence: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("epochs", self.epochs >= 1),
+            ("lr", math.isfinite(self.lr) and self.lr > 0),
+            ("batch_size", self.batch_size >= 1),
+            ("patch", self.patch is None or self.patch >= 16),
+            ("replay", math.isfinite(self.replay) and 0 <= self.replay <= 100),
+            ("confidence", 0 <= self.confidence <= 1),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise TrainingError(
+                    f"retrain setting {name}={getattr(self, name)!r} is out of range; see RetrainSettings"
+                )
+
+
+@dataclass(frozen=True)
+class _Patch:
+    image: np.ndarray  # uint8 (p, p, 3)
+    target: np.ndarray  # uint8 (p, p): class index, IGNORE_INDEX elsewhere
+
+
+class CorrectionPatches(Dataset):
+    """In-memory training patches; flips / rot90 drawn from the sampler's per-sample seed."""
+
+    def __init__(self, patches: Sequence[_Patch]) -> None:
+        self.patches = list(patches)
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        p = self.patches[int(key)]
+        seed = int(getattr(key, "seed", 0))
+        image, target = p.image, p.target
+        k, flip = seed % 4, (seed >> 2) & 1
+        image, target = np.rot90(image, k, (0, 1)), np.rot90(target, k, (0, 1))
+        if flip:
+            image, target = image[:, ::-1], target[:, ::-1]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
+            "mask": torch.from_numpy(np.ascontiguousarray(target).astype(np.int64)),
+        }
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_lineage(path: str | Path) -> dict[str, Any] | None:
+    """The lineage a retrained checkpoint records (parent, parent_sha256, corrections, settings), else None."""
+    value = load_checkpoint(path).extra.get(LINEAGE_KEY)
+    return value if isinstance(value, dict) else None
+
+
+def _window(store: CorrectionStore, y: int, x: int, p: int) -> np.ndarray:
+    """Store labels of the p x p window at (y, x), 0 beyond the grid."""
+    out = np.zeros((p, p), np.uint8)
+    y1, x1 = min(y + p, store.shape[0]), min(x + p, store.shape[1])
+    out[: y1 - y, : x1 - x] = store.read(y, y1, x, x1)
+    return out
+
+
+def _corrected_windows(store: CorrectionStore, p: int) -> list[tuple[int, int]]:
+    """(row, col) of the p-aligned windows holding at least one corrected pixel, sorted."""
+    found: set[tuple[int, int]] = set()
+    c = store.chunk
+    for cy, cx, block in store.stored_chunks():
+        ys, xs = np.nonzero(block)
+        found.update(zip(((ys + cy * c) // p).tolist(), ((xs + cx * c) // p).tolist()))
+    return sorted(found)
+
+
+def _replay_windows(
+    store: CorrectionStore, p: int, taken: set[tuple[int, int]], n: int, seed: int
+) -> list[tuple[int, int]]:
+    """Up to ``n`` distinct p-aligned windows without corrections, drawn at random (seeded)."""
+    rows, cols = -(-store.shape[0] // p), -(-store.shape[1] // p)
+    free = rows * cols - len(taken)
+    if n <= 0 or free <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    if free <= 4 * n or rows * cols <= 100_000:
+        cells = [(r, c) for r in range(rows) for c in range(cols) if (r, c) not in taken]
+        pick = rng.permutation(len(cells))[: min(n, len(cells))]
+        return sorted(cells[i] for i in pick)
+    out: set[tuple[int, int]] = set()
+    while len(out) < n:
+        r, c = int(rng.integers(rows)), int(rng.integers(cols))
+        if (r, c) not in taken:
+            out.add((r, c))
+    return sorted(out)
+
+
+def _patches_of_store(
+    store: CorrectionStore,
+    parent: Checkpoint,
+    p: int,
+    settings: RetrainSettings,
+    seed: int,
+    progress: Callable[[int], None],
+) -> tuple[list[_Patch], int]:
+    """Corrected patches and replay patches of one store; returns (patches, corrected patch count)."""
+    from protoseg.infer.predictor import Predictor
+    from protoseg.infer.reader import open_any
+
+    slide_path = Path(store.slide)
+    if not slide_path.exists():
+        raise TrainingError(
+            f"slide {slide_path} of corrections {store.path} is missing; put it back at that path "
+            "(corrections are tied to their slide file)."
+        )
+    predictor = Predictor(parent, device=settings.device, tta=False)
+    geom = predictor.geometry(open_any(slide_path))
+    grid = (geom.grid.height, geom.grid.width)
+    if grid != tuple(store.shape) or not math.isclose(float(geom.mpp or 0), store.mpp, rel_tol=1e-6):
+        raise TrainingError(
+            f"corrections {store.path} were painted on a {store.shape[0]}x{store.shape[1]} grid at "
+            f"{store.mpp:g} µm/px, "
+            f"but the checkpoint predicts {slide_path.name} on {grid[0]}x{grid[1]} at {geom.mpp} µm/px; retrain from "
+            "the checkpoint the corrections were painted on."
+        )
+    corrected = _corrected_windows(store, p)
+    patches: list[_Patch] = []
+    for r, c in corrected:
+        labels = _window(store, r * p, c * p, p).astype(np.int16) - 1
+        target = np.where(labels >= 0, labels, IGNORE_INDEX).astype(np.uint8)
+        patches.append(_Patch(geom.reader.read((c * p, r * p, p, p)), target))
+        progress(1)
+    for r, c in _replay_windows(store, p, set(corrected), round(settings.replay * len(corrected)), seed):
+        x, y = c * p, r * p
+        w, h = min(p, grid[1] - x), min(p, grid[0] - y)
+        scores = predictor.predict_box(geom, (x, y, w, h))
+        target = np.full((p, p), IGNORE_INDEX, np.uint8)
+        sure = scores.max(axis=0) >= settings.confidence
+        target[:h, :w] = np.where(sure, np.argmax(scores, axis=0), IGNORE_INDEX)
+        if (target != IGNORE_INDEX).any():
+            patches.append(_Patch(geom.reader.read((x, y, p, p)), target))
+        progress(1)
+    return patches, len(corrected)
+
+
+def _freeze_batchnorm(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class RetrainTrainer(Trainer):
+    """Fine-tunes the parent network on correction and replay patches; checkpoints carry the lineage."""
+
+    stage = Stage.STAGE2.value
+
+    def __init__(
+        self,
+        parent: Checkpoint,
+        dataset: Dataset,
+        out_dir: Path,
+        settings: RetrainSettings,
+        lineage: dict[str, Any],
+        callbacks: Sequence[Callback] = (),
+        cancel: CancelToken | None = None,
+    ) -> None:
+        optim = OptimConfig(
+            epochs=settings.epochs,
+            lr=settings.lr,
+            weight_decay=1e-4,
+            grad_clip=1.0,
+            batch_size=settings.batch_size,
+            num_workers=0,  # patches are in memory
+            seed=settings.seed,
+        )
+        super().__init__(optim, out_dir, callbacks, cancel, settings.device)
+        self.parent, self.lineage, self._ds = parent, lineage, dataset
+        self.net = parent.build_model()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.net
+
+    @property
+    def train_dataset(self) -> Dataset:
+        return self._ds
+
+    def training_loss(
+        self, model: torch.nn.Module, batch: dict[str, Any], step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        _freeze_batchnorm(model)
+        loss = segmentation_ce(model(batch["image"]), batch["mask"].long())
+        return loss, {"ce": float(loss.detach())}
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def _restore(self, run: Any) -> None:
+        """Refuse to resume a ``last.pt`` retrained from another parent, other corrections or settings."""
+        last = self.out_dir / LAST
+        if last.is_file():
+            old = load_checkpoint(last).extra.get(LINEAGE_KEY) or {}
+            diffs = [k for k in ("parent_sha256", "corrections_digests", "settings") if old.get(k) != self.lineage[k]]
+            if diffs:
+                raise TrainingError(
+                    f"cannot resume from {last}: it was retrained with another {', '.join(diffs)}; use the same "
+                    "parent, corrections and settings, or pass --overwrite to retrain from scratch"
+                )
+        super()._restore(run)
+
+    def make_checkpoint(self, epoch: int, step: int, metrics: dict[str, float], extra: dict[str, Any]) -> Checkpoint:
+        kept = {k: v for k, v in self.parent.extra.items() if k not in ("optimizer", "scaler", "rng", LINEAGE_KEY)}
+        return self.parent.with_updates(
+            state_dict={k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            epoch=epoch,
+            step=step,
+            best_metric=None,
+            metrics=metrics,
+            extra={**kept, **extra, LINEAGE_KEY: self.lineage},
+        )
+
+
+def _open_stores(corrections: Sequence[str | Path], parent: Checkpoint) -> list[CorrectionStore]:
+    if not corrections:
+        raise TrainingError("no corrections given; pass at least one corrections store (--corrections)")
+    stores = [open_corrections(path, mode="r") for path in corrections]
+    for store in stores:
+        if tuple(store.classes.names) != tuple(parent.classes.names):
+            raise TrainingError(
+                f"corrections {store.path} use classes {list(store.classes.names)} but the checkpoint has "
+                f"{list(parent.classes.names)}; retrain the checkpoint the corrections were painted on."
+            )
+    if all(store.is_empty() for store in stores):
+        raise TrainingError(
+            f"no corrected pixels in {', '.join(str(s.path) for s in stores)}; paint corrections first."
+        )
+    return stores
+
+
+def _lineage(parent_path: Path, stores: Sequence[CorrectionStore], settings: RetrainSettings) -> dict[str, Any]:
+    import protoseg
+
+    parent = load_checkpoint(parent_path)
+    return {
+        "kind": "retrain-from-corrections",
+        "parent": str(parent_path),
+        "parent_sha256": file_sha256(parent_path),
+        "parent_lineage": parent.extra.get(LINEAGE_KEY),
+        "corrections": [
+            {"path": str(s.path.resolve()), "slide": s.slide, "digest": s.digest(), "counts": s.counts()}
+            for s in stores
+        ],
+        "corrections_digests": [s.digest() for s in stores],
+        "settings": asdict(settings),
+        "protoseg": str(protoseg.__version__),
+    }
+
+
+def retrain_from_corrections(
+    parent: str | Path,
+    corrections: Sequence[str | Path],
+    out_dir: str | Path,
+    settings: RetrainSettings = RetrainSettings(),
+    callbacks: Sequence[Callback] = (),
+    cancel: CancelToken | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Fine-tune ``parent`` on ``corrections`` (stores, one per slide) into ``out_dir/best.pt`` (returned).
+
+    ``out_dir`` must not be the parent's folder; an earlier retrain there is continued with ``resume`` or
+    replaced with ``overwrite`` (refused otherwise). Cancelling raises ``Cancelled`` after keeping
+    ``out_dir/last.pt`` for a resume.
+    """
+    cancel = cancel or CancelToken()
+    parent_path = Path(parent).expanduser().resolve()
+    out = Path(out_dir).expanduser().resolve()
+    ckpt = load_checkpoint(parent_path)
+    if ckpt.stage is not Stage.STAGE2:
+        raise TrainingError(
+            f"{parent_path} is a {ckpt.stage.value} checkpoint; retrain from corrections needs a stage-2 checkpoint "
+            "(the segmentation network the overlay shows)."
+        )
+    if out == parent_path.parent:
+        raise TrainingError(
+            f"--out {out} is the folder of the parent checkpoint {parent_path.name}; choose a new folder "
+            "(a retrain never writes beside or over its parent)."
+        )
+    check_new_run(out, resume, overwrite)  # refuse before the slow preparation
+    stores = _open_stores(corrections, ckpt)
+    lineage = _lineage(parent_path, stores, settings)
+    p = int(settings.patch or ckpt.patch_size)
+    patches, n_corrected = _prepare(stores, ckpt, p, settings, callbacks, cancel)
+    logger.info("retrain: %d corrected + %d replay patches of %d px", n_corrected, len(patches) - n_corrected, p)
+    lineage["patches"] = {"corrected": n_corrected, "replay": len(patches) - n_corrected, "size": p}
+    trainer = RetrainTrainer(ckpt, CorrectionPatches(patches), out, settings, lineage, callbacks, cancel)
+    result = trainer.fit(resume=resume, overwrite=overwrite)
+    if result.cancelled:
+        raise Cancelled(f"retrain cancelled; {result.last} keeps the progress: resume it with --resume")
+    best = out / BEST
+    return best if best.is_file() else result.last
+
+
+def _prepare(
+    stores: Sequence[CorrectionStore],
+    ckpt: Checkpoint,
+    p: int,
+    settings: RetrainSettings,
+    callbacks: Sequence[Callback],
+    cancel: CancelToken,
+) -> tuple[list[_Patch], int]:
+    """All stores' patches, with progress events (stage ``corrections``) and the cancel token checked."""
+    windows = [len(_corrected_windows(s, p)) for s in stores]
+    total = sum(w + round(settings.replay * w) for w in windows)
+    done = 0
+    emit(callbacks, TrainEvent(EventKind.START, PREPARE_STAGE, 0, 0, total, message="preparing correction patches"))
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        emit(callbacks, TrainEvent(EventKind.STEP, PREPARE_STAGE, 0, done, total))
+        cancel.raise_if_cancelled("retrain preparation")
+
+    patches: list[_Patch] = []
+    n_corrected = 0
+    for i, store in enumerate(stores):
+        part, n = _patches_of_store(store, ckpt, p, settings, settings.seed * 7919 + i, progress)
+        patches.extend(part)
+        n_corrected += n
+    emit(callbacks, TrainEvent(EventKind.END, PREPARE_STAGE, 0, total, total))
+    return patches, n_corrected
+
+
+def retrain_job(
+    *,
+    report: Callable[[TrainEvent], object],
+    cancel: CancelToken,
+    parent: str,
+    corrections: list[str],
+    out_dir: str,
+    settings: RetrainSettings,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> tuple[Path, CheckpointFacts]:
+    """:func:`retrain_from_corrections` as a child-process job (``protoseg.child``): events go to ``report``;
+    returns the new checkpoint and its facts (classes, mpp) so the viewer need not load it."""
+    path = retrain_from_corrections(
+        parent, corrections, out_dir, settings, callbacks=[report], cancel=cancel, resume=resume, overwrite=overwrite
+    )
+    try:
+        ckpt = load_checkpoint(path)
+    except (OSError, ValueError, ProtosegError) as exc:
+        raise TrainingError(f"the retrained checkpoint {path} cannot be read ({exc}); retrain again") from None
+    return path, CheckpointFacts(ckpt.classes, ckpt.mpp)
+
+
+__all__ = [
+    "LINEAGE_KEY",
+    "RetrainSettings",
+    "checkpoint_lineage",
+    "retrain_from_corrections",
+    "retrain_job",
+]

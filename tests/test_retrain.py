@@ -1,0 +1,131 @@
+"""Retrain from corrections: the corrected pixels move toward the correction, lineage is recorded, the
+parent is untouched, cancel + resume, and the CLI round trip (store and GeoJSON inputs)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protoseg.cancel import Cancelled, CancelToken
+from protoseg.classes import BCSS_WSSS
+from protoseg.train.events import EventKind, TrainEvent
+from protoseg.train.retrain import RetrainSettings, checkpoint_lineage, file_sha256, retrain_from_corrections
+
+logger = logging.getLogger(__name__)
+
+#: The painted square (grid = level-0 pixels here: 1 µm/px slide, 1 µm/px model), class LYM (index 2).
+BOX = (slice(32, 64), slice(32, 96))
+LYM = 2
+SETTINGS = RetrainSettings(epochs=4, lr=1e-3, batch_size=4, patch=32, replay=3.0, confidence=0.0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    """A 128x128 slide with a violet block, a tiny random resnet18 stage-2 parent, corrections of the block."""
+    import torch
+
+    from protoseg.corrections import create_corrections, default_corrections_path
+    from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
+    from protoseg.models.factory import build_model
+    from protoseg.slide.writer import write_pyramidal_tiff
+    from slide_fixtures import smooth_rgb
+
+    root = tmp_path_factory.mktemp("retrain")
+    torch.manual_seed(0)
+    cfg = {"kind": "segnet", "backbone": "resnet18", "num_classes": 4, "decoder_dim": 16}
+    state = build_model(cfg).state_dict()
+    ckpt = Checkpoint(stage=Stage.STAGE2, model_config=cfg, state_dict=state, classes=BCSS_WSSS, mpp=1.0, patch_size=32)
+    parent = save_checkpoint(ckpt, root / "parent" / "model.pt")
+    rgb = smooth_rgb(128, 128, 0)
+    rgb[BOX] = (70, 40, 150)
+    slide = root / "slide.tif"
+    write_pyramidal_tiff(slide, rgb, 1.0, tile_size=64, compression=None)
+    store = create_corrections(
+        default_corrections_path(root, slide), slide=slide, shape=(128, 128), mpp=1.0, scale=1.0, classes=BCSS_WSSS
+    )
+    store.array[BOX] = LYM + 1
+    return {"root": root, "parent": parent, "slide": slide, "store": store.path, "sha": file_sha256(parent)}
+
+
+def _predict(checkpoint: Path, slide: Path) -> np.ndarray:
+    from protoseg.infer.predictor import Predictor
+
+    return Predictor(checkpoint, device="cpu").predict_region(slide, (0, 0, 128, 128)).mask
+
+
+def test_retrain_learns_the_correction_and_records_lineage(setup: dict) -> None:
+    before = _predict(setup["parent"], setup["slide"])
+    events: list[TrainEvent] = []
+    out = retrain_from_corrections(setup["parent"], [setup["store"]], setup["root"] / "r1", SETTINGS, [events.append])
+    after = _predict(out, setup["slide"])
+    inside = np.zeros(before.shape, bool)
+    inside[BOX] = True
+    frac_before, frac_after = float((before[inside] == LYM).mean()), float((after[inside] == LYM).mean())
+    kept = float((after[~inside] == before[~inside]).mean())
+    logger.warning(
+        "corrected pixels predicted LYM: %.3f before, %.3f after; outside unchanged %.3f", frac_before, frac_after, kept
+    )
+    assert frac_after >= frac_before + 0.5 and kept >= 0.8
+    assert out == setup["root"] / "r1" / "best.pt"
+    assert file_sha256(setup["parent"]) == setup["sha"]  # the parent is untouched
+    lineage = checkpoint_lineage(out)
+    from protoseg.corrections import open_corrections
+
+    assert lineage["parent_sha256"] == setup["sha"] and lineage["parent"] == str(setup["parent"].resolve())
+    assert lineage["corrections_digests"] == [open_corrections(setup["store"], "r").digest()]
+    assert lineage["settings"]["lr"] == SETTINGS.lr and lineage["patches"]["corrected"] == 2
+    assert checkpoint_lineage(setup["parent"]) is None
+    assert events[0].stage == "corrections" and events[0].kind is EventKind.START
+    assert any(e.stage == "stage2" and e.kind is EventKind.STEP for e in events)
+    from protoseg.train.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="--resume"):  # an earlier retrain there is never replaced silently
+        retrain_from_corrections(setup["parent"], [setup["store"]], setup["root"] / "r1", SETTINGS)
+    with pytest.raises(TrainingError, match="folder of the parent"):
+        retrain_from_corrections(setup["parent"], [setup["store"]], setup["parent"].parent, SETTINGS)
+
+
+def test_cancel_then_resume_finishes_the_retrain(setup: dict) -> None:
+    token = CancelToken()
+    settings = RetrainSettings(epochs=2, lr=3e-3, batch_size=4, patch=32, replay=0.0, device="cpu")
+
+    def cancel_on_first_step(event: TrainEvent) -> None:
+        if event.stage == "stage2" and event.kind is EventKind.STEP:
+            token.cancel()
+
+    out = setup["root"] / "r2"
+    with pytest.raises(Cancelled, match="--resume"):
+        retrain_from_corrections(setup["parent"], [setup["store"]], out, settings, [cancel_on_first_step], token)
+    from protoseg.models.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "last.pt").epoch < settings.epochs  # stopped early, progress kept
+    other = RetrainSettings(epochs=2, lr=1e-3, batch_size=4, patch=32, replay=0.0, device="cpu")
+    from protoseg.train.errors import TrainingError
+
+    with pytest.raises(TrainingError, match="settings"):
+        retrain_from_corrections(setup["parent"], [setup["store"]], out, other, resume=True)
+    path = retrain_from_corrections(setup["parent"], [setup["store"]], out, settings, resume=True)
+    assert path == out / "best.pt" and checkpoint_lineage(path)["parent_sha256"] == setup["sha"]
+
+
+def test_cli_retrain_and_export_round_trip(setup: dict, tmp_path: Path) -> None:
+    from protoseg.cli import main
+
+    geojson = tmp_path / "c.geojson"
+    assert main(["export", "--corrections", str(setup["store"]), "-o", str(geojson)]) == 0
+    names = {f["properties"]["classification"]["name"] for f in json.loads(geojson.read_text())["features"]}
+    assert names == {"LYM"}
+    args = ["train", "stage2", "--from", str(setup["parent"]), "--epochs", "1", "--patch-size", "32",
+            "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--replay", "0"]  # fmt: skip
+    out = tmp_path / "cli"
+    assert main([*args, "--corrections", str(geojson), "--slide", str(setup["slide"]), "--out", str(out)]) == 0
+    lineage = checkpoint_lineage(out / "best.pt")
+    from protoseg.corrections import open_corrections
+
+    assert lineage["corrections_digests"] == [open_corrections(setup["store"], "r").digest()]  # same pixels
+    assert main([*args, "--corrections", str(setup["store"]), "--out", str(out)]) == 2  # refused: earlier run
+    assert main([*args, "--corrections", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "x")]) == 2
