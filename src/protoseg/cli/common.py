@@ -1,12 +1,13 @@
-"""Shared pieces of the sub-commands: config arguments, a tqdm progress callback for training, and the help
+"""Shared pieces of the sub-commands: config arguments, a progress callback for training, and the help
 of ``--overwrite`` for the commands that write a whole output folder."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import Any
 
+from protoseg.cli.progress import progress_bar
 from protoseg.config import ProtosegConfig, load_config
 from protoseg.train.events import EventKind, TrainEvent
 
@@ -57,20 +58,16 @@ def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -
 
 
 class ProgressBar:
-    """Training callback drawing a tqdm bar with the latest losses (stderr)."""
+    """Training callback: a tqdm bar with the latest losses on a terminal, throttled log lines when stderr is
+    piped (``protoseg.cli.progress``)."""
 
     def __init__(self, desc: str) -> None:
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
         self.desc = desc
-        self.bar = None
+        self.bar: Any = None
 
     def __call__(self, event: TrainEvent) -> None:
         if event.kind is EventKind.START:
-            self.bar = self._tqdm(
-                total=event.total_steps, initial=event.step, desc=self.desc, file=sys.stderr, dynamic_ncols=True
-            )
+            self.bar = progress_bar(self.desc, total=event.total_steps, initial=event.step, unit="step")
         elif self.bar is None:
             return
         elif event.kind is EventKind.STEP:

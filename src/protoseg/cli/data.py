@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _check(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from protoseg.cli.progress import progress_bar
     from protoseg.data.check import check_dataset
 
-    with tqdm(desc="checking", unit="file", file=sys.stderr, dynamic_ncols=True, disable=args.quiet) as bar:
+    with progress_bar("checking", unit="file", disable=args.quiet) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total

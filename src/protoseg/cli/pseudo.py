@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from protoseg.cli.common import HELP_OVERWRITE_DIR, add_config_args, config_from_args
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from protoseg.cli.progress import progress_bar
     from protoseg.train.pipeline import make_pseudo_masks
 
     extra = [f"data.root={args.data}"] if args.data else []
     if args.device:
         extra.append(f"run.device={args.device}")
     cfg = config_from_args(args, extra)
-    bar = tqdm(desc="pseudo-masks", file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar("pseudo-masks", unit="patch")
 
     def progress(done: int, total: int) -> None:
         bar.total = total

@@ -4,7 +4,8 @@ Weights (``model.weights`` / ``stage2.weights``): ``"auto"`` takes timm's ImageN
 local cache or a download and falls back to random init with one warning; ``"hub"`` insists on them;
 a path loads a local file; None (or ``"random"``) is random init. ``output_stride=16`` keeps stage 4
 at stride 16 (PBIP's MiT strides 4/2/2/1): stride 1 in the last downsample of ``pvt_v2_*``, timm's
-dilated ``output_stride`` elsewhere.
+dilated ``output_stride`` elsewhere. Inside ``weights_from_checkpoint(source)`` (a trained model being
+rebuilt) a backbone says it takes the checkpoint's weights instead of logging random init.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import enum
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,20 @@ _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "model.", "backbone.", "encoder
 _HEAD_PREFIXES: tuple[str, ...] = ("head.", "fc.", "classifier.", "head_dist.", "last_linear.")
 #: File names timm stores on the Hugging Face hub, in the order timm tries them.
 _HF_FILENAMES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+
+
+#: Checkpoint whose weights the backbones built now will receive (set by ``weights_from_checkpoint``).
+_CHECKPOINT_SOURCE: ContextVar[str | None] = ContextVar("protoseg_checkpoint_source", default=None)
+
+
+@contextmanager
+def weights_from_checkpoint(source: str) -> Iterator[None]:
+    """Backbones built inside get their weights from checkpoint ``source`` next: they log that, not random init."""
+    token = _CHECKPOINT_SOURCE.set(source)
+    try:
+        yield
+    finally:
+        _CHECKPOINT_SOURCE.reset(token)
 
 
 class WeightsError(ProtosegError):
@@ -294,7 +311,11 @@ def build_backbone(
     if file is not None:
         load_backbone_weights(backbone, file)
     backbone.weights_info = info
-    if info.kind is WeightsKind.FALLBACK:
+    checkpoint = _CHECKPOINT_SOURCE.get()
+    if checkpoint is not None and info.kind is WeightsKind.RANDOM:
+        backbone.weights_info = WeightsInfo(WeightsKind.FILE, name, checkpoint)
+        logger.info("backbone %s: weights from the %s", name, checkpoint)
+    elif info.kind is WeightsKind.FALLBACK:
         logger.warning(
             "backbone %s: no ImageNet weights in the local cache or online; random init (%s)", name, _weights_hint(name)
         )

@@ -22,6 +22,7 @@ from protoseg.runtime import resolve_num_workers, seed_everything, select_device
 from protoseg.train.device_augment import BatchStainJitter
 from protoseg.train.distributed import DistContext, barrier, init_distributed
 from protoseg.train.errors import TrainingError
+from protoseg.train.estimate import RunTimeEstimate
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
 from protoseg.train.outcome import FitResult
 from protoseg.train.runstate import (
@@ -78,6 +79,7 @@ class _FitState:
     step: int = 0
     best: float | None = None
     rng_start: dict[str, Any] | None = None  # random states at the start of the current epoch
+    estimate: RunTimeEstimate | None = None  # run-time estimate from the first steps (logged once)
 
 
 class Trainer(ABC):
@@ -205,6 +207,8 @@ class Trainer(ABC):
             run.total,
             message=f"{self.stage}: {run.total - run.step} steps to run",
         )
+        if self.dist.is_main:
+            run.estimate = RunTimeEstimate(self.stage, self.optim.epochs, run.steps_per_epoch, start_step=run.step)
         cancelled = False
         try:
             for epoch in range(run.epoch, self.optim.epochs):
@@ -280,6 +284,9 @@ class Trainer(ABC):
             parts = self._step(run, batch)
             run.step += 1
             self._event(EventKind.STEP, run.epoch, run.step, run.total, losses=parts)
+            note = run.estimate.after_step(run.step) if run.estimate is not None else None
+            if note:
+                logger.info("%s", note)
             if run.step % max(1, self.optim.log_every) == 0:
                 logger.info(
                     "%s epoch %d step %d/%d %s",

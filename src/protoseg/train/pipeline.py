@@ -63,13 +63,24 @@ def open_split(cfg: ProtosegConfig, split: Split, augment: bool = False) -> Patc
         return None
 
 
+#: Dataset folders whose unknown patch mpp was already reported in this process (said once per command).
+_MPP_WARNED: set[str] = set()
+
+
 def infer_mpp(cfg: ProtosegConfig, ds: PatchDataset) -> ProtosegConfig:
-    """Fill ``run.mpp`` from the patch names (``MPP-0.2500``) when the config leaves it open."""
+    """Fill ``run.mpp`` from the patch names (``MPP-0.2500``) when the config leaves it open; when neither
+    gives it, warn once per dataset folder naming the option that sets it."""
     if cfg.run.mpp is not None or not len(ds.records):
         return cfg
     mpp = parse_mpp(ds.records[0].name)
     if mpp is None:
-        logger.warning("patch mpp unknown: set run.mpp so slide predictions use the right resolution")
+        if str(ds.root) not in _MPP_WARNED:
+            _MPP_WARNED.add(str(ds.root))
+            logger.warning(
+                "patch mpp unknown for %s (no MPP-x.xxxx in the file names): set it with --set run.mpp=<µm per "
+                "pixel> (or run: {mpp: ...} in --config) so slide predictions use the training resolution",
+                ds.root,
+            )
         return cfg
     return replace(cfg, run=replace(cfg.run, mpp=mpp))
 
