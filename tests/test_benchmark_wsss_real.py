@@ -1,0 +1,28 @@
+"""Smoke test of benchmarks/wsss_real.py --quick on the real WSSS4LUAD set (skipped when the folder is absent)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data" / "real" / "wsss4luad"
+
+pytestmark = pytest.mark.skipif(not (DATA / "img").is_dir(), reason=f"real WSSS4LUAD set absent ({DATA.resolve()})")
+
+
+def test_quick_benchmark_prints_the_table_with_trivial_baselines(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "wsss_real.py"), "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "trivial: every pixel one class" in out and "trivial: each tile one of its labels" in out
+    assert "| CAM |" in out and "tissue protocol" in out
+    summary = json.loads((tmp_path / "results.json").read_text())
+    row = summary["rows"]["CAM"][0]
+    assert {"pseudo_val", "free_val", "free_test", "stage2_test", "wall_s"} <= set(row)
+    assert all(r["protocol"] == "tissue" for k, r in row.items() if k != "wall_s")
