@@ -21,6 +21,8 @@ class OverlayViewSection:
         layer, as napari chose them); work that left the view is dropped. True when the view changed."""
         if self.scheduler is None or self.scheduler.closed:
             return False
+        if time.monotonic() - getattr(self, "_overview_at", 0.0) < 0.5:
+            return False  # the overlays were just handed their data again: napari's level and corners settle
         shown = [ly for ly in self.overlays if ly.visible and ly in self.viewer.layers]
         if not shown:
             key: tuple = (-1,)

@@ -45,6 +45,7 @@ from protoseg.napari.widgets._common import (
     scroll_layout,
     tabify_when_docked,
 )
+from protoseg.napari.widgets.correct import CorrectBox
 from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress, ProcessJob, guard_triton_llvm_clash
 from protoseg.napari.widgets.legend import Legend
 from protoseg.napari.widgets.overlay_layers import (
@@ -159,6 +160,7 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         self._ckpt_classes: ClassSpec | None = None
         self.opacity = QSlider(Qt.Orientation.Horizontal, minimum=0, maximum=100, value=60)
         self.opacity.setToolTip("opacity of the CAM and mask overlays (not of the slide)")
+        self.correct = CorrectBox(self)  # correct and retrain: corrections, retrain, review
         self._build_layout()
         self._connect()
         self._on_slide()
@@ -191,6 +193,7 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         root.addWidget(self.status)
         root.addWidget(row(QLabel("Overlay opacity"), self.opacity))
         root.addWidget(self.legend)
+        root.addWidget(self.correct)
         root.addLayout(form)
         root.addWidget(batch)
         root.addWidget(export)
@@ -381,6 +384,7 @@ class PredictWidget(OverlayViewSection, WholeSlideSection, QWidget):
         return self.overlays
 
     def closeEvent(self, event: Any) -> None:
+        self.correct.close()
         if self.scheduler is not None:
             self.scheduler.close()
         if self.job is not None and self.job.running:
