@@ -44,13 +44,28 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     return chosen
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def bounded_workers(requested: int, setting: str) -> int:
+    """``requested`` worker processes, at most one per available core (more only queue up, and thousands
+    hang the machine); a larger request is lowered with a warning naming ``setting``."""
+    cores = available_cores()
+    if requested > cores:
+        logger.warning("%s=%d is more than the %d CPU cores here: using %d", setting, requested, cores, cores)
+        return cores
+    return requested
+
+
 def default_num_workers(device_type: str = "cpu", world_size: int = 1) -> int:
     """DataLoader worker processes for this machine: none on <= 2 cores (they would steal the model's
     cores); with an accelerator all cores of this rank but one (at most 8); on CPU a quarter of them."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        cores = os.cpu_count() or 1
+    cores = available_cores()
     per_rank = max(1, cores // max(1, int(world_size)))
     if per_rank <= 2:
         return 0
@@ -58,8 +73,10 @@ def default_num_workers(device_type: str = "cpu", world_size: int = 1) -> int:
 
 
 def resolve_num_workers(num_workers: int | None, device_type: str = "cpu", world_size: int = 1) -> int:
-    """``num_workers`` as configured, or ``default_num_workers`` when it is None (the default)."""
-    return default_num_workers(device_type, world_size) if num_workers is None else int(num_workers)
+    """``num_workers`` as configured (at most one per core), or ``default_num_workers`` when it is None."""
+    if num_workers is None:
+        return default_num_workers(device_type, world_size)
+    return bounded_workers(int(num_workers), "data.num_workers")
 
 
 def seed_everything(seed: int) -> torch.Generator:

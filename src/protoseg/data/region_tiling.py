@@ -13,6 +13,7 @@ import numpy as np
 
 from protoseg.classes import ClassSpec
 from protoseg.data.errors import RegionError
+from protoseg.data.outline import valid_shape
 from protoseg.data.regions import RegionAnnotation, RegionSource, clip_to_slide
 
 logger = logging.getLogger(__name__)
@@ -143,11 +144,8 @@ def _slide_scale(path: str, mpp: float, slide_mpp: dict[str, float | None], fall
 
 
 def _shape(region: RegionAnnotation):
-    """The region as a valid shapely geometry (self-intersecting outlines repaired)."""
-    import shapely
-
-    poly = shapely.Polygon(region.polygon)
-    return poly if poly.is_valid else shapely.make_valid(poly)
+    """The region as a valid shapely geometry (self-intersecting outlines repaired; see ``data.outline``)."""
+    return valid_shape(region.polygon)
 
 
 def _overlap_fractions(shapes: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 from protoseg.classes import ClassSpec
 from protoseg.config_ranges import MPP, check_value
 from protoseg.data.errors import RegionError
+from protoseg.data.outline import bounded_outline, valid_shape
 from protoseg.data.qupath import ObjectType, classification, measurements, object_key, split_derived, stable_ids
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class RegionAnnotation:
             )
         if len(poly) > 3 and np.allclose(poly[0], poly[-1]):
             poly = poly[:-1]  # drop the closing vertex of GeoJSON rings
+        poly = bounded_outline(poly)  # simplified or refused when too long to tile or repair
         poly.setflags(write=False)
         object.__setattr__(self, "polygon", poly)
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -160,9 +162,7 @@ def clip_to_slide(region: RegionAnnotation, size: tuple[int, int]) -> list[Regio
         return [region]
     import shapely
 
-    poly = shapely.Polygon(region.polygon)
-    poly = poly if poly.is_valid else shapely.make_valid(poly)
-    inside = shapely.intersection(poly, shapely.box(0, 0, width, height))
+    inside = shapely.intersection(valid_shape(region.polygon), shapely.box(0, 0, width, height))
     parts = [g for g in getattr(inside, "geoms", [inside]) if isinstance(g, shapely.Polygon) and g.area > 0]
     if not parts:
         raise RegionError(
@@ -190,6 +190,8 @@ def load_regions_geojson(
     ``slide_size`` (level-0 w, h) polygons are clipped to the slide (warning) and ones outside refused.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise RegionError(f"{path} is not a regular file (a folder, FIFO or device); pass the GeoJSON file itself")
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from protoseg.infer.errors import InferenceError
+from protoseg.runtime import bounded_workers
 from protoseg.slide.formats import slide_stem
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def predict_many(
     if scheduler:
         client = Client(scheduler)
     else:
-        n_workers = max(1, int(n_workers))
+        n_workers = bounded_workers(max(1, int(n_workers)), "--workers (n_workers)")
         if processes:  # torch's thread count is per process: thread workers must not change the caller's
             options.setdefault("torch_threads", max(1, (os.cpu_count() or 1) // n_workers))
         cluster = LocalCluster(

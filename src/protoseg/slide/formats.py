@@ -78,8 +78,8 @@ def is_rgb_slide_image(path: str | Path) -> bool:
     a tiled or pyramidal RGB(A) TIFF or a single 2-D RGB(A) picture; stacks, greyscale and 16-bit are not."""
     path = Path(path)
     low = path.name.lower()
-    if is_whole_slide_path(low) or not low.endswith(PLAIN_IMAGE_EXTENSIONS):
-        return False
+    if is_whole_slide_path(low) or not low.endswith(PLAIN_IMAGE_EXTENSIONS) or not path.is_file():
+        return False  # not a plain image type, or not a regular file (a FIFO would block the header read)
     try:
         return _tiff_is_rgb_slide(path) if low.endswith((".tif", ".tiff")) else _picture_is_rgb(path)
     except Exception as exc:  # noqa: BLE001 - unreadable header: not ours, let other readers decide

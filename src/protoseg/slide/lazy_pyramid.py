@@ -23,6 +23,10 @@ VIEW_CHUNK = 1024
 COARSEST_SIDE = 1024
 #: default bytes of computed lazy-level chunks kept per slide
 CACHE_BYTES = 256 << 20
+#: Most pixels of the stored level that lazy levels and thumbnails (hence tissue masks) are reduced from:
+#: 2^34, e.g. 131072 x 131072, minutes of decoding. A slide whose coarsest stored level is larger (a flat
+#: giant TIFF) is refused there with one line saying to convert it to a pyramidal TIFF.
+MAX_OVERVIEW_PIXELS = 2**34
 
 
 class LevelLike(Protocol):

@@ -117,6 +117,10 @@ def open_slide(path: str | Path, backend: Backend | str | None = None) -> Slide:
     if not path.exists():
         raise SlideNotFoundError(f"slide not found: {path}; check the path")
     ext = _extension(path)
+    if not path.is_dir() and not path.is_file():  # a FIFO, device or socket: reading it could block forever
+        raise UnsupportedSlideError(
+            f"{path} is not a regular file (a FIFO, device or socket); pass the slide file itself"
+        )
     if path.is_dir() or ext not in SUPPORTED_EXTENSIONS:
         raise UnsupportedSlideError(
             f"{path.name}: unsupported slide type {ext or '(no extension)'!r}; supported extensions: "

@@ -14,7 +14,7 @@ import numpy as np
 
 from protoseg.config_ranges import MPP, check_value
 from protoseg.slide.backends import Backend, SlideBackend
-from protoseg.slide.errors import MissingMppError, SlideRequestError
+from protoseg.slide.errors import MissingMppError, SlideRequestError, UnsupportedSlideError
 from protoseg.slide.lazy_pyramid import ChunkCache
 from protoseg.slide.resample import best_level, read_at_scale
 
@@ -194,6 +194,7 @@ class Slide:
         if scale <= 1:
             return self.read_level(0, (0, 0), (w0, h0))
         self._check_open()
+        self._check_overview_source(self.best_level_for_downsample(scale))
         return read_at_scale(self, (0, 0, w0, h0), (max(1, round(w0 / scale)), max(1, round(h0 / scale))))
 
     # ---- lazy arrays ----------------------------------------------------------------------------
@@ -225,6 +226,8 @@ class Slide:
             out.append((self.level_pixels(lvl), c, float(self.level_downsamples[lvl])))
         parent, c, ds = out[-1]
         w, h = self.level_dimensions[-1]
+        if lazy_level_shapes(w, h):
+            self._check_overview_source(self.level_count - 1)
         with self._lock:
             cache = self._chunk_cache
         for k, _shape in enumerate(lazy_level_shapes(w, h), start=1):
@@ -291,6 +294,19 @@ class Slide:
         return (
             f"Slide({str(self.path)!r}, backend={self.backend.value}, levels={self.level_dimensions}, mpp={self.mpp})"
         )
+
+    def _check_overview_source(self, level: int) -> None:
+        """UnsupportedSlideError when an overview would be reduced from ``level`` and it is larger than
+        ``lazy_pyramid.MAX_OVERVIEW_PIXELS`` (a giant flat image: every one of its pixels would be decoded)."""
+        from protoseg.slide.lazy_pyramid import MAX_OVERVIEW_PIXELS
+
+        w, h = self.level_dimensions[level]
+        if w * h > MAX_OVERVIEW_PIXELS:
+            raise UnsupportedSlideError(
+                f"{self.path.name} stores no level coarser than {w} x {h} px, too large to reduce to an overview "
+                f"(at most {MAX_OVERVIEW_PIXELS:,} px); convert it to a pyramidal TIFF, e.g. "
+                f"`vips tiffsave {self.path.name} pyramid.tif --tile --pyramid --compression jpeg`"
+            )
 
     def _check_level(self, level: int) -> None:
         if not 0 <= int(level) < self.level_count:
