@@ -184,3 +184,17 @@ def test_margin_uncertainty_and_next_review_block() -> None:
     assert next_review_block(blocks, np.array([[0, 0], [1, 0]])) == (1, 1)
     assert next_review_block(blocks, np.array([[1, 0], [1, 1]])) is None  # the NaN block is unknown
     assert next_review_block(np.full((2, 2), np.nan), np.zeros((2, 2))) is None
+
+
+def test_unknown_resolution_is_kept_and_compared(tmp_path: Path) -> None:
+    """A slide without mpp predicted by a model without mpp (a PNG at native pixels): the store records null,
+    reopens with None, and a store with a resolution does not match an unknown one."""
+    geom = {**GEOM, "mpp": None, "scale": 1.0}
+    store = create_corrections(tmp_path / f"n{CORRECTIONS_SUFFIX}", **geom)
+    store.write(0, 0, np.ones((4, 4), np.uint8))
+    again = open_or_create_corrections(store.path, **geom)
+    assert again.mpp is None and again.counts()["TUM"] == 16
+    with pytest.raises(CorrectionsError, match="mpp unknown vs 2"):
+        open_or_create_corrections(store.path, **{**geom, "mpp": 2.0})
+    doc = json.loads(corrections_to_geojson(store, tmp_path / "n.geojson").read_text())
+    assert "Area px^2" in doc["features"][0]["properties"]["measurements"]

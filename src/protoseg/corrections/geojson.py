@@ -67,7 +67,7 @@ def corrections_collection(
     from protoseg.export.geojson import mask_to_geojson
 
     classes = _with_background(store.classes)
-    slide_mpp = store.mpp / store.scale  # µm per level-0 slide pixel
+    slide_mpp = None if store.mpp is None else store.mpp / store.scale  # µm per level-0 slide pixel
     features: list[dict[str, Any]] = []
     for y0, y1, x0, x1 in _chunk_groups(store):
         labels = store.read(y0, y1, x0, x1)
@@ -227,7 +227,7 @@ def store_from_geojson(
         path,
         slide=slide,
         shape=(geom.grid.height, geom.grid.width),
-        mpp=float(geom.mpp or 0),
+        mpp=geom.mpp,
         scale=geom.scale,
         classes=predictor.classes,
         source=str(geojson),

@@ -77,7 +77,7 @@ class CorrectionStore:
     path: Path
     slide: str
     shape: tuple[int, int]
-    mpp: float
+    mpp: float | None  # None: the slide and the model have no resolution (predicted at native pixels)
     scale: float
     classes: ClassSpec
     chunk: int
@@ -153,7 +153,14 @@ class CorrectionStore:
         return int(np.count_nonzero(np.asarray(self.reviewed[...])))
 
 
-def _check_geometry(path: Path, shape: tuple[int, int], mpp: float, scale: float, chunk: int) -> tuple[int, int]:
+def same_mpp(a: float | None, b: float | None) -> bool:
+    """True when two grid resolutions agree: both unknown (None), or both numbers within 1e-6."""
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), rel_tol=1e-6)
+
+
+def _check_geometry(path: Path, shape: tuple[int, int], mpp: float | None, scale: float, chunk: int) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in shape)
     except (TypeError, ValueError):
@@ -161,6 +168,8 @@ def _check_geometry(path: Path, shape: tuple[int, int], mpp: float, scale: float
     if h < 1 or w < 1 or chunk < 16:
         raise CorrectionsError(f"corrections {path}: need a positive grid and chunk >= 16, got {shape}, chunk {chunk}")
     for name, value in (("mpp", mpp), ("scale", scale)):
+        if name == "mpp" and value is None:
+            continue  # unknown resolution: a slide without metadata predicted at its native pixels
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise CorrectionsError(f"corrections {path}: {name} must be a positive number, got {value!r}")
     return h, w
@@ -171,7 +180,7 @@ def create_corrections(
     *,
     slide: str | os.PathLike[str],
     shape: tuple[int, int],
-    mpp: float,
+    mpp: float | None,
     scale: float,
     classes: ClassSpec,
     chunk: int = 512,
@@ -205,7 +214,7 @@ def create_corrections(
         "format_version": FORMAT_VERSION,
         "slide": _slide_id(slide),
         "shape": [h, w],
-        "mpp": float(mpp),
+        "mpp": None if mpp is None else float(mpp),
         "scale": float(scale),
         "classes": classes.to_dict(),
         "chunk": int(chunk),
@@ -226,7 +235,7 @@ def create_corrections(
     root.create_array(
         REVIEWED, shape=(rows, cols), chunks=(min(rows, 1024), min(cols, 1024)), dtype="uint8", fill_value=0
     )
-    logger.info("created corrections %s (%dx%d px at %.4g µm/px)", path, h, w, mpp)
+    logger.info("created corrections %s (%dx%d px at %s µm/px)", path, h, w, "unknown" if mpp is None else f"{mpp:.4g}")
     return open_corrections(path)
 
 
@@ -250,7 +259,7 @@ def open_corrections(path: str | os.PathLike[str], mode: str = "r+") -> Correcti
             path=path,
             slide=str(attrs["slide"]),
             shape=(h, w),
-            mpp=float(attrs["mpp"]),
+            mpp=None if attrs["mpp"] is None else float(attrs["mpp"]),
             scale=float(attrs["scale"]),
             classes=classes,
             chunk=int(attrs["chunk"]),
@@ -267,7 +276,11 @@ def open_corrections(path: str | os.PathLike[str], mode: str = "r+") -> Correcti
 
 
 def mismatches(
-    store: CorrectionStore, slide: str | os.PathLike[str], shape: tuple[int, int], mpp: float, classes: ClassSpec
+    store: CorrectionStore,
+    slide: str | os.PathLike[str],
+    shape: tuple[int, int],
+    mpp: float | None,
+    classes: ClassSpec,
 ) -> list[str]:
     """What differs between ``store`` and the slide / grid / classes it is about to be used with."""
     out = []
@@ -275,11 +288,15 @@ def mismatches(
         out.append(f"slide {store.slide} vs {_slide_id(slide)}")
     if tuple(store.shape) != tuple(int(v) for v in shape):
         out.append(f"grid {store.shape[0]}x{store.shape[1]} vs {int(shape[0])}x{int(shape[1])} px")
-    if not math.isclose(store.mpp, float(mpp), rel_tol=1e-6):
-        out.append(f"mpp {store.mpp:g} vs {float(mpp):g}")
+    if not same_mpp(store.mpp, mpp):
+        out.append(f"mpp {_mpp_text(store.mpp)} vs {_mpp_text(mpp)}")
     if tuple(store.classes.names) != tuple(classes.names):
         out.append(f"classes {list(store.classes.names)} vs {list(classes.names)}")
     return out
+
+
+def _mpp_text(mpp: float | None) -> str:
+    return "unknown" if mpp is None else f"{float(mpp):g}"
 
 
 def open_or_create_corrections(
@@ -287,7 +304,7 @@ def open_or_create_corrections(
     *,
     slide: str | os.PathLike[str],
     shape: tuple[int, int],
-    mpp: float,
+    mpp: float | None,
     scale: float,
     classes: ClassSpec,
     chunk: int = 512,

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from protoseg.cancel import Cancelled, CancelToken
 from protoseg.classes import IGNORE_INDEX
 from protoseg.corrections import CorrectionStore, open_corrections
+from protoseg.corrections.store import same_mpp
 from protoseg.errors import ProtosegError
 from protoseg.losses.noise_ce import segmentation_ce
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
@@ -175,10 +176,10 @@ def _patches_of_store(
     predictor = Predictor(parent, device=settings.device, tta=False)
     geom = predictor.geometry(open_any(slide_path))
     grid = (geom.grid.height, geom.grid.width)
-    if grid != tuple(store.shape) or not math.isclose(float(geom.mpp or 0), store.mpp, rel_tol=1e-6):
+    if grid != tuple(store.shape) or not same_mpp(geom.mpp, store.mpp):
         raise TrainingError(
             f"corrections {store.path} were painted on a {store.shape[0]}x{store.shape[1]} grid at "
-            f"{store.mpp:g} µm/px, "
+            f"{'unknown' if store.mpp is None else f'{store.mpp:g}'} µm/px, "
             f"but the checkpoint predicts {slide_path.name} on {grid[0]}x{grid[1]} at {geom.mpp} µm/px; retrain from "
             "the checkpoint the corrections were painted on."
         )
