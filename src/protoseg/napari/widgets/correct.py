@@ -252,7 +252,7 @@ class CorrectBox(QGroupBox):
         out = self.store_path().parent.parent / f"retrain-{len(self.parents) + 1}-{store.digest()[:8]}"
         kwargs = {
             "parent": str(parent),
-            "corrections": [str(store.path)],
+            "corrections": self.all_corrections(),
             "out_dir": str(out),
             "settings": RetrainSettings(epochs=self.epochs.value(), device=self.dock.device.currentText()),
             "resume": (out / "last.pt").exists(),
@@ -263,6 +263,14 @@ class CorrectBox(QGroupBox):
         self.status.ok("retraining: starting …")
         self._parent_pending = str(parent)
         return self.job.start()
+
+    def all_corrections(self) -> list[str]:
+        """Every non-empty corrections store of this run (all slides corrected with it): one model learns them."""
+        from protoseg.corrections.store import CORRECTIONS_SUFFIX, is_corrections_store, open_corrections
+
+        folder = self.store_path().parent
+        found = [p for p in sorted(folder.glob(f"*{CORRECTIONS_SUFFIX}")) if is_corrections_store(p)]
+        return [str(p) for p in found if not open_corrections(p, mode="r").is_empty()]
 
     def cancel(self) -> None:
         if self.job is not None and self.job.running:
