@@ -123,7 +123,7 @@ def _split_masks(data: Path, split: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(p)) for p in sorted((data / split / "mask").glob("*.png"))]
 
 
-def _score(preds: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float]:
+def score_maps(preds: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float]:
     """Tissue-protocol metrics of predicted class maps (the library's ConfusionMatrix)."""
     cm = ConfusionMatrix(len(CLASSES) + 1, background_index=BACKGROUND, class_names=[*CLASSES, "background"])
     for pred, mask in zip(preds, masks, strict=True):
@@ -137,7 +137,7 @@ def trivial_baselines(data: Path, split: str, min_share: float) -> dict[str, dic
     """Best one-class-everywhere (label-free) and best tile-label priority (label-gated), with hindsight."""
     masks = _split_masks(data, split)
     one = max(
-        (_score([np.full_like(m, c) for m in masks], masks) for c in range(len(CLASSES))), key=lambda r: r["mIoU"]
+        (score_maps([np.full_like(m, c) for m in masks], masks) for c in range(len(CLASSES))), key=lambda r: r["mIoU"]
     )
     best: dict[str, float] = {"mIoU": -1.0}
     for order in itertools.permutations(range(len(CLASSES))):
@@ -145,10 +145,15 @@ def trivial_baselines(data: Path, split: str, min_share: float) -> dict[str, dic
         for m in masks:
             present = [c for c in order if (m == c).mean() >= min_share] or [order[0]]
             preds.append(np.full_like(m, present[0]))
-        r = _score(preds, masks)
+        r = score_maps(preds, masks)
         if r["mIoU"] > best["mIoU"]:
             best = {**r, "priority": ">".join(CLASSES[c] for c in order)}  # type: ignore[dict-item]
     return {"one_class": one, "tile_label": best}
+
+
+def stage2_from(cfg: Any, ckpt1: Path) -> Path:
+    """Pseudo-masks of the stage-1 checkpoint -> stage 2 (the library's pipeline); the stage-2 checkpoint."""
+    return best_or_last(train_stage2(cfg, make_pseudo_masks(cfg, ckpt1), stage1=ckpt1).last.parent)
 
 
 def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> dict[str, Any]:
@@ -162,7 +167,7 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
         "free_val": evaluate_checkpoint(cfg, ckpt1, Split.VAL, protocol="tissue"),
         "free_test": evaluate_checkpoint(cfg, ckpt1, Split.TEST, protocol="tissue"),
     }
-    ckpt2 = best_or_last(train_stage2(cfg, make_pseudo_masks(cfg, ckpt1), stage1=ckpt1).last.parent)
+    ckpt2 = stage2_from(cfg, ckpt1)
     row["stage2_test"] = evaluate_checkpoint(cfg, ckpt2, Split.TEST, protocol="tissue")
     row["wall_s"] = time.perf_counter() - t0
     print(
@@ -210,16 +215,8 @@ def _wrap(base: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return [{"x": b[key]} for b in base]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="WSSS4LUAD folder (img/, mask/)")
-    p.add_argument("--out", type=Path, default=Path("/tmp/protoseg-wsss-real"))
-    p.add_argument("--quick", action="store_true", help="smoke size: 1 seed, CAM, a few tiles, 1 epoch, 64 px")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (>= 3 for mean ± std)")
-    p.add_argument("--recipes", default="CAM,PBIP,LPD", help="comma-separated subset of: " + ", ".join(RECIPES))
-    p.add_argument("--tile", type=int, default=224, help="tile side cut from the regions (px)")
-    p.add_argument("--size", type=int, default=112, help="training patch size (tiles are resized to it)")
-    p.add_argument("--max-tiles", type=int, default=None, help="tiles per split at most (quick runs)")
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """The dataset and training options shared with ``correction_curve.py``."""
     p.add_argument("--min-share", type=float, default=0.02, help="share of a tile that makes a class present")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--backbone", default="resnet18")
@@ -232,6 +229,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--encoder-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="WSSS4LUAD folder (img/, mask/)")
+    p.add_argument("--out", type=Path, default=Path("/tmp/protoseg-wsss-real"))
+    p.add_argument("--quick", action="store_true", help="smoke size: 1 seed, CAM, a few tiles, 1 epoch, 64 px")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (>= 3 for mean ± std)")
+    p.add_argument("--recipes", default="CAM,PBIP,LPD", help="comma-separated subset of: " + ", ".join(RECIPES))
+    p.add_argument("--tile", type=int, default=224, help="tile side cut from the regions (px)")
+    p.add_argument("--size", type=int, default=112, help="training patch size (tiles are resized to it)")
+    p.add_argument("--max-tiles", type=int, default=None, help="tiles per split at most (quick runs)")
+    add_training_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.recipes, args.max_tiles = "0", "CAM", 12
