@@ -14,6 +14,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "classes": 0,
     "cancel": 0,
+    "lazy": 0,
     "runtime": 0,
     "outputs": 0,
     "config_ranges": 0,  # imports nothing of protoseg: every layer checks its numbers with it

@@ -7,8 +7,7 @@ human-readable ``manifest.json``; curation functions (``exclude``, ``pin``, ``ad
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from protoseg.lazy import lazy_exports
 
 #: public name -> module, imported on first use (the bank needs torch; a GUI importing this package must not)
 _EXPORTS = {
@@ -46,7 +45,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'protoseg.bank' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

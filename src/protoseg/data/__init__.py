@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from protoseg.lazy import lazy_exports
 
 #: public name -> module; imported on first use, so ``import protoseg.data.regions`` (a GUI's region tagging)
 #: does not load torch through the augmentations
@@ -51,7 +50,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'protoseg.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

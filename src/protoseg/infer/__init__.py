@@ -6,8 +6,7 @@ Heavy pieces are imported on first use so ``import protoseg.infer`` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from protoseg.lazy import lazy_exports
 
 _EXPORTS = {
     "Predictor": "protoseg.infer.predictor",
@@ -32,7 +31,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'protoseg.infer' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,8 +5,8 @@ Names are resolved lazily so that ``import protoseg.models`` does not import tor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from protoseg.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "Backbone": "backbone",
@@ -44,11 +44,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'protoseg.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()})
 
 
 def __dir__() -> list[str]:

@@ -7,8 +7,7 @@ Every name is imported on first use (torch, open_clip, timm only when needed).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from protoseg.lazy import lazy_exports
 
 _EXPORTS = {
     "DESCRIPTOR_VERSION": "protoseg.models.encoders.descriptor",
@@ -29,7 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
