@@ -5,7 +5,6 @@ Names are resolved lazily so that ``import protoseg.models`` does not import tor
 
 from __future__ import annotations
 
-
 from protoseg.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
