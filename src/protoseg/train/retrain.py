@@ -333,6 +333,8 @@ def retrain_from_corrections(
     ``out_dir/last.pt`` for a resume.
     """
     cancel = cancel or CancelToken()
+    # progress from the first moment: loading the parent and reading the stores take a while
+    emit(callbacks, TrainEvent(EventKind.START, PREPARE_STAGE, 0, 0, 0, message="loading the checkpoint"))
     parent_path = Path(parent).expanduser().resolve()
     out = Path(out_dir).expanduser().resolve()
     ckpt = load_checkpoint(parent_path)
