@@ -252,3 +252,25 @@ def test_real_slides(tmp_path):
     assert (
         res.chunks_predicted > 0 and pz.complete and pz.attrs["layout"]["slide_mpp"] == pytest.approx(0.499, abs=1e-3)
     )
+
+
+def test_cpu_defaults_keep_the_measured_fast_path():
+    """Issue 22 item 15: on the CPU the model sees channels-last (NHWC) input, one blend+write thread and two
+    readers; accelerators keep channels-last and several writers. NCHW input on the CPU cost the
+    whole-slide pipeline 1.4-1.6x (benchmarks/infer_pipeline.py)."""
+    from protoseg.infer.batch import default_readers, default_writers
+    from protoseg.infer.predictor import channels_last_default
+
+    assert default_writers("cpu") == 1 and default_readers("cpu") == 2
+    assert default_writers("cuda") >= 2
+    assert channels_last_default("cpu") and channels_last_default("cuda")
+    _slide, model, p = _setup()
+    assert p.channels_last
+    seen = []
+    to_input = p._input
+    p._input = lambda t: seen.append(to_input(t)) or seen[-1]  # the tensor the model is called with
+    tiles = np.random.default_rng(0).integers(0, 256, (3, p.tile_size, p.tile_size, 3), dtype=np.uint8)
+    fast = p.predict_tiles(tiles)
+    assert seen and all(x.is_contiguous(memory_format=torch.channels_last) for x in seen)
+    plain = Predictor(model, classes=p.classes, mpp=p.mpp, tile_size=p.tile_size, device="cpu", channels_last=False)
+    assert np.allclose(fast, plain.predict_tiles(tiles), atol=1e-5)

@@ -67,6 +67,16 @@ def compile_mode(value: bool | str) -> str:
     return mode
 
 
+def channels_last_default(device_type: str) -> bool:
+    """Channels-last (NHWC) convolutions by default on CUDA and on the CPU.
+
+    On the CPU, NCHW inputs made the whole-slide pipeline fall from 0.93-0.98 to 0.66-0.81 of the model
+    alone (``benchmarks/infer_pipeline.py``; 1.4-1.6x fewer tiles/s) when ``_input`` began making the
+    permuted NHWC tiles contiguous NCHW; before, the permuted input had run channels-last by accident.
+    """
+    return device_type in ("cuda", "cpu")
+
+
 class Predictor:
     """Runs a segmentation model over tiles with batching, optional AMP (CUDA) and flip TTA."""
 
@@ -91,7 +101,8 @@ class Predictor:
         device_blend: bool | None = None,
     ) -> None:
         """``batch_size`` None = chosen for the device (``default_batch_size``); ``amp`` autocasts on CUDA
-        to ``amp_dtype`` (auto: bf16 where supported, else fp16); ``channels_last`` (default: on CUDA) and
+        to ``amp_dtype`` (auto: bf16 where supported, else fp16); ``channels_last`` (default: on CUDA and CPU;
+        ``channels_last_default``) and
         ``compile`` (``torch.compile``: True or a mode, ``"reduce-overhead"`` = CUDA graphs) speed up
         convolutions; ``device_blend`` (default: on CUDA) keeps tile scores on the device and blends/quantises
         there, so only uint8 chunks come back to the host.
@@ -124,7 +135,7 @@ class Predictor:
         self.tile_size = int(tile_size or 224)
         self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(self.device, self.tile_size)
         on_cuda = self.device.type == "cuda"
-        self.channels_last = on_cuda if channels_last is None else bool(channels_last)
+        self.channels_last = channels_last_default(self.device.type) if channels_last is None else bool(channels_last)
         self.device_blend = on_cuda if device_blend is None else bool(device_blend)
         self.tta = bool(tta)
         self.overlap = int(self.tile_size // 4 if overlap is None else overlap)
