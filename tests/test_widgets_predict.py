@@ -575,6 +575,7 @@ def test_predict_this_view_fills_the_overview_and_can_be_stopped(make_napari_vie
     total = len(widget._view_region())
     assert f"this view: {total} chunks" in widget.view_info.text()
     thumb_before = np.asarray(mask.thumbnail).astype(int)
+    cam_thumb_before = np.asarray(widget.cam_layer().thumbnail).astype(int)
     shot_before = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(int)
     slide_px = shot_before.sum(-1) > 60  # the small slide on the black canvas (and the legend's text)
 
@@ -586,6 +587,8 @@ def test_predict_this_view_fills_the_overview_and_can_be_stopped(make_napari_vie
     changed = (np.abs(shot - shot_before).max(-1) > 30)[slide_px].mean()
     assert changed > 0.3, changed  # the class colours now cover the overview's tissue
     assert np.abs(np.asarray(mask.thumbnail).astype(int) - thumb_before).max() > 50  # the thumbnail shows it too
+    cam_thumb = np.asarray(widget.cam_layer().thumbnail).astype(int)
+    assert np.abs(cam_thumb - cam_thumb_before).max() > 0  # the CAM thumbnail too (dim: an untrained model)
     assert "this view is computed" in widget.view_info.text() or not widget._view_region()
     viewer.reset_view()
     widget_screenshot(viewer, "predict_this_view")
