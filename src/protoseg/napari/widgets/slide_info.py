@@ -12,6 +12,7 @@ import numpy as np
 from napari.layers import Image
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
+from protoseg.config_ranges import MPP
 from protoseg.errors import ProtosegError
 from protoseg.napari.widgets._common import WidgetError, mpp_changed, row
 
@@ -68,7 +69,7 @@ def set_slide_mpp(layer: Any, mpp: float, viewer: Any = None) -> None:
     info = slide_meta(layer)
     if info is None:
         raise WidgetError(f"{getattr(layer, 'name', layer)} is not a slide opened by protoseg")
-    if not 0.01 <= float(mpp) <= 100:
+    if MPP.problem(float(mpp)) is not None:  # the one resolution rule (config_ranges.MPP)
         raise WidgetError(f"scan resolution {mpp} µm/px is out of range: use e.g. 0.25 (40x) or 0.5 (20x)")
     path = str(Path(info["path"]).resolve())
     _USER_MPP[path] = float(mpp)
@@ -157,7 +158,7 @@ class MppPrompt(QWidget):
         self.reopen.clicked.connect(self._reopen)
         self.label = QLabel()
         self.label.setWordWrap(True)
-        self.spin = QDoubleSpinBox(decimals=4, minimum=0.01, maximum=100.0, singleStep=0.05, value=0.5)
+        self.spin = QDoubleSpinBox(decimals=4, minimum=MPP.low, maximum=MPP.high, singleStep=0.05, value=0.5)
         self.spin.setSuffix(" µm/px")
         self.button = QPushButton("Set")
         self.button.clicked.connect(self.apply)
