@@ -156,6 +156,25 @@ def _idle_gap(beat: Heartbeat, seconds: float) -> float:
     return beat.longest_ms
 
 
+def _napari_add_gap(beat: Heartbeat, viewer, predict) -> float:
+    """Longest GUI gap of napari itself adding the whole-slide result's layers (same data, same viewer)."""
+    from protoseg.infer import open_prediction
+    from protoseg.napari.overlays import Placement, zarr_layer_data
+    from protoseg.napari.widgets.overlay_layers import create_overlay_layer, layer_units
+
+    slide = next(ly for ly in viewer.layers if "protoseg" in ly.metadata)
+    pred = open_prediction(predict.outcome.path)
+    placement = Placement.on_slide(slide.scale, slide.translate, pred.scale, layer_units(slide))
+    data = zarr_layer_data(pred, placement)
+    beat.reset()
+    added = [viewer.add_layer(create_overlay_layer(ld)) for ld in data]
+    settle(1.0)
+    gap = beat.longest_ms
+    for layer in added:
+        viewer.layers.remove(layer)
+    return gap
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small real stage-2 checkpoint (resnet18, 4 classes, 1 µm/px, 64 px tiles)."""
@@ -228,12 +247,14 @@ def test_training_and_whole_slide_runs_keep_the_viewer_responsive(
     batch_gap, batch_s = _gaps_while(beat, lambda: predict.job.running, max_s=240)
     assert predict.outcome is not None and not predict.outcome.cancelled, predict.status.text()
     baseline.append(_idle_gap(beat, 3.0))
+    # the run ends by adding its result as layers: napari's own cost of adding the same layers is the baseline
+    opened = _napari_add_gap(beat, viewer, predict)
     beat.stop()
     napari_gap = max(baseline)
     print(
         f"GUI gaps (ms): napari idle {[round(b) for b in baseline]}, training {train_gap:.0f} over {train_s:.0f} s "
         f"(first progress after {first_event[0] if first_event else float('nan'):.1f} s), "
-        f"whole slide {batch_gap:.0f} over {batch_s:.0f} s"
+        f"whole slide {batch_gap:.0f} over {batch_s:.0f} s (napari adding the result's layers: {opened:.0f})"
     )
     assert train_gap <= napari_gap + GAP_BUDGET_MS
-    assert batch_gap <= napari_gap + GAP_BUDGET_MS
+    assert batch_gap <= max(napari_gap, opened) + GAP_BUDGET_MS
