@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 MAX_WINDOW = 4096
 #: the child-process job of 'Retrain from corrections'
 RETRAIN_JOB = "protoseg.train.retrain:retrain_job"
-#: block side of the review grid (model-resolution pixels), as the store's ``reviewed`` array
-REVIEW_BLOCK = 512
 
 
 class CorrectBox(QGroupBox):
@@ -363,27 +361,29 @@ class CorrectBox(QGroupBox):
             self.import_geojson(path)
 
     # ---- where to look next -------------------------------------------------------------------------
-    def _uncertainty_blocks(self) -> np.ndarray:
-        """Mean top-2 margin uncertainty per REVIEW_BLOCK block over the computed level-0 chunks (NaN where
-        nothing is computed)."""
+    def _uncertainty_blocks(self, block: int) -> np.ndarray:
+        """Mean top-2 margin uncertainty per ``block``-px block of the grid (the store's review grid) over the
+        computed level-0 chunks; NaN where nothing is computed."""
         from protoseg.infer.uncertainty import margin_uncertainty
 
         lazy = self._grid()
         w, h = lazy.levels[0]
-        rows, cols = -(-h // REVIEW_BLOCK), -(-w // REVIEW_BLOCK)
-        sums, counts = np.zeros((rows, cols)), np.zeros((rows, cols))
+        sums, counts = np.zeros((-(-h // block), -(-w // block))), np.zeros((-(-h // block), -(-w // block)))
         grid = lazy.layout.chunk_grid(0)
-        gr, gc = grid.shape
-        for cy in range(gr):
-            for cx in range(gc):
+        for cy in range(grid.shape[0]):
+            for cx in range(grid.shape[1]):
                 chunk = lazy.cached_chunk(0, cy, cx)
                 if chunk is None:
                     continue
                 bx, by, bw, bh = grid.box(cy, cx)
-                u = margin_uncertainty(chunk.probs).astype(np.float64)
-                ys, xs = np.mgrid[by : by + bh, bx : bx + bw]
-                np.add.at(sums, (ys // REVIEW_BLOCK, xs // REVIEW_BLOCK), u)
-                np.add.at(counts, (ys // REVIEW_BLOCK, xs // REVIEW_BLOCK), 1)
+                u = margin_uncertainty(chunk.probs)
+                for r in range(by // block, -(-(by + bh) // block)):  # the review blocks this chunk overlaps
+                    for c in range(bx // block, -(-(bx + bw) // block)):
+                        part = u[
+                            max(0, r * block - by) : (r + 1) * block - by, max(0, c * block - bx) : (c + 1) * block - bx
+                        ]
+                        sums[r, c] += float(part.sum(dtype=np.int64))
+                        counts[r, c] += part.size
         with np.errstate(invalid="ignore"):
             return sums / counts
 
@@ -422,7 +422,7 @@ class CorrectBox(QGroupBox):
         from protoseg.infer.uncertainty import next_review_block
 
         store = self.open_store()
-        blocks = self._uncertainty_blocks()
+        blocks = self._uncertainty_blocks(store.chunk)
         reviewed = np.asarray(store.reviewed[:], dtype=np.uint8)
         found = next_review_block(blocks, reviewed)
         if found is None:
@@ -433,7 +433,7 @@ class CorrectBox(QGroupBox):
         lazy = self._grid()
         slide_layer, _, _ = self.dock._slide_inputs()
         s = lazy.layout.geom.scale
-        centre = np.array([(r + 0.5) * REVIEW_BLOCK * s, (c + 0.5) * REVIEW_BLOCK * s])  # level-0 slide px
+        centre = np.array([(r + 0.5) * store.chunk * s, (c + 0.5) * store.chunk * s])  # level-0 slide px
         world = centre * np.asarray(slide_layer.scale)[-2:] + np.asarray(slide_layer.translate)[-2:]
         self.dock.viewer.camera.center = tuple(world)
         self._count()
