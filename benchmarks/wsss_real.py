@@ -88,33 +88,37 @@ def tiles(image: np.ndarray, mask: np.ndarray, size: int) -> list[tuple[np.ndarr
 
 
 def write_dataset(src: Path, dst: Path, seed: int, size: int, min_share: float, limit: int | None) -> Path:
-    """Generic-layout folder of tiles at ``dst`` (train: labels.csv; val/test: img + mask) for one seed."""
+    """Generic-layout folder of tiles at ``dst`` (train: labels.csv; val/test: img + mask) for one seed.
+
+    ``limit`` keeps at most that many tiles per split, drawn uniformly (seeded) from all of the split's
+    images, so every image keeps its share (a first-come cut used to drop the NOR image listed last)."""
     names = sorted(p.stem for p in (src / "img").glob("*.png"))
     splits = split_images(names, seed)
     (dst / "train").mkdir(parents=True, exist_ok=True)
     (dst / "classes.yaml").write_text(f"names: {list(CLASSES)}\ncolors: {list(COLOURS)}\n")
     rows = ["path," + ",".join(CLASSES)]
     for split, ids in splits.items():
-        n = 0
+        cut: list[tuple[str, np.ndarray, np.ndarray]] = []
         for name in ids:
             image = np.asarray(Image.open(src / "img" / f"{name}.png").convert("RGB"))
             mask = np.asarray(Image.open(src / "mask" / f"{name}.png"))
             for i, (t_img, t_mask) in enumerate(tiles(image, mask, size)):
-                if limit is not None and n >= limit:
-                    break
-                stem = f"{name}_{i:03d}"
-                if split == "train":
-                    share = [(t_mask == c).mean() for c in range(len(CLASSES))]
-                    label = [int(s >= min_share) for s in share]
-                    if not any(label):
-                        continue
-                    Image.fromarray(t_img).save(dst / "train" / f"{stem}.png")
-                    rows.append(f"{stem}.png," + ",".join(map(str, label)))
-                else:
-                    for kind, arr in (("img", t_img), ("mask", t_mask)):
-                        (dst / split / kind).mkdir(parents=True, exist_ok=True)
-                        Image.fromarray(arr).save(dst / split / kind / f"{stem}.png")
-                n += 1
+                share = [(t_mask == c).mean() for c in range(len(CLASSES))]
+                if split == "train" and not any(s >= min_share for s in share):
+                    continue
+                cut.append((f"{name}_{i:03d}", t_img, t_mask))
+        if limit is not None and len(cut) > limit:
+            keep = sorted(random.Random(f"{seed}-{split}").sample(range(len(cut)), limit))
+            cut = [cut[i] for i in keep]
+        for stem, t_img, t_mask in cut:
+            if split == "train":
+                label = [int((t_mask == c).mean() >= min_share) for c in range(len(CLASSES))]
+                Image.fromarray(t_img).save(dst / "train" / f"{stem}.png")
+                rows.append(f"{stem}.png," + ",".join(map(str, label)))
+            else:
+                for kind, arr in (("img", t_img), ("mask", t_mask)):
+                    (dst / split / kind).mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(arr).save(dst / split / kind / f"{stem}.png")
     (dst / "train" / "labels.csv").write_text("\n".join(rows) + "\n")
     return dst
 

@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 #: The painted square (grid = level-0 pixels here: 1 µm/px slide, 1 µm/px model), class LYM (index 2).
 BOX = (slice(32, 64), slice(32, 96))
 LYM = 2
-SETTINGS = RetrainSettings(epochs=4, lr=1e-3, batch_size=4, patch=32, replay=3.0, confidence=0.0, device="cpu")
+SETTINGS = RetrainSettings(
+    epochs=4, lr=1e-3, batch_size=4, patch=32, replay=3.0, confidence=0.0, min_batches=1, device="cpu"
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +131,39 @@ def test_cli_retrain_and_export_round_trip(setup: dict, tmp_path: Path) -> None:
     assert lineage["corrections_digests"] == [open_corrections(setup["store"], "r").digest()]  # same pixels
     assert main([*args, "--corrections", str(setup["store"]), "--out", str(out)]) == 2  # refused: earlier run
     assert main([*args, "--corrections", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_reviewed_blocks_count_as_confirmed_and_few_patches_repeat(setup: dict, tmp_path: Path) -> None:
+    """A reviewed block's unpainted pixels are trained on the parent's prediction (the user saw it and left
+    it); painted pixels keep the painted class; pixels outside reviewed blocks stay ignored. Turning
+    ``trust_reviewed`` off keeps only the painted pixels. Few patches fill ``min_batches`` steps per epoch."""
+    from protoseg.cancel import CancelToken
+    from protoseg.classes import IGNORE_INDEX
+    from protoseg.corrections import create_corrections
+    from protoseg.infer.predictor import Predictor
+    from protoseg.infer.reader import open_any
+    from protoseg.models.checkpoint import load_checkpoint
+    from protoseg.train.retrain import CorrectionPatches, _prepare
+
+    store = create_corrections(
+        tmp_path / "s.corrections.zarr", slide=setup["slide"], shape=(128, 128), mpp=1.0, scale=1.0,
+        classes=BCSS_WSSS, chunk=64,
+    )  # fmt: skip
+    store.write(0, 0, np.full((4, 4), LYM + 1, np.uint8))  # painted: top-left corner of block (0, 0)
+    store.mark_reviewed(0, 0)
+    parent = load_checkpoint(setup["parent"])
+    predictor = Predictor(parent, device="cpu", tta=False)
+    shown = np.argmax(predictor.predict_box(predictor.geometry(open_any(setup["slide"])), (0, 0, 32, 32)), axis=0)
+    on = RetrainSettings(patch=32, replay=0.0, device="cpu")
+    patches, n = _prepare([store], parent, 32, on, (), CancelToken())
+    assert n == len(patches) == 4  # the 64 px reviewed block = four 32 px windows
+    first = patches[0].target
+    assert (first[:4, :4] == LYM).all()
+    confirmed = np.ones((32, 32), bool)
+    confirmed[:4, :4] = False
+    assert (first[confirmed] == shown[confirmed]).all()
+    off = RetrainSettings(patch=32, replay=0.0, device="cpu", trust_reviewed=False)
+    patches, n = _prepare([store], parent, 32, off, (), CancelToken())
+    assert n == 1 and (patches[0].target[:4, :4] == LYM).all() and (patches[0].target[confirmed] == IGNORE_INDEX).all()
+    repeated = CorrectionPatches(patches, min_len=40)
+    assert len(repeated) == 40 and repeated[39]["mask"].shape == (32, 32)

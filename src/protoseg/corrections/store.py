@@ -132,6 +132,11 @@ class CorrectionStore:
             h.update(np.ascontiguousarray(block, np.uint8).tobytes())
         return h.hexdigest()
 
+    def review_digest(self) -> str:
+        """sha256 of the ``reviewed`` grid (which blocks were looked at: a retrain may take them as confirmed)."""
+        grid = np.ascontiguousarray(np.asarray(self.reviewed[...]) != 0, np.uint8)
+        return hashlib.sha256(f"{grid.shape}".encode() + grid.tobytes()).hexdigest()
+
     def counts(self) -> dict[str, int]:
         """Corrected pixels per class name (tissue classes, then background), zeros included."""
         names = [*self.classes.names, self.classes.background_name]

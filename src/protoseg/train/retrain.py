@@ -1,11 +1,14 @@
 """Retrain from corrections: fine-tune a stage-2 checkpoint on the pixels a user corrected, without forgetting.
 
-Loss: dense cross-entropy on corrected pixels only (everything else ``IGNORE_INDEX``) of patches on a
-patch-aligned grid wherever corrections exist, plus ``replay`` patches per corrected patch elsewhere on the
-same slides labelled by the PARENT model's confident predictions (score >= ``confidence``, else ignored).
-Batch-norm statistics stay the parent's (few patches). Runs on the shared ``Trainer`` (events, cancel,
-resume, run lock); the new checkpoint (``out_dir/best.pt``) records its lineage: parent sha256, the
-corrections' digests and the settings (``checkpoint_lineage``). The parent is never written.
+Loss: dense cross-entropy on patches of a patch-aligned grid wherever corrections exist: painted pixels
+take the painted class; with ``trust_reviewed`` the unpainted pixels of regions marked reviewed take the
+PARENT's prediction (the user looked at it and left it: confirmed); everything else is ``IGNORE_INDEX``.
+Plus ``replay`` patches per corrected patch elsewhere on the same slides labelled by the parent's confident
+predictions (score >= ``confidence``, else ignored), so it does not forget. Few patches are repeated (new
+flips and rotations) up to ``min_batches`` optimiser steps per epoch. Batch-norm statistics stay the parent's.
+Runs on the shared ``Trainer`` (events, cancel, resume, run lock); the new checkpoint (``out_dir/best.pt``)
+records its lineage: parent sha256, the corrections' and review digests and the settings
+(``checkpoint_lineage``). The parent is never written.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class RetrainSettings:
     patch: int | None = None
     replay: float = 1.0
     confidence: float = 0.9
+    trust_reviewed: bool = True
+    min_batches: int = 10
     seed: int = 0
     device: str = "auto"
 
@@ -64,6 +69,7 @@ class RetrainSettings:
             ("patch", self.patch is None or self.patch >= 16),
             ("replay", math.isfinite(self.replay) and 0 <= self.replay <= 100),
             ("confidence", 0 <= self.confidence <= 1),
+            ("min_batches", 1 <= self.min_batches <= 10_000),
         )
         for name, ok in checks:
             if not ok:
@@ -79,16 +85,18 @@ class _Patch:
 
 
 class CorrectionPatches(Dataset):
-    """In-memory training patches; flips / rot90 drawn from the sampler's per-sample seed."""
+    """In-memory training patches, repeated up to ``min_len`` samples an epoch; flips / rot90 drawn from the
+    sampler's per-sample seed (so repeats differ)."""
 
-    def __init__(self, patches: Sequence[_Patch]) -> None:
+    def __init__(self, patches: Sequence[_Patch], min_len: int = 0) -> None:
         self.patches = list(patches)
+        self.length = max(len(self.patches), min_len) if self.patches else 0
 
     def __len__(self) -> int:
-        return len(self.patches)
+        return self.length
 
     def __getitem__(self, key: int) -> dict[str, Any]:
-        p = self.patches[int(key)]
+        p = self.patches[int(key) % len(self.patches)]
         seed = int(getattr(key, "seed", 0))
         image, target = p.image, p.target
         k, flip = seed % 4, (seed >> 2) & 1
@@ -124,13 +132,34 @@ def _window(store: CorrectionStore, y: int, x: int, p: int) -> np.ndarray:
     return out
 
 
-def _corrected_windows(store: CorrectionStore, p: int) -> list[tuple[int, int]]:
-    """(row, col) of the p-aligned windows holding at least one corrected pixel, sorted."""
+def _reviewed_cells(store: CorrectionStore) -> np.ndarray:
+    """Boolean (rows, cols) grid of the blocks marked reviewed."""
+    return np.asarray(store.reviewed[...]) != 0
+
+
+def _reviewed_window(store: CorrectionStore, cells: np.ndarray, y: int, x: int, p: int) -> np.ndarray:
+    """Boolean p x p mask of the window at (y, x) lying in reviewed blocks (False beyond the grid)."""
+    c = store.chunk
+    ys = np.arange(y, y + p) // c
+    xs = np.arange(x, x + p) // c
+    inside = (np.arange(y, y + p) < store.shape[0])[:, None] & (np.arange(x, x + p) < store.shape[1])[None, :]
+    rows, cols = cells.shape
+    return inside & cells[np.minimum(ys, rows - 1)][:, np.minimum(xs, cols - 1)]
+
+
+def _corrected_windows(store: CorrectionStore, p: int, reviewed: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """(row, col) of the p-aligned windows holding at least one corrected pixel (or, given the ``reviewed``
+    block grid, overlapping a reviewed block), sorted."""
     found: set[tuple[int, int]] = set()
     c = store.chunk
     for cy, cx, block in store.stored_chunks():
         ys, xs = np.nonzero(block)
         found.update(zip(((ys + cy * c) // p).tolist(), ((xs + cx * c) // p).tolist()))
+    if reviewed is not None:
+        for cy, cx in zip(*np.nonzero(reviewed), strict=True):
+            y0, y1 = int(cy) * c, min((int(cy) + 1) * c, store.shape[0])
+            x0, x1 = int(cx) * c, min((int(cx) + 1) * c, store.shape[1])
+            found.update((r, q) for r in range(y0 // p, -(-y1 // p)) for q in range(x0 // p, -(-x1 // p)))
     return sorted(found)
 
 
@@ -183,13 +212,23 @@ def _patches_of_store(
             f"but the checkpoint predicts {slide_path.name} on {grid[0]}x{grid[1]} at {geom.mpp} µm/px; retrain from "
             "the checkpoint the corrections were painted on."
         )
-    corrected = _corrected_windows(store, p)
+    reviewed = _reviewed_cells(store) if settings.trust_reviewed else None
+    corrected = _corrected_windows(store, p, reviewed)
     patches: list[_Patch] = []
     for r, c in corrected:
-        labels = _window(store, r * p, c * p, p).astype(np.int16) - 1
+        y, x = r * p, c * p
+        labels = _window(store, y, x, p).astype(np.int16) - 1
         target = np.where(labels >= 0, labels, IGNORE_INDEX).astype(np.uint8)
-        patches.append(_Patch(geom.reader.read((c * p, r * p, p, p)), target))
+        confirmed = None if reviewed is None else _reviewed_window(store, reviewed, y, x, p) & (labels < 0)
+        if confirmed is not None and confirmed.any():
+            w, h = min(p, grid[1] - x), min(p, grid[0] - y)
+            shown = np.full((p, p), IGNORE_INDEX, np.uint8)
+            shown[:h, :w] = np.argmax(predictor.predict_box(geom, (x, y, w, h)), axis=0)
+            target = np.where(confirmed, shown, target).astype(np.uint8)
+        if (target != IGNORE_INDEX).any():
+            patches.append(_Patch(geom.reader.read((x, y, p, p)), target))
         progress(1)
+    n_corrected = len(patches)
     for r, c in _replay_windows(store, p, set(corrected), round(settings.replay * len(corrected)), seed):
         x, y = c * p, r * p
         w, h = min(p, grid[1] - x), min(p, grid[0] - y)
@@ -200,7 +239,7 @@ def _patches_of_store(
         if (target != IGNORE_INDEX).any():
             patches.append(_Patch(geom.reader.read((x, y, p, p)), target))
         progress(1)
-    return patches, len(corrected)
+    return patches, n_corrected
 
 
 def _freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -260,7 +299,11 @@ class RetrainTrainer(Trainer):
         last = self.out_dir / LAST
         if last.is_file():
             old = load_checkpoint(last).extra.get(LINEAGE_KEY) or {}
-            diffs = [k for k in ("parent_sha256", "corrections_digests", "settings") if old.get(k) != self.lineage[k]]
+            diffs = [
+                k
+                for k in ("parent_sha256", "corrections_digests", "review_digests", "settings")
+                if old.get(k) != self.lineage[k]
+            ]
             if diffs:
                 raise TrainingError(
                     f"cannot resume from {last}: it was retrained with another {', '.join(diffs)}; use the same "
@@ -311,6 +354,7 @@ def _lineage(parent_path: Path, stores: Sequence[CorrectionStore], settings: Ret
             for s in stores
         ],
         "corrections_digests": [s.digest() for s in stores],
+        "review_digests": [s.review_digest() for s in stores],
         "settings": asdict(settings),
         "protoseg": str(protoseg.__version__),
     }
@@ -355,7 +399,8 @@ def retrain_from_corrections(
     patches, n_corrected = _prepare(stores, ckpt, p, settings, callbacks, cancel)
     logger.info("retrain: %d corrected + %d replay patches of %d px", n_corrected, len(patches) - n_corrected, p)
     lineage["patches"] = {"corrected": n_corrected, "replay": len(patches) - n_corrected, "size": p}
-    trainer = RetrainTrainer(ckpt, CorrectionPatches(patches), out, settings, lineage, callbacks, cancel)
+    dataset = CorrectionPatches(patches, min_len=settings.min_batches * settings.batch_size)
+    trainer = RetrainTrainer(ckpt, dataset, out, settings, lineage, callbacks, cancel)
     result = trainer.fit(resume=resume, overwrite=overwrite)
     if result.cancelled:
         raise Cancelled(f"retrain cancelled; {result.last} keeps the progress: resume it with --resume")
@@ -372,7 +417,7 @@ def _prepare(
     cancel: CancelToken,
 ) -> tuple[list[_Patch], int]:
     """All stores' patches, with progress events (stage ``corrections``) and the cancel token checked."""
-    windows = [len(_corrected_windows(s, p)) for s in stores]
+    windows = [len(_corrected_windows(s, p, _reviewed_cells(s) if settings.trust_reviewed else None)) for s in stores]
     total = sum(w + round(settings.replay * w) for w in windows)
     done = 0
     emit(callbacks, TrainEvent(EventKind.START, PREPARE_STAGE, 0, 0, total, message="preparing correction patches"))
