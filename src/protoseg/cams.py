@@ -85,6 +85,13 @@ def score_gate(cams: torch.Tensor, logits: torch.Tensor, threshold: float = 0.8)
     return cams * keep[:, :, None, None]
 
 
+def gate_classes(scores: torch.Tensor, thresholds: torch.Tensor | float) -> torch.Tensor:
+    """(B, C) bool: classes whose score passes its threshold (one for all, or one per class (C,)), always
+    with the top-scoring class (tissue has a class): the label-free class gate."""
+    limit = torch.as_tensor(thresholds, dtype=scores.dtype, device=scores.device)
+    return (scores >= limit) | (scores == scores.amax(dim=1, keepdim=True))
+
+
 def confidence(cams: torch.Tensor) -> torch.Tensor:
     """Per-pixel confidence = max CAM over classes, (B, C, H, W) -> (B, H, W)."""
     return cams.max(dim=1).values

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,8 @@ class ClassNetConfig:
     logit_scale_init: float = 1.0 / 0.07
     learn_scale: bool = True
     score_threshold: float = 0.8
+    # per-class label-free gate calibrated on validation images after stage-1 training (None: score_threshold)
+    class_thresholds: tuple[float, ...] | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     img_size: int | None = None
@@ -73,6 +75,12 @@ class ClassNetConfig:
             raise ValueError(f"pixel_decoder_dim must be >= 0, got {self.pixel_decoder_dim}")
         if self.num_classes < 1 or self.k < 1:
             raise ValueError(f"num_classes and k must be >= 1, got {self.num_classes}, {self.k}")
+        if self.class_thresholds is not None:
+            object.__setattr__(self, "class_thresholds", tuple(float(v) for v in self.class_thresholds))
+            if len(self.class_thresholds) != self.num_classes or not all(0 <= v <= 1 for v in self.class_thresholds):
+                raise ValueError(
+                    f"class_thresholds needs {self.num_classes} values in [0, 1], got {self.class_thresholds}"
+                )
 
 
 @dataclass(frozen=True)
@@ -189,34 +197,49 @@ class ClassNet(nn.Module):
         out: ClassNetOutput,
         size: tuple[int, int],
         labels: torch.Tensor | None = None,
-        score_threshold: float | None = None,
+        score_gate: bool = False,
     ) -> torch.Tensor:
         """Normalised (ReLU + min-max) stage CAMs fused at ``size``; label-gated when ``labels``
-        are given, else score-gated on sigmoid(last-stage logits) when ``score_threshold`` is set."""
+        are given, else gated by ``class_gate`` (image scores) when ``score_gate``."""
         stage_cams = [cam_ops.normalize_cams(m) for m in out.maps]
         fused = cam_ops.fuse_cams(stage_cams, self.fusion_weights(), size)
         if labels is not None:
             return cam_ops.label_gate(fused, labels)
-        if score_threshold is not None:
-            return cam_ops.score_gate(fused, out.logits[-1], score_threshold)
+        if score_gate:
+            return fused * self.class_gate(out.logits[-1]).to(fused.dtype)[:, :, None, None]
         return fused
+
+    def gate_thresholds(self) -> tuple[float, ...]:
+        """Per-class label-free gate: the calibrated ``class_thresholds``, else ``score_threshold`` for all."""
+        c = self.config
+        return c.class_thresholds if c.class_thresholds is not None else (c.score_threshold,) * c.num_classes
+
+    def set_class_thresholds(self, thresholds: Sequence[float] | None) -> None:
+        """Store a calibrated per-class gate in the config (saved with the checkpoint); None = the fixed one."""
+        values = None if thresholds is None else tuple(float(v) for v in thresholds)
+        self.config = replace(self.config, class_thresholds=values)
+
+    def class_gate(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, C) bool: the classes label-free prediction keeps (the one gate every label-free path uses)."""
+        thresholds = torch.tensor(self.gate_thresholds(), dtype=logits.dtype, device=logits.device)
+        return cam_ops.gate_classes(cam_ops.class_scores(logits), thresholds)
 
     def cams(self, x: torch.Tensor, labels: torch.Tensor | None = None, gate: bool = True) -> torch.Tensor:
         """Fused CAMs (B, C, H, W) in [0, 1] at input size, in the current train/eval mode;
-        gated by ``labels`` when given, else by the image score (config.score_threshold)."""
+        gated by ``labels`` when given, else by ``class_gate`` on the image scores."""
         out = self(x)
-        threshold = self.config.score_threshold if gate else None
-        return self.fused_cams(out, tuple(x.shape[-2:]), labels if gate else None, threshold)
+        size = tuple(x.shape[-2:])
+        return self.fused_cams(out, size, labels if gate else None, score_gate=gate and labels is None)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Label-free stage-1 scores (B, C+1, H, W) built by the pseudo-mask rule: CAMs of the classes
-        whose image score passes ``score_threshold`` (always at least the top-scoring one: tissue has a
+        whose image score passes ``class_gate`` (always at least the top-scoring one: tissue has a
         class), background channel C = 1 only where the glass detector finds glass (never low CAM)."""
         with eval_mode(self):
             out = self(x)
         scores = cam_ops.class_scores(out.logits[-1])  # (B, C) sigmoid
-        keep = (scores >= self.config.score_threshold) | (scores == scores.amax(dim=1, keepdim=True))
+        keep = self.class_gate(out.logits[-1])
         fused = self.fused_cams(out, tuple(x.shape[-2:])) * keep[:, :, None, None].to(scores.dtype)
         # ties (e.g. every CAM 0 at its min-max minimum) go to the kept class with the higher image score
         fused = (fused + 1e-3 * (keep * scores)[:, :, None, None]).clamp(0, 1)

@@ -41,6 +41,10 @@ def checkpoint_config(ckpt: Checkpoint) -> ProtosegConfig:
     return config_from_dict(ckpt.train_config)
 
 
+#: Model-config keys a resumed run may change: pretrained weights' source and the calibrated class gate.
+_NOT_ARCHITECTURE = ("weights", "class_thresholds")
+
+
 def resume_mismatches(ckpt: Checkpoint, net: dict[str, Any], classes: ClassSpec, cfg: ProtosegConfig) -> list[str]:
     """What differs between a checkpoint and the run about to continue it: classes, stage-1 recipe and
     add-ons, and every network setting (backbone, heads, sizes); empty when it can be resumed."""
@@ -52,7 +56,7 @@ def resume_mismatches(ckpt: Checkpoint, net: dict[str, Any], classes: ClassSpec,
         if key in old and (list(old[key]) if key == "addons" else old[key]) != now:
             out.append(f"stage1.{key} {old[key]!r} vs {now!r}")
     for key in sorted(set(ckpt.model_config) | set(net)):
-        if key != "weights" and ckpt.model_config.get(key) != net.get(key):
+        if key not in _NOT_ARCHITECTURE and ckpt.model_config.get(key) != net.get(key):
             out.append(f"model {key} {ckpt.model_config.get(key)!r} vs {net.get(key)!r}")
     return out
 

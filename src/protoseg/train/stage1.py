@@ -17,6 +17,7 @@ from protoseg.config import AddOn, ProtosegConfig, Recipe
 from protoseg.models.checkpoint import Stage
 from protoseg.models.classnet import ClassNet
 from protoseg.models.encoders import EncoderKind, EncoderSpec, ImageEncoder, TextEncoder, build_encoder
+from protoseg.train.calibration import calibrate_gate
 from protoseg.train.configured import ConfiguredTrainer
 from protoseg.train.device_augment import batch_augment_for
 from protoseg.train.evaluation import evaluate_pseudo
@@ -95,6 +96,9 @@ class Stage1Trainer(ConfiguredTrainer):
             text = encode_class_prompts(self.encoder, classes.names, s1.plim.template, s1.plim.descriptions)
         if self.encoder is not None:
             self.encoder.to(self.device)
+        self._gate_val = val_ds if val_ds is not None and len(val_ds) else None  # type: ignore[arg-type]
+        if self._gate_val is None:
+            logger.info("no validation images: the label-free class gate keeps the fixed threshold %.2f", s1.score_gate)
         steps = max(1, len(train_ds) // max(1, cfg.data.batch_size))  # type: ignore[arg-type]
         self.objective = Stage1Objective(cfg, self.encoder, text, steps_per_epoch=steps)
 
@@ -104,6 +108,10 @@ class Stage1Trainer(ConfiguredTrainer):
         return self.objective(model, batch, step)
 
     def validate(self) -> dict[str, float]:
+        """Calibrate the label-free class gate on the val images (saved with the checkpoint), then the
+        label-gated pseudo-mask metrics on the val masks."""
+        if self._gate_val is not None:
+            calibrate_gate(self.net, self._gate_val, self.device, self.classes.names, self.cfg.data.batch_size)
         if self._val is None or len(self._val) == 0:  # type: ignore[arg-type]
             return {}
         return evaluate_pseudo(self.net, self._val, self.classes, self.cfg, self.device)
