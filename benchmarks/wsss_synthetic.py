@@ -4,8 +4,9 @@ For each seed: a BCSS-WSSS-layout dataset from protoseg's synthetic generator; p
 baseline, PBIP, LPD, PBIP+PSCL) stage 1 from the same random-init backbone and data, its label-gated
 pseudo-masks (the exported ones: ``protoseg eval --use-labels``) and its label-free prediction (the
 ``Predictor`` path) on val, then pseudo-mask export, stage 2 on those masks, and stage 1 / stage 2
-label-free on test. Prints mean ± std over seeds and the three acceptance checks of issue 10 as
-pass counts:
+label-free on test. Label-free stage 1 uses the class gate calibrated on val during training (stored
+in the checkpoint); the "fixed 0.8 gate" columns evaluate the same checkpoint without it. Prints mean ± std
+over seeds and the three acceptance checks of issue 10 as pass counts:
 
 - A1: pseudo-mask mIoU >= the same checkpoint's label-free prediction mIoU (val);
 - A2: stage 2 >= its stage 1, label-free, on test;
@@ -31,6 +32,7 @@ import torch
 from protoseg.config import ProtosegConfig, load_config
 from protoseg.data.records import Split
 from protoseg.data.synthetic.writers import write_bcss_dataset
+from protoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from protoseg.train.pipeline import best_or_last, evaluate_checkpoint, make_pseudo_masks, train_stage1, train_stage2
 
 logger = logging.getLogger("wsss_synthetic")
@@ -79,6 +81,14 @@ def _class_ratio(pseudo: dict[str, Any], free: dict[str, Any]) -> float:
     return min(ratios) if ratios else math.inf
 
 
+def fixed_gate_copy(checkpoint: Path, out: Path) -> Path:
+    """The stage-1 checkpoint without its calibrated class gate: label-free prediction with the fixed
+    ``stage1.score_gate`` threshold, as before calibration (and as checkpoints written before it)."""
+    ckpt = load_checkpoint(checkpoint)
+    config = {k: v for k, v in ckpt.model_config.items() if k != "class_thresholds"}
+    return save_checkpoint(ckpt.with_updates(model_config=config), out)
+
+
 def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> dict[str, Any]:
     out = args.out / f"seed{seed}" / name.replace(" ", "_").replace("+", "_")
     cfg = base_config(args, data, seed, RECIPES[name], out)
@@ -88,6 +98,9 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
     pseudo_val = evaluate_checkpoint(cfg, ckpt1, Split.VAL, use_labels=True)
     free_val = evaluate_checkpoint(cfg, ckpt1, Split.VAL, use_labels=False)
     free_test = evaluate_checkpoint(cfg, ckpt1, Split.TEST, use_labels=False)
+    fixed1 = fixed_gate_copy(ckpt1, out / "stage1_fixed_gate.pt")
+    fixed_val = evaluate_checkpoint(cfg, fixed1, Split.VAL, use_labels=False)
+    fixed_test = evaluate_checkpoint(cfg, fixed1, Split.TEST, use_labels=False)
     pseudo_dir = make_pseudo_masks(cfg, ckpt1)
     fit2 = train_stage2(cfg, pseudo_dir, stage1=ckpt1)
     stage2_test = evaluate_checkpoint(cfg, best_or_last(fit2.last.parent), Split.TEST)
@@ -96,6 +109,9 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
         "pseudo_val": pseudo_val,
         "free_val": free_val,
         "free_test": free_test,
+        "fixed_val": fixed_val,
+        "fixed_test": fixed_test,
+        "gate": load_checkpoint(ckpt1).model_config.get("class_thresholds"),
         "stage2_test": stage2_test,
         "A1": pseudo_val["mIoU"] >= free_val["mIoU"],
         "A2": stage2_test["mIoU"] >= free_test["mIoU"],
@@ -106,6 +122,7 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
     print(
         f"seed {seed} {name}: pseudo {100 * pseudo_val['mIoU']:.1f} / label-free {100 * free_val['mIoU']:.1f} (val), "
         f"stage1 {100 * free_test['mIoU']:.1f} -> stage2 {100 * stage2_test['mIoU']:.1f} (test), "
+        f"fixed gate {100 * fixed_val['mIoU']:.1f} (val) {100 * fixed_test['mIoU']:.1f} (test), gate {row['gate']}, "
         f"min class ratio {row['class_ratio']:.2f}, {wall:.0f} s",
         flush=True,
     )
@@ -121,8 +138,9 @@ def _ms(values: list[float]) -> str:
 def table(rows: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
         "| method | pseudo-mask mIoU (val, label-gated) | stage 1 label-free (val) | A1 | min class ratio | A3 "
-        "| stage 1 label-free (test) | stage 2 (test) | A2 | pseudo LYM IoU | wall s / seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| stage 1 label-free (test) | stage 2 (test) | A2 | pseudo LYM IoU | wall s / seed "
+        "| stage 1 label-free, fixed 0.8 gate (val) | same (test) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rs in rows.items():
         n = len(rs)
@@ -132,7 +150,8 @@ def table(rows: dict[str, list[dict[str, Any]]]) -> str:
             f"| {sum(r['A3'] for r in rs)}/{n} | {_ms([r['free_test']['mIoU'] for r in rs])} "
             f"| {_ms([r['stage2_test']['mIoU'] for r in rs])} | {sum(r['A2'] for r in rs)}/{n} "
             f"| {_ms([r['pseudo_val'].get('IoU_LYM', 0.0) for r in rs])} "
-            f"| {statistics.mean(r['wall_s'] for r in rs):.0f} |"
+            f"| {statistics.mean(r['wall_s'] for r in rs):.0f} "
+            f"| {_ms([r['fixed_val']['mIoU'] for r in rs])} | {_ms([r['fixed_test']['mIoU'] for r in rs])} |"
         )
     return "\n".join(lines)
 
