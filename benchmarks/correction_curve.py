@@ -11,7 +11,7 @@ Each round the user looks at one block (a square of a quarter of the image's sho
 so the store's ``reviewed`` grid is the review queue) picked
 
 * ``queue``: the most uncertain not-yet-reviewed block over the pool (``margin_uncertainty`` of the current
-  model's scores averaged per block, ``next_review_block`` per image, highest first), or
+  model's scores over each whole block, ``block_uncertainty``, ``next_review_block`` per image, highest first), or
 * ``random``: a not-yet-reviewed block drawn at random (seeded), the control,
 
 paints the ground truth where the current prediction is wrong inside it, marks it reviewed, and retrains
@@ -42,7 +42,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protoseg.corrections import CorrectionStore, create_corrections, default_corrections_path
 from protoseg.infer.predictor import Predictor
-from protoseg.infer.uncertainty import margin_uncertainty, next_review_block
+from protoseg.infer.uncertainty import block_uncertainty, margin_uncertainty, next_review_block
 from protoseg.slide import open_slide
 from protoseg.train.events import TrainEvent
 from protoseg.train.pipeline import best_or_last, train_stage1
@@ -122,17 +122,6 @@ def open_stores(run_dir: Path, ckpt: Path, images: list[Image_], device: str) ->
         )
 
 
-def block_uncertainty(scores: np.ndarray, block: int) -> np.ndarray:
-    """Mean top-2 margin uncertainty per ``block`` x ``block`` cell (partial cells at the edges included)."""
-    u = margin_uncertainty(scores).astype(np.float64)
-    rows, cols = -(-u.shape[0] // block), -(-u.shape[1] // block)
-    out = np.empty((rows, cols))
-    for r in range(rows):
-        for c in range(cols):
-            out[r, c] = u[r * block : (r + 1) * block, c * block : (c + 1) * block].mean()
-    return out
-
-
 def pick(run: Run, rng: random.Random, device: str) -> tuple[Image_, int, int, np.ndarray] | None:
     """(image, row, col, its current prediction) of the block the user reviews next, or None when all are."""
     if run.picker == "random":
@@ -148,7 +137,7 @@ def pick(run: Run, rng: random.Random, device: str) -> tuple[Image_, int, int, n
         return im, int(r), int(c), np.argmax(scores, axis=0)
     best: tuple[float, Image_, int, int, np.ndarray] | None = None
     for im, scores in zip(run.images, predict(run.ckpt, run.images, device), strict=True):
-        u = block_uncertainty(scores, im.block)
+        u = block_uncertainty(margin_uncertainty(scores), im.block)
         rc = next_review_block(u, np.asarray(im.store.reviewed[...]))
         if rc is not None and (best is None or u[rc] > best[0]):
             best = (float(u[rc]), im, *rc, np.argmax(scores, axis=0))
@@ -161,16 +150,22 @@ def correct(im: Image_, r: int, c: int, pred: np.ndarray) -> int:
     gt = im.mask[r * b : (r + 1) * b, c * b : (c + 1) * b]
     wrong = pred[r * b : (r + 1) * b, c * b : (c + 1) * b] != gt
     im.store.write(r * b, c * b, np.where(wrong, gt + 1, 0).astype(np.uint8))
-    im.store.mark_reviewed(r, c)
+    im.store.mark_reviewed(r, c, shown=pred[r * b : (r + 1) * b, c * b : (c + 1) * b])
     return int(wrong.sum())
 
 
 def retrain(run: Run, start: Path, out: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     events: list[float] = []
-    stores = [im.store.path for im in run.images if not im.store.is_empty()]
+    stores = [im.store.path for im in run.images]  # every slide the user has open: replay comes from all of them
     parent = run.ckpt if args.parent == "previous" else start
     settings = RetrainSettings(
-        epochs=args.retrain_epochs, lr=args.retrain_lr, batch_size=args.batch, seed=seed, device=args.device
+        epochs=args.retrain_epochs,
+        lr=args.retrain_lr,
+        batch_size=args.batch,
+        replay=args.replay,
+        distill=args.distill,
+        seed=seed,
+        device=args.device,
     )
     t0 = time.perf_counter()
 
@@ -281,7 +276,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=128, help="tile = training patch side (px, native resolution)")
     p.add_argument("--max-tiles", type=int, default=240, help="tiles per split at most (0 = all)")
     p.add_argument("--retrain-epochs", type=int, default=3)
-    p.add_argument("--retrain-lr", type=float, default=1e-4)
+    p.add_argument("--retrain-lr", type=float, default=RetrainSettings().lr)
+    p.add_argument("--replay", type=float, default=RetrainSettings().replay, help="replay patches per corrected one")
+    p.add_argument("--distill", type=float, default=RetrainSettings().distill, help="weight of the replay's KL")
     add_training_args(p)
     p.set_defaults(epochs=2, epochs2=2)
     args = p.parse_args(argv)

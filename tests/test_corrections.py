@@ -198,3 +198,43 @@ def test_unknown_resolution_is_kept_and_compared(tmp_path: Path) -> None:
         open_or_create_corrections(store.path, **{**geom, "mpp": 2.0})
     doc = json.loads(corrections_to_geojson(store, tmp_path / "n.geojson").read_text())
     assert "Area px^2" in doc["features"][0]["properties"]["measurements"]
+
+
+def test_review_score_never_prefers_an_edge_sliver() -> None:
+    """A 1-px column of the grid's edge that is fully uncertain scores below a whole block that is half
+    uncertain: the score is the uncertainty over the block's full area (a mean over the sliver would pick it)."""
+    from protoseg.infer.uncertainty import block_uncertainty, next_review_block, review_scores
+
+    u = np.zeros((8, 9))
+    u[:, 8] = 255  # the sliver: column 8 is block column 2 of 4-px blocks, one pixel wide
+    u[0:4, 0:2] = 255  # half of block (0, 0)
+    scores = block_uncertainty(u, 4)
+    assert scores.shape == (2, 3)
+    assert next_review_block(scores, np.zeros((2, 3))) == (0, 0)
+    assert scores[0, 0] == 127.5 and scores[0, 2] == 255 / 4
+    assert np.isnan(review_scores(np.zeros(2), np.array([0, 5]), 4)[0])  # nothing computed: unknown
+
+
+def test_reviewed_blocks_keep_what_was_shown(tmp_path) -> None:
+    """Marking a block reviewed keeps the class map shown there (accepted; 255 = not shown), unmarking clears
+    it, a wrong-sized map is refused, and the review digest changes with what was accepted."""
+    from protoseg.classes import BCSS_WSSS
+    from protoseg.corrections import create_corrections
+    from protoseg.corrections.errors import CorrectionsError
+
+    store = create_corrections(
+        tmp_path / "a.corrections.zarr", slide=tmp_path / "s.tif", shape=(40, 50), mpp=1.0, scale=1.0,
+        classes=BCSS_WSSS, chunk=32,
+    )  # fmt: skip
+    empty = store.review_digest()
+    assert store.block_box(1, 1) == (32, 40, 32, 50)
+    shown = np.full((8, 18), 2, np.uint8)
+    shown[0, 0] = 255
+    store.mark_reviewed(1, 1, shown=shown)
+    got = store.read_accepted(32, 40, 32, 50)
+    assert got[0, 0] == -1 and (got.ravel()[1:] == 2).all() and store.reviewed[1, 1] == 1
+    assert store.review_digest() != empty
+    with pytest.raises(CorrectionsError, match="must be"):
+        store.mark_reviewed(0, 0, shown=np.zeros((3, 3), np.uint8))
+    store.mark_reviewed(1, 1, value=False)
+    assert (store.read_accepted(32, 40, 32, 50) == -1).all() and store.review_digest() == empty

@@ -155,6 +155,13 @@ def test_correct_retrain_undo_and_review(make_napari_viewer, run_checkpoint, tmp
     before = tuple(viewer.camera.center)
     found = box.next_region()
     assert found is not None and int(np.asarray(box.store.reviewed[:]).sum()) == 1
+    y0, y1, x0, x1 = box.store.block_box(*found)
+    shown = box.store.read_accepted(y0, y1, x0, x1)  # what the overlay showed there is kept as accepted
+    lazy, c0 = dock.scheduler.lazy, dock.scheduler.lazy.layout.chunk
+    chunks = [(cy, cx) for cy in range(y0 // c0, -(-y1 // c0)) for cx in range(x0 // c0, -(-x1 // c0))]
+    cy, cx = next(k for k in chunks if lazy.cached_chunk(0, *k) is not None)  # the block holds a computed chunk
+    gy, gx = max(y0, cy * c0), max(x0, cx * c0)
+    assert shown[gy - y0, gx - x0] == lazy.cached_chunk(0, cy, cx).mask[gy - cy * c0, gx - cx * c0]
     assert "reviewed 1/" in box.counter.text()
     assert tuple(viewer.camera.center) != before or found == (0, 0)
     widget_screenshot(viewer, "correct")

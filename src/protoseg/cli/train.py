@@ -69,7 +69,8 @@ def _retrain(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or defaults.batch_size,
         patch=args.patch_size,
         replay=defaults.replay if args.replay is None else args.replay,
-        confidence=defaults.confidence if args.confidence is None else args.confidence,
+        distill=defaults.distill if args.distill is None else args.distill,
+        trust_reviewed=defaults.trust_reviewed if args.trust_reviewed is None else args.trust_reviewed,
         device=args.device or defaults.device,
     )
     bar = ProgressBar("retrain")
@@ -169,6 +170,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             )
             r.add_argument("--replay", type=float, help="replay patches per corrected patch (default 1)")
             r.add_argument(
-                "--confidence", type=float, help="replay pixels whose parent score is at least this (default 0.9)"
+                "--distill",
+                type=float,
+                help="weight of keeping the parent's scores on the replay patches (KL, default 1; 0 = off)",
+            )
+            r.add_argument(
+                "--trust-reviewed",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help="train the unpainted pixels of regions marked reviewed on the model's prediction there "
+                "(the user saw them and left them; default on)",
             )
         s.set_defaults(func=_run)

@@ -6,6 +6,9 @@
   labels     uint8 (H, W), chunks (512, 512), blosc/zstd: 0 = no correction, c + 1 = tissue class c,
              C + 1 = background; empty chunks are not stored
   reviewed   uint8 (rows, cols): one cell per labels chunk, 1 = reviewed
+  accepted   uint8 (H, W), like labels: the prediction shown when a block was marked reviewed (c + 1 = class c,
+             0 = not shown); a retrain takes a reviewed block's unpainted pixels as these (stores written
+             before it have none: the retrain falls back to its parent's prediction)
 ```
 The grid is level 0 of a protoseg prediction of that slide with that checkpoint (``mpp`` µm per pixel,
 ``scale`` level-0 slide pixels per grid pixel). Writes go to disk at once (no save step).
@@ -36,8 +39,8 @@ FORMAT = "protoseg-corrections"
 FORMAT_VERSION = 1
 #: The ``protoseg.outputs`` marker kind of a corrections store.
 OUTPUT_KIND = "corrections"
-LABELS, REVIEWED = "labels", "reviewed"
-_ENTRIES = frozenset({"zarr.json", LABELS, REVIEWED})
+LABELS, REVIEWED, ACCEPTED = "labels", "reviewed", "accepted"
+_ENTRIES = frozenset({"zarr.json", LABELS, REVIEWED, ACCEPTED})
 #: Store value meaning "no correction here" (class c is stored as c + 1).
 NO_CORRECTION = 0
 
@@ -83,6 +86,7 @@ class CorrectionStore:
     chunk: int
     array: Any
     reviewed: Any
+    accepted: Any = None  # None: a store written before the accepted array existed
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -135,7 +139,11 @@ class CorrectionStore:
     def review_digest(self) -> str:
         """sha256 of the ``reviewed`` grid (which blocks were looked at: a retrain may take them as confirmed)."""
         grid = np.ascontiguousarray(np.asarray(self.reviewed[...]) != 0, np.uint8)
-        return hashlib.sha256(f"{grid.shape}".encode() + grid.tobytes()).hexdigest()
+        h = hashlib.sha256(f"{grid.shape}".encode() + grid.tobytes())
+        for row, col in zip(*np.nonzero(grid), strict=True):
+            y0, y1, x0, x1 = self.block_box(int(row), int(col))
+            h.update(np.ascontiguousarray(self.read_accepted(y0, y1, x0, x1)).tobytes())
+        return h.hexdigest()
 
     def counts(self) -> dict[str, int]:
         """Corrected pixels per class name (tissue classes, then background), zeros included."""
@@ -149,9 +157,35 @@ class CorrectionStore:
         """True when no pixel is corrected."""
         return next(self.stored_chunks(), None) is None
 
-    def mark_reviewed(self, row: int, col: int, value: bool = True) -> None:
-        """Mark the block (row, col) of ``reviewed`` as reviewed (or not)."""
+    def block_box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1) of review block (row, col) on the grid (edge blocks are clipped)."""
+        c = self.chunk
+        return row * c, min((row + 1) * c, self.shape[0]), col * c, min((col + 1) * c, self.shape[1])
+
+    def mark_reviewed(self, row: int, col: int, value: bool = True, shown: np.ndarray | None = None) -> None:
+        """Mark the block (row, col) reviewed (or not). ``shown``: the class map (block-sized, class indices,
+        255 = not shown) the user was shown there, kept in ``accepted``; unmarking clears it."""
+        y0, y1, x0, x1 = self.block_box(row, col)
+        if self.accepted is not None and (shown is not None or not value):
+            block = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            if value and shown is not None:
+                shown = np.asarray(shown)
+                top = self.classes.num_classes
+                if shown.shape != block.shape:
+                    raise CorrectionsError(
+                        f"the class map shown for block ({row}, {col}) of {self.path} must be {block.shape}, got "
+                        f"{shown.shape}"
+                    )
+                ok = shown <= top
+                block[ok] = shown[ok].astype(np.uint8) + 1
+            self.accepted[y0:y1, x0:x1] = block
         self.reviewed[row, col] = np.uint8(bool(value))
+
+    def read_accepted(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """int16 classes shown when rows y0:y1, columns x0:x1 were reviewed (-1 = none, or no accepted array)."""
+        if self.accepted is None:
+            return np.full((y1 - y0, x1 - x0), -1, np.int16)
+        return np.asarray(self.accepted[y0:y1, x0:x1]).astype(np.int16) - 1
 
     def reviewed_count(self) -> int:
         """How many blocks are marked reviewed."""
@@ -236,6 +270,16 @@ def create_corrections(
         dimension_names=("y", "x"),
         config={"write_empty_chunks": False},
     )
+    root.create_array(
+        ACCEPTED,
+        shape=(h, w),
+        chunks=(chunk, chunk),
+        dtype="uint8",
+        fill_value=0,
+        compressors=codec,
+        dimension_names=("y", "x"),
+        config={"write_empty_chunks": False},
+    )
     rows, cols = -(-h // chunk), -(-w // chunk)
     root.create_array(
         REVIEWED, shape=(rows, cols), chunks=(min(rows, 1024), min(cols, 1024)), dtype="uint8", fill_value=0
@@ -270,6 +314,7 @@ def open_corrections(path: str | os.PathLike[str], mode: str = "r+") -> Correcti
             chunk=int(attrs["chunk"]),
             array=labels,
             reviewed=reviewed,
+            accepted=group[ACCEPTED] if ACCEPTED in group else None,
         )
     except Exception as exc:  # noqa: BLE001 - KeyError, JSON and codec errors of a damaged store
         raise CorrectionsError(

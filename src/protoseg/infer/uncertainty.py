@@ -32,3 +32,21 @@ def next_review_block(uncertainty_blocks: np.ndarray, reviewed: np.ndarray) -> t
         return None
     row, col = np.unravel_index(int(np.argmax(candidates)), candidates.shape)
     return int(row), int(col)
+
+
+def review_scores(sums: np.ndarray, counts: np.ndarray, block: int) -> np.ndarray:
+    """Review score per block from summed uncertainty and computed-pixel counts: the mean over the block's
+    whole ``block``² area (pixels outside the grid or not computed count as certain), so a sliver at the
+    slide's edge or a block barely computed never outranks a whole uncertain one; NaN where nothing is computed."""
+    sums, counts = np.asarray(sums, np.float64), np.asarray(counts)
+    return np.where(counts > 0, sums / float(block * block), np.nan)
+
+
+def block_uncertainty(uncertainty: np.ndarray, block: int) -> np.ndarray:
+    """:func:`review_scores` of a fully computed (h, w) uncertainty map on ``block``-px blocks."""
+    u = np.asarray(uncertainty, np.float64)
+    rows, cols = -(-u.shape[0] // block), -(-u.shape[1] // block)
+    padded = np.zeros((rows * block, cols * block))
+    padded[: u.shape[0], : u.shape[1]] = u
+    sums = padded.reshape(rows, block, cols, block).sum(axis=(1, 3))
+    return review_scores(sums, np.ones_like(sums), block)

@@ -12,6 +12,7 @@ from protoseg.losses.classification import (
     multistage_classification_loss,
 )
 from protoseg.losses.contrastive import pixel_supcon_loss, pscl_labels, supcon_from_features
+from protoseg.losses.distill import distillation_kl
 from protoseg.losses.diversity import (
     DiversityKind,
     DiversityWarmup,
@@ -52,6 +53,7 @@ __all__ = [
     "cam_area_regulariser",
     "class_similarities",
     "confidence_weighted_ce",
+    "distillation_kl",
     "fg_bg_images",
     "lpd_pseudo_region",
     "multilabel_soft_margin",

@@ -38,15 +38,20 @@ def _prepare(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return logits, target
 
 
-def segmentation_ce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Mean pixel cross-entropy over non-ignored pixels; 0 (with gradient) when all are ignored.
+def segmentation_ce(
+    logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX, weight: Tensor | None = None
+) -> Tensor:
+    """Mean pixel cross-entropy over non-ignored pixels (weighted mean with per-class ``weight`` (C+1,));
+    0 (with gradient) when all are ignored.
 
     ``logits`` (B, C+1, h, w) (upsampled to the target size if needed), ``target`` (B, H, W).
     """
     logits, target = _prepare(logits, target)
     if not bool((target != ignore_index).any()):
         return zero_like_graph(logits)
-    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    if weight is not None:
+        weight = weight.to(device=logits.device, dtype=logits.dtype)
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
 
 
 def confidence_weighted_ce(

@@ -221,12 +221,16 @@ class Trainer(ABC):
             self._on_cancel(run)
         return self._finish(run, cancelled, t0)
 
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """AdamW at the stage's lr and weight decay; a trainer may choose another."""
+        return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+
     def _prepare(self) -> _FitState:
         """Model on the device, optimiser, AMP scaler and the training loader of a fresh run."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         model = self.model.to(self.device)
         params = self.trainable_parameters()
-        opt = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        opt = self.make_optimizer(params)
         use_amp = self.optim.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         loader, sampler = self._loader()

@@ -1,10 +1,12 @@
 """Retrain from corrections: fine-tune a stage-2 checkpoint on the pixels a user corrected, without forgetting.
 
 Loss: dense cross-entropy on patches of a patch-aligned grid wherever corrections exist: painted pixels
-take the painted class; with ``trust_reviewed`` the unpainted pixels of regions marked reviewed take the
-PARENT's prediction (the user looked at it and left it: confirmed); everything else is ``IGNORE_INDEX``.
-Plus ``replay`` patches per corrected patch elsewhere on the same slides labelled by the parent's confident
-predictions (score >= ``confidence``, else ignored), so it does not forget. Few patches are repeated (new
+take the painted class; with ``trust_reviewed`` the unpainted pixels of regions marked reviewed take the class
+the user was shown there (the store's ``accepted``; the parent's prediction for stores without it): the user
+looked and left it, so it is confirmed; everything else is ``IGNORE_INDEX``.
+Plus ``replay`` patches per corrected patch elsewhere on the same slides, distilled to the parent's scores
+(``distill`` x KL(parent || model) per pixel, learning-without-forgetting style) so it keeps the parent's
+behaviour, all classes included, wherever nobody corrected it. Few patches are repeated (new
 flips and rotations) up to ``min_batches`` optimiser steps per epoch. Batch-norm statistics stay the parent's.
 Runs on the shared ``Trainer`` (events, cancel, resume, run lock); the new checkpoint (``out_dir/best.pt``)
 records its lineage: parent sha256, the corrections' and review digests and the settings
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,66 +31,40 @@ from protoseg.classes import IGNORE_INDEX
 from protoseg.corrections import CorrectionStore, open_corrections
 from protoseg.corrections.store import same_mpp
 from protoseg.errors import ProtosegError
+from protoseg.losses.distill import distillation_kl
 from protoseg.losses.noise_ce import segmentation_ce
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.train.engine import BEST, LAST, OptimConfig, Trainer
 from protoseg.train.errors import TrainingError
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
 from protoseg.train.outcome import CheckpointFacts
+from protoseg.train.retrain_settings import RetrainSettings
 from protoseg.train.runstate import check_new_run
 
 logger = logging.getLogger(__name__)
 
 #: ``Checkpoint.extra`` key of a retrained checkpoint's lineage.
 LINEAGE_KEY = "lineage"
+#: Settings of a retrain given none.
+DEFAULT_SETTINGS = RetrainSettings()
 #: Stage name of the events while the patches are prepared (before the optimiser steps).
 PREPARE_STAGE = "corrections"
-
-
-@dataclass(frozen=True)
-class RetrainSettings:
-    """How a retrain runs; ``patch`` None = the checkpoint's patch size."""
-
-    epochs: int = 3
-    lr: float = 1e-4
-    batch_size: int = 8
-    patch: int | None = None
-    replay: float = 1.0
-    confidence: float = 0.9
-    trust_reviewed: bool = True
-    min_batches: int = 10
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        checks = (
-            ("epochs", self.epochs >= 1),
-            ("lr", math.isfinite(self.lr) and self.lr > 0),
-            ("batch_size", self.batch_size >= 1),
-            ("patch", self.patch is None or self.patch >= 16),
-            ("replay", math.isfinite(self.replay) and 0 <= self.replay <= 100),
-            ("confidence", 0 <= self.confidence <= 1),
-            ("min_batches", 1 <= self.min_batches <= 10_000),
-        )
-        for name, ok in checks:
-            if not ok:
-                raise TrainingError(
-                    f"retrain setting {name}={getattr(self, name)!r} is out of range; see RetrainSettings"
-                )
 
 
 @dataclass(frozen=True)
 class _Patch:
     image: np.ndarray  # uint8 (p, p, 3)
     target: np.ndarray  # uint8 (p, p): class index, IGNORE_INDEX elsewhere
+    soft: np.ndarray | None = None  # uint8 (C+1, p, p): the parent's scores x 255 (replay), all 0 beyond the grid
 
 
 class CorrectionPatches(Dataset):
     """In-memory training patches, repeated up to ``min_len`` samples an epoch; flips / rot90 drawn from the
     sampler's per-sample seed (so repeats differ)."""
 
-    def __init__(self, patches: Sequence[_Patch], min_len: int = 0) -> None:
+    def __init__(self, patches: Sequence[_Patch], channels: int, min_len: int = 0) -> None:
         self.patches = list(patches)
+        self.channels = channels
         self.length = max(len(self.patches), min_len) if self.patches else 0
 
     def __len__(self) -> int:
@@ -98,14 +73,19 @@ class CorrectionPatches(Dataset):
     def __getitem__(self, key: int) -> dict[str, Any]:
         p = self.patches[int(key) % len(self.patches)]
         seed = int(getattr(key, "seed", 0))
+        size = p.target.shape
+        soft = p.soft if p.soft is not None else np.zeros((self.channels, *size), np.uint8)
         image, target = p.image, p.target
         k, flip = seed % 4, (seed >> 2) & 1
-        image, target = np.rot90(image, k, (0, 1)), np.rot90(target, k, (0, 1))
+        image, target, soft = np.rot90(image, k, (0, 1)), np.rot90(target, k, (0, 1)), np.rot90(soft, k, (1, 2))
         if flip:
-            image, target = image[:, ::-1], target[:, ::-1]
+            image, target, soft = image[:, ::-1], target[:, ::-1], soft[:, :, ::-1]
+        soft_t = torch.from_numpy(np.ascontiguousarray(soft)).float().div_(255.0)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0),
             "mask": torch.from_numpy(np.ascontiguousarray(target).astype(np.int64)),
+            "soft": soft_t,
+            "soft_weight": (soft_t.sum(dim=0) > 0).float(),
         }
 
 
@@ -184,6 +164,20 @@ def _replay_windows(
     return sorted(out)
 
 
+def replay_shares(free: Sequence[int], total: int) -> list[int]:
+    """Replay windows per slide: ``total`` split in proportion to each slide's free windows (largest remainder),
+    so replay comes from every slide given, corrected or not, and never exceeds a slide's free windows."""
+    room = sum(max(0, f) for f in free)
+    total = min(total, room)
+    if total <= 0:
+        return [0] * len(free)
+    exact = [total * max(0, f) / room for f in free]
+    out = [int(e) for e in exact]
+    for i in sorted(range(len(free)), key=lambda i: out[i] - exact[i])[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
 def _patches_of_store(
     store: CorrectionStore,
     parent: Checkpoint,
@@ -191,8 +185,9 @@ def _patches_of_store(
     settings: RetrainSettings,
     seed: int,
     progress: Callable[[int], None],
+    n_replay: int,
 ) -> tuple[list[_Patch], int]:
-    """Corrected patches and replay patches of one store; returns (patches, corrected patch count)."""
+    """Corrected patches and ``n_replay`` replay patches of one store; returns (patches, corrected patch count)."""
     from protoseg.infer.predictor import Predictor
     from protoseg.infer.reader import open_any
 
@@ -222,24 +217,49 @@ def _patches_of_store(
         confirmed = None if reviewed is None else _reviewed_window(store, reviewed, y, x, p) & (labels < 0)
         if confirmed is not None and confirmed.any():
             w, h = min(p, grid[1] - x), min(p, grid[0] - y)
-            shown = np.full((p, p), IGNORE_INDEX, np.uint8)
-            shown[:h, :w] = np.argmax(predictor.predict_box(geom, (x, y, w, h)), axis=0)
-            target = np.where(confirmed, shown, target).astype(np.uint8)
+            shown = np.full((p, p), -1, np.int16)
+            shown[:h, :w] = store.read_accepted(y, y + h, x, x + w)
+            unknown = confirmed & (shown < 0)
+            if unknown.any():  # reviewed before the store kept what was shown: the parent's prediction
+                shown[:h, :w] = np.where(
+                    unknown[:h, :w], np.argmax(predictor.predict_box(geom, (x, y, w, h)), axis=0), shown[:h, :w]
+                )
+            target = np.where(confirmed & (shown >= 0), shown, target).astype(np.uint8)
         if (target != IGNORE_INDEX).any():
             patches.append(_Patch(geom.reader.read((x, y, p, p)), target))
         progress(1)
     n_corrected = len(patches)
-    for r, c in _replay_windows(store, p, set(corrected), round(settings.replay * len(corrected)), seed):
+    for r, c in _replay_windows(store, p, set(corrected), n_replay, seed):
         x, y = c * p, r * p
         w, h = min(p, grid[1] - x), min(p, grid[0] - y)
         scores = predictor.predict_box(geom, (x, y, w, h))
+        soft = np.zeros((scores.shape[0], p, p), np.uint8)
+        soft[:, :h, :w] = np.clip(np.rint(scores * 255.0), 0, 255).astype(np.uint8)
         target = np.full((p, p), IGNORE_INDEX, np.uint8)
-        sure = scores.max(axis=0) >= settings.confidence
-        target[:h, :w] = np.where(sure, np.argmax(scores, axis=0), IGNORE_INDEX)
-        if (target != IGNORE_INDEX).any():
-            patches.append(_Patch(geom.reader.read((x, y, p, p)), target))
+        patches.append(_Patch(geom.reader.read((x, y, p, p)), target, soft))
         progress(1)
     return patches, n_corrected
+
+
+def _label_counts(dataset: Dataset, channels: int) -> np.ndarray:
+    """Labelled pixels per class over a ``CorrectionPatches``'s distinct patches."""
+    counts = np.zeros(channels, np.int64)
+    for patch in getattr(dataset, "patches", []):
+        t = patch.target[patch.target != IGNORE_INDEX]
+        counts += np.bincount(t, minlength=channels)[:channels]
+    return counts
+
+
+def balanced_class_weights(counts: np.ndarray, power: float) -> torch.Tensor | None:
+    """Per-class CE weights ∝ share^-power over the labelled pixels, normalised to a pixel-weighted mean of 1
+    (classes without pixels get 1); None when ``power`` is 0 or nothing is labelled."""
+    counts = np.asarray(counts, np.float64)
+    if power <= 0 or counts.sum() <= 0:
+        return None
+    share = counts / counts.sum()
+    w = np.where(share > 0, np.power(np.maximum(share, 1e-12), -power), 1.0)
+    w /= float((w * share).sum())
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def _freeze_batchnorm(model: torch.nn.Module) -> None:
@@ -274,11 +294,20 @@ class RetrainTrainer(Trainer):
         )
         super().__init__(optim, out_dir, callbacks, cancel, settings.device)
         self.parent, self.lineage, self._ds = parent, lineage, dataset
+        self.distill = settings.distill
+        channels = parent.classes.num_classes + 1
+        self.class_weight = balanced_class_weights(_label_counts(dataset, channels), settings.balance)
         self.net = parent.build_model()
 
     @property
     def model(self) -> torch.nn.Module:
         return self.net
+
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """SGD with momentum: steps scale with the gradient, so pixels the parent already gets right move it
+        little (Adam's normalised steps pushed every weight a full lr toward a handful of corrected pixels and
+        collapsed the whole slide to one class)."""
+        return torch.optim.SGD(params, lr=self.optim.lr, momentum=0.9, weight_decay=self.optim.weight_decay)
 
     @property
     def train_dataset(self) -> Dataset:
@@ -288,8 +317,11 @@ class RetrainTrainer(Trainer):
         self, model: torch.nn.Module, batch: dict[str, Any], step: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
         _freeze_batchnorm(model)
-        loss = segmentation_ce(model(batch["image"]), batch["mask"].long())
-        return loss, {"ce": float(loss.detach())}
+        logits = model(batch["image"])
+        ce = segmentation_ce(logits, batch["mask"].long(), weight=self.class_weight)
+        kd = distillation_kl(logits, batch["soft"], batch["soft_weight"])
+        loss = ce + self.distill * kd
+        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach())}
 
     def validate(self) -> dict[str, float]:
         return {}
@@ -364,7 +396,7 @@ def retrain_from_corrections(
     parent: str | Path,
     corrections: Sequence[str | Path],
     out_dir: str | Path,
-    settings: RetrainSettings = RetrainSettings(),
+    settings: RetrainSettings = DEFAULT_SETTINGS,
     callbacks: Sequence[Callback] = (),
     cancel: CancelToken | None = None,
     resume: bool = False,
@@ -399,7 +431,8 @@ def retrain_from_corrections(
     patches, n_corrected = _prepare(stores, ckpt, p, settings, callbacks, cancel)
     logger.info("retrain: %d corrected + %d replay patches of %d px", n_corrected, len(patches) - n_corrected, p)
     lineage["patches"] = {"corrected": n_corrected, "replay": len(patches) - n_corrected, "size": p}
-    dataset = CorrectionPatches(patches, min_len=settings.min_batches * settings.batch_size)
+    channels = ckpt.classes.num_classes + 1
+    dataset = CorrectionPatches(patches, channels, min_len=settings.min_batches * settings.batch_size)
     trainer = RetrainTrainer(ckpt, dataset, out, settings, lineage, callbacks, cancel)
     result = trainer.fit(resume=resume, overwrite=overwrite)
     if result.cancelled:
@@ -418,7 +451,9 @@ def _prepare(
 ) -> tuple[list[_Patch], int]:
     """All stores' patches, with progress events (stage ``corrections``) and the cancel token checked."""
     windows = [len(_corrected_windows(s, p, _reviewed_cells(s) if settings.trust_reviewed else None)) for s in stores]
-    total = sum(w + round(settings.replay * w) for w in windows)
+    free = [(-(-s.shape[0] // p)) * (-(-s.shape[1] // p)) - w for s, w in zip(stores, windows, strict=True)]
+    replay = replay_shares(free, round(settings.replay * sum(windows)))
+    total = sum(windows) + sum(replay)
     done = 0
     emit(callbacks, TrainEvent(EventKind.START, PREPARE_STAGE, 0, 0, total, message="preparing correction patches"))
 
@@ -431,7 +466,7 @@ def _prepare(
     patches: list[_Patch] = []
     n_corrected = 0
     for i, store in enumerate(stores):
-        part, n = _patches_of_store(store, ckpt, p, settings, settings.seed * 7919 + i, progress)
+        part, n = _patches_of_store(store, ckpt, p, settings, settings.seed * 7919 + i, progress, replay[i])
         patches.extend(part)
         n_corrected += n
     emit(callbacks, TrainEvent(EventKind.END, PREPARE_STAGE, 0, total, total))

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog, QGroupBox, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFileDialog, QGroupBox, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from protoseg.napari.widgets._common import StatusLabel, WidgetError, row
 from protoseg.napari.widgets.jobs import NapariProgress, ProcessJob
+from protoseg.train.retrain_settings import RetrainSettings
 
 if TYPE_CHECKING:
     from protoseg.napari.widgets.predict import PredictWidget
@@ -48,6 +49,12 @@ class CorrectBox(QGroupBox):
         self.epochs = QSpinBox(minimum=1, maximum=100, value=3)
         self.epochs.setPrefix("epochs ")
         self.epochs.setToolTip("fine-tuning epochs over the corrected patches (and as many replay patches)")
+        self.trust = QCheckBox("Reviewed regions I left unpainted are right")
+        self.trust.setChecked(RetrainSettings().trust_reviewed)
+        self.trust.setToolTip(
+            "retrain also learns the model's own prediction in regions marked reviewed ('Next region to review' "
+            "marks the region it shows) wherever you did not paint; untick if you skip regions without looking"
+        )
         self.export_btn, self.import_btn = QPushButton("Export GeoJSON"), QPushButton("Import GeoJSON")
         self.uncertain_btn, self.next_btn = QPushButton("Show uncertainty"), QPushButton("Next region to review")
         self.counter = QLabel("")
@@ -61,6 +68,7 @@ class CorrectBox(QGroupBox):
         layout.addWidget(self.counter)
         layout.addWidget(self.retrain_btn)
         layout.addWidget(row(self.epochs, self.cancel_btn, self.undo_btn))
+        layout.addWidget(self.trust)
         layout.addWidget(row(self.export_btn, self.import_btn))
         layout.addWidget(self.status)
         self.store: Any = None
@@ -238,7 +246,6 @@ class CorrectBox(QGroupBox):
     def retrain(self) -> ProcessJob:
         """Fine-tune the checkpoint in use on the corrections, in a child process; the overlay then switches
         to the new checkpoint (the parent is kept: 'Undo retrain')."""
-        from protoseg.train.retrain import RetrainSettings
 
         if self.job is not None and self.job.running:
             raise WidgetError("a retrain is already running; cancel it first")
@@ -252,7 +259,9 @@ class CorrectBox(QGroupBox):
             "parent": str(parent),
             "corrections": self.all_corrections(),
             "out_dir": str(out),
-            "settings": RetrainSettings(epochs=self.epochs.value(), device=self.dock.device.currentText()),
+            "settings": RetrainSettings(
+                epochs=self.epochs.value(), trust_reviewed=self.trust.isChecked(), device=self.dock.device.currentText()
+            ),
             "resume": (out / "last.pt").exists(),
         }
         self.job = ProcessJob(RETRAIN_JOB, kwargs, self._on_events, self._on_done, self._on_error, parent=self)
@@ -362,9 +371,9 @@ class CorrectBox(QGroupBox):
 
     # ---- where to look next -------------------------------------------------------------------------
     def _uncertainty_blocks(self, block: int) -> np.ndarray:
-        """Mean top-2 margin uncertainty per ``block``-px block of the grid (the store's review grid) over the
-        computed level-0 chunks; NaN where nothing is computed."""
-        from protoseg.infer.uncertainty import margin_uncertainty
+        """Review score (``review_scores``: top-2 margin uncertainty over the whole block) per ``block``-px block
+        of the grid (the store's review grid) over the computed level-0 chunks; NaN where nothing is computed."""
+        from protoseg.infer.uncertainty import margin_uncertainty, review_scores
 
         lazy = self._grid()
         w, h = lazy.levels[0]
@@ -384,8 +393,28 @@ class CorrectBox(QGroupBox):
                         ]
                         sums[r, c] += float(part.sum(dtype=np.int64))
                         counts[r, c] += part.size
-        with np.errstate(invalid="ignore"):
-            return sums / counts
+        return review_scores(sums, counts, block)
+
+    def _shown_block(self, store: Any, r: int, c: int) -> np.ndarray:
+        """The class map the overlay shows in review block (r, c) (computed level-0 chunks; 255 where nothing is
+        computed yet), kept by the store as what the user accepted there."""
+        y0, y1, x0, x1 = store.block_box(r, c)
+        out = np.full((y1 - y0, x1 - x0), 255, np.uint8)
+        lazy = self._grid()
+        grid = lazy.layout.chunk_grid(0)
+        c0 = lazy.layout.chunk
+        for cy in range(y0 // c0, -(-y1 // c0)):
+            for cx in range(x0 // c0, -(-x1 // c0)):
+                if cy >= grid.shape[0] or cx >= grid.shape[1]:
+                    continue
+                chunk = lazy.cached_chunk(0, cy, cx)
+                if chunk is None:
+                    continue
+                bx, by, bw, bh = grid.box(cy, cx)
+                ay0, ay1, ax0, ax1 = max(y0, by), min(y1, by + bh), max(x0, bx), min(x1, bx + bw)
+                if ay0 < ay1 and ax0 < ax1:
+                    out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = chunk.mask[ay0 - by : ay1 - by, ax0 - bx : ax1 - bx]
+        return out
 
     def show_uncertainty(self) -> Any:
         """An overlay of the model's uncertainty (top-2 class margin) over what is computed so far."""
@@ -429,7 +458,7 @@ class CorrectBox(QGroupBox):
             self.status.ok("every computed region is reviewed; 'Predict this view' computes more")
             return None
         r, c = found
-        store.mark_reviewed(r, c)
+        store.mark_reviewed(r, c, shown=self._shown_block(store, r, c))
         lazy = self._grid()
         slide_layer, _, _ = self.dock._slide_inputs()
         s = lazy.layout.geom.scale
@@ -437,7 +466,7 @@ class CorrectBox(QGroupBox):
         world = centre * np.asarray(slide_layer.scale)[-2:] + np.asarray(slide_layer.translate)[-2:]
         self.dock.viewer.camera.center = tuple(world)
         self._count()
-        self.status.ok(f"region {r + 1},{c + 1}: mean uncertainty {blocks[r, c]:.0f}/255; marked reviewed")
+        self.status.ok(f"region {r + 1},{c + 1}: uncertainty {blocks[r, c]:.0f}/255; marked reviewed")
         return found
 
     def close(self) -> None:
