@@ -15,8 +15,9 @@ so the store's ``reviewed`` grid is the review queue) picked
 * ``random``: a not-yet-reviewed block drawn at random (seeded), the control,
 
 paints the ground truth where the current prediction is wrong inside it, marks it reviewed, and retrains
-(``retrain_from_corrections`` on every store painted so far; ``--parent previous``: from the previous round's
-checkpoint, as the Predict dock does; ``start``: always from the start checkpoint).
+(``retrain_from_corrections`` on every pool image's store, painted or not, so replay comes from all of them;
+``--parent root``: always from the start checkpoint on all corrections so far, as the Predict dock does;
+``previous``: from the previous round's checkpoint).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/correction_curve.py --out /tmp/correction-curve
     .venv/bin/python benchmarks/correction_curve.py --quick --out /tmp/correction-curve-quick     # < 1 min
@@ -270,7 +271,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (split, random picker, retrain)")
     p.add_argument("--rounds", type=int, default=10, help="corrections (one block each) per picker")
     p.add_argument("--pickers", default=",".join(PICKERS), help="comma-separated subset of: queue, random")
-    p.add_argument("--parent", choices=("previous", "start"), default="previous", help="parent of each retrain")
+    p.add_argument(
+        "--parent",
+        choices=("root", "previous"),
+        default="root",
+        help="what each retrain fine-tunes: the start checkpoint on all corrections (root, as the Predict dock "
+        "does: lineage_root) or the previous round's checkpoint",
+    )
     p.add_argument("--pool", type=int, default=None, help="pool (val) images the user corrects, at most")
     p.add_argument("--test", type=int, default=None, help="held-out (test) images, at most")
     p.add_argument("--size", type=int, default=128, help="tile = training patch side (px, native resolution)")

@@ -198,3 +198,25 @@ def test_replay_is_shared_over_every_slide_and_rare_classes_weigh_more() -> None
     assert float(w[0]) * 0.9 + float(w[1]) * 0.1 == pytest.approx(1.0)
     assert balanced_class_weights(np.array([5, 5, 0, 0]), 0.0) is None
     assert balanced_class_weights(np.zeros(4), 0.5) is None
+
+
+def test_a_retrain_of_a_retrain_starts_from_the_lineage_root(setup: dict, tmp_path: Path) -> None:
+    """The dock's job retrains the root of a chain on all corrections (no compounding drift); a root that is
+    gone or changed leaves the checkpoint in use as the base."""
+    import shutil
+
+    from protoseg.cancel import CancelToken
+    from protoseg.train.retrain import lineage_root, retrain_job
+
+    settings = RetrainSettings(epochs=1, lr=1e-3, batch_size=4, patch=32, replay=0.0, min_batches=1, device="cpu")
+    root = tmp_path / "root.pt"
+    shutil.copyfile(setup["parent"], root)
+    first = retrain_from_corrections(root, [setup["store"]], tmp_path / "a", settings)
+    assert lineage_root(first) == root.resolve() and lineage_root(root) == root.resolve()
+    second, _ = retrain_job(
+        report=lambda e: None, cancel=CancelToken(), parent=str(first), corrections=[str(setup["store"])],
+        out_dir=str(tmp_path / "b"), settings=settings,
+    )  # fmt: skip
+    assert checkpoint_lineage(second)["parent"] == str(root.resolve())
+    root.write_bytes(root.read_bytes() + b"changed")  # the root is no longer the file the lineage names
+    assert lineage_root(first) == first.resolve()

@@ -180,15 +180,15 @@ def replay_shares(free: Sequence[int], total: int) -> list[int]:
 
 def _patches_of_store(
     store: CorrectionStore,
-    parent: Checkpoint,
+    predictor: Any,
     p: int,
     settings: RetrainSettings,
     seed: int,
     progress: Callable[[int], None],
     n_replay: int,
 ) -> tuple[list[_Patch], int]:
-    """Corrected patches and ``n_replay`` replay patches of one store; returns (patches, corrected patch count)."""
-    from protoseg.infer.predictor import Predictor
+    """Corrected patches and ``n_replay`` replay patches of one store (``predictor``: the parent's); returns
+    (patches, corrected patch count)."""
     from protoseg.infer.reader import open_any
 
     slide_path = Path(store.slide)
@@ -197,7 +197,6 @@ def _patches_of_store(
             f"slide {slide_path} of corrections {store.path} is missing; put it back at that path "
             "(corrections are tied to their slide file)."
         )
-    predictor = Predictor(parent, device=settings.device, tta=False)
     geom = predictor.geometry(open_any(slide_path))
     grid = (geom.grid.height, geom.grid.width)
     if grid != tuple(store.shape) or not same_mpp(geom.mpp, store.mpp):
@@ -372,6 +371,30 @@ def _open_stores(corrections: Sequence[str | Path], parent: Checkpoint) -> list[
     return stores
 
 
+def lineage_root(path: str | Path) -> Path:
+    """The checkpoint a chain of retrains started from: follow each lineage's ``parent`` while that file still
+    exists with the recorded sha256; ``path`` itself when it is no retrain (or its parent is gone or changed).
+
+    Retraining the root on all corrections, rather than the last retrain on them again, keeps drift from
+    compounding (each fine-tune on a few corrected blocks moved the class balance further) and makes the
+    result depend only on the corrections, not on the order of retrains."""
+    current = Path(path).expanduser().resolve()
+    seen = {current}
+    while True:
+        lineage = load_checkpoint(current).extra.get(LINEAGE_KEY)
+        if not isinstance(lineage, dict) or not lineage.get("parent"):
+            return current
+        parent = Path(str(lineage["parent"])).expanduser().resolve()
+        if parent in seen or not parent.is_file() or file_sha256(parent) != lineage.get("parent_sha256"):
+            if parent not in seen:
+                logger.warning(
+                    "retrain: %s's parent %s is missing or changed; retraining %s itself", current, parent, current
+                )
+            return current
+        seen.add(parent)
+        current = parent
+
+
 def _lineage(parent_path: Path, stores: Sequence[CorrectionStore], settings: RetrainSettings) -> dict[str, Any]:
     import protoseg
 
@@ -463,10 +486,13 @@ def _prepare(
         emit(callbacks, TrainEvent(EventKind.STEP, PREPARE_STAGE, 0, done, total))
         cancel.raise_if_cancelled("retrain preparation")
 
+    from protoseg.infer.predictor import Predictor
+
+    predictor = Predictor(ckpt, device=settings.device, tta=False)  # one model for every slide
     patches: list[_Patch] = []
     n_corrected = 0
     for i, store in enumerate(stores):
-        part, n = _patches_of_store(store, ckpt, p, settings, settings.seed * 7919 + i, progress, replay[i])
+        part, n = _patches_of_store(store, predictor, p, settings, settings.seed * 7919 + i, progress, replay[i])
         patches.extend(part)
         n_corrected += n
     emit(callbacks, TrainEvent(EventKind.END, PREPARE_STAGE, 0, total, total))
@@ -483,11 +509,14 @@ def retrain_job(
     settings: RetrainSettings,
     resume: bool = False,
     overwrite: bool = False,
+    from_root: bool = True,
 ) -> tuple[Path, CheckpointFacts]:
     """:func:`retrain_from_corrections` as a child-process job (``protoseg.child``): events go to ``report``;
-    returns the new checkpoint and its facts (classes, mpp) so the viewer need not load it."""
+    returns the new checkpoint and its facts (classes, mpp) so the viewer need not load it. ``from_root``:
+    a retrained ``parent`` is retrained from its lineage root (``lineage_root``) on all the corrections."""
+    base = lineage_root(parent) if from_root else Path(parent)
     path = retrain_from_corrections(
-        parent, corrections, out_dir, settings, callbacks=[report], cancel=cancel, resume=resume, overwrite=overwrite
+        base, corrections, out_dir, settings, callbacks=[report], cancel=cancel, resume=resume, overwrite=overwrite
     )
     try:
         ckpt = load_checkpoint(path)
@@ -500,6 +529,7 @@ __all__ = [
     "LINEAGE_KEY",
     "RetrainSettings",
     "checkpoint_lineage",
+    "lineage_root",
     "retrain_from_corrections",
     "retrain_job",
 ]

@@ -272,12 +272,14 @@ class CorrectBox(QGroupBox):
         return self.job.start()
 
     def all_corrections(self) -> list[str]:
-        """Every non-empty corrections store of this run (all slides corrected with it): one model learns them."""
+        """Every corrections store of this run with corrections or reviewed regions (all slides corrected with it):
+        one model learns them, and replays from all of them."""
         from protoseg.corrections.store import CORRECTIONS_SUFFIX, is_corrections_store, open_corrections
 
         folder = self.store_path().parent
         found = [p for p in sorted(folder.glob(f"*{CORRECTIONS_SUFFIX}")) if is_corrections_store(p)]
-        return [str(p) for p in found if not open_corrections(p, mode="r").is_empty()]
+        stores = [open_corrections(p, mode="r") for p in found]
+        return [str(s.path) for s in stores if not s.is_empty() or s.reviewed_count()]
 
     def cancel(self) -> None:
         if self.job is not None and self.job.running:
