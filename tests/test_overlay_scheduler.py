@@ -182,3 +182,18 @@ def test_work_that_left_the_view_is_dropped() -> None:
     assert sched.wait_idle(60)
     assert sched.computed <= 1  # at most the chunk that was running when the view moved
     sched.close()
+
+
+def test_downsample2_is_the_rounded_2x2_mean_on_both_paths() -> None:
+    """Even shapes take the strided uint16 path, odd ones the padded path: both give the 2x2 mean rounded half
+    up (edge pixels averaged over the pixels that exist)."""
+    rng = np.random.default_rng(3)
+    for shape in ((4, 64, 48), (4, 7, 9)):
+        probs = rng.integers(0, 256, shape, dtype=np.uint8)
+        c, h, w = shape
+        expected = np.empty((c, -(-h // 2), -(-w // 2)), np.uint8)
+        for y in range(expected.shape[1]):
+            for x in range(expected.shape[2]):
+                block = probs[:, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2].astype(np.float64)
+                expected[:, y, x] = np.floor(block.mean(axis=(1, 2)) + 0.5)
+        np.testing.assert_array_equal(downsample2(probs), expected)

@@ -55,6 +55,14 @@ def background_chunk(channels: int, height: int, width: int) -> ChunkData:
 def downsample2(probs: np.ndarray) -> np.ndarray:
     """uint8 (C, h, w) -> uint8 (C, ceil(h/2), ceil(w/2)) by rounded means of the existing 2x2 pixels."""
     c, h, w = probs.shape
+    if h % 2 == 0 and w % 2 == 0:  # every chunk but a slide's last row/column: four strided uint16 adds
+        s = probs[:, 0::2, 0::2].astype(np.uint16)
+        s += probs[:, 1::2, 0::2]
+        s += probs[:, 0::2, 1::2]
+        s += probs[:, 1::2, 1::2]
+        s += 2
+        s //= 4  # = (2 s + n) // (2 n) with n = 4
+        return s.astype(np.uint8)
     hp, wp = h + h % 2, w + w % 2
     padded = np.zeros((c, hp, wp), np.uint32)
     padded[:, :h, :w] = probs
