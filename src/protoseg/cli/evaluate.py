@@ -1,11 +1,33 @@
-"""``protoseg eval``: mIoU, FwIoU, Dice, coverage and boundary IoU of a checkpoint on a labelled split."""
+"""``protoseg eval``: mIoU, FwIoU, Dice, coverage and boundary IoU of a checkpoint on a labelled split,
+beside the split's trivial baselines (``protoseg.train.baselines``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+from typing import Any
 
+from protoseg.cli.args import float_in
 from protoseg.cli.common import add_config_args, config_from_args
+from protoseg.config import ProtosegConfig
+from protoseg.config_ranges import FRACTION
+from protoseg.train.baselines import DEFAULT_MIN_SHARE, comparison_line, fair_baseline, split_baselines
+
+logger = logging.getLogger(__name__)
+
+
+def _baselines(cfg: ProtosegConfig, args: argparse.Namespace, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The split's trivial baselines, logged in one line beside the model's mIoU (WARNING when not beaten)."""
+    base = split_baselines(cfg.data.root, args.split, cfg.data.layout, args.protocol, args.baseline_min_share)
+    miou, bar = metrics.get("mIoU"), fair_baseline(base, args.use_labels).get("mIoU")
+    line = comparison_line(miou, base)
+    if miou is not None and bar is not None and miou <= bar:
+        kind = "label-gated (each image one of its labels)" if args.use_labels else "label-free (one class everywhere)"
+        logger.warning("%s; the model is no better than the trivial %s baseline", line, kind)
+    else:
+        logger.info("%s", line)
+    return base
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -19,6 +41,8 @@ def _run(args: argparse.Namespace) -> int:
     metrics = evaluate_checkpoint(
         cfg, args.checkpoint, Split(args.split), use_labels=args.use_labels, protocol=args.protocol
     )
+    if not args.no_baselines:
+        metrics["baselines"] = _baselines(cfg, args, metrics)
     print(json.dumps(metrics, indent=None if args.json else 2))
     return 0
 
@@ -39,6 +63,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["pbip", "tissue"],
         help="pbip: background is a class (default); tissue: MLPS/WSSS-Tissue, ground-truth background "
         "pixels excluded. The report names the protocol.",
+    )
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the trivial baselines (one class everywhere; each image one of its labels) printed beside "
+        "the metrics; they read the split's masks once more",
+    )
+    p.add_argument(
+        "--baseline-min-share",
+        type=float_in(FRACTION),
+        default=DEFAULT_MIN_SHARE,
+        help="share of a patch a class must cover to count as one of its labels in the label-gated baseline "
+        f"(default {DEFAULT_MIN_SHARE:g})",
     )
     p.add_argument("--json", action="store_true", help="one-line JSON output")
     p.set_defaults(func=_run)
