@@ -35,6 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protoseg.data.records import Split
 from protoseg.metrics import ConfusionMatrix, Protocol, apply_protocol
+from protoseg.models.checkpoint import load_checkpoint
 from protoseg.train.evaluation import flat_metrics
 from protoseg.train.pipeline import (
     best_or_last,
@@ -178,8 +179,11 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
     ckpt2 = stage2_from(cfg, ckpt1)
     row["stage2_test"] = evaluate_checkpoint(cfg, ckpt2, Split.TEST, protocol="tissue")
     row["wall_s"] = time.perf_counter() - t0
+    chosen = load_checkpoint(ckpt1)  # which stage-1 epoch best.pt holds, and by which metric
+    row["stage1_epoch"], row["stage1_selected_by"] = chosen.epoch, chosen.metrics.get("selection_metric", "mIoU")
     print(
-        f"seed {seed} {name}: pseudo {100 * row['pseudo_val']['mIoU']:.1f}, label-free val "
+        f"seed {seed} {name}: stage 1 epoch {chosen.epoch} ({row['stage1_selected_by']}), "
+        f"pseudo {100 * row['pseudo_val']['mIoU']:.1f}, label-free val "
         f"{100 * row['free_val']['mIoU']:.1f}, test stage1 {100 * row['free_test']['mIoU']:.1f} -> stage2 "
         f"{100 * row['stage2_test']['mIoU']:.1f}, fixed 0.8 gate: val {100 * row['fixed_val']['mIoU']:.1f} test "
         f"{100 * row['fixed_test']['mIoU']:.1f}, {row['wall_s']:.0f} s",

@@ -287,10 +287,10 @@ def test_data_check_says_the_val_split_has_no_masks(tmp_path: Path, capsys: Any)
     root = _generic_without_masks(tmp_path / "generic")
     assert main(["data", "check", str(root), "-q"]) == 0
     out = capsys.readouterr().out
-    assert "warning: no masks: the val split has image-level labels only, so validation is skipped" in out
+    assert "warning: no masks: the val split has image-level labels only, so validation scores no masks" in out
 
 
-def test_training_without_val_masks_skips_validation_once(tmp_path: Path, caplog: Any) -> None:
+def test_training_without_val_masks_says_so_once_and_selects_by_the_image_labels(tmp_path: Path, caplog: Any) -> None:
     from protoseg.data.errors import DataError
     from protoseg.data.records import Split
     from protoseg.train.pipeline import evaluate_checkpoint, train_stage1
@@ -308,7 +308,9 @@ def test_training_without_val_masks_skips_validation_once(tmp_path: Path, caplog
         result = train_stage1(cfg)
     assert result.epochs_done == 2 and result.best is not None and result.best.is_file()
     skipped = [r.getMessage() for r in caplog.records if "has no masks" in r.getMessage()]
-    assert len(skipped) == 1 and f"the val split of {root}" in skipped[0] and "validation is skipped" in skipped[0]
+    assert len(skipped) == 1 and f"the val split of {root}" in skipped[0]
+    assert "best.pt is chosen by label_free_presence_balanced_acc" in skipped[0]  # stage 1's mask-free selection
+    assert result.selection_metric == "label_free_presence_balanced_acc"
     with pytest.raises(DataError, match=r"the val split of .* has no masks, so predictions cannot be scored"):
         evaluate_checkpoint(cfg, result.best, Split.VAL)
 

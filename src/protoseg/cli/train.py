@@ -98,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         "best": str(result.best) if result.best else None,
         "last": str(result.last) if result.last.is_file() else None,  # never claim a file that was not written
         "best_metric": result.best_metric,
+        "selection_metric": result.selection_metric,
         "epochs": result.epochs_done,
         "seconds": round(result.seconds, 1),
     }

@@ -176,13 +176,18 @@ def _check_record(
 
 
 def _mask_warnings(ds: PatchDataset) -> list[str]:
-    """What a val/test split without masks (or with some missing) means: validation is skipped, evaluation
+    """What a val/test split without masks (or with some missing) means: validation scores no masks, evaluation
     refuses it; the same rule ``protoseg.train.evaluation.masked_split`` applies."""
     split, total = ds.split or Split.TRAIN, len(ds.records)
     missing = total - len(ds.masked())
     if split is Split.TRAIN or not missing:
         return []
-    use = "validation is skipped" if split is Split.VAL else "`protoseg evaluate` cannot score it"
+    use = (
+        "validation scores no masks (stage 1 chooses best.pt by its class gate against the image labels, "
+        "stage 2 keeps the last epoch)"
+        if split is Split.VAL
+        else "`protoseg evaluate` cannot score it"
+    )
     if missing == total:
         return [f"no masks: the {split.value} split has image-level labels only, so {use} (add a mask per patch)"]
     return [f"{missing} of {total} {split.value} patch(es) have no mask; the metrics leave them out"]

@@ -59,7 +59,7 @@ class Checkpoint:
     epoch: int = 0
     step: int = 0
     best_metric: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # floats, and ``selection_metric``: the name best.pt used
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_updates(self, **changes: Any) -> Checkpoint:

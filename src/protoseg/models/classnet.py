@@ -238,6 +238,10 @@ class ClassNet(nn.Module):
         class), background channel C = 1 only where the glass detector finds glass (never low CAM)."""
         with eval_mode(self):
             out = self(x)
+        return self.label_free_scores(out, x)
+
+    def label_free_scores(self, out: ClassNetOutput, x: torch.Tensor) -> torch.Tensor:
+        """``predict``'s scores (B, C+1, H, W) from an eval-mode forward ``out`` of the images ``x``."""
         scores = cam_ops.class_scores(out.logits[-1])  # (B, C) sigmoid
         keep = self.class_gate(out.logits[-1])
         fused = self.fused_cams(out, tuple(x.shape[-2:])) * keep[:, :, None, None].to(scores.dtype)

@@ -116,6 +116,24 @@ def format_thresholds(cal: GateCalibration, names: tuple[str, ...] | list[str]) 
     return ", ".join(f"{n} {t:.2f}{'' if ok else '*'}" for n, t, ok in zip(names, cal.thresholds, cal.calibrated))
 
 
+def presence_balanced_accuracy(
+    scores: np.ndarray, present: np.ndarray, thresholds: tuple[float, ...] | list[float]
+) -> float:
+    """Macro balanced accuracy of the classes the label-free gate keeps (``cam_ops.gate_classes``: per-class
+    ``thresholds``, always the top class) from image ``scores`` against ``present`` (N, C): per class the mean
+    recall of the images with it and of those without (whichever exist), so keeping a class always or never
+    scores 0.5 however common it is; NaN without images."""
+    present = np.asarray(present, dtype=bool)
+    if present.shape[0] == 0:
+        return float("nan")
+    s = torch.as_tensor(np.asarray(scores, dtype=np.float32))
+    keep = cam_ops.gate_classes(s, torch.tensor(thresholds, dtype=s.dtype)).numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = (keep & present).sum(axis=0) / present.sum(axis=0)
+        specificity = (~keep & ~present).sum(axis=0) / (~present).sum(axis=0)
+    return float(np.nanmean(np.nanmean(np.stack([recall, specificity]), axis=0)))
+
+
 def calibrate_gate(
     net: ClassNet,
     dataset: Dataset,
@@ -127,6 +145,17 @@ def calibrate_gate(
     """Calibrate ``net``'s label-free gate on ``dataset`` and store it in ``net.config.class_thresholds``;
     one log line with the thresholds, one naming the classes left at the configured threshold."""
     scores, present = image_scores(net, dataset, device, batch_size)
+    return calibrate_from_scores(net, scores, present, names, criterion)
+
+
+def calibrate_from_scores(
+    net: ClassNet,
+    scores: np.ndarray,
+    present: np.ndarray,
+    names: tuple[str, ...] | list[str],
+    criterion: Criterion = Criterion.F1,
+) -> GateCalibration:
+    """``calibrate_gate`` from the image ``scores`` and ``present`` classes (N, C) of ``image_scores``."""
     cal = calibrate_thresholds(scores, present, net.config.score_threshold, criterion)
     net.set_class_thresholds(cal.thresholds)
     missing = [n for n, ok in zip(names, cal.calibrated) if not ok]

@@ -16,7 +16,7 @@ from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.models.factory import model_config
 from protoseg.train.engine import LAST, OptimConfig, Trainer
 from protoseg.train.errors import TrainingError
-from protoseg.train.evaluation import validation_split
+from protoseg.train.evaluation import SKIPPED_WITHOUT_MASKS, validation_split
 from protoseg.train.events import Callback
 
 
@@ -65,6 +65,8 @@ class ConfiguredTrainer(Trainer):
     """Holds the run config, datasets and network; subclasses set ``self.net`` and the loss."""
 
     net: torch.nn.Module
+    #: Logged when the val split has no masks: what validation and ``best.pt`` do then.
+    without_val_masks: str = SKIPPED_WITHOUT_MASKS
 
     def __init__(
         self,
@@ -82,7 +84,7 @@ class ConfiguredTrainer(Trainer):
         )
         self.stage_kind = stage
         self.cfg, self.classes = cfg, classes
-        self._train, self._val = train_ds, validation_split(val_ds)
+        self._train, self._val = train_ds, validation_split(val_ds, self.without_val_masks)
 
     @property
     def model(self) -> torch.nn.Module:

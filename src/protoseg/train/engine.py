@@ -40,6 +40,9 @@ from protoseg.train.sampling import KeyedDistributedSampler, training_sampler
 
 logger = logging.getLogger(__name__)
 
+#: Key naming the metric ``best.pt`` is chosen by (``Trainer.monitor``), in checkpoint metrics and metrics.jsonl rows.
+SELECTION_KEY = "selection_metric"
+
 #: ``Checkpoint.extra`` keys only a resume needs (left out of ``best.pt``).
 _RESUME_ONLY = ("optimizer", "scaler", "rng")
 
@@ -263,12 +266,26 @@ class Trainer(ABC):
         if "scaler" in ckpt.extra and run.use_amp:
             run.scaler.load_state_dict(ckpt.extra["scaler"])
         run.epoch = run.epochs_done = ckpt.epoch
-        run.best = ckpt.best_metric
+        run.best = self._restored_best(ckpt)
         if "rng" in ckpt.extra:
             restore_rng(ckpt.extra["rng"], self.generator, self._augment_generator())
         else:
             logger.warning("%s has no random states (older protoseg): the resumed run differs", last_path)
         logger.info("resuming %s from %s at epoch %d", self.stage, last_path, run.epoch)
+
+    def _restored_best(self, ckpt: Checkpoint) -> float | None:
+        """The best value to beat after a resume; None (the next validation writes ``best.pt``) when the
+        checkpoint's was measured by another metric (older checkpoints name none: they used ``mIoU``)."""
+        chosen_by = ckpt.metrics.get(SELECTION_KEY, "mIoU")
+        if ckpt.best_metric is not None and chosen_by != self.monitor:
+            logger.warning(
+                "%s: best.pt was chosen by %s, this run chooses by %s: the next validation replaces it",
+                self.stage,
+                chosen_by,
+                self.monitor,
+            )
+            return None
+        return ckpt.best_metric
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module the loss runs through: ``model`` itself, or its DDP wrapper under torchrun."""
@@ -347,20 +364,26 @@ class Trainer(ABC):
         with torch.no_grad():
             metrics = self.validate()
         self._event(EventKind.VALIDATION, run.epoch + 1, run.step, run.total, metrics=metrics)
-        self._log_metrics({"stage": self.stage, "epoch": run.epoch + 1, "step": run.step, **metrics})
+        row = {"stage": self.stage, "epoch": run.epoch + 1, "step": run.step, **metrics}
+        if self.monitor in metrics:
+            row[SELECTION_KEY] = self.monitor
+        self._log_metrics(row)
         return metrics
 
     def _save(self, run: _FitState, metrics: dict[str, float]) -> None:
-        """``last.pt`` (with optimiser state) every epoch; ``best.pt`` when the monitor improved or is absent."""
+        """``last.pt`` (with optimiser state) every epoch; ``best.pt`` when the monitor improved or is absent;
+        checkpoints name the monitor in their metrics (``SELECTION_KEY``) when they have it."""
         value = metrics.get(self.monitor)
         improved = value is not None and not math.isnan(value) and (run.best is None or value > run.best)
+        self._log_selection(run, value, improved)
         if improved:
             run.best = value
+        named: dict[str, Any] = {**metrics, SELECTION_KEY: self.monitor} if value is not None else metrics
         last_path, best_path = self.out_dir / LAST, self.out_dir / BEST
         extra = {"optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict()}
         # after validation: where the next epoch starts
         extra["rng"] = capture_rng(self.generator, self._augment_generator())
-        ckpt = self.make_checkpoint(run.epoch + 1, run.step, metrics, extra).with_updates(best_metric=run.best)
+        ckpt = self.make_checkpoint(run.epoch + 1, run.step, named, extra).with_updates(best_metric=run.best)
         save_checkpoint(ckpt, last_path)
         if improved or value is None:
             save_checkpoint(
@@ -368,6 +391,22 @@ class Trainer(ABC):
                 best_path,
             )
         self._event(EventKind.CHECKPOINT, run.epoch + 1, run.step, run.total, metrics=metrics, path=str(last_path))
+
+    def _log_selection(self, run: _FitState, value: float | None, improved: bool) -> None:
+        """One line saying whether this epoch becomes ``best.pt`` and by which metric."""
+        if value is None:
+            return
+        if improved:
+            logger.info("%s best.pt: epoch %d, %s %.4f", self.stage, run.epoch + 1, self.monitor, value)
+        else:
+            logger.info(
+                "%s best.pt unchanged: epoch %d %s %.4f, best %.4f",
+                self.stage,
+                run.epoch + 1,
+                self.monitor,
+                value,
+                run.best if run.best is not None else float("nan"),
+            )
 
     def _on_cancel(self, run: _FitState) -> None:
         """Keep the partial run usable: without an earlier ``last.pt``, write an epoch-start one."""
@@ -389,6 +428,7 @@ class Trainer(ABC):
             last=last_path,
             best=best,
             best_metric=run.best,
+            selection_metric=self.monitor if run.best is not None else None,
             epochs_done=run.epochs_done,
             steps_done=run.step,
             cancelled=cancelled,

@@ -18,7 +18,7 @@ from protoseg.config import ProtosegConfig, PseudoLabelConfig
 from protoseg.data.datasets import PatchDataset
 from protoseg.data.errors import DataError
 from protoseg.metrics import ConfusionMatrix, Protocol, SegMetrics, apply_protocol
-from protoseg.models.classnet import ClassNet
+from protoseg.models.classnet import ClassNet, eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +67,21 @@ def masked_split(dataset: Dataset) -> tuple[Dataset | None, str]:
     return dataset, name
 
 
-def validation_split(dataset: Dataset | None) -> Dataset | None:
-    """What validation scores: the masked samples of ``dataset``; None (validation skipped, said once here)
+#: What happens when the val split has no masks, by default (a stage with a mask-free fallback says its own).
+SKIPPED_WITHOUT_MASKS = (
+    "validation is skipped (pseudo-mask and segmentation quality need a mask per patch); "
+    "the last epoch's checkpoint is kept as best.pt"
+)
+
+
+def validation_split(dataset: Dataset | None, without_masks: str = SKIPPED_WITHOUT_MASKS) -> Dataset | None:
+    """What validation scores: the masked samples of ``dataset``; None (``without_masks`` said once here)
     when it has no masks, e.g. a generic dataset whose val split lists image-level labels only."""
     if dataset is None:
         return None
     scored, name = masked_split(dataset)
     if scored is None:
-        logger.warning(
-            "%s has no masks: validation is skipped (pseudo-mask and segmentation quality need a mask per patch); "
-            "the last epoch's checkpoint is kept as best.pt",
-            name,
-        )
+        logger.warning("%s has no masks: %s", name, without_masks)
     return scored
 
 
@@ -126,8 +129,14 @@ def pseudo_masks(
     uncertain pixels 255, background C only where the glass detector finds glass. Confidence:
     the max CAM on tissue pixels, 1 on glass (the detector is sure), 0 on ignored pixels.
     """
+    return pseudo_masks_from_cams(net.cams(images, labels=labels), images, cfg)
+
+
+def pseudo_masks_from_cams(
+    cams: torch.Tensor, images: torch.Tensor, cfg: ProtosegConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pseudo_masks`` from gated fused CAMs (B, C, H, W) of ``images`` already computed."""
     rules = cfg.stage1.pseudo
-    cams = net.cams(images, labels=labels)
     bg = background_mask(images, rules)
     mask = cam_ops.pseudo_labels(cams, bg, rules.ignore_below, rules.tie_margin)
     conf = cam_ops.confidence(cams).clamp(0, 1)
@@ -160,6 +169,33 @@ def evaluate_pseudo(
             target = apply_protocol(batch["mask"].numpy(), protocol, classes.background_index)
             cm.update(pred.cpu().numpy(), target)
     return _report(cm, classes, protocol)
+
+
+def evaluate_stage1(
+    net: ClassNet,
+    dataset: Dataset,
+    classes: ClassSpec,
+    cfg: ProtosegConfig,
+    device: torch.device,
+    free_protocol: Protocol = Protocol.TISSUE,
+) -> dict[str, float]:
+    """Stage-1 validation from one forward pass per batch: the label-gated pseudo-mask metrics (as
+    ``evaluate_pseudo``, pbip protocol) and, prefixed ``label_free_``, those of the label-free prediction a
+    user gets (``ClassNet.predict`` argmax, as ``eval`` without ``--use-labels``) under ``free_protocol``."""
+    gated, free = _matrix(classes, False), _matrix(classes, False)
+    loader = DataLoader(_scored(dataset), batch_size=cfg.data.batch_size, shuffle=False)
+    with torch.no_grad(), eval_mode(net):
+        for batch in loader:
+            x = batch["image"].to(device)
+            out = net(x)
+            cams = net.fused_cams(out, tuple(x.shape[-2:]), labels=batch["label"].to(device))
+            pseudo, _ = pseudo_masks_from_cams(cams, x, cfg)
+            mask = batch["mask"].numpy()
+            gated.update(pseudo.cpu().numpy(), apply_protocol(mask, Protocol.PBIP, classes.background_index))
+            pred = net.label_free_scores(out, x).argmax(1).cpu().numpy()
+            free.update(pred, apply_protocol(mask, free_protocol, classes.background_index))
+    label_free = _report(free, classes, free_protocol)
+    return {**_report(gated, classes, Protocol.PBIP), **{f"label_free_{k}": v for k, v in label_free.items()}}
 
 
 def evaluate_segmentation(

@@ -20,6 +20,7 @@ class FitResult:
     steps_done: int
     cancelled: bool
     seconds: float
+    selection_metric: str | None = None  # what best_metric measures (e.g. label_free_mIoU); None without validation
 
 
 @dataclass(frozen=True)

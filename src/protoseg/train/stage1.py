@@ -1,4 +1,5 @@
-"""Stage-1 training: ClassNet on image-level labels, validated by pseudo-mask mIoU on the val masks."""
+"""Stage-1 training: ClassNet on image-level labels; ``best.pt`` is the epoch whose label-free prediction is best on
+validation (``selection_metric``), label-gated pseudo-mask metrics logged beside it."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from protoseg.config import AddOn, ProtosegConfig, Recipe
 from protoseg.models.checkpoint import Stage
 from protoseg.models.classnet import ClassNet
 from protoseg.models.encoders import EncoderKind, EncoderSpec, ImageEncoder, TextEncoder, build_encoder
-from protoseg.train.calibration import calibrate_gate
+from protoseg.train.calibration import calibrate_from_scores, image_scores, presence_balanced_accuracy
 from protoseg.train.configured import ConfiguredTrainer
 from protoseg.train.device_augment import batch_augment_for
-from protoseg.train.evaluation import evaluate_pseudo
+from protoseg.train.evaluation import evaluate_stage1
 from protoseg.train.events import Callback
 from protoseg.train.recipes import RecipeError, Stage1Objective, classnet_config, encode_class_prompts
 
@@ -46,10 +47,27 @@ def encoder_from_config(cfg: ProtosegConfig, bank: ImageBank | None = None) -> I
     return encoder
 
 
+#: Selection metric of stage 1 with val masks: label-free mIoU (tissue protocol, this epoch's calibrated gate).
+LABEL_FREE_MIOU = "label_free_mIoU"
+#: Selection metric of stage 1 without val masks: macro balanced accuracy of the gated classes against the val
+#: image labels (F1 would reward keeping a common class always: an untrained model scored above trained ones).
+PRESENCE_ACCURACY = "label_free_presence_balanced_acc"
+
+
+def selection_metric(val_masks: bool, val_images: bool) -> str:
+    """The metric ``best.pt`` is chosen by: what a user gets without labels, measured on the val masks when
+    there are some, else by the image labels (with neither, there is no validation: best.pt = last.pt)."""
+    return LABEL_FREE_MIOU if val_masks or not val_images else PRESENCE_ACCURACY
+
+
 class Stage1Trainer(ConfiguredTrainer):
     """Trains the configured recipe; PBIP needs an image bank, LPD can start from one."""
 
     stage = Stage.STAGE1.value
+    without_val_masks = (
+        "pseudo-mask and label-free mIoU are not measured (they need a mask per patch); best.pt is chosen by "
+        f"{PRESENCE_ACCURACY} (macro balanced accuracy of the label-free class gate against the val image labels)"
+    )
 
     def __init__(
         self,
@@ -97,6 +115,8 @@ class Stage1Trainer(ConfiguredTrainer):
         if self.encoder is not None:
             self.encoder.to(self.device)
         self._gate_val = val_ds if val_ds is not None and len(val_ds) else None  # type: ignore[arg-type]
+        has_masks = self._val is not None and len(self._val) > 0  # type: ignore[arg-type]
+        self.monitor = selection_metric(has_masks, self._gate_val is not None)
         if self._gate_val is None:
             logger.info("no validation images: the label-free class gate keeps the fixed threshold %.2f", s1.score_gate)
         steps = max(1, len(train_ds) // max(1, cfg.data.batch_size))  # type: ignore[arg-type]
@@ -108,13 +128,17 @@ class Stage1Trainer(ConfiguredTrainer):
         return self.objective(model, batch, step)
 
     def validate(self) -> dict[str, float]:
-        """Calibrate the label-free class gate on the val images (saved with the checkpoint), then the
-        label-gated pseudo-mask metrics on the val masks."""
+        """Calibrate the label-free class gate on the val images (saved with the checkpoint) and score its presence
+        balanced accuracy from the same pass; then, on the val masks, the label-gated pseudo-mask metrics and the
+        label-free prediction's (with this gate) from one more pass."""
+        metrics: dict[str, float] = {}
         if self._gate_val is not None:
-            calibrate_gate(self.net, self._gate_val, self.device, self.classes.names, self.cfg.data.batch_size)
-        if self._val is None or len(self._val) == 0:  # type: ignore[arg-type]
-            return {}
-        return evaluate_pseudo(self.net, self._val, self.classes, self.cfg, self.device)
+            scores, present = image_scores(self.net, self._gate_val, self.device, self.cfg.data.batch_size)
+            cal = calibrate_from_scores(self.net, scores, present, self.classes.names)
+            metrics[PRESENCE_ACCURACY] = presence_balanced_accuracy(scores, present, cal.thresholds)
+        if self._val is not None and len(self._val):  # type: ignore[arg-type]
+            metrics.update(evaluate_stage1(self.net, self._val, self.classes, self.cfg, self.device))
+        return metrics
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {
