@@ -20,7 +20,7 @@ class RetrainSettings:
     distill: float = 1.0
     balance: float = 0.5
     trust_reviewed: bool = True
-    min_batches: int = 10
+    min_batches: int = 25
     seed: int = 0
     device: str = "auto"
 
