@@ -81,6 +81,24 @@ def test_slice_inside_a_viewer_chunk_is_one_exact_read(flat) -> None:
         assert calls == [(0, 300, 100, 512, 512)]  # one read of exactly the region, not 4 native tiles
 
 
+def test_default_scheduler_region_is_a_few_tasks_and_reads_only_its_pixels(flat) -> None:
+    """What a dask user does (``.compute()``, dask's threaded default): a 512-px region across a chunk corner is
+    one task per chunk it touches plus the assembly, never a graph of the whole level, and reads exactly its
+    own pixels in one backend read per chunk part (pins the chunking and graph the read benchmark measures)."""
+    path, rgb = flat
+    with open_slide(path) as s:
+        arr = s.dask_pyramid()[0]
+        assert arr.numblocks[:2] == (2, 3)
+        region = arr[600:1112, 900:1412]  # crosses the 1024-px chunk corner: 4 chunk parts
+        import dask
+
+        (optimized,) = dask.optimize(region)  # what compute() runs: culled to the chunks touched
+        assert len(dict(optimized.__dask_graph__())) <= 2 * 4  # a read and an alias per chunk part
+        calls = _count_reads(s)
+        np.testing.assert_array_equal(region.compute(), rgb[600:1112, 900:1412])
+        assert len(calls) == 4 and sum(w * h for *_, w, h in calls) == 512 * 512
+
+
 def test_chunk_cache_is_bounded() -> None:
     cache = ChunkCache(max_bytes=3 * 100)
     for i in range(10):
