@@ -197,3 +197,16 @@ def test_downsample2_is_the_rounded_2x2_mean_on_both_paths() -> None:
                 block = probs[:, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2].astype(np.float64)
                 expected[:, y, x] = np.floor(block.mean(axis=(1, 2)) + 0.5)
         np.testing.assert_array_equal(downsample2(probs), expected)
+
+
+def test_channel_argmax_is_numpys_first_maximum() -> None:
+    """The plane-wise class index equals ``np.argmax(axis=0)``, first class on ties (float and uint8 scores)."""
+    from protoseg.infer.pyramid import channel_argmax
+
+    rng = np.random.default_rng(5)
+    scores = rng.random((5, 40, 30)).astype(np.float32)
+    scores[:, :8, :8] = 0.25  # all tied: class 0
+    scores[3, 20:, :] = scores[1, 20:, :]  # ties between classes 1 and 3: class 1 where they lead
+    quantised = rng.integers(0, 3, (4, 33, 17), dtype=np.uint8)
+    for probs in (scores, quantised):
+        np.testing.assert_array_equal(channel_argmax(probs), np.argmax(probs, axis=0).astype(np.uint8))

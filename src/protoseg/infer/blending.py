@@ -62,6 +62,7 @@ def blend_tiles(
     acc = np.zeros((channels, bh, bw), dtype=np.float64)
     wsum = np.zeros((bh, bw), dtype=np.float64)
     th, tw = window.shape
+    scratch = np.empty((channels, th, tw), dtype=np.float64)  # one product buffer for every tile
     for x0, y0, probs in tiles:
         if probs.shape != (channels, th, tw):
             raise InferenceError(f"tile prediction has shape {probs.shape}, expected {(channels, th, tw)}")
@@ -72,7 +73,10 @@ def blend_tiles(
         tsl = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
         bsl = (slice(iy0 - by, iy1 - by), slice(ix0 - bx, ix1 - bx))
         w = window[tsl]
-        acc[(slice(None), *bsl)] += probs[(slice(None), *tsl)].astype(np.float64) * w
+        part = scratch[:, : iy1 - iy0, : ix1 - ix0]
+        np.multiply(probs[(slice(None), *tsl)], w, out=part, dtype=np.float64)  # = float64(probs) * w
+        target = acc[(slice(None), *bsl)]
+        np.add(target, part, out=target)
         wsum[bsl] += w
     if not np.all(wsum > 0):
         raise InferenceError(f"box {box} is not fully covered by the given tiles (internal tiling error)")
