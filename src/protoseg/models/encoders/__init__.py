@@ -23,6 +23,7 @@ _EXPORTS = {
     "TextEncoder": "protoseg.models.encoders.base",
     "TimmImageEncoder": "protoseg.models.encoders.timm_encoder",
     "build_encoder": "protoseg.models.encoders.spec",
+    "encoder_choice": "protoseg.models.encoders.spec",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,6 +14,7 @@ from protoseg.models.encoders.base import EncoderWeightsError, ImageEncoder, Tex
 from protoseg.models.encoders.weights import (
     PRETRAINED_SETTING,
     WeightKind,
+    offline_hub_folder,
     resolve_weights,
     seeded_init,
     weights_error,
@@ -47,7 +48,8 @@ class OpenClipEncoder(ImageEncoder, TextEncoder):
 
     ``pretrained``: an open_clip tag (``"openai"``), an ``"hf-hub:org/repo"`` id, a local checkpoint
     file (state dict), a local folder with ``open_clip_config.json`` + weights, or None for a seeded
-    random init (testing only). Failures raise ``EncoderWeightsError`` naming ``bank.encoder.pretrained``.
+    random init (testing only); offline, an hf-hub id loads from its Hugging Face cache snapshot.
+    Failures raise ``EncoderWeightsError`` naming ``bank.encoder.pretrained``.
     """
 
     def __init__(
@@ -65,7 +67,8 @@ class OpenClipEncoder(ImageEncoder, TextEncoder):
         source = resolve_weights(pretrained, model_name, setting)
         name, tag = model_name, None
         if source.kind is WeightKind.HF_HUB:
-            name = str(source.value)
+            cached = offline_hub_folder(str(source.value), setting)
+            name = str(source.value) if cached is None else f"local-dir:{cached}"
         elif source.kind is WeightKind.DIRECTORY:
             _check_local_dir(str(source.value), setting)
             name = f"local-dir:{source.value}"

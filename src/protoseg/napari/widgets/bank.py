@@ -1,6 +1,6 @@
-"""Image bank widget: build (dataset folder or tagged regions, in a worker) or load a bank, browse thumbnails
-per class and sub-cluster, exclude/include/pin, add a slide selection as a prototype, re-cluster (saying what
-changed), go to a member on its slide (its patch outlined), save."""
+"""Image bank widget: build (dataset folder or tagged regions, with the chosen encoder, in a worker) or load a
+bank, browse thumbnails per class and sub-cluster, exclude/include/pin, add a slide selection as a prototype,
+re-cluster (saying what changed), go to a member on its slide (its patch outlined), save."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ from protoseg.napari.widgets._common import (
     scroll_layout,
     tabify_when_docked,
 )
+from protoseg.napari.widgets.encoder_picker import EncoderPicker
 from protoseg.napari.widgets.jobs import BackgroundJob, NapariProgress
 from protoseg.napari.widgets.member_box import show_member_box
 from protoseg.napari.widgets.slide_info import MppPrompt, find_slide_layer, slide_meta, slide_mpp
@@ -89,12 +90,14 @@ class BankWidget(QWidget):
         self.folder = PathEdit("dir", "training patch folder")
         self.regions = QComboBox()
         self.k = QSpinBox(minimum=1, maximum=50, value=ProtosegConfig().bank.k)
+        self.encoder = EncoderPicker()
         self.build_btn = QPushButton("Build bank")
         self.bank_dir = PathEdit("dir", "bank folder (written by Build and Save)")
         self.load_btn, self.save_btn = QPushButton("Load"), QPushButton("Save")
         self.ckpt = PathEdit("open", "checkpoint (.pt)", "Checkpoints (*.pt)")
         self.ckpt_btn = QPushButton("Load the bank this checkpoint used")
         self.summary = QLabel("no bank loaded")
+        self.summary.setWordWrap(True)  # long encoder ids (hf-hub:org/repo) wrap at / : @ instead of widening the dock
         self.tabs = QTabWidget()
         self.tabs.setMinimumHeight(260)
         self.exclude_btn, self.include_btn = QPushButton("Exclude"), QPushButton("Include")
@@ -132,6 +135,8 @@ class BankWidget(QWidget):
         form.addRow("Folder", self.folder)
         form.addRow("Regions", self.regions)
         form.addRow("Sub-clusters K", self.k)
+        for label, widget in self.encoder.rows():
+            form.addRow(label, widget)
         form.addRow("", self.build_btn)
         form.addRow("Bank folder", self.bank_dir)
         form.addRow("", row(self.load_btn, self.save_btn))
@@ -196,7 +201,9 @@ class BankWidget(QWidget):
         self.class_combo.clear()
         self.class_combo.addItems(bank.class_spec.names)
         active = int(bank.active_mask().sum())
-        self.summary.setText(f"{len(bank)} members ({active} active), K={bank.k}, encoder {bank.encoder_id}")
+        encoder = bank.encoder_id.replace("/", "/\u200b").replace(":", ":\u200b").replace("@", "\u200b@")
+        self.summary.setText(f"{len(bank)} members ({active} active), K={bank.k}, encoder {encoder}")
+        self.summary.setToolTip(bank.encoder_id)
 
     def _cluster_list(self, bank: banklib.ImageBank, rows: list[int]) -> QListWidget:
         lst = QListWidget()
@@ -329,7 +336,10 @@ class BankWidget(QWidget):
                 raise WidgetError("no tagged regions yet: use 'Use as training data' in the Region tagging widget")
         elif not self.folder.text():
             raise WidgetError("choose the training patch folder to build from")
-        cfg = replace(cfg, data=replace(cfg.data, root=self.folder.text()), bank=replace(cfg.bank, k=self.k.value()))
+        spec = self.encoder.spec()  # checked here: a typo shows in the status line before any work starts
+        encoder = replace(cfg.bank.encoder, kind=spec.kind, model_name=spec.model_name, pretrained=spec.pretrained)
+        bank = replace(cfg.bank, k=self.k.value(), encoder=encoder)
+        cfg = replace(cfg, data=replace(cfg.data, root=self.folder.text()), bank=bank)
 
         def work(report: Any, cancel: Any) -> banklib.ImageBank:
             def progress(done: int, total: int) -> None:
