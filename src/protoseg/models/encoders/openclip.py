@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from protoseg.models.encoders.base import EncoderWeightsError, ImageEncoder, TextEncoder, check_texts
+from protoseg.models.encoders.sources import require_model_folder
 from protoseg.models.encoders.weights import (
     PRETRAINED_SETTING,
     WeightKind,
@@ -34,13 +34,7 @@ def _as_int_size(size: Any) -> int:
 
 def _check_local_dir(folder: str, setting: str) -> None:
     """A local open_clip folder needs open_clip_config.json and a weights file (else open_clip inits at random)."""
-    path = Path(folder)
-    weights = [p for ext in ("*.safetensors", "*.bin", "*.pth") for p in path.glob(ext)]
-    if not (path / "open_clip_config.json").is_file() or not weights:
-        raise EncoderWeightsError(
-            f"`{setting}` = {folder!r} is a folder but lacks open_clip_config.json or a weights file "
-            "(.safetensors / .bin / .pth); point it at a complete open_clip model folder or a checkpoint file"
-        )
+    require_model_folder(folder, setting, "open_clip_config.json", "a complete open_clip model folder")
 
 
 class OpenClipEncoder(ImageEncoder, TextEncoder):

@@ -158,3 +158,20 @@ def offline_hub_folder(hub_id: str, setting: str = PRETRAINED_SETTING) -> Path |
 def one_line(exc: BaseException) -> str:
     """``Type: message`` of an exception on one line (hub errors span several)."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split()).rstrip('. ')}"
+
+
+#: Weight file patterns a local model folder may hold.
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pth")
+
+
+def require_model_folder(folder: str, setting: str, config_file: str, hint: str) -> Path:
+    """``folder`` as a Path when it holds ``config_file`` and a weights file; else one ``EncoderWeightsError``
+    naming the setting, what is missing and ``hint`` (what a complete folder is)."""
+    path = Path(folder)
+    weights = [p for pattern in WEIGHT_PATTERNS for p in path.glob(pattern)]
+    if not (path / config_file).is_file() or not weights:
+        raise EncoderWeightsError(
+            f"`{setting}` = {folder!r} is a folder but lacks {config_file} or a weights file "
+            f"(.safetensors / .bin / .pth); point it at {hint}, or at a checkpoint file"
+        )
+    return path

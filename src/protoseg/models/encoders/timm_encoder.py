@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from protoseg.models.encoders.base import EncoderWeightsError, ImageEncoder
-from protoseg.models.encoders.sources import HUB_PREFIX
+from protoseg.models.encoders.base import ImageEncoder
+from protoseg.models.encoders.sources import HUB_PREFIX, require_model_folder
 from protoseg.models.encoders.weights import (
     PRETRAINED_SETTING,
     WeightKind,
@@ -31,15 +31,9 @@ DEFAULT_TAGS = ("default", "hub", "timm")
 
 def _check_local_dir(folder: str, setting: str) -> Path:
     """A timm model folder (``hf download org/repo --local-dir DIR``) needs config.json and a weights file."""
-    path = Path(folder)
-    weights = [p for ext in ("*.safetensors", "*.bin", "*.pth") for p in path.glob(ext)]
-    if not (path / "config.json").is_file() or not weights:
-        raise EncoderWeightsError(
-            f"`{setting}` = {folder!r} is a folder but lacks config.json or a weights file (.safetensors / .bin "
-            "/ .pth); point it at a timm model folder as `hf download org/repo --local-dir DIR` writes it, or at "
-            "a checkpoint file"
-        )
-    return path
+    return require_model_folder(
+        folder, setting, "config.json", "a timm model folder as `hf download org/repo --local-dir DIR` writes it"
+    )
 
 
 def _folder_config(folder: Path) -> dict[str, Any]:
