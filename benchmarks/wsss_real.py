@@ -44,7 +44,7 @@ from protoseg.train.pipeline import (
     train_stage1,
     train_stage2,
 )
-from wsss_synthetic import base_config, fixed_gate_copy
+from wsss_synthetic import base_config, fixed_gate_copy, mean_sd
 
 logger = logging.getLogger("wsss_real")
 
@@ -192,16 +192,10 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
     return row
 
 
-def _ms(values: list[float]) -> str:
-    values = [100 * v for v in values]
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
-
-
 def _cell(rows: list[dict[str, Any]], key: str) -> str:
     """``mean ± std`` mIoU over seeds with each class's IoU."""
-    per_class = " ".join(f"{c} {_ms([r[key].get(f'IoU_{c}', 0.0) for r in rows])}" for c in CLASSES)
-    return f"{_ms([r[key]['mIoU'] for r in rows])} ({per_class})"
+    per_class = " ".join(f"{c} {mean_sd([r[key].get(f'IoU_{c}', 0.0) for r in rows])}" for c in CLASSES)
+    return f"{mean_sd([r[key]['mIoU'] for r in rows])} ({per_class})"
 
 
 def table(base: list[dict[str, Any]], rows: dict[str, list[dict[str, Any]]]) -> str:

@@ -129,7 +129,8 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
     return row
 
 
-def _ms(values: list[float]) -> str:
+def mean_sd(values: list[float]) -> str:
+    """'mean ± sd' of fractions, in percent (sd 0 for one value)."""
     values = [100 * v for v in values]
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
@@ -145,13 +146,14 @@ def table(rows: dict[str, list[dict[str, Any]]]) -> str:
     for name, rs in rows.items():
         n = len(rs)
         lines.append(
-            f"| {name} | {_ms([r['pseudo_val']['mIoU'] for r in rs])} | {_ms([r['free_val']['mIoU'] for r in rs])} "
+            f"| {name} | {mean_sd([r['pseudo_val']['mIoU'] for r in rs])} "
+            f"| {mean_sd([r['free_val']['mIoU'] for r in rs])} "
             f"| {sum(r['A1'] for r in rs)}/{n} | {min(r['class_ratio'] for r in rs):.2f} "
-            f"| {sum(r['A3'] for r in rs)}/{n} | {_ms([r['free_test']['mIoU'] for r in rs])} "
-            f"| {_ms([r['stage2_test']['mIoU'] for r in rs])} | {sum(r['A2'] for r in rs)}/{n} "
-            f"| {_ms([r['pseudo_val'].get('IoU_LYM', 0.0) for r in rs])} "
+            f"| {sum(r['A3'] for r in rs)}/{n} | {mean_sd([r['free_test']['mIoU'] for r in rs])} "
+            f"| {mean_sd([r['stage2_test']['mIoU'] for r in rs])} | {sum(r['A2'] for r in rs)}/{n} "
+            f"| {mean_sd([r['pseudo_val'].get('IoU_LYM', 0.0) for r in rs])} "
             f"| {statistics.mean(r['wall_s'] for r in rs):.0f} "
-            f"| {_ms([r['fixed_val']['mIoU'] for r in rs])} | {_ms([r['fixed_test']['mIoU'] for r in rs])} |"
+            f"| {mean_sd([r['fixed_val']['mIoU'] for r in rs])} | {mean_sd([r['fixed_test']['mIoU'] for r in rs])} |"
         )
     return "\n".join(lines)
 

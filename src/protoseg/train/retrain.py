@@ -185,10 +185,12 @@ def _patches_of_store(
     settings: RetrainSettings,
     seed: int,
     progress: Callable[[int], None],
+    corrected: list[tuple[int, int]],
+    reviewed: np.ndarray | None,
     n_replay: int,
 ) -> tuple[list[_Patch], int]:
-    """Corrected patches and ``n_replay`` replay patches of one store (``predictor``: the parent's); returns
-    (patches, corrected patch count)."""
+    """Patches of the ``corrected`` windows (``reviewed``: the reviewed block grid when trusted) and ``n_replay``
+    replay patches of one store (``predictor``: the parent's); returns (patches, corrected patch count)."""
     from protoseg.infer.reader import open_any
 
     slide_path = Path(store.slide)
@@ -206,8 +208,6 @@ def _patches_of_store(
             f"but the checkpoint predicts {slide_path.name} on {grid[0]}x{grid[1]} at {geom.mpp} µm/px; retrain from "
             "the checkpoint the corrections were painted on."
         )
-    reviewed = _reviewed_cells(store) if settings.trust_reviewed else None
-    corrected = _corrected_windows(store, p, reviewed)
     patches: list[_Patch] = []
     for r, c in corrected:
         y, x = r * p, c * p
@@ -473,7 +473,9 @@ def _prepare(
     cancel: CancelToken,
 ) -> tuple[list[_Patch], int]:
     """All stores' patches, with progress events (stage ``corrections``) and the cancel token checked."""
-    windows = [len(_corrected_windows(s, p, _reviewed_cells(s) if settings.trust_reviewed else None)) for s in stores]
+    reviewed = [_reviewed_cells(s) if settings.trust_reviewed else None for s in stores]
+    corrected = [_corrected_windows(s, p, r) for s, r in zip(stores, reviewed, strict=True)]
+    windows = [len(c) for c in corrected]
     free = [(-(-s.shape[0] // p)) * (-(-s.shape[1] // p)) - w for s, w in zip(stores, windows, strict=True)]
     replay = replay_shares(free, round(settings.replay * sum(windows)))
     total = sum(windows) + sum(replay)
@@ -492,7 +494,8 @@ def _prepare(
     patches: list[_Patch] = []
     n_corrected = 0
     for i, store in enumerate(stores):
-        part, n = _patches_of_store(store, predictor, p, settings, settings.seed * 7919 + i, progress, replay[i])
+        seed = settings.seed * 7919 + i
+        part, n = _patches_of_store(store, predictor, p, settings, seed, progress, corrected[i], reviewed[i], replay[i])
         patches.extend(part)
         n_corrected += n
     emit(callbacks, TrainEvent(EventKind.END, PREPARE_STAGE, 0, total, total))
