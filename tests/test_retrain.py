@@ -155,7 +155,7 @@ def test_reviewed_blocks_count_as_confirmed_and_few_patches_repeat(setup: dict, 
     from protoseg.infer.predictor import Predictor
     from protoseg.infer.reader import open_any
     from protoseg.models.checkpoint import load_checkpoint
-    from protoseg.train.retrain import CorrectionPatches, _prepare
+    from protoseg.train.correction_patches import CorrectionPatches, prepare_patches
 
     store = create_corrections(
         tmp_path / "s.corrections.zarr", slide=setup["slide"], shape=(128, 128), mpp=1.0, scale=1.0,
@@ -167,7 +167,7 @@ def test_reviewed_blocks_count_as_confirmed_and_few_patches_repeat(setup: dict, 
     predictor = Predictor(parent, device="cpu", tta=False)
     shown = np.argmax(predictor.predict_box(predictor.geometry(open_any(setup["slide"])), (0, 0, 32, 32)), axis=0)
     on = RetrainSettings(patch=32, replay=0.0, device="cpu")
-    patches, n = _prepare([store], parent, 32, on, (), CancelToken())
+    patches, n = prepare_patches([store], parent, 32, on, (), CancelToken())
     assert n == len(patches) == 4  # the 64 px reviewed block = four 32 px windows
     first = patches[0].target
     assert (first[:4, :4] == LYM).all()
@@ -175,11 +175,11 @@ def test_reviewed_blocks_count_as_confirmed_and_few_patches_repeat(setup: dict, 
     confirmed[:4, :4] = False
     assert (first[confirmed] == shown[confirmed]).all()
     off = RetrainSettings(patch=32, replay=0.0, device="cpu", trust_reviewed=False)
-    patches, n = _prepare([store], parent, 32, off, (), CancelToken())
+    patches, n = prepare_patches([store], parent, 32, off, (), CancelToken())
     assert n == 1 and (patches[0].target[:4, :4] == LYM).all() and (patches[0].target[confirmed] == IGNORE_INDEX).all()
     # a block marked with what the user was shown trains on that, not on the parent's current prediction
     store.mark_reviewed(0, 0, shown=np.full((64, 64), 1, np.uint8))
-    patches, n = _prepare([store], parent, 32, on, (), CancelToken())
+    patches, n = prepare_patches([store], parent, 32, on, (), CancelToken())
     assert n == 4 and (patches[0].target[:4, :4] == LYM).all() and (patches[0].target[confirmed] == 1).all()
     repeated = CorrectionPatches(patches, 4, min_len=40)
     assert len(repeated) == 40 and repeated[39]["mask"].shape == (32, 32)
@@ -188,7 +188,8 @@ def test_reviewed_blocks_count_as_confirmed_and_few_patches_repeat(setup: dict, 
 def test_replay_is_shared_over_every_slide_and_rare_classes_weigh_more() -> None:
     """Replay windows come from every slide given in proportion to its free windows (an uncorrected slide
     included), never more than a slide has; class weights lift the rare labelled class, mean weight 1."""
-    from protoseg.train.retrain import balanced_class_weights, replay_shares
+    from protoseg.train.correction_patches import replay_shares
+    from protoseg.train.retrain import balanced_class_weights
 
     assert replay_shares([10, 30, 0], 8) == [2, 6, 0]
     assert replay_shares([3, 1], 100) == [3, 1] and replay_shares([5, 5], 0) == [0, 0]
