@@ -230,3 +230,22 @@ def test_corrupt_checkpoint_gives_checkpoint_error(tmp_path):
         Predictor(tmp_path / "cut.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         Predictor(tmp_path / "missing.pt")
+
+
+def test_weights_hash_once_for_a_loaded_checkpoint_and_fresh_for_a_passed_module(tmp_path, monkeypatch):
+    """Issue 22 item 15: a checkpoint's weights are hashed when the predictor loads them, not for every slide;
+    a module the caller passed (and may still train) is hashed each time."""
+    from protoseg.infer import predictor as pred_mod
+    from protoseg.infer.identity import model_sha256
+
+    model = _tiny_checkpoint(tmp_path / "m.pt")
+    p = Predictor(tmp_path / "m.pt", device="cpu")
+    assert p.weights_sha256() == model_sha256(model)
+    monkeypatch.setattr(pred_mod, "model_sha256", lambda m: pytest.fail("hashed again"))
+    assert p.weights_sha256() == model_sha256(model)
+    monkeypatch.undo()
+    q = Predictor(model, classes=CLASSES, mpp=0.5, tile_size=32, device="cpu")
+    before = q.weights_sha256()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert q.weights_sha256() != before

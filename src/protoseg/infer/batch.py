@@ -2,9 +2,10 @@
 
 reader threads (read + decode tiles) -> bounded queue -> batched model (calling thread) ->
 bounded queue -> writer thread (blend, quantise, write chunk, mark it done). Memory is bounded
-by the queues and the strip plan (see ``plan``), not by the slide size. Each finished level-0 chunk
-is recorded in the ``done`` array right after its data, so a killed run restarted with
-``resume=True`` skips finished chunks and ends with the same bytes. Coarse levels are rebuilt
+by the queues and the strip plan (see ``plan``), not by the slide size. Finished level-0 chunks are
+recorded in the ``done`` array after their data, at most ``DONE_INTERVAL_S`` later (and at the end,
+also on errors and cancel), so a killed run restarted with ``resume=True`` skips finished chunks,
+redoes at most that much work, and ends with the same bytes. Coarse levels are rebuilt
 from level 0 at the end (cheap, deterministic).
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 from protoseg.cancel import CancelLike, Progress, check_cancelled
 from protoseg.infer.chunks import DEFAULT_CHUNK, SlideChunks, TissueLike
 from protoseg.infer.errors import OutputError
-from protoseg.infer.identity import differences, model_sha256, slide_identity
+from protoseg.infer.identity import differences, slide_identity
 from protoseg.infer.omezarr import (
     check_arrays,
     check_output_dir,
@@ -88,6 +89,34 @@ def _open_output(out: Path, layout: dict[str, Any], predictor: Predictor, slide:
         _forget_missing_chunks(out)
         return open_prediction(out, mode="r+").group
     return create_prediction_zarr(out, predictor.classes, layout, slide, overwrite=existing)
+
+
+#: Longest time a written chunk waits to be recorded as done (one record write instead of one per chunk).
+DONE_INTERVAL_S = 0.5
+
+
+class _DoneRecord:
+    """The ``done`` resume record kept in memory and written whole at most every ``interval`` seconds and by
+    ``flush``; a chunk is marked only after its data was written, so the record never claims unwritten work.
+    Not thread-safe: callers hold their bookkeeping lock."""
+
+    def __init__(self, array: Any, interval: float = DONE_INTERVAL_S) -> None:
+        self.array, self.interval = array, float(interval)
+        self.marks = np.asarray(array[...]).astype(np.uint8)
+        self._dirty = False
+        self._last = time.monotonic()
+
+    def mark(self, cy: int, cx: int) -> None:
+        self.marks[cy, cx] = 1
+        self._dirty = True
+        if time.monotonic() - self._last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._dirty:
+            self.array[...] = self.marks
+            self._dirty = False
+        self._last = time.monotonic()
 
 
 class _Arrays:
@@ -317,12 +346,13 @@ def predict_slide_to_omezarr(
     layout = SlideChunks(predictor, slide, slide_mpp=slide_mpp, chunk=chunk, tissue_only=tissue_only, tissue=tissue)
     out = Path(out_dir)
     described = layout.describe()
-    described["predictor"]["model_sha256"] = model_sha256(predictor.model)
+    described["predictor"]["model_sha256"] = predictor.weights_sha256()
     file = Path(name) if isinstance(slide_arg, (str, os.PathLike)) else getattr(slide, "path", None)
     described["slide_identity"] = slide_identity(file, layout.geom.reader.read, layout.width, layout.height)
     root = _open_output(out, described, predictor, name, resume, overwrite)
     arrays = _Arrays(root, len(layout.levels), layout.chunk)
-    done = np.asarray(arrays.done[...]).astype(bool)
+    record = _DoneRecord(arrays.done)
+    done = record.marks.astype(bool)
     total = int(done.size)
     counts = {"done": int(done.sum()), "background": 0, "predicted": 0}
     resumed = counts["done"]
@@ -333,33 +363,36 @@ def predict_slide_to_omezarr(
     def mark(cy: int, cx: int, data: ChunkData) -> None:
         arrays.write(0, cy, cx, data)  # its own zarr chunk: writers run this in parallel
         with book:
-            arrays.done[cy, cx] = 1
+            record.mark(cy, cx)
             counts["done"] += 1
             if progress is not None:
                 progress(counts["done"], total)
         check_cancelled(cancel, "whole-slide prediction")
-
-    if progress is not None:
-        progress(counts["done"], total)
-    rows, cols = layout.grid0.shape
-    todo = [(r, c) for r, c in layout.grid0 if not done[r, c]]
-    tissue_chunks = set()
-    for r, c in todo:
-        if layout.has_tissue(r, c):
-            tissue_chunks.add((r, c))
-        else:
-            mark(r, c, layout.background(r, c))
-            counts["background"] += 1
 
     def finish(step: ChunkStep, tiles: dict) -> None:
         mark(*step.chunk, layout.finish(*step.chunk, tiles))
         with book:
             counts["predicted"] += 1
 
-    if tissue_chunks:
-        order = strip_order(rows, cols, strip, include=lambda ch: ch in tissue_chunks)
-        steps = plan_steps(order, layout.tiles_for_chunk, window=strip)
-        _Pipeline(layout, steps, finish, readers, cancel, writers).run()
+    if progress is not None:
+        progress(counts["done"], total)
+    rows, cols = layout.grid0.shape
+    todo = [(r, c) for r, c in layout.grid0 if not done[r, c]]
+    tissue_chunks = set()
+    try:
+        for r, c in todo:
+            if layout.has_tissue(r, c):
+                tissue_chunks.add((r, c))
+            else:
+                mark(r, c, layout.background(r, c))
+                counts["background"] += 1
+        if tissue_chunks:
+            order = strip_order(rows, cols, strip, include=lambda ch: ch in tissue_chunks)
+            steps = plan_steps(order, layout.tiles_for_chunk, window=strip)
+            _Pipeline(layout, steps, finish, readers, cancel, writers).run()
+    finally:  # finished chunks are recorded also when the run fails or is cancelled (resume keeps them)
+        with book:
+            record.flush()
     _build_pyramid(arrays, layout)
     attrs = dict(root.attrs["protoseg"])
     attrs.update(complete=True, pyramid_complete=True)

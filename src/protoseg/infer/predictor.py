@@ -25,6 +25,7 @@ from protoseg.infer.device import amp_dtype as amp_dtype_for
 from protoseg.infer.device import autocast_for, default_batch_size, select_device, to_host
 from protoseg.infer.errors import InferenceError
 from protoseg.infer.grid import Box, PredictionGrid, TileIndex
+from protoseg.infer.identity import model_sha256
 from protoseg.infer.reader import PadMode, RegionReader, SlideLike, open_any, resolve_resolution
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class Predictor:
         from protoseg.models.checkpoint import Checkpoint, load_checkpoint
 
         self.checkpoint_path: str | None = None
+        owns_model = not isinstance(model, nn.Module)  # built here from a checkpoint: nobody else can change it
         if isinstance(model, (str, os.PathLike)):
             self.checkpoint_path = str(Path(model).resolve())
             model = load_checkpoint(model)
@@ -145,6 +147,8 @@ class Predictor:
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # the weights' identity, hashed once when the model is loaded here (not again for every slide)
+        self._weights_sha256 = model_sha256(self.model) if owns_model else None
         fn = getattr(self.model, "predict", None)
         self._call = fn if callable(fn) else self._softmax
         if compile:
@@ -171,6 +175,11 @@ class Predictor:
             "tta": self.tta,
             "checkpoint": self.checkpoint_path,
         }
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the model's weights (``model_sha256``): from loading for a checkpoint this predictor
+        built, recomputed for a module the caller passed (which the caller may still change)."""
+        return self._weights_sha256 or model_sha256(self.model)
 
     # ------------------------------------------------------------------ model calls
     def _softmax(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import numpy as np
 from protoseg.slide.backends import Backend, SlideBackend, _parse_float
 from protoseg.slide.errors import CorruptSlideError, UnsupportedSlideError
 from protoseg.slide.pixels import as_rgb_uint8
+from protoseg.slide.tile_cache import DecodedTileCache
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class TiffFileBackend(SlideBackend):
             raise
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self._lock = threading.Lock()  # only used where os.pread does not exist
+        self.tile_cache = DecodedTileCache()
 
     def _setup(self) -> None:
         tf, path = self._tf, self._path
@@ -174,7 +176,7 @@ class TiffFileBackend(SlideBackend):
         tw, th = int(page.tilewidth), int(page.tilelength)
         ncols = -(-int(page.imagewidth) // tw)
         out = np.empty((h, w, 3), np.uint8)
-        offsets, counts = page.dataoffsets, page.databytecounts
+        counts = page.databytecounts
         for ty in range(ly // th, (ly + h - 1) // th + 1):
             for tx in range(lx // tw, (lx + w - 1) // tw + 1):
                 ax0, ay0 = max(lx, tx * tw), max(ly, ty * th)
@@ -184,21 +186,26 @@ class TiffFileBackend(SlideBackend):
                 if i >= len(counts) or not counts[i]:
                     dst[...] = 255  # sparse TIFF: a missing tile is background
                     continue
-                try:
-                    tile = page.decode(self._bytes(offsets[i], counts[i]), i, jpegtables=page.jpegtables)[0]
-                except Exception as exc:
-                    raise CorruptSlideError(
-                        f"{self._path} is damaged (tile {i} of level {level}: {exc}); re-export or re-download it"
-                    ) from exc
-                if tile is None:
-                    raise CorruptSlideError(f"{self._path}: tile {i} of level {level} could not be decoded")
-                tile = tile.reshape(th, tw, -1)
+                tile = self.tile_cache.get_or_decode((level, i), self._decode, page, level, i)
                 src = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
                 if src.shape[2] == 3:
                     dst[...] = src
                 else:
                     dst[...] = as_rgb_uint8(np.ascontiguousarray(src))
         return out
+
+    def _decode(self, page: Any, level: int, i: int) -> np.ndarray:
+        """Native tile ``i`` of ``level`` as (th, tw, samples) uint8; CorruptSlideError naming the file."""
+        offsets, counts = page.dataoffsets, page.databytecounts
+        try:
+            tile = page.decode(self._bytes(offsets[i], counts[i]), i, jpegtables=page.jpegtables)[0]
+        except Exception as exc:
+            raise CorruptSlideError(
+                f"{self._path} is damaged (tile {i} of level {level}: {exc}); re-export or re-download it"
+            ) from exc
+        if tile is None:
+            raise CorruptSlideError(f"{self._path}: tile {i} of level {level} could not be decoded")
+        return tile.reshape(int(page.tilelength), int(page.tilewidth), -1)
 
     def associated(self, name: str) -> np.ndarray:
         try:
@@ -209,6 +216,7 @@ class TiffFileBackend(SlideBackend):
             raise CorruptSlideError(f"associated image {name!r} of {self._path} is damaged: {exc}") from exc
 
     def close(self) -> None:
+        self.tile_cache.clear()
         try:
             os.close(self._fd)
         except OSError:
