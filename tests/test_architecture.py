@@ -13,6 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "protoseg"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "classes": 0,
+    "cam_norm": 0,
     "cancel": 0,
     "lazy": 0,
     "runtime": 0,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from protoseg.cam_norm import CamNorm
 from protoseg.classes import IGNORE_INDEX
 
 #: Stage fusion weights of PBIP for stages 2, 3 and 4.
@@ -26,6 +27,24 @@ def normalize_cams(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     lo = flat.min(dim=2).values[..., None, None]
     hi = flat.max(dim=2).values[..., None, None]
     return (cam - lo) / (hi - lo + eps)
+
+
+def normalize_cams_joint(maps: torch.Tensor, keep: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """ReLU, zero for classes not in ``keep`` (B, C), then divided by the image's largest value over the kept
+    classes: the argmax between classes is the raw CAM's (per-class min-max lets a class that is weak
+    everywhere still reach 1 and take pixels from a strong one)."""
+    cam = F.relu(maps)
+    if keep is not None:
+        cam = cam * keep.to(cam.dtype)[:, :, None, None]
+    hi = cam.flatten(1).max(dim=1).values[:, None, None, None]
+    return cam / (hi + eps)
+
+
+def scale_cams(maps: torch.Tensor, norm: CamNorm | str, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``normalize_cams`` (PER_CLASS) or ``normalize_cams_joint`` over the ``keep`` classes (JOINT)."""
+    if CamNorm(norm) is CamNorm.JOINT:
+        return normalize_cams_joint(maps, keep)
+    return normalize_cams(maps)
 
 
 def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

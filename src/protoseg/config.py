@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from protoseg.cam_norm import CamNorm
 from protoseg.config_compat import STAGE1_RENAMED, drop_removed, upgrade_keys
 from protoseg.config_overrides import override_mapping
 from protoseg.config_ranges import check_ranges
@@ -190,6 +191,9 @@ class Stage1Config:
     stage_weights: tuple[float, ...] = (0.0, 0.1, 1.0, 1.0)
     fusion_weights: tuple[float, ...] = (0.3, 0.3, 0.4)
     score_gate: float = 0.8
+    # label-free prediction: CAMs of the kept classes on one scale (joint: the classifier's own ranking between
+    # classes) or each min-max to [0, 1] (per_class, the pseudo-mask rule); docs/interfaces.md
+    label_free_cams: CamNorm = CamNorm.JOINT
     cls_weight: float = 1.0
     cam_area_weight: float = 0.0
     delta: float = 0.5  # adaptive CAM mask threshold for the FG/BG images (similarity and plim)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protoseg import cams as cam_ops
+from protoseg.cam_norm import CamNorm
 from protoseg.models.backbone import WeightsInfo, build_backbone
 from protoseg.models.heads import BankPrototypes, FpnPixelDecoder, LearnablePrototypes, PrototypeProjector
 from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -60,9 +61,12 @@ class ClassNetConfig:
     img_size: int | None = None
     output_stride: int = 32  # stage-4 stride; 16 as in PBIP (the run config's model.output_stride default)
     pixel_decoder_dim: int = 0  # > 0: an FPN pixel decoder over stages 2-4 gives training embeddings (PSCL)
+    # how label-free prediction scales CAMs before the kept classes compete (pseudo-masks: stage1.pseudo)
+    free_cams: CamNorm = CamNorm.JOINT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "head", HeadKind(self.head))
+        object.__setattr__(self, "free_cams", CamNorm(self.free_cams))
         for name in ("stage_weights", "fusion_weights", "mean", "std"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         if len(self.stage_weights) != 4:
@@ -198,16 +202,16 @@ class ClassNet(nn.Module):
         size: tuple[int, int],
         labels: torch.Tensor | None = None,
         score_gate: bool = False,
+        norm: CamNorm | str = CamNorm.PER_CLASS,
     ) -> torch.Tensor:
-        """Normalised (ReLU + min-max) stage CAMs fused at ``size``; label-gated when ``labels``
-        are given, else gated by ``class_gate`` (image scores) when ``score_gate``."""
-        stage_cams = [cam_ops.normalize_cams(m) for m in out.maps]
+        """Normalised stage CAMs (``norm``: per-class min-max, or one scale for the gated classes) fused at
+        ``size``; label-gated when ``labels`` are given, else gated by ``class_gate`` when ``score_gate``."""
+        keep = labels if labels is not None else self.class_gate(out.logits[-1]) if score_gate else None
+        stage_cams = [cam_ops.scale_cams(m, norm, keep) for m in out.maps]
         fused = cam_ops.fuse_cams(stage_cams, self.fusion_weights(), size)
-        if labels is not None:
-            return cam_ops.label_gate(fused, labels)
-        if score_gate:
-            return fused * self.class_gate(out.logits[-1]).to(fused.dtype)[:, :, None, None]
-        return fused
+        if keep is None:
+            return fused
+        return cam_ops.label_gate(fused, keep)
 
     def gate_thresholds(self) -> tuple[float, ...]:
         """Per-class label-free gate: the calibrated ``class_thresholds``, else ``score_threshold`` for all."""
@@ -244,7 +248,7 @@ class ClassNet(nn.Module):
         """``predict``'s scores (B, C+1, H, W) from an eval-mode forward ``out`` of the images ``x``."""
         scores = cam_ops.class_scores(out.logits[-1])  # (B, C) sigmoid
         keep = self.class_gate(out.logits[-1])
-        fused = self.fused_cams(out, tuple(x.shape[-2:])) * keep[:, :, None, None].to(scores.dtype)
+        fused = self.fused_cams(out, tuple(x.shape[-2:]), score_gate=True, norm=self.config.free_cams)
         # ties (e.g. every CAM 0 at its min-max minimum) go to the kept class with the higher image score
         fused = (fused + 1e-3 * (keep * scores)[:, :, None, None]).clamp(0, 1)
         glass = cam_ops.glass_background(x).to(fused.dtype)[:, None]

@@ -56,6 +56,7 @@ def classnet_config(cfg: ProtosegConfig, num_classes: int, proto_dim: int, k: in
         stage_weights=cfg.stage1.stage_weights,
         fusion_weights=cfg.stage1.fusion_weights,
         score_threshold=cfg.stage1.score_gate,
+        free_cams=cfg.stage1.label_free_cams,
         img_size=cfg.data.patch_size if cfg.model.backbone.startswith(("swin", "vit")) else None,
         output_stride=cfg.model.output_stride,
         pixel_decoder_dim=decoder_dim,
