@@ -2,10 +2,11 @@
 
 Weights (``model.weights`` / ``stage2.weights``): ``"auto"`` takes timm's ImageNet weights from the
 local cache or a download and falls back to random init with one warning; ``"hub"`` insists on them;
-a path loads a local file; None (or ``"random"``) is random init. ``output_stride=16`` keeps stage 4
-at stride 16 (PBIP's MiT strides 4/2/2/1): stride 1 in the last downsample of ``pvt_v2_*``, timm's
-dilated ``output_stride`` elsewhere. Inside ``weights_from_checkpoint(source)`` (a trained model being
-rebuilt) a backbone says it takes the checkpoint's weights instead of logging random init.
+a path loads a local file; None (or ``"random"``) is random init. ``hf-hub:org/repo`` backbones: see
+``backbone_hub``. ``output_stride=16`` keeps stage 4 at stride 16 (PBIP's MiT strides 4/2/2/1): stride 1
+in the last downsample of ``pvt_v2_*``, timm's dilated ``output_stride`` elsewhere. Inside
+``weights_from_checkpoint(source)`` (a trained model being rebuilt) a backbone says it takes the
+checkpoint's weights instead of logging random init.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from protoseg.errors import ProtosegError
+from protoseg.models.encoders.sources import HUB_PREFIX, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "model.", "backbone.", "encoder
 #: Names of classifier heads in timm models; their keys are dropped from local checkpoints.
 _HEAD_PREFIXES: tuple[str, ...] = ("head.", "fc.", "classifier.", "head_dist.", "last_linear.")
 #: File names timm stores on the Hugging Face hub, in the order timm tries them.
-_HF_FILENAMES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+HF_FILENAMES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
 
 
 #: Checkpoint whose weights the backbones built now will receive (set by ``weights_from_checkpoint``).
@@ -90,6 +92,7 @@ class WeightsInfo:
     kind: WeightsKind
     backbone: str
     source: str = ""  #: cache file, hub id or local file; empty for random init
+    architecture: str = ""  #: the timm architecture an ``hf-hub:`` backbone resolved to (its config.json)
 
     @property
     def pretrained(self) -> bool:
@@ -98,14 +101,15 @@ class WeightsInfo:
 
     def describe(self) -> str:
         """E.g. "pvt_v2_b1: ImageNet weights (local cache)" or "...: random init (no ImageNet weights found)"."""
+        pretrained = "hub weights" if self.architecture else "ImageNet weights"
         text = {
             WeightsKind.RANDOM: "random init",
-            WeightsKind.FALLBACK: "random init (no ImageNet weights found)",
-            WeightsKind.CACHE: "ImageNet weights (local cache)",
-            WeightsKind.DOWNLOAD: "ImageNet weights (downloaded)",
+            WeightsKind.FALLBACK: f"random init (no {pretrained} found)",
+            WeightsKind.CACHE: f"{pretrained} (local cache)",
+            WeightsKind.DOWNLOAD: f"{pretrained} (downloaded)",
             WeightsKind.FILE: f"weights from {Path(self.source).name}",
         }[self.kind]
-        return f"{self.backbone}: {text}"
+        return f"{self.backbone}{f' ({self.architecture})' if self.architecture else ''}: {text}"
 
 
 class Backbone(nn.Module):
@@ -156,7 +160,7 @@ def cached_pretrained_file(name: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
 
         repo, _, revision = cfg.hf_hub_id.partition("@")
-        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HF_FILENAMES
+        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILENAMES
         for filename in names:
             hit = try_to_load_from_cache(repo, filename, revision=revision or None)
             if isinstance(hit, str) and Path(hit).is_file():
@@ -187,6 +191,10 @@ def planned_weights(name: str, weights: str | None) -> WeightsInfo:
     """What ``build_backbone(name, weights)`` will use, without building it or touching the network:
     for ``auto``, CACHE when the weights are cached, DOWNLOAD when a download will be tried (it may still
     fall back), FALLBACK when offline."""
+    if name.strip().startswith(HUB_PREFIX):
+        from protoseg.models.backbone_hub import planned_hub_weights
+
+        return planned_hub_weights(name, weights)
     if is_random(weights):
         return WeightsInfo(WeightsKind.RANDOM, name)
     if weights in (AUTO_WEIGHTS, HUB_WEIGHTS):
@@ -222,12 +230,12 @@ def _weights_hint(name: str) -> str:
     )
 
 
-def _create(name: str, pretrained: bool, output_stride: int, kwargs: dict[str, Any]) -> nn.Module:
-    """``timm.create_model`` with protoseg's error messages; stride 16 via ``output_stride`` except pvt_v2."""
+def _create(name: str, pretrained: bool, output_stride: int, kwargs: dict[str, Any], arch: str = "") -> nn.Module:
+    """``timm.create_model`` with protoseg's messages; stride 16 via ``output_stride`` except pvt_v2 (``arch``)."""
     import timm
 
     extra = dict(kwargs)
-    if output_stride != 32 and not name.startswith("pvt_v2"):
+    if output_stride != 32 and not (arch or name).startswith("pvt_v2"):
         extra["output_stride"] = output_stride
     try:
         return timm.create_model(name, pretrained=pretrained, **extra)
@@ -281,31 +289,36 @@ def build_backbone(
     if output_stride not in OUTPUT_STRIDES:
         raise BackboneError(f"model.output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
     kwargs = dict(features_only=True, out_indices=(-4, -3, -2, -1), in_chans=in_chans, **timm_kwargs)
-    info, file = planned_weights(name, weights), None
-    if info.kind is WeightsKind.CACHE:
+    target = random_target = arch = name
+    if name.strip().startswith(HUB_PREFIX):
+        from protoseg.models.backbone_hub import plan_hub_backbone
+
+        plan = plan_hub_backbone(name, weights, from_checkpoint=_CHECKPOINT_SOURCE.get() is not None)
+        info, target, random_target, arch = plan.info, plan.timm_name, plan.random_name, plan.model.architecture
+    elif (info := planned_weights(name, weights)).kind is WeightsKind.CACHE:
         kwargs["pretrained_cfg_overlay"] = {"file": info.source}
     elif info.kind is WeightsKind.DOWNLOAD and weights == AUTO_WEIGHTS and not hub_reachable():
         info = WeightsInfo(WeightsKind.FALLBACK, name)
-    elif info.kind is WeightsKind.FILE:
-        file = str(weights)
+    file = str(weights) if info.kind is WeightsKind.FILE else None
     pretrained = info.kind in (WeightsKind.CACHE, WeightsKind.DOWNLOAD)
     try:
-        model = _create(name, pretrained, output_stride, kwargs)
+        model = _create(target, pretrained, output_stride, kwargs, arch)
     except WeightsError as exc:
         if weights != AUTO_WEIGHTS:
             raise
         logger.debug("auto weights for %s: %s", name, exc)
         kwargs.pop("pretrained_cfg_overlay", None)
-        model, info = _create(name, False, output_stride, kwargs), WeightsInfo(WeightsKind.FALLBACK, name)
+        model = _create(random_target, False, output_stride, kwargs, arch)
+        info = WeightsInfo(WeightsKind.FALLBACK, name, "", info.architecture)
     expected = (*EXPECTED_REDUCTIONS[:-1], output_stride)
     reductions = None
-    if output_stride != 32 and name.startswith("pvt_v2"):
+    if output_stride != 32 and arch.startswith("pvt_v2"):
         _stage4_stride_one(model, name)
         reductions = expected
-    backbone = Backbone(model, name, reductions)
+    backbone, shown = Backbone(model, name, reductions), name if arch == name else f"{name} ({arch})"
     if backbone.reductions != expected:
         raise BackboneError(
-            f"timm model {name!r} gives feature strides {backbone.reductions}, protoseg needs "
+            f"timm model {shown!r} gives feature strides {backbone.reductions}, protoseg needs "
             f"{expected}; choose a hierarchical backbone (pvt_v2, resnet, convnext, swin)"
         )
     if file is not None:
@@ -313,12 +326,10 @@ def build_backbone(
     backbone.weights_info = info
     checkpoint = _CHECKPOINT_SOURCE.get()
     if checkpoint is not None and info.kind is WeightsKind.RANDOM:
-        backbone.weights_info = WeightsInfo(WeightsKind.FILE, name, checkpoint)
+        backbone.weights_info = WeightsInfo(WeightsKind.FILE, name, checkpoint, info.architecture)
         logger.info("backbone %s: weights from the %s", name, checkpoint)
     elif info.kind is WeightsKind.FALLBACK:
-        logger.warning(
-            "backbone %s: no ImageNet weights in the local cache or online; random init (%s)", name, _weights_hint(name)
-        )
+        logger.warning("backbone %s: no pretrained weights cached/online, random init (%s)", name, _weights_hint(name))
     elif info.kind is WeightsKind.RANDOM:
         logger.info("backbone %s: random init; set model.weights to 'auto' or a local file for pretrained", name)
     elif pretrained:
@@ -328,8 +339,8 @@ def build_backbone(
 
 def _hub_error(name: str, exc: BaseException) -> WeightsError:
     return WeightsError(
-        f"could not get pretrained weights for {name!r} from the timm hub ({type(exc).__name__}: "
-        f"{exc}); set model.weights to 'auto' (falls back to random init), a local weights file "
+        f"could not get pretrained weights for {name!r} from the timm hub ({one_line(exc)}); set model.weights "
+        "to 'auto' (falls back to random init), a local weights file "
         "(.safetensors/.pth) or null for random init"
     )
 

@@ -128,17 +128,24 @@ def hub_offline_reason() -> str | None:
     return None
 
 
-def hub_missing_error(hub_id: str, why: str, setting: str = PRETRAINED_SETTING) -> EncoderWeightsError:
-    """One line: ``hub_id`` is not cached (naming the cache folder) and why it was not downloaded, and what
-    to copy where: the repo's cache folder into this cache, or a downloaded folder set as the weights."""
+def hub_missing_message(hub_id: str, why: str) -> str:
+    """One line: ``hub_id`` is not cached (naming the cache folder), why it was not downloaded, and how to copy
+    the repo's cache folder into this cache; callers append their own alternative."""
     repo, _ = hub_repo(hub_id)
     cache, folder = hub_cache_dir(), hub_cache_folder_name(repo)
-    local = repo.rsplit("/", 1)[-1]
-    return EncoderWeightsError(
+    return (
         f"{hub_id} is not in the local Hugging Face cache {cache} (no {folder}/snapshots there) and {why}. "
         f"On a connected machine run `hf download {repo}` (older clients: `huggingface-cli download {repo}`) "
-        f"and copy ~/.cache/huggingface/hub/{folder} into {cache}; or run `hf download {repo} --local-dir "
-        f"{local}`, copy that folder here and set `{setting}` ({WEIGHTS_ELSEWHERE}) to its path"
+        f"and copy ~/.cache/huggingface/hub/{folder} into {cache}"
+    )
+
+
+def hub_missing_error(hub_id: str, why: str, setting: str = PRETRAINED_SETTING) -> EncoderWeightsError:
+    """``hub_missing_message`` plus the encoder's alternative: a downloaded folder set as the weights."""
+    repo, _ = hub_repo(hub_id)
+    return EncoderWeightsError(
+        f"{hub_missing_message(hub_id, why)}; or run `hf download {repo} --local-dir {repo.rsplit('/', 1)[-1]}`, "
+        f"copy that folder here and set `{setting}` ({WEIGHTS_ELSEWHERE}) to its path"
     )
 
 
