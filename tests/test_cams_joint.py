@@ -76,3 +76,21 @@ def test_config_key_reaches_the_checkpoint_and_old_checkpoints_use_joint(tmp_pat
     old.pop("free_cams")  # written before the setting existed
     path = save_checkpoint(Checkpoint(Stage.STAGE1, old, net.state_dict(), spec), tmp_path / "old.pt")
     assert load_checkpoint(path).build_model().config.free_cams is CamNorm.JOINT
+
+
+def test_pseudo_masks_use_stage1_pseudo_cams_and_default_to_the_paper_rule(monkeypatch) -> None:
+    """Label-gated pseudo-masks: PBIP's per-class min-max by default; ``stage1.pseudo.cams=joint`` ranks the
+    labelled classes on one scale (the weak class no longer takes the right half)."""
+    from protoseg.train.evaluation import pseudo_masks
+
+    net = _net(CamNorm.JOINT)
+    maps = torch.nn.functional.interpolate(_two_class_maps(), size=(2, 2), mode="area")
+    monkeypatch.setattr(ClassNet, "forward", lambda self, x, merge=None: ClassNetOutput([torch.zeros(1, 2)], [maps]))
+    x = torch.rand(1, 3, 64, 64) * 0.5  # dark: no glass
+    both = torch.tensor([[1.0, 1.0]])
+    paper = load_config(None, [])
+    assert paper.stage1.pseudo.cams is CamNorm.PER_CLASS
+    mask, _ = pseudo_masks(net, x, both, paper)
+    assert bool((mask[..., 48:] == 1).all()) and bool((mask[..., :16] == 0).all())
+    mask, _ = pseudo_masks(net, x, both, load_config(None, ["stage1.pseudo.cams=joint"]))
+    assert bool((mask == 0).all())

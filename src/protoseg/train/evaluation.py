@@ -129,7 +129,10 @@ def pseudo_masks(
     uncertain pixels 255, background C only where the glass detector finds glass. Confidence:
     the max CAM on tissue pixels, 1 on glass (the detector is sure), 0 on ignored pixels.
     """
-    return pseudo_masks_from_cams(net.cams(images, labels=labels), images, cfg)
+    out = net(images)
+    size = tuple(images.shape[-2:])
+    cams = net.fused_cams(out, size, labels=labels, score_gate=labels is None, norm=cfg.stage1.pseudo.cams)
+    return pseudo_masks_from_cams(cams, images, cfg)
 
 
 def pseudo_masks_from_cams(
@@ -188,7 +191,8 @@ def evaluate_stage1(
         for batch in loader:
             x = batch["image"].to(device)
             out = net(x)
-            cams = net.fused_cams(out, tuple(x.shape[-2:]), labels=batch["label"].to(device))
+            labels = batch["label"].to(device)
+            cams = net.fused_cams(out, tuple(x.shape[-2:]), labels=labels, norm=cfg.stage1.pseudo.cams)
             pseudo, _ = pseudo_masks_from_cams(cams, x, cfg)
             mask = batch["mask"].numpy()
             gated.update(pseudo.cpu().numpy(), apply_protocol(mask, Protocol.PBIP, classes.background_index))

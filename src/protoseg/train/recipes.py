@@ -142,7 +142,7 @@ class Stage1Objective:
         emb = out.embeddings if out.embeddings is not None else out.features[min(PSCL_STAGE, len(out.features) - 1)]
         size = tuple(emb.shape[-2:])
         with torch.no_grad():
-            fused = net.fused_cams(out, size, labels=y).detach()
+            fused = net.fused_cams(out, size, labels=y, norm=self.cfg.stage1.pseudo.cams).detach()
             bg = background_mask(x, pseudo)  # the pseudo-mask background rule (glass detector)
             if bg is not None:
                 bg = F.interpolate(bg[:, None].float(), size=size, mode="area")[:, 0] > 0.5
