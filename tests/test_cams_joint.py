@@ -78,9 +78,9 @@ def test_config_key_reaches_the_checkpoint_and_old_checkpoints_use_joint(tmp_pat
     assert load_checkpoint(path).build_model().config.free_cams is CamNorm.JOINT
 
 
-def test_pseudo_masks_use_stage1_pseudo_cams_and_default_to_the_paper_rule(monkeypatch) -> None:
-    """Label-gated pseudo-masks: PBIP's per-class min-max by default; ``stage1.pseudo.cams=joint`` ranks the
-    labelled classes on one scale (the weak class no longer takes the right half)."""
+def test_pseudo_masks_use_stage1_pseudo_cams_joint_by_default_and_per_class_on_request(monkeypatch) -> None:
+    """Label-gated pseudo-masks rank the labelled classes on one scale by default (the weak class does not take
+    the right half); ``stage1.pseudo.cams=per_class`` gives PBIP's per-class min-max rule."""
     from protoseg.train.evaluation import pseudo_masks
 
     net = _net(CamNorm.JOINT)
@@ -88,9 +88,9 @@ def test_pseudo_masks_use_stage1_pseudo_cams_and_default_to_the_paper_rule(monke
     monkeypatch.setattr(ClassNet, "forward", lambda self, x, merge=None: ClassNetOutput([torch.zeros(1, 2)], [maps]))
     x = torch.rand(1, 3, 64, 64) * 0.5  # dark: no glass
     both = torch.tensor([[1.0, 1.0]])
-    paper = load_config(None, [])
-    assert paper.stage1.pseudo.cams is CamNorm.PER_CLASS
-    mask, _ = pseudo_masks(net, x, both, paper)
-    assert bool((mask[..., 48:] == 1).all()) and bool((mask[..., :16] == 0).all())
-    mask, _ = pseudo_masks(net, x, both, load_config(None, ["stage1.pseudo.cams=joint"]))
+    default = load_config(None, [])
+    assert default.stage1.pseudo.cams is CamNorm.JOINT
+    mask, _ = pseudo_masks(net, x, both, default)
     assert bool((mask == 0).all())
+    mask, _ = pseudo_masks(net, x, both, load_config(None, ["stage1.pseudo.cams=per_class"]))
+    assert bool((mask[..., 48:] == 1).all()) and bool((mask[..., :16] == 0).all())
