@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ import numpy as np
 
 from protoseg.slide.backends import Backend, SlideBackend, _parse_float
 from protoseg.slide.errors import CorruptSlideError, UnsupportedSlideError
+from protoseg.slide.lazy_pyramid import ChunkCache
 from protoseg.slide.pixels import as_rgb_uint8
-from protoseg.slide.tile_cache import DecodedTileCache
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 DIRECT_COMPRESSIONS = frozenset({1, 5, 7, 8, 32946, 50000, 50001, 34887, 34925})
 #: JPEG 2000 variants (Aperio 33003/33005, generic 34712): openslide decodes these ~2x faster
 JPEG2000_COMPRESSIONS = frozenset({33003, 33004, 33005, 34712})
+#: Decoded native tiles kept per open slide, as openslide's own tile cache.
+DECODED_TILE_BYTES = 32 << 20
 _UNIT_UM = {2: 25_400.0, 3: 10_000.0}  # ResolutionUnit INCH / CENTIMETER -> micrometres
 
 
@@ -120,7 +123,8 @@ class TiffFileBackend(SlideBackend):
             raise
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self._lock = threading.Lock()  # only used where os.pread does not exist
-        self.tile_cache = DecodedTileCache()
+        # overlapping region reads (model tiles rarely align with 256-px JPEG tiles) decode each tile once
+        self.tile_cache = ChunkCache(DECODED_TILE_BYTES)
 
     def _setup(self) -> None:
         tf, path = self._tf, self._path
@@ -186,7 +190,7 @@ class TiffFileBackend(SlideBackend):
                 if i >= len(counts) or not counts[i]:
                     dst[...] = 255  # sparse TIFF: a missing tile is background
                     continue
-                tile = self.tile_cache.get_or_decode((level, i), self._decode, page, level, i)
+                tile = self.tile_cache.get((level, i), partial(self._decode, page, level, i))
                 src = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
                 if src.shape[2] == 3:
                     dst[...] = src
@@ -216,7 +220,7 @@ class TiffFileBackend(SlideBackend):
             raise CorruptSlideError(f"associated image {name!r} of {self._path} is damaged: {exc}") from exc
 
     def close(self) -> None:
-        self.tile_cache.clear()
+        self.tile_cache = ChunkCache(0)  # frees the decoded tiles
         try:
             os.close(self._fd)
         except OSError:
