@@ -279,22 +279,22 @@ def test_cpu_defaults_keep_the_measured_fast_path():
 def test_done_record_is_written_in_batches_and_never_claims_unwritten_chunks(tmp_path, monkeypatch):
     """Issue 22 item 15: the resume record is written at most every DONE_INTERVAL_S (one zarr write, not one
     per chunk); a chunk is marked only after its data, and everything marked is written by ``flush``."""
-    from protoseg.infer import batch
+    from protoseg.infer.done_record import DoneRecord
 
     stored = np.zeros((2, 3), np.uint8)
-    record = batch._DoneRecord(stored, interval=3600.0)
+    record = DoneRecord(stored, interval=3600.0)
     record.mark(0, 1)
     record.mark(1, 2)
     assert not stored.any()  # not yet written: a kill now loses these two chunks' work, never claims more
     record.flush()
     assert stored.tolist() == [[0, 1, 0], [0, 0, 1]]
-    eager = batch._DoneRecord(stored, interval=0.0)
+    eager = DoneRecord(stored, interval=0.0)
     eager.mark(1, 0)
     assert stored[1, 0] == 1
 
     writes = []
-    flush = batch._DoneRecord.flush
-    monkeypatch.setattr(batch._DoneRecord, "flush", lambda self: writes.append(int(self._dirty)) or flush(self))
+    flush = DoneRecord.flush
+    monkeypatch.setattr(DoneRecord, "flush", lambda self: writes.append(int(self._dirty)) or flush(self))
     slide, _model, p = _setup()
     res = predict_slide_to_omezarr(p, slide, tmp_path / "b.zarr", chunk=48, tissue_only=False)
     assert res.chunks_predicted == 20 and sum(writes) < 20  # far fewer record writes than chunks

@@ -3,7 +3,7 @@
 reader threads (read + decode tiles) -> bounded queue -> batched model (calling thread) ->
 bounded queue -> writer thread (blend, quantise, write chunk, mark it done). Memory is bounded
 by the queues and the strip plan (see ``plan``), not by the slide size. Finished level-0 chunks are
-recorded in the ``done`` array after their data, at most ``DONE_INTERVAL_S`` later (and at the end,
+recorded in the ``done`` array after their data, at most ``done_record.DONE_INTERVAL_S`` later (and at the end,
 also on errors and cancel), so a killed run restarted with ``resume=True`` skips finished chunks,
 redoes at most that much work, and ends with the same bytes. Coarse levels are rebuilt
 from level 0 at the end (cheap, deterministic).
@@ -25,6 +25,7 @@ import numpy as np
 
 from protoseg.cancel import CancelLike, Progress, check_cancelled
 from protoseg.infer.chunks import DEFAULT_CHUNK, SlideChunks, TissueLike
+from protoseg.infer.done_record import DoneRecord
 from protoseg.infer.errors import OutputError
 from protoseg.infer.identity import differences, slide_identity
 from protoseg.infer.omezarr import (
@@ -89,34 +90,6 @@ def _open_output(out: Path, layout: dict[str, Any], predictor: Predictor, slide:
         _forget_missing_chunks(out)
         return open_prediction(out, mode="r+").group
     return create_prediction_zarr(out, predictor.classes, layout, slide, overwrite=existing)
-
-
-#: Longest time a written chunk waits to be recorded as done (one record write instead of one per chunk).
-DONE_INTERVAL_S = 0.5
-
-
-class _DoneRecord:
-    """The ``done`` resume record kept in memory and written whole at most every ``interval`` seconds and by
-    ``flush``; a chunk is marked only after its data was written, so the record never claims unwritten work.
-    Not thread-safe: callers hold their bookkeeping lock."""
-
-    def __init__(self, array: Any, interval: float = DONE_INTERVAL_S) -> None:
-        self.array, self.interval = array, float(interval)
-        self.marks = np.asarray(array[...]).astype(np.uint8)
-        self._dirty = False
-        self._last = time.monotonic()
-
-    def mark(self, cy: int, cx: int) -> None:
-        self.marks[cy, cx] = 1
-        self._dirty = True
-        if time.monotonic() - self._last >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._dirty:
-            self.array[...] = self.marks
-            self._dirty = False
-        self._last = time.monotonic()
 
 
 class _Arrays:
@@ -351,7 +324,7 @@ def predict_slide_to_omezarr(
     described["slide_identity"] = slide_identity(file, layout.geom.reader.read, layout.width, layout.height)
     root = _open_output(out, described, predictor, name, resume, overwrite)
     arrays = _Arrays(root, len(layout.levels), layout.chunk)
-    record = _DoneRecord(arrays.done)
+    record = DoneRecord(arrays.done)
     done = record.marks.astype(bool)
     total = int(done.size)
     counts = {"done": int(done.sum()), "background": 0, "predicted": 0}

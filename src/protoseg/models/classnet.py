@@ -248,7 +248,7 @@ class ClassNet(nn.Module):
         """``predict``'s scores (B, C+1, H, W) from an eval-mode forward ``out`` of the images ``x``."""
         scores = cam_ops.class_scores(out.logits[-1])  # (B, C) sigmoid
         keep = self.class_gate(out.logits[-1])
-        fused = self.fused_cams(out, tuple(x.shape[-2:]), score_gate=True, norm=self.config.free_cams)
+        fused = self.fused_cams(out, tuple(x.shape[-2:]), labels=keep, norm=self.config.free_cams)  # gate as labels
         # ties (e.g. every CAM 0 at its min-max minimum) go to the kept class with the higher image score
         fused = (fused + 1e-3 * (keep * scores)[:, :, None, None]).clamp(0, 1)
         glass = cam_ops.glass_background(x).to(fused.dtype)[:, None]

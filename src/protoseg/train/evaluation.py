@@ -18,7 +18,7 @@ from protoseg.config import ProtosegConfig, PseudoLabelConfig
 from protoseg.data.datasets import PatchDataset
 from protoseg.data.errors import DataError
 from protoseg.metrics import ConfusionMatrix, Protocol, SegMetrics, apply_protocol
-from protoseg.models.classnet import ClassNet, eval_mode
+from protoseg.models.classnet import ClassNet, ClassNetOutput, eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -129,17 +129,16 @@ def pseudo_masks(
     uncertain pixels 255, background C only where the glass detector finds glass. Confidence:
     the max CAM on tissue pixels, 1 on glass (the detector is sure), 0 on ignored pixels.
     """
-    out = net(images)
-    size = tuple(images.shape[-2:])
-    cams = net.fused_cams(out, size, labels=labels, score_gate=labels is None, norm=cfg.stage1.pseudo.cams)
-    return pseudo_masks_from_cams(cams, images, cfg)
+    return pseudo_masks_from_output(net, net(images), images, labels, cfg)
 
 
-def pseudo_masks_from_cams(
-    cams: torch.Tensor, images: torch.Tensor, cfg: ProtosegConfig
+def pseudo_masks_from_output(
+    net: ClassNet, out: ClassNetOutput, images: torch.Tensor, labels: torch.Tensor | None, cfg: ProtosegConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``pseudo_masks`` from gated fused CAMs (B, C, H, W) of ``images`` already computed."""
+    """``pseudo_masks`` from a forward pass ``out`` of ``images`` already computed (``stage1.pseudo`` rules)."""
     rules = cfg.stage1.pseudo
+    size = tuple(images.shape[-2:])
+    cams = net.fused_cams(out, size, labels=labels, score_gate=labels is None, norm=rules.cams)
     bg = background_mask(images, rules)
     mask = cam_ops.pseudo_labels(cams, bg, rules.ignore_below, rules.tie_margin)
     conf = cam_ops.confidence(cams).clamp(0, 1)
@@ -191,9 +190,7 @@ def evaluate_stage1(
         for batch in loader:
             x = batch["image"].to(device)
             out = net(x)
-            labels = batch["label"].to(device)
-            cams = net.fused_cams(out, tuple(x.shape[-2:]), labels=labels, norm=cfg.stage1.pseudo.cams)
-            pseudo, _ = pseudo_masks_from_cams(cams, x, cfg)
+            pseudo, _ = pseudo_masks_from_output(net, out, x, batch["label"].to(device), cfg)
             mask = batch["mask"].numpy()
             gated.update(pseudo.cpu().numpy(), apply_protocol(mask, Protocol.PBIP, classes.background_index))
             pred = net.label_free_scores(out, x).argmax(1).cpu().numpy()
