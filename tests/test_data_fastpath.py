@@ -3,7 +3,11 @@ augmentation (and batched on the device), DataLoader worker defaults from the ma
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +17,7 @@ from PIL import Image
 import protoseg.data.datasets as datasets
 from protoseg.classes import ClassSpec
 from protoseg.data.augment import HEDJitter, hed_to_rgb, rgb_to_hed
-from protoseg.data.cache import CacheMode, DecodedCache
+from protoseg.data.cache import CacheMode, DecodedCache, sweep_stale_scratch
 from protoseg.data.datasets import PatchDataset
 from protoseg.data.records import PatchRecord
 from protoseg.runtime import default_num_workers, resolve_num_workers
@@ -90,3 +94,17 @@ def test_num_workers_defaults_from_the_machine(monkeypatch) -> None:
     assert default_num_workers("cuda") == 8 and default_num_workers("cpu") == 4
     assert default_num_workers("cuda", world_size=4) == 3  # torchrun: the cores are shared by the ranks
     assert resolve_num_workers(None, "cuda") == 8 and resolve_num_workers(0, "cuda") == 0
+
+
+def test_scratch_left_by_a_killed_run_is_swept_and_a_live_one_kept(tmp_path: Path) -> None:
+    """A cancelled training child is killed before its finalizer runs: the next cache deletes its folder."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f"protoseg-patches-{dead_pid}-abc"
+    live = tmp_path / f"protoseg-patches-{os.getpid()}-def"
+    other = tmp_path / "protoseg-patchesXY"  # not our naming: never touched
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "pixels.npy").write_bytes(b"x")
+    assert sweep_stale_scratch(str(tmp_path)) == 1
+    assert not stale.exists() and live.exists() and other.exists()

@@ -25,6 +25,41 @@ logger = logging.getLogger(__name__)
 MAX_CACHE_BYTES = 8 << 30
 
 
+#: scratch folders are named ``protoseg-patches-<pid>-<random>`` so a later run can tell whose they are
+_SCRATCH_PREFIX = "protoseg-patches-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def sweep_stale_scratch(root: str | None = None) -> int:
+    """Delete scratch folders left by killed runs (their creating process is gone); returns how many.
+
+    A cancelled training child is killed, so its ``weakref.finalize`` never runs; the next cache cleans up.
+    """
+    root = root or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(_SCRATCH_PREFIX):
+            continue
+        pid_text = name[len(_SCRATCH_PREFIX) :].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def _remove(folder: str, owner: int) -> None:
     """Delete the scratch folder, only from the process that created it (not from forked workers)."""
     if os.getpid() == owner:
@@ -87,7 +122,9 @@ class DecodedCache:
             logger.info("decoded-patch cache off: %d patches of %s exceed %d bytes", self.n, shape, self.max_bytes)
             self.mode = CacheMode.NONE
             return False
-        self._dir = tempfile.mkdtemp(prefix="protoseg-patches-")
+        if sweep_stale_scratch():
+            logger.info("removed decoded-patch scratch folders left by killed runs")
+        self._dir = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
         weakref.finalize(self, _remove, self._dir, os.getpid())
         self._shape = shape
         self._open("w+")
