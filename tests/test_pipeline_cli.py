@@ -147,6 +147,9 @@ def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest
         == 0
     )
     s2 = _json_line(capsys.readouterr().out)
+    # no ImageNet weights (stage2.weights=null): stage 2 started from the encoder of the stage-1 checkpoint that
+    # made the pseudo-masks, found beside them by its weights and recorded in the stage-2 checkpoint
+    assert load_checkpoint(s2["best"]).extra["stage1"] == {"checkpoint": str(ckpt1)}
     assert main(["eval", "--checkpoint", s2["best"], "--data", str(dataset), "--json", *COMMON]) == 0
     metrics2 = _json_line(capsys.readouterr().out)
     assert main(["eval", "--checkpoint", str(ckpt1), "--data", str(dataset), "--use-labels", "--json", *COMMON]) == 0

@@ -38,6 +38,15 @@ class Recipe(str, Enum):
     LPD = "lpd"
 
 
+class EncoderInit(str, Enum):
+    """Where the stage-2 encoder starts: ``stage2.weights`` only, the stage-1 checkpoint's trained encoder,
+    or (auto) the stage-1 encoder whenever ``stage2.weights`` would leave it at random init."""
+
+    AUTO = "auto"
+    WEIGHTS = "weights"
+    STAGE1 = "stage1"
+
+
 class AddOn(str, Enum):
     """Extra stage-1 losses that combine with any recipe."""
 
@@ -221,6 +230,9 @@ class Stage2Config:
     grad_clip: float = 1.0
     noise_reduced: bool = False  # True: CE weighted 1 + confidence (confident pixels up); default plain CE
     tta: bool = False
+    # auto: the stage-1 checkpoint's encoder (same backbone) when stage2.weights give no pretrained weights
+    # (offline, random); stage1: always; weights: stage2.weights only (docs/interfaces.md)
+    encoder_init: EncoderInit = EncoderInit.AUTO
 
 
 @dataclass(frozen=True)

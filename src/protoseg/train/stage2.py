@@ -19,6 +19,7 @@ from protoseg.train.configured import ConfiguredTrainer
 from protoseg.train.device_augment import batch_augment_for
 from protoseg.train.evaluation import evaluate_segmentation
 from protoseg.train.events import Callback
+from protoseg.train.stage2_init import init_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Stage2Trainer(ConfiguredTrainer):
         self.batch_augment = batch_augment_for(cfg, self.optim.seed + self.dist.rank)
         self.net = SegNet(segnet_config(cfg, classes.num_classes))
         self.stage1_info = stage1_info or {}
+        init_encoder(self.net, cfg.stage2.encoder_init, self.stage1_info.get("checkpoint"))
 
     def training_loss(
         self, model: torch.nn.Module, batch: dict[str, Any], step: int
