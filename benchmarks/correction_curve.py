@@ -46,7 +46,7 @@ from protoseg.infer.predictor import Predictor
 from protoseg.infer.uncertainty import block_uncertainty, margin_uncertainty, next_review_block
 from protoseg.slide import open_slide
 from protoseg.train.events import TrainEvent
-from protoseg.train.pipeline import best_or_last, train_stage1
+from protoseg.train.pipeline import best_or_last, make_pseudo_masks, train_stage1
 from protoseg.train.retrain import RetrainSettings, retrain_from_corrections
 from wsss_real import (
     DEFAULT_DATA,
@@ -188,7 +188,8 @@ def start_checkpoint(args: argparse.Namespace, seed: int) -> Path:
         write_dataset(args.data, data, seed, args.size, args.min_share, args.max_tiles)
     cfg = base_config(args, data, seed, RECIPES["CAM"], args.out / f"seed{seed}" / "CAM")
     t0 = time.perf_counter()
-    ckpt = stage2_from(cfg, best_or_last(train_stage1(cfg).last.parent))
+    ckpt1 = best_or_last(train_stage1(cfg).last.parent)
+    ckpt = stage2_from(cfg, ckpt1, make_pseudo_masks(cfg, ckpt1))
     print(f"seed {seed}: start checkpoint {ckpt} trained in {time.perf_counter() - t0:.0f} s", flush=True)
     return ckpt
 

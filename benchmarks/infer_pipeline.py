@@ -42,13 +42,15 @@ def read_tiles(predictor: Predictor, slide_path: Path) -> tuple[np.ndarray, floa
     return tiles, time.perf_counter() - start
 
 
-def pipeline_run(predictor: Predictor, slide: Path, out: Path, grid_tiles: int) -> tuple[float, int, float]:
+def pipeline_run(
+    predictor: Predictor, slide: Path, out: Path, grid_tiles: int, writers: int | None = None
+) -> tuple[float, int, float]:
     """One whole-slide run into a new folder: (grid tiles/s, tiles predicted, seconds). Each grid tile counts
     once (tiles recomputed at strip borders are work, not output); the slide is opened afresh, so its
     decoded-tile cache starts empty."""
     before = predictor.tiles_predicted
     start = time.perf_counter()
-    predict_slide_to_omezarr(predictor, slide, out, tissue_only=False, chunk=512)
+    predict_slide_to_omezarr(predictor, slide, out, tissue_only=False, chunk=512, writers=writers)
     seconds = time.perf_counter() - start
     return grid_tiles / seconds, predictor.tiles_predicted - before, seconds
 
@@ -59,6 +61,12 @@ def main() -> None:
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5, help="pipeline runs, each between two model-only runs")
+    ap.add_argument(
+        "--writers",
+        default="",
+        help="comma-separated blend+write thread counts to compare, interleaved (0 = in the model's thread); "
+        "empty: the default for the device",
+    )
     args = ap.parse_args()
     torch.set_num_threads(threads())
     import zarr  # noqa: F401 - imported once per process by any run; not part of a slide's throughput
@@ -75,29 +83,36 @@ def main() -> None:
         )
         print(f"read+decode only : {len(tiles) / read_s:8.1f} tiles/s")
         # interleaved: model, pipeline, model, pipeline, ... model; each pipeline run against the mean of
-        # the model-only runs either side of it (other load on the machine drifts)
+        # the model-only runs either side of it (other load on the machine drifts); with several --writers
+        # settings they take turns within each repeat
+        variants = [int(v) for v in args.writers.split(",") if v.strip()] or [None]
         models = [model_only(predictor, tiles)]
-        ratios, rates, seconds = [], [], []
+        ratios: dict[int | None, list[float]] = {v: [] for v in variants}
+        rates: dict[int | None, list[float]] = {v: [] for v in variants}
+        seconds: dict[int | None, list[float]] = {v: [] for v in variants}
         for r in range(args.repeats):
-            rate, n, sec = pipeline_run(predictor, slide, tmp / f"out-{r}.zarr", len(tiles))
-            models.append(model_only(predictor, tiles))
-            ratios.append(rate / ((models[-2] + models[-1]) / 2))
-            rates.append(rate)
-            seconds.append(sec)
-            if n != len(tiles):
-                print(
-                    f"  run {r}: {n} tiles predicted for {len(tiles)} grid tiles "
-                    "(strip borders recomputed, counted once)"
-                )
-        spread = f"min {min(ratios):.3f}, max {max(ratios):.3f}, runs {args.repeats}"
+            for v in variants:
+                rate, n, sec = pipeline_run(predictor, slide, tmp / f"out-{r}-{v}.zarr", len(tiles), v)
+                models.append(model_only(predictor, tiles))
+                ratios[v].append(rate / ((models[-2] + models[-1]) / 2))
+                rates[v].append(rate)
+                seconds[v].append(sec)
+                if n != len(tiles):
+                    print(
+                        f"  run {r}: {n} tiles predicted for {len(tiles)} grid tiles "
+                        "(strip borders recomputed, counted once)"
+                    )
         print(f"model only       : {statistics.median(models):8.1f} tiles/s (median of {len(models)})")
-        print(
-            f"pipeline         : {statistics.median(rates):8.1f} tiles/s (median of {args.repeats}; "
-            f"{statistics.median(seconds):.2f} s a run, each grid tile counted once, pyramid included; "
-            "weights hashed at model load)"
-        )
-        print(f"ratio pipeline/model-only: median {statistics.median(ratios):.3f} ({spread}) (target >= 0.9)")
-        print(f"first run (cold caches of the process): ratio {ratios[0]:.3f}")
+        for v in variants:
+            name = "default writers" if v is None else f"writers={v}"
+            spread = f"min {min(ratios[v]):.3f}, max {max(ratios[v]):.3f}, runs {args.repeats}"
+            print(
+                f"pipeline ({name}): {statistics.median(rates[v]):8.1f} tiles/s (median of {args.repeats}; "
+                f"{statistics.median(seconds[v]):.2f} s a run, each grid tile counted once, pyramid included; "
+                "weights hashed at model load)"
+            )
+            print(f"ratio pipeline/model-only ({name}): median {statistics.median(ratios[v]):.3f} ({spread}) (>= 0.9)")
+            print(f"first run (cold caches of the process): ratio {ratios[v][0]:.3f}")
         if torch.cuda.is_available():
             gpu = Predictor(ckpt, device="cuda", batch_size=64, amp=True)
             rate = model_only(gpu, tiles, repeats=3)

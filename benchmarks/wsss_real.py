@@ -38,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protoseg.data.records import Split
 from protoseg.metrics import ConfusionMatrix, Protocol, apply_protocol
 from protoseg.models.checkpoint import load_checkpoint, save_checkpoint
-from protoseg.train.evaluation import flat_metrics
+from protoseg.train.evaluation import flat_metrics, pseudo_masks
 from protoseg.train.pipeline import (
     best_or_last,
     evaluate_checkpoint,
     make_pseudo_masks,
+    open_split,
     train_stage1,
     train_stage2,
 )
@@ -131,13 +132,14 @@ def _split_masks(data: Path, split: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(p)) for p in sorted((data / split / "mask").glob("*.png"))]
 
 
-def score_maps(preds: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float]:
+def score_maps(preds: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, Any]:
     """Tissue-protocol metrics of predicted class maps (the library's ConfusionMatrix)."""
     cm = ConfusionMatrix(len(CLASSES) + 1, background_index=BACKGROUND, class_names=[*CLASSES, "background"])
     for pred, mask in zip(preds, masks, strict=True):
         cm.update(pred, apply_protocol(mask, Protocol.TISSUE, BACKGROUND))
-    out = flat_metrics(cm.compute())
+    out: dict[str, Any] = flat_metrics(cm.compute())
     out.pop("IoU_background", None)
+    out["protocol"] = Protocol.TISSUE.value
     return out
 
 
@@ -159,9 +161,28 @@ def trivial_baselines(data: Path, split: str, min_share: float) -> dict[str, dic
     return {"one_class": one, "tile_label": best}
 
 
-def stage2_from(cfg: Any, ckpt1: Path) -> Path:
-    """Pseudo-masks of the stage-1 checkpoint -> stage 2 (the library's pipeline); the stage-2 checkpoint."""
-    return best_or_last(train_stage2(cfg, make_pseudo_masks(cfg, ckpt1), stage1=ckpt1).last.parent)
+def stage2_from(cfg: Any, ckpt1: Path, pseudo: Path) -> Path:
+    """Stage 2 on the stage-1 checkpoint's pseudo-masks (the library's pipeline); the stage-2 checkpoint."""
+    return best_or_last(train_stage2(cfg, pseudo, stage1=ckpt1).last.parent)
+
+
+def pseudo_at_share(cfg: Any, checkpoint: Path, min_share: float) -> dict[str, Any]:
+    """Label-gated pseudo-masks on val with each tile labelled by the classes covering >= ``min_share`` of it:
+    the rule of the training labels and of the tile baseline (``eval --use-labels`` takes every class with one
+    pixel in the mask, so a few stray annotation pixels hand a class part of the tile)."""
+    net = load_checkpoint(checkpoint).build_model().eval()
+    ds = open_split(cfg, Split.VAL)
+    preds, masks = [], []
+    with torch.no_grad():
+        for start in range(0, len(ds), cfg.data.batch_size):
+            items = [ds[i] for i in range(start, min(len(ds), start + cfg.data.batch_size))]
+            batch_masks = [it["mask"].numpy() for it in items]
+            labels = [[float((m == c).mean() >= min_share) for c in range(len(CLASSES))] for m in batch_masks]
+            x = torch.stack([it["image"] for it in items])
+            pred, _ = pseudo_masks(net, x, torch.tensor(labels), cfg)
+            preds += list(pred.numpy())
+            masks += batch_masks
+    return score_maps(preds, masks)
 
 
 def per_class_copy(checkpoint: Path, out: Path) -> Path:
@@ -184,17 +205,24 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
     t0 = time.perf_counter()
     ckpt1 = best_or_last(train_stage1(cfg).last.parent)
     row: dict[str, Any] = {
-        "pseudo_val": evaluate_checkpoint(cfg, ckpt1, Split.VAL, use_labels=True, protocol="tissue"),
+        "pseudo_val": pseudo_at_share(cfg, ckpt1, args.min_share),
+        "pseudo_val_any": evaluate_checkpoint(cfg, ckpt1, Split.VAL, use_labels=True, protocol="tissue"),
         "free_val": evaluate_checkpoint(cfg, ckpt1, Split.VAL, protocol="tissue"),
         "free_test": evaluate_checkpoint(cfg, ckpt1, Split.TEST, protocol="tissue"),
     }
     per_class = per_class_copy(ckpt1, out / "stage1_per_class_cams.pt")  # same weights, min-max CAMs per class
     paper = base_config(args, data, seed, [*RECIPES[name], "stage1.pseudo.cams=per_class"], out)
-    row["perclass_pseudo_val"] = evaluate_checkpoint(paper, ckpt1, Split.VAL, use_labels=True, protocol="tissue")
+    row["perclass_pseudo_val"] = pseudo_at_share(paper, ckpt1, args.min_share)
     row["perclass_val"] = evaluate_checkpoint(cfg, per_class, Split.VAL, protocol="tissue")
     row["perclass_test"] = evaluate_checkpoint(cfg, per_class, Split.TEST, protocol="tissue")
-    ckpt2 = stage2_from(cfg, ckpt1)
+    pseudo = make_pseudo_masks(cfg, ckpt1)
+    ckpt2 = stage2_from(cfg, ckpt1, pseudo)  # its encoder starts from stage 1's (stage2.encoder_init=auto)
     row["stage2_test"] = evaluate_checkpoint(cfg, ckpt2, Split.TEST, protocol="tissue")
+    if args.stage2_random:  # the same pseudo-masks, stage 2 from random init (protoseg before this round)
+        rand = base_config(args, data, seed, [*RECIPES[name], "stage2.encoder_init=weights"], out / "random_init")
+        row["stage2_random_test"] = evaluate_checkpoint(
+            rand, stage2_from(rand, ckpt1, pseudo), Split.TEST, protocol="tissue"
+        )
     row["wall_s"] = time.perf_counter() - t0
     chosen = load_checkpoint(ckpt1)  # which stage-1 epoch best.pt holds, and by which metric
     row["stage1_epoch"], row["stage1_selected_by"] = chosen.epoch, chosen.metrics.get("selection_metric", "mIoU")
@@ -210,7 +238,9 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
 
 
 def _cell(rows: list[dict[str, Any]], key: str) -> str:
-    """``mean ± std`` mIoU over seeds with each class's IoU."""
+    """``mean ± std`` mIoU over seeds with each class's IoU ("–" when not measured)."""
+    if any(key not in r for r in rows):
+        return "–"
     per_class = " ".join(f"{c} {mean_sd([r[key].get(f'IoU_{c}', 0.0) for r in rows])}" for c in CLASSES)
     return f"{mean_sd([r[key]['mIoU'] for r in rows])} ({per_class})"
 
@@ -219,18 +249,20 @@ def table(base: list[dict[str, Any]], rows: dict[str, list[dict[str, Any]]]) -> 
     """Markdown table: trivial baselines and recipes, mean ± std over seeds, tissue protocol."""
     lines = [
         "| mIoU % (per-class IoU), tissue protocol | label-gated pseudo-masks, val | label-free, val "
-        "| label-free stage 1, test | stage 2, test | wall s / seed | label-free, per-class CAMs, val | same, test "
+        "| label-free stage 1, test | stage 2, test | stage 2 from random init, test | wall s / seed "
+        "| pseudo-masks, val, labels from any mask pixel | label-free, per-class CAMs, val | same, test "
         "| pseudo-masks, per-class CAMs, val |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| trivial: each tile one of its labels (best priority) | {_cell(_wrap(base, 'val_tile'), 'x')} "
-        "| – | – | – | – | – | – | – |",
+        "| – | – | – | – | – | – | – | – | – |",
         f"| trivial: every pixel one class (best class) | – | {_cell(_wrap(base, 'val_one'), 'x')} "
-        f"| {_cell(_wrap(base, 'test_one'), 'x')} | – | – | – | – | – |",
+        f"| {_cell(_wrap(base, 'test_one'), 'x')} | – | – | – | – | – | – | – |",
     ]
     for name, rs in rows.items():
         lines.append(
             f"| {name} | {_cell(rs, 'pseudo_val')} | {_cell(rs, 'free_val')} | {_cell(rs, 'free_test')} "
-            f"| {_cell(rs, 'stage2_test')} | {statistics.mean(r['wall_s'] for r in rs):.0f} "
+            f"| {_cell(rs, 'stage2_test')} | {_cell(rs, 'stage2_random_test')} "
+            f"| {statistics.mean(r['wall_s'] for r in rs):.0f} | {_cell(rs, 'pseudo_val_any')} "
             f"| {_cell(rs, 'perclass_val')} | {_cell(rs, 'perclass_test')} | {_cell(rs, 'perclass_pseudo_val')} |"
         )
     return "\n".join(lines)
@@ -269,6 +301,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=112, help="training patch size (tiles are resized to it)")
     p.add_argument("--max-tiles", type=int, default=None, help="tiles per split at most (quick runs)")
     add_training_args(p)
+    p.add_argument(
+        "--no-stage2-random",
+        dest="stage2_random",
+        action="store_false",
+        help="skip the comparison run of stage 2 from random init (stage2.encoder_init=weights)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.recipes, args.max_tiles = "0", "CAM", 12

@@ -75,6 +75,31 @@ def test_several_writer_threads_give_the_same_bytes(tmp_path, monkeypatch):
         assert np.array_equal(pa, pb) and np.array_equal(ma, mb)
 
 
+def test_writing_in_the_model_thread_gives_the_same_bytes(tmp_path, monkeypatch):
+    """``writers=0``: chunks are blended and written between batches in the model's own thread."""
+    import threading
+
+    from protoseg.infer import batch
+
+    slide, _model, p = _setup()
+    ref = tmp_path / "threads.zarr"
+    predict_slide_to_omezarr(p, slide, ref, chunk=48, tissue_only=False, strip=2, readers=2, writers=2)
+    names: set[str] = set()
+    original = batch._Arrays.write
+
+    def spy(self, level, cy, cx, data):
+        names.add(threading.current_thread().name)
+        return original(self, level, cy, cx, data)
+
+    monkeypatch.setattr(batch._Arrays, "write", spy)
+    out = tmp_path / "inline.zarr"
+    res = predict_slide_to_omezarr(p, slide, out, chunk=48, tissue_only=False, strip=2, readers=2, writers=0)
+    assert res.chunks_predicted == 20 and names == {threading.current_thread().name}
+    assert open_prediction(out).group["done"][...].all()
+    for (pa, ma), (pb, mb) in zip(_read_all(out), _read_all(ref)):
+        assert np.array_equal(pa, pb) and np.array_equal(ma, mb)
+
+
 def test_plan_reuses_tiles_within_a_strip_and_bounds_memory():
     from protoseg.infer.grid import ChunkGrid, PredictionGrid
 
