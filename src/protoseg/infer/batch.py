@@ -38,7 +38,8 @@ from protoseg.infer.omezarr import (
 )
 from protoseg.infer.plan import ChunkStep, plan_steps, strip_order
 from protoseg.infer.predictor import Predictor
-from protoseg.infer.pyramid import ChunkData, chunk_from_finer
+from protoseg.infer.pyramid import ChunkData
+from protoseg.infer.pyramid_stream import StreamingPyramid
 from protoseg.infer.reader import SlideLike, open_any, slide_name
 from protoseg.infer.result import BatchResult
 
@@ -107,15 +108,6 @@ class _Arrays:
         ys, xs = slice(cy * c, cy * c + h), slice(cx * c, cx * c + w)
         self.probs[level][:, ys, xs] = data.probs
         self.mask[level][ys, xs] = data.mask
-
-
-def _build_pyramid(arrays: _Arrays, layout: SlideChunks) -> None:
-    c = layout.chunk
-    for level in range(1, len(layout.levels)):
-        finer = arrays.probs[level - 1]
-        for cy, cx in layout.chunk_grid(level):
-            block = finer[:, 2 * cy * c : 2 * (cy + 1) * c, 2 * cx * c : 2 * (cx + 1) * c]
-            arrays.write(level, cy, cx, chunk_from_finer(np.asarray(block)))
 
 
 def default_readers(device_type: str) -> int:
@@ -328,6 +320,8 @@ def predict_slide_to_omezarr(
     root = _open_output(out, described, predictor, name, resume, overwrite)
     arrays = _Arrays(root, len(layout.levels), layout.chunk)
     record = DoneRecord(arrays.done)
+    grids = [layout.chunk_grid(k) for k in range(len(layout.levels))]
+    pyramid = StreamingPyramid(grids, layout.channels, arrays.write)  # coarse levels built as chunks finish
     done = record.marks.astype(bool)
     total = int(done.size)
     counts = {"done": int(done.sum()), "background": 0, "predicted": 0}
@@ -338,6 +332,7 @@ def predict_slide_to_omezarr(
 
     def mark(cy: int, cx: int, data: ChunkData) -> None:
         arrays.write(0, cy, cx, data)  # its own zarr chunk: writers run this in parallel
+        pyramid.add(0, cy, cx, data.probs)
         with book:
             record.mark(cy, cx)
             counts["done"] += 1
@@ -369,7 +364,7 @@ def predict_slide_to_omezarr(
     finally:  # finished chunks are recorded also when the run fails or is cancelled (resume keeps them)
         with book:
             record.flush()
-    _build_pyramid(arrays, layout)
+    pyramid.build_missing(lambda level, y0, y1, x0, x1: arrays.probs[level][:, y0:y1, x0:x1])
     attrs = dict(root.attrs["protoseg"])
     attrs.update(complete=True, pyramid_complete=True)
     root.attrs["protoseg"] = attrs

@@ -9,6 +9,7 @@ sums the same tiles in the same (row-major tile) order.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -57,31 +58,46 @@ def blend_tiles(
 
     Tiles must be given in a fixed order (row-major tile index) for results that do not depend on
     how a slide is cut into boxes. Every pixel of the box must be covered by at least one tile.
+    The box is cut into cells where the same tiles overlap: a cell under one tile is a copy of its
+    scores (``w * p / w`` is exactly ``p``), the others are weighted in float64 as described above.
     """
     bx, by, bw, bh = box
-    acc = np.zeros((channels, bh, bw), dtype=np.float64)
-    wsum = np.zeros((bh, bw), dtype=np.float64)
     th, tw = window.shape
-    scratch = np.empty((channels, th, tw), dtype=np.float64)  # one product buffer for every tile
+    items = []
     for x0, y0, probs in tiles:
         if probs.shape != (channels, th, tw):
             raise InferenceError(f"tile prediction has shape {probs.shape}, expected {(channels, th, tw)}")
         ix0, iy0 = max(bx, x0), max(by, y0)
         ix1, iy1 = min(bx + bw, x0 + tw), min(by + bh, y0 + th)
-        if ix0 >= ix1 or iy0 >= iy1:
-            continue
-        tsl = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
-        bsl = (slice(iy0 - by, iy1 - by), slice(ix0 - bx, ix1 - bx))
-        w = window[tsl]
-        part = scratch[:, : iy1 - iy0, : ix1 - ix0]
-        np.multiply(probs[(slice(None), *tsl)], w, out=part, dtype=np.float64)  # = float64(probs) * w
-        target = acc[(slice(None), *bsl)]
-        np.add(target, part, out=target)
-        wsum[bsl] += w
-    if not np.all(wsum > 0):
-        raise InferenceError(f"box {box} is not fully covered by the given tiles (internal tiling error)")
-    acc /= wsum
-    return acc.astype(np.float32)
+        if ix0 < ix1 and iy0 < iy1:
+            items.append((ix0, iy0, ix1, iy1, x0, y0, probs))
+    xs = sorted({bx, bx + bw, *(v for it in items for v in (it[0], it[2]))})
+    ys = sorted({by, by + bh, *(v for it in items for v in (it[1], it[3]))})
+    out = np.empty((channels, bh, bw), dtype=np.float32)
+    scratch = np.empty((channels, th, tw), dtype=np.float64)  # one product buffer for every tile
+    for cy0, cy1 in itertools.pairwise(ys):
+        rows = [it for it in items if it[1] <= cy0 and cy1 <= it[3]]
+        for cx0, cx1 in itertools.pairwise(xs):
+            cover = [it for it in rows if it[0] <= cx0 and cx1 <= it[2]]
+            osl = (slice(None), slice(cy0 - by, cy1 - by), slice(cx0 - bx, cx1 - bx))
+            if not cover:
+                raise InferenceError(f"box {box} is not fully covered by the given tiles (internal tiling error)")
+            if len(cover) == 1:
+                x0, y0, probs = cover[0][4:]
+                out[osl] = probs[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+                continue
+            acc = np.zeros((channels, cy1 - cy0, cx1 - cx0), dtype=np.float64)
+            wsum = np.zeros((cy1 - cy0, cx1 - cx0), dtype=np.float64)
+            part = scratch[:, : cy1 - cy0, : cx1 - cx0]
+            for *_, x0, y0, probs in cover:
+                tsl = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
+                w = window[tsl]
+                np.multiply(probs[(slice(None), *tsl)], w, out=part, dtype=np.float64)  # = float64(probs) * w
+                np.add(acc, part, out=acc)
+                wsum += w
+            acc /= wsum
+            out[osl] = acc
+    return out
 
 
 def blend_tiles_torch(
