@@ -16,7 +16,7 @@ import torch
 
 from protoseg.config import EncoderInit
 from protoseg.models.backbone import WeightsInfo, WeightsKind
-from protoseg.models.checkpoint import Stage, load_checkpoint
+from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.models.segnet import SegNet
 from protoseg.train.errors import TrainingError
 
@@ -48,9 +48,9 @@ def stage1_checkpoint_of(pseudo_dir: str | Path, stage1_dir: str | Path) -> Path
     return None
 
 
-def _stage1_encoder(path: Path, backbone: str) -> dict[str, torch.Tensor]:
-    """The encoder weights of stage-1 checkpoint ``path``; TrainingError when it is not one of ``backbone``."""
-    ckpt = load_checkpoint(path)
+def _stage1_encoder(ckpt: Checkpoint, path: Path, backbone: str) -> dict[str, torch.Tensor]:
+    """The encoder weights of stage-1 checkpoint ``ckpt`` (read from ``path``); TrainingError when it is not a
+    stage-1 checkpoint of ``backbone``."""
     if ckpt.stage is not Stage.STAGE1:
         raise TrainingError(f"stage2.encoder_init=stage1: {path} is a {ckpt.stage.value} checkpoint, not stage 1")
     theirs = str(ckpt.model_config.get("backbone", ""))
@@ -77,8 +77,14 @@ def init_encoder(net: SegNet, mode: EncoderInit, stage1: str | Path | None) -> W
             "or found beside them (set stage2.encoder_init=weights to start from stage2.weights)"
         )
     path = Path(stage1)
+    ckpt = load_checkpoint(path)
+    if mode is EncoderInit.AUTO:
+        theirs = ckpt.model_config.get("backbone")
+        if theirs != net.config.backbone:  # a deliberate choice of another stage-2 backbone: nothing to say
+            logger.info("stage-2 encoder: %s (stage 1 is %s)", info.describe(), theirs)
+            return info
     try:
-        state = _stage1_encoder(path, net.config.backbone)
+        state = _stage1_encoder(ckpt, path, net.config.backbone)
         missing, unexpected = net.backbone.load_state_dict(state, strict=False)
         if missing or unexpected or not state:
             raise TrainingError(
