@@ -47,7 +47,10 @@ def test_batch_equals_lazy_on_every_level(tmp_path):
         assert np.array_equal(mask, np.asarray(lazy.mask(k)))
 
 
-def test_several_writer_threads_give_the_same_bytes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writers", [3, 0])
+def test_writer_threads_or_the_model_thread_give_the_same_bytes(tmp_path, monkeypatch, writers):
+    """Several writer threads write chunks in parallel; ``writers=0`` blends and writes them between batches
+    in the model's own thread. Either way: the bytes of one writer thread, each chunk counted once."""
     import threading
 
     from protoseg.infer import batch
@@ -64,37 +67,23 @@ def test_several_writer_threads_give_the_same_bytes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(batch._Arrays, "write", spy)
     seen: list[int] = []
-    out = tmp_path / "three.zarr"
+    out = tmp_path / f"{writers}.zarr"
     res = predict_slide_to_omezarr(
-        p, slide, out, chunk=48, tissue_only=False, strip=2, readers=2, writers=3, progress=lambda d, t: seen.append(d)
+        p,
+        slide,
+        out,
+        chunk=48,
+        tissue_only=False,
+        strip=2,
+        readers=2,
+        writers=writers,
+        progress=lambda d, t: seen.append(d),
     )
     assert res.chunks_predicted == 20 and seen[-1] == 20 and sorted(seen) == seen  # counted once each, in order
-    assert len({n for n in names if n.startswith("protoseg-write-")}) >= 2  # chunks were written in parallel
-    assert open_prediction(out).group["done"][...].all()
-    for (pa, ma), (pb, mb) in zip(_read_all(out), _read_all(ref)):
-        assert np.array_equal(pa, pb) and np.array_equal(ma, mb)
-
-
-def test_writing_in_the_model_thread_gives_the_same_bytes(tmp_path, monkeypatch):
-    """``writers=0``: chunks are blended and written between batches in the model's own thread."""
-    import threading
-
-    from protoseg.infer import batch
-
-    slide, _model, p = _setup()
-    ref = tmp_path / "threads.zarr"
-    predict_slide_to_omezarr(p, slide, ref, chunk=48, tissue_only=False, strip=2, readers=2, writers=2)
-    names: set[str] = set()
-    original = batch._Arrays.write
-
-    def spy(self, level, cy, cx, data):
-        names.add(threading.current_thread().name)
-        return original(self, level, cy, cx, data)
-
-    monkeypatch.setattr(batch._Arrays, "write", spy)
-    out = tmp_path / "inline.zarr"
-    res = predict_slide_to_omezarr(p, slide, out, chunk=48, tissue_only=False, strip=2, readers=2, writers=0)
-    assert res.chunks_predicted == 20 and names == {threading.current_thread().name}
+    if writers:
+        assert len({n for n in names if n.startswith("protoseg-write-")}) >= 2  # chunks were written in parallel
+    else:
+        assert names == {threading.current_thread().name}
     assert open_prediction(out).group["done"][...].all()
     for (pa, ma), (pb, mb) in zip(_read_all(out), _read_all(ref)):
         assert np.array_equal(pa, pb) and np.array_equal(ma, mb)
