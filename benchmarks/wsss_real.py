@@ -38,12 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protoseg.data.records import Split
 from protoseg.metrics import ConfusionMatrix, Protocol, apply_protocol
 from protoseg.models.checkpoint import load_checkpoint, save_checkpoint
-from protoseg.train.evaluation import flat_metrics, pseudo_masks
+from protoseg.train.evaluation import flat_metrics
 from protoseg.train.pipeline import (
     best_or_last,
     evaluate_checkpoint,
     make_pseudo_masks,
-    open_split,
     train_stage1,
     train_stage2,
 )
@@ -166,25 +165,6 @@ def stage2_from(cfg: Any, ckpt1: Path, pseudo: Path) -> Path:
     return best_or_last(train_stage2(cfg, pseudo, stage1=ckpt1).last.parent)
 
 
-def pseudo_at_share(cfg: Any, checkpoint: Path, min_share: float) -> dict[str, Any]:
-    """Label-gated pseudo-masks on val with each tile labelled by the classes covering >= ``min_share`` of it:
-    the rule of the training labels and of the tile baseline (``eval --use-labels`` takes every class with one
-    pixel in the mask, so a few stray annotation pixels hand a class part of the tile)."""
-    net = load_checkpoint(checkpoint).build_model().eval()
-    ds = open_split(cfg, Split.VAL)
-    preds, masks = [], []
-    with torch.no_grad():
-        for start in range(0, len(ds), cfg.data.batch_size):
-            items = [ds[i] for i in range(start, min(len(ds), start + cfg.data.batch_size))]
-            batch_masks = [it["mask"].numpy() for it in items]
-            labels = [[float((m == c).mean() >= min_share) for c in range(len(CLASSES))] for m in batch_masks]
-            x = torch.stack([it["image"] for it in items])
-            pred, _ = pseudo_masks(net, x, torch.tensor(labels), cfg)
-            preds += list(pred.numpy())
-            masks += batch_masks
-    return score_maps(preds, masks)
-
-
 def per_class_copy(checkpoint: Path, out: Path) -> Path:
     """The stage-1 checkpoint with label-free prediction on per-class min-max CAMs (``stage1.label_free_cams=
     per_class``, the rule before joint scaling) instead of one scale for the kept classes: same weights."""
@@ -205,14 +185,18 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
     t0 = time.perf_counter()
     ckpt1 = best_or_last(train_stage1(cfg).last.parent)
     row: dict[str, Any] = {
-        "pseudo_val": pseudo_at_share(cfg, ckpt1, args.min_share),
+        "pseudo_val": evaluate_checkpoint(
+            cfg, ckpt1, Split.VAL, use_labels=True, protocol="tissue", label_min_share=args.min_share
+        ),
         "pseudo_val_any": evaluate_checkpoint(cfg, ckpt1, Split.VAL, use_labels=True, protocol="tissue"),
         "free_val": evaluate_checkpoint(cfg, ckpt1, Split.VAL, protocol="tissue"),
         "free_test": evaluate_checkpoint(cfg, ckpt1, Split.TEST, protocol="tissue"),
     }
     per_class = per_class_copy(ckpt1, out / "stage1_per_class_cams.pt")  # same weights, min-max CAMs per class
     paper = base_config(args, data, seed, [*RECIPES[name], "stage1.pseudo.cams=per_class"], out)
-    row["perclass_pseudo_val"] = pseudo_at_share(paper, ckpt1, args.min_share)
+    row["perclass_pseudo_val"] = evaluate_checkpoint(
+        paper, ckpt1, Split.VAL, use_labels=True, protocol="tissue", label_min_share=args.min_share
+    )
     row["perclass_val"] = evaluate_checkpoint(cfg, per_class, Split.VAL, protocol="tissue")
     row["perclass_test"] = evaluate_checkpoint(cfg, per_class, Split.TEST, protocol="tissue")
     pseudo = make_pseudo_masks(cfg, ckpt1)

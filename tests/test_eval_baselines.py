@@ -173,9 +173,61 @@ def test_a_model_not_above_the_fair_baseline_is_a_warning(split_and_checkpoint, 
     from protoseg.config import load_config
 
     root, _ = split_and_checkpoint
-    args = argparse.Namespace(split="test", protocol="tissue", use_labels=True, baseline_min_share=0.02)
+    args = argparse.Namespace(split="test", protocol="tissue", use_labels=True, min_share=0.02)
     with caplog.at_level(logging.INFO, logger="protoseg.cli.evaluate"):
         base = _baselines(load_config(None, [f"data.root={root}"]), args, {"mIoU": 0.0})
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "no better than the trivial label-gated" in warned[0]
     assert base["tile_label"]["mIoU"] > 0
+
+
+def test_labels_from_a_mask_at_a_share_are_the_tile_baselines_labels() -> None:
+    from protoseg.data.masks import labels_from_mask
+
+    m = np.zeros((10, 10), np.int64)
+    m[0, :3] = 1  # 3 % of the patch
+    m[1, 0] = 2  # 1 pixel of class 2
+    m[9] = 3  # background
+    assert labels_from_mask(m, 3).tolist() == [1, 1, 1]  # every class with a pixel
+    assert labels_from_mask(m, 3, 0.02).tolist() == [1, 1, 0]
+    assert labels_from_mask(m, 3, 0.05).tolist() == [1, 0, 0]
+    counts = count_masks([m], ClassSpec(("A", "B", "C")), "tissue")
+    assert ((counts.shares[0] >= 0.02) & (counts.shares[0] > 0)).tolist() == [True, True, False]
+
+
+def test_eval_use_labels_gates_with_the_min_share_labels(tmp_path: Path, capsys, monkeypatch) -> None:
+    """``eval --use-labels`` gates the CAMs with the classes covering ``--min-share`` of each mask, the labels
+    the tile baseline uses; a class of a few stray pixels is no label unless ``--min-share 0``."""
+    from protoseg.models.checkpoint import Checkpoint, Stage, save_checkpoint
+    from protoseg.models.classnet import ClassNet, ClassNetConfig
+    from protoseg.models.factory import model_config
+    from protoseg.train import evaluation
+
+    root = tmp_path / "data"
+    masks = []
+    for i in range(3):
+        m = np.full((SIZE, SIZE), i % 2)
+        m[0, :4] = 1 - i % 2  # 4 stray pixels of the other class (0.4 %)
+        masks.append(m)
+    _write_split(root, masks, AB)
+    (root / "classes.yaml").write_text("names: [A, B]\n")
+    torch.manual_seed(0)
+    net = ClassNet(ClassNetConfig(backbone="resnet18", head="cam", num_classes=2))
+    ckpt = save_checkpoint(
+        Checkpoint(Stage.STAGE1, model_config(net), net.state_dict(), AB, patch_size=SIZE), tmp_path / "s1.pt"
+    )
+    seen: list[torch.Tensor] = []
+    real = evaluation.pseudo_masks
+
+    def spy(model, images, labels, cfg):
+        seen.append(labels.cpu())
+        return real(model, images, labels, cfg)
+
+    monkeypatch.setattr(evaluation, "pseudo_masks", spy)
+    base = ["eval", "--checkpoint", str(ckpt), "--data", str(root), "--use-labels", "--json", "--no-baselines", *COMMON]
+    for share, want in (("0.02", [[1, 0], [0, 1], [1, 0]]), ("0", [[1, 1]] * 3)):
+        seen.clear()
+        assert main([*base, "--min-share", share]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["label_min_share"] == float(share)
+        assert torch.cat(seen).tolist() == want

@@ -12,14 +12,15 @@ from protoseg.cli.args import float_in
 from protoseg.cli.common import add_config_args, config_from_args
 from protoseg.config import ProtosegConfig
 from protoseg.config_ranges import FRACTION
-from protoseg.train.baselines import DEFAULT_MIN_SHARE, comparison_line, fair_baseline, split_baselines
+from protoseg.data.masks import DEFAULT_MIN_SHARE
+from protoseg.train.baselines import comparison_line, fair_baseline, split_baselines
 
 logger = logging.getLogger(__name__)
 
 
 def _baselines(cfg: ProtosegConfig, args: argparse.Namespace, metrics: dict[str, Any]) -> dict[str, Any]:
     """The split's trivial baselines, logged in one line beside the model's mIoU (WARNING when not beaten)."""
-    base = split_baselines(cfg.data.root, args.split, cfg.data.layout, args.protocol, args.baseline_min_share)
+    base = split_baselines(cfg.data.root, args.split, cfg.data.layout, args.protocol, args.min_share)
     miou, bar = metrics.get("mIoU"), fair_baseline(base, args.use_labels).get("mIoU")
     line = comparison_line(miou, base)
     if miou is not None and bar is not None and miou <= bar:
@@ -39,7 +40,12 @@ def _run(args: argparse.Namespace) -> int:
         extra.append("stage2.tta=true")
     cfg = config_from_args(args, extra)
     metrics = evaluate_checkpoint(
-        cfg, args.checkpoint, Split(args.split), use_labels=args.use_labels, protocol=args.protocol
+        cfg,
+        args.checkpoint,
+        Split(args.split),
+        use_labels=args.use_labels,
+        protocol=args.protocol,
+        label_min_share=args.min_share,
     )
     if not args.no_baselines:
         metrics["baselines"] = _baselines(cfg, args, metrics)
@@ -71,11 +77,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the metrics; they read the split's masks once more",
     )
     p.add_argument(
+        "--min-share",
         "--baseline-min-share",
+        dest="min_share",
         type=float_in(FRACTION),
         default=DEFAULT_MIN_SHARE,
-        help="share of a patch a class must cover to count as one of its labels in the label-gated baseline "
-        f"(default {DEFAULT_MIN_SHARE:g})",
+        help="share of a patch a class must cover to count as one of its labels, for --use-labels and for the "
+        f"label-gated baseline alike (default {DEFAULT_MIN_SHARE:g}; 0 = every class with a pixel in the mask)",
     )
     p.add_argument("--json", action="store_true", help="one-line JSON output")
     p.set_defaults(func=_run)

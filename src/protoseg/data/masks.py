@@ -13,6 +13,10 @@ from protoseg.data.errors import MaskError
 
 logger = logging.getLogger(__name__)
 
+#: Share of a patch a class must cover to count as one of its labels where labels are read off a mask for
+#: label-gated scoring (``eval --use-labels``, the tile baseline): 2 %, so stray annotation pixels are no label.
+DEFAULT_MIN_SHARE = 0.02
+
 
 def rgb_to_index(rgb: np.ndarray, classes: ClassSpec, source: str = "mask") -> np.ndarray:
     """Map an (H, W, 3) colour mask to indices 0..C (background C) using the ClassSpec palette."""
@@ -61,10 +65,12 @@ def load_mask(path: str | Path, classes: ClassSpec) -> np.ndarray:
     return arr
 
 
-def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """Image-level multi-hot label (C,) float32 of the tissue classes present in an index mask."""
+def labels_from_mask(mask: np.ndarray, num_classes: int, min_share: float = 0.0) -> np.ndarray:
+    """Image-level multi-hot label (C,) float32 of the tissue classes in an index mask: every class with a pixel
+    (``min_share`` 0), else those covering at least ``min_share`` of the patch (ignore pixels included in it)."""
+    mask = np.asarray(mask)
     present = np.bincount(mask[mask < num_classes].ravel(), minlength=num_classes)[:num_classes]
-    return (present > 0).astype(np.float32)
+    return ((present > 0) & (present / max(mask.size, 1) >= min_share)).astype(np.float32)  # = the baseline's share
 
 
 def save_palette_mask(path: str | Path, mask: np.ndarray, classes: ClassSpec) -> None:

@@ -24,12 +24,10 @@ from protoseg.classes import IGNORE_INDEX, ClassSpec
 from protoseg.data.errors import DataError
 from protoseg.data.generic import generic_records
 from protoseg.data.layouts import detect_layout, named_records
-from protoseg.data.masks import load_mask
+from protoseg.data.masks import DEFAULT_MIN_SHARE, load_mask
 from protoseg.data.records import Layout, Split
 from protoseg.metrics import ConfusionMatrix, MetricsError, Protocol, SegMetrics, apply_protocol
 
-#: Default share of a patch a class must cover to count as one of its labels (2 %).
-DEFAULT_MIN_SHARE = 0.02
 #: Up to this many tissue classes every priority is tried; above, pairwise swaps from a greedy start.
 EXHAUSTIVE_MAX_CLASSES = 7
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -17,6 +18,7 @@ from protoseg.classes import IGNORE_INDEX, ClassSpec
 from protoseg.config import ProtosegConfig, PseudoLabelConfig
 from protoseg.data.datasets import PatchDataset
 from protoseg.data.errors import DataError
+from protoseg.data.masks import labels_from_mask
 from protoseg.metrics import ConfusionMatrix, Protocol, SegMetrics, apply_protocol
 from protoseg.models.classnet import ClassNet, ClassNetOutput, eval_mode
 
@@ -157,20 +159,32 @@ def evaluate_pseudo(
     use_labels: bool = True,
     boundary: bool = False,
     protocol: Protocol = Protocol.PBIP,
+    label_min_share: float | None = None,
 ) -> dict[str, float]:
     """Quality of stage-1 pseudo-masks (label-gated CAMs when ``use_labels``, else the label-free
-    score-gated prediction) on a masked split; ignored pixels count as misses (see ``coverage``)."""
+    score-gated prediction) on a masked split; ignored pixels count as misses (see ``coverage``).
+    ``label_min_share``: the gating labels are the classes covering that share of each patch's mask (the
+    tile baseline's rule, ``data.masks.labels_from_mask``) instead of the dataset's labels."""
     cm = _matrix(classes, boundary)
     loader = DataLoader(_scored(dataset), batch_size=cfg.data.batch_size, shuffle=False)
     net.eval()
     with torch.no_grad():
         for batch in loader:
             x = batch["image"].to(device)
-            y = batch["label"].to(device) if use_labels else None
+            y = None
+            if use_labels:
+                y = batch["label"] if label_min_share is None else _mask_labels(batch["mask"], classes, label_min_share)
+                y = y.to(device)
             pred, _ = pseudo_masks(net, x, y, cfg)
             target = apply_protocol(batch["mask"].numpy(), protocol, classes.background_index)
             cm.update(pred.cpu().numpy(), target)
     return _report(cm, classes, protocol)
+
+
+def _mask_labels(masks: torch.Tensor, classes: ClassSpec, min_share: float) -> torch.Tensor:
+    """(B, C) labels of a batch of index masks: the classes covering at least ``min_share`` of each."""
+    rows = [labels_from_mask(m.numpy(), classes.num_classes, min_share) for m in masks]
+    return torch.as_tensor(np.stack(rows))
 
 
 def evaluate_stage1(

@@ -334,10 +334,13 @@ def evaluate_checkpoint(
     split: Split = Split.TEST,
     use_labels: bool = False,
     protocol: Protocol | str = Protocol.PBIP,
+    label_min_share: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on a labelled split under ``protocol`` (named in the result as
     ``"protocol"``): stage 1 with ``use_labels`` by its label-gated pseudo-masks (the exported ones),
-    otherwise the label-free prediction a user gets from ``Predictor`` (``model.predict`` argmax)."""
+    otherwise the label-free prediction a user gets from ``Predictor`` (``model.predict`` argmax).
+    ``label_min_share``: with ``use_labels``, each patch's labels are the classes covering that share of its
+    mask (as the tile baseline's); None: the dataset's labels (every class with a pixel in the mask)."""
     protocol = Protocol(protocol)
     ckpt = load_checkpoint(checkpoint)
     ds = open_split(cfg, split)
@@ -356,7 +359,9 @@ def evaluate_checkpoint(
             use_labels=True,
             boundary=True,
             protocol=protocol,
+            label_min_share=label_min_share,
         )
+        metrics["label_min_share"] = label_min_share  # None: every class with a pixel in the mask
     else:
         tta = cfg.stage2.tta and ckpt.stage is Stage.STAGE2
         metrics = evaluate_segmentation(
