@@ -85,3 +85,32 @@ def test_encoder_init_is_a_config_setting_with_a_clear_error() -> None:
     assert load_config(None, ["stage2.encoder_init=weights"]).stage2.encoder_init is EncoderInit.WEIGHTS
     with pytest.raises(Exception, match="stage2.encoder_init.*not one of"):
         load_config(None, ["stage2.encoder_init=imagenet"])
+
+
+def test_an_encoder_of_another_shape_is_never_loaded_half_way(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net1 = ClassNet(ClassNetConfig(backbone="resnet18", head="cam", num_classes=2))
+    state = net1.state_dict()
+    key = next(k for k in state if k.startswith("backbone.") and k.endswith("conv1.weight"))
+    state[key] = torch.zeros(3, 3, 3, 3)  # one tensor of another shape (a damaged or foreign checkpoint)
+    ckpt = save_checkpoint(Checkpoint(Stage.STAGE1, model_config(net1), state, CLASSES), tmp_path / "odd.pt")
+    net = _segnet()
+    before = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+    assert init_encoder(net, EncoderInit.AUTO, ckpt).kind is WeightsKind.RANDOM
+    assert all(torch.equal(before[k], v) for k, v in net.backbone.state_dict().items())  # nothing copied
+    with pytest.raises(TrainingError, match=r"odd\.pt does not fit.*1 of another shape") as err:
+        init_encoder(_segnet(), EncoderInit.STAGE1, ckpt)
+    assert "\n" not in str(err.value)
+
+
+def test_the_stage2_trainer_starts_from_the_stage1_encoder(tmp_path: Path) -> None:
+    from protoseg.train.stage2 import Stage2Trainer
+
+    ckpt, stage1 = _stage1(tmp_path / "best.pt", seed=5)  # not run.seed: a fresh encoder differs from it
+    cfg = load_config(
+        None, ["stage2.backbone=resnet18", "stage2.weights=null", "stage2.decoder_dim=16", "run.device=cpu"]
+    )
+    trainer = Stage2Trainer(cfg, [], None, CLASSES, stage1_info={"checkpoint": str(ckpt)})
+    assert _same_encoder(trainer.net.backbone, stage1.backbone)
+    plain = Stage2Trainer(cfg, [], None, CLASSES)
+    assert not _same_encoder(plain.net.backbone, stage1.backbone)

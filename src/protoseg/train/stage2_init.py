@@ -62,6 +62,18 @@ def _stage1_encoder(ckpt: Checkpoint, path: Path, backbone: str) -> dict[str, to
     return {k[len(_PREFIX) :]: v for k, v in ckpt.state_dict.items() if k.startswith(_PREFIX)}
 
 
+def _check_fits(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], path: Path, backbone: str) -> None:
+    """TrainingError unless ``state`` has exactly the encoder's tensors, each of the same shape."""
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    shapes = [k for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes or not state:
+        raise TrainingError(
+            f"stage2.encoder_init: the encoder in {path} does not fit stage2.backbone={backbone} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} of another shape); "
+            "set stage2.encoder_init=weights"
+        )
+
+
 def init_encoder(net: SegNet, mode: EncoderInit, stage1: str | Path | None) -> WeightsInfo:
     """Load the stage-1 encoder into ``net.backbone`` when ``mode`` asks for it; returns where the encoder's
     weights came from (also set as ``net.backbone.weights_info``)."""
@@ -85,17 +97,13 @@ def init_encoder(net: SegNet, mode: EncoderInit, stage1: str | Path | None) -> W
             return info
     try:
         state = _stage1_encoder(ckpt, path, net.config.backbone)
-        missing, unexpected = net.backbone.load_state_dict(state, strict=False)
-        if missing or unexpected or not state:
-            raise TrainingError(
-                f"stage2.encoder_init: the encoder in {path} does not fit stage2.backbone={net.config.backbone} "
-                f"({len(missing)} missing, {len(unexpected)} unexpected weights); set stage2.encoder_init=weights"
-            )
-    except (TrainingError, RuntimeError) as exc:
+        _check_fits(state, net.backbone.state_dict(), path, net.config.backbone)
+    except TrainingError as exc:
         if mode is EncoderInit.STAGE1:
-            raise TrainingError(str(exc).splitlines()[0]) from None
-        logger.warning("stage-2 encoder: %s (the stage-1 encoder did not fit: %s)", info.describe(), exc)
+            raise
+        logger.warning("stage-2 encoder: %s (the stage-1 encoder does not fit: %s)", info.describe(), exc)
         return info
+    net.backbone.load_state_dict(state)  # checked above: every tensor fits, so nothing is loaded half-way
     new = WeightsInfo(WeightsKind.FILE, net.config.backbone, str(path))
     net.backbone.weights_info = new
     logger.info("stage-2 encoder starts from the stage-1 encoder in %s (%d tensors)", path, len(state))
