@@ -181,6 +181,40 @@ def test_tissue_only_skips_background_chunks(tmp_path):
     assert np.array_equal(mask[:48], np.asarray(lazy.mask(0))[:48])
 
 
+@pytest.mark.parametrize("tissue_only", [False, True])
+def test_coarse_levels_are_built_while_writing_with_the_same_bytes(tmp_path, monkeypatch, tissue_only):
+    """A fresh run builds every coarse chunk from the chunks as they finish (background ones as constants):
+    nothing is read back at the end, and the levels equal those built afterwards from the stored level 0."""
+    from protoseg.infer import batch
+
+    slide, _model, p = _setup()
+
+    class LeftTissue:
+        def fraction(self, x, y, w, h):
+            return 0.4 if x < 96 else 0.0
+
+    kwargs = dict(chunk=48, tissue_only=tissue_only, tissue=LeftTissue() if tissue_only else None, strip=2)
+    read_back: list[int] = []
+
+    class Spy(batch.StreamingPyramid):
+        def build_missing(self, read):
+            read_back.append(super().build_missing(read))
+            return read_back[-1]
+
+    class Afterwards(Spy):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **{**kw, "enabled": False})
+
+    monkeypatch.setattr(batch, "StreamingPyramid", Spy)
+    res = predict_slide_to_omezarr(p, slide, tmp_path / "stream.zarr", **kwargs)
+    assert read_back == [0] and (res.chunks_background > 0) is tissue_only
+    monkeypatch.setattr(batch, "StreamingPyramid", Afterwards)
+    predict_slide_to_omezarr(p, slide, tmp_path / "after.zarr", **kwargs)
+    assert read_back[-1] > 0  # the reference really read its coarse levels back
+    for (pa, ma), (pb, mb) in zip(_read_all(tmp_path / "stream.zarr"), _read_all(tmp_path / "after.zarr")):
+        assert np.array_equal(pa, pb) and np.array_equal(ma, mb)
+
+
 def test_omezarr_metadata(tmp_path):
     slide, _, p = _setup(60, 70)
     predict_slide_to_omezarr(p, slide, tmp_path / "m.zarr", chunk=32, tissue_only=False)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from protoseg.infer.grid import ChunkGrid
-from protoseg.infer.pyramid import ChunkData, chunk_from_finer, level_shapes
+from protoseg.infer.pyramid import ChunkData, background_chunk, chunk_from_finer, level_shapes
 from protoseg.infer.pyramid_stream import StreamingPyramid
 
 C = 3
@@ -100,7 +100,7 @@ def test_resumed_chunks_and_the_open_parent_bound_are_filled_in_from_the_stored_
     for cy, cx in earlier:  # written by an earlier, interrupted run: never passed to this pyramid
         x, y, w, h = store.grids[0].box(cy, cx)
         store.probs[0][:, y : y + h, x : x + w] = level0[:, y : y + h, x : x + w]
-    pyramid = StreamingPyramid(store.grids, C, store.write, max_open=2)
+    pyramid = StreamingPyramid(store.grids, C, store.write, max_open_bytes=2 * C * chunk * chunk)  # 2 parents
     random.Random(3).shuffle(now)
     _feed(store, pyramid, level0, now)
     assert pyramid.build_missing(store.read) > 0
@@ -116,4 +116,47 @@ def test_an_odd_chunk_side_builds_everything_afterwards() -> None:
     assert not pyramid.enabled
     _feed(store, pyramid, level0, list(store.grids[0]))
     assert pyramid.build_missing(store.read) == sum(len(g) for g in store.grids[1:])
+    _assert_same(store, ref)
+
+
+def test_background_chunks_known_up_front_need_no_data_and_no_read_back() -> None:
+    """As the batch writer runs: background chunks (no tissue) are written first and never streamed; the
+    pyramid fills them in as constants, so nothing is read back and the bytes are those built afterwards."""
+    width, height, chunk = 200, 150, 16
+    store = Store(width, height, chunk)
+    chunks = list(store.grids[0])
+    rng = random.Random(5)
+    background = {ch for ch in chunks if ch[1] < 4 or rng.random() < 0.3}  # a glass margin and scattered glass
+    level0 = _level0(width, height, seed=6)
+    for cy, cx in background:
+        x, y, w, h = store.grids[0].box(cy, cx)
+        level0[:, y : y + h, x : x + w] = background_chunk(C, h, w).probs
+        store.write(0, cy, cx, background_chunk(C, h, w))
+    ref = _reference(level0, width, height, chunk)
+    pyramid = StreamingPyramid(store.grids, C, store.write, background)
+    tissue = [ch for ch in chunks if ch not in background]
+    rng.shuffle(tissue)
+    _feed(store, pyramid, level0, tissue, threads=2)
+    reads: list[tuple[int, ...]] = []
+
+    def read(*box: int) -> np.ndarray:
+        reads.append(box)
+        return store.read(*box)
+
+    assert pyramid.build_missing(read) == 0 and not reads  # background-only parents are constants
+    _assert_same(store, ref)
+    _feed(store, pyramid, level0, tissue[:1])  # a chunk given again after its parent was built: ignored
+    _assert_same(store, ref)
+
+
+def test_a_chunk_given_twice_while_its_parent_waits_is_ignored_with_a_warning(caplog) -> None:
+    width, height, chunk = 64, 64, 16
+    level0 = _level0(width, height, seed=7)
+    ref = _reference(level0, width, height, chunk)
+    store = Store(width, height, chunk)
+    pyramid = StreamingPyramid(store.grids, C, store.write)
+    chunks = list(store.grids[0])
+    _feed(store, pyramid, level0, [chunks[0], chunks[0], *chunks[1:]])  # (0, 0) twice: its parent would
+    assert "given twice" in caplog.text  # otherwise be written with a quarter missing
+    assert pyramid.build_missing(store.read) == 0
     _assert_same(store, ref)

@@ -1,12 +1,14 @@
 """Whole-slide prediction to an OME-Zarr with a bounded, resumable pipeline.
 
 reader threads (read + decode tiles) -> bounded queue -> batched model (calling thread) ->
-bounded queue -> writer thread (blend, quantise, write chunk, mark it done). Memory is bounded
+bounded queue -> writer threads (blend, quantise, write chunk, mark it done; ``writers=0``: in the model's
+thread between batches). Memory is bounded
 by the queues and the strip plan (see ``plan``), not by the slide size. Finished level-0 chunks are
 recorded in the ``done`` array after their data, at most ``done_record.DONE_INTERVAL_S`` later (and at the end,
 also on errors and cancel), so a killed run restarted with ``resume=True`` skips finished chunks,
-redoes at most that much work, and ends with the same bytes. Coarse levels are rebuilt
-from level 0 at the end (cheap, deterministic).
+redoes at most that much work, and ends with the same bytes. Coarse levels are built while level 0 is
+written (``pyramid_stream``: a parent as soon as its children are in; background-only chunks are constants);
+what that leaves (resumed runs, parents beyond its memory bound) is rebuilt from the stored level at the end.
 """
 
 from __future__ import annotations
@@ -320,8 +322,6 @@ def predict_slide_to_omezarr(
     root = _open_output(out, described, predictor, name, resume, overwrite)
     arrays = _Arrays(root, len(layout.levels), layout.chunk)
     record = DoneRecord(arrays.done)
-    grids = [layout.chunk_grid(k) for k in range(len(layout.levels))]
-    pyramid = StreamingPyramid(grids, layout.channels, arrays.write)  # coarse levels built as chunks finish
     done = record.marks.astype(bool)
     total = int(done.size)
     counts = {"done": int(done.sum()), "background": 0, "predicted": 0}
@@ -330,9 +330,10 @@ def predict_slide_to_omezarr(
 
     book = threading.Lock()  # writer threads share the one-chunk "done" array and the counters
 
-    def mark(cy: int, cx: int, data: ChunkData) -> None:
+    def mark(cy: int, cx: int, data: ChunkData, predicted: bool = True) -> None:
         arrays.write(0, cy, cx, data)  # its own zarr chunk: writers run this in parallel
-        pyramid.add(0, cy, cx, data.probs)
+        if predicted:  # background chunks are known to the pyramid up front
+            pyramid.add(0, cy, cx, data.probs)
         with book:
             record.mark(cy, cx)
             counts["done"] += 1
@@ -349,14 +350,15 @@ def predict_slide_to_omezarr(
         progress(counts["done"], total)
     rows, cols = layout.grid0.shape
     todo = [(r, c) for r, c in layout.grid0 if not done[r, c]]
-    tissue_chunks = set()
+    tissue_chunks = {(r, c) for r, c in todo if layout.has_tissue(r, c)}
+    background = [ch for ch in todo if ch not in tissue_chunks]
+    # coarse levels are built as chunks finish; a resumed run builds them at the end from the stored level 0
+    grids = [layout.chunk_grid(k) for k in range(len(layout.levels))]
+    pyramid = StreamingPyramid(grids, layout.channels, arrays.write, background, enabled=not resumed)
     try:
-        for r, c in todo:
-            if layout.has_tissue(r, c):
-                tissue_chunks.add((r, c))
-            else:
-                mark(r, c, layout.background(r, c))
-                counts["background"] += 1
+        for r, c in background:
+            mark(r, c, layout.background(r, c), predicted=False)
+            counts["background"] += 1
         if tissue_chunks:
             order = strip_order(rows, cols, strip, include=lambda ch: ch in tissue_chunks)
             steps = plan_steps(order, layout.tiles_for_chunk, window=strip)
