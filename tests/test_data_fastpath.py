@@ -96,15 +96,25 @@ def test_num_workers_defaults_from_the_machine(monkeypatch) -> None:
     assert resolve_num_workers(None, "cuda") == 8 and resolve_num_workers(0, "cuda") == 0
 
 
-def test_scratch_left_by_a_killed_run_is_swept_and_a_live_one_kept(tmp_path: Path) -> None:
-    """A cancelled training child is killed before its finalizer runs: the next cache deletes its folder."""
+def test_scratch_left_by_a_killed_run_is_swept_and_a_live_one_kept(tmp_path: Path, monkeypatch) -> None:
+    """A cancelled training child is killed before its finalizer runs: the next cache deletes its folder,
+    never one of a live process, of another machine, or named otherwise."""
+    import socket
+    import tempfile
+
+    host = "".join(ch if ch.isalnum() else "_" for ch in socket.gethostname())
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    stale = tmp_path / f"protoseg-patches-{dead_pid}-abc"
-    live = tmp_path / f"protoseg-patches-{os.getpid()}-def"
+    stale = tmp_path / f"protoseg-patches-{dead_pid}-{host}-abc"
+    live = tmp_path / f"protoseg-patches-{os.getpid()}-{host}-def"
+    elsewhere = tmp_path / f"protoseg-patches-{dead_pid}-otherhost-ghi"  # another machine's run: not judged
     other = tmp_path / "protoseg-patchesXY"  # not our naming: never touched
-    for folder in (stale, live, other):
+    for folder in (stale, live, elsewhere, other):
         folder.mkdir()
         (folder / "pixels.npy").write_bytes(b"x")
     assert sweep_stale_scratch(str(tmp_path)) == 1
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and live.exists() and elsewhere.exists() and other.exists()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the cache's own folder carries pid and host
+    cache = DecodedCache(2, CacheMode.MMAP, max_bytes=10_000)
+    cache.put(0, np.ones((4, 4, 3), np.uint8))
+    assert Path(cache._dir).name.startswith(f"protoseg-patches-{os.getpid()}-{host}-")

@@ -231,3 +231,14 @@ def test_eval_use_labels_gates_with_the_min_share_labels(tmp_path: Path, capsys,
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert out["label_min_share"] == float(share)
         assert torch.cat(seen).tolist() == want
+
+
+def test_a_patch_where_no_class_reaches_the_share_keeps_its_classes_and_bad_shares_are_refused() -> None:
+    from protoseg.data.errors import MaskError
+    from protoseg.data.masks import labels_from_mask
+
+    m = np.full((10, 10), 3)  # background
+    m[0, 0], m[0, 1] = 0, 1  # two classes of one pixel each: tissue, but no class reaches 2 %
+    assert labels_from_mask(m, 3, 0.02).tolist() == [1, 1, 0]
+    with pytest.raises(MaskError, match="within 0..1"):
+        labels_from_mask(m, 3, 1.5)

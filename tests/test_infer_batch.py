@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from protoseg.infer.batch import predict_slide_to_omezarr
-from protoseg.infer.errors import OutputError
+from protoseg.infer.errors import InferenceError, OutputError
 from protoseg.infer.lazy import LazyPrediction
 from protoseg.infer.memory import ArraySlide
 from protoseg.infer.omezarr import open_prediction
@@ -80,6 +80,9 @@ def test_writer_threads_or_the_model_thread_give_the_same_bytes(tmp_path, monkey
         progress=lambda d, t: seen.append(d),
     )
     assert res.chunks_predicted == 20 and seen[-1] == 20 and sorted(seen) == seen  # counted once each, in order
+    with pytest.raises(InferenceError, match="writers must be >= 0"):
+        predict_slide_to_omezarr(p, slide, tmp_path / "never.zarr", writers=-1)
+    assert not (tmp_path / "never.zarr").exists()
     if writers:
         assert len({n for n in names if n.startswith("protoseg-write-")}) >= 2  # chunks were written in parallel
     else:

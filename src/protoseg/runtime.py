@@ -44,6 +44,14 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     return chosen
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (psutil: also right on Windows, where ``os.kill(pid, 0)``
+    would send Ctrl+C)."""
+    import psutil
+
+    return bool(psutil.pid_exists(int(pid)))
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:

@@ -12,6 +12,7 @@ import enum
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import weakref
@@ -19,24 +20,22 @@ from typing import Any
 
 import numpy as np
 
+from protoseg.runtime import pid_alive
+
 logger = logging.getLogger(__name__)
 
 #: default bound of one dataset's cache (uint8 pixels)
 MAX_CACHE_BYTES = 8 << 30
 
 
-#: scratch folders are named ``protoseg-patches-<pid>-<random>`` so a later run can tell whose they are
+#: scratch folders are named ``protoseg-patches-<pid>-<host>-<random>`` so a later run can tell whose they are
 _SCRATCH_PREFIX = "protoseg-patches-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
+def _scratch_tag() -> str:
+    """``<pid>-<host>`` of this process (a temp folder may be shared by machines or containers)."""
+    host = "".join(ch if ch.isalnum() else "_" for ch in socket.gethostname()) or "host"
+    return f"{os.getpid()}-{host}"
 
 
 def sweep_stale_scratch(root: str | None = None) -> int:
@@ -50,13 +49,16 @@ def sweep_stale_scratch(root: str | None = None) -> int:
         names = os.listdir(root)
     except OSError:
         return 0
+    host = _scratch_tag().split("-", 1)[1]
     for name in names:
         if not name.startswith(_SCRATCH_PREFIX):
             continue
-        pid_text = name[len(_SCRATCH_PREFIX) :].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            removed += 1
+        parts = name[len(_SCRATCH_PREFIX) :].split("-", 2)
+        if len(parts) < 3 or not parts[0].isdigit() or parts[1] != host or pid_alive(int(parts[0])):
+            continue  # not ours to judge: another naming, another machine, or a live run
+        folder = os.path.join(root, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += not os.path.exists(folder)
     return removed
 
 
@@ -124,7 +126,7 @@ class DecodedCache:
             return False
         if sweep_stale_scratch():
             logger.info("removed decoded-patch scratch folders left by killed runs")
-        self._dir = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
+        self._dir = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{_scratch_tag()}-")
         weakref.finalize(self, _remove, self._dir, os.getpid())
         self._shape = shape
         self._open("w+")

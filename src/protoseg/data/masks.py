@@ -67,10 +67,14 @@ def load_mask(path: str | Path, classes: ClassSpec) -> np.ndarray:
 
 def labels_from_mask(mask: np.ndarray, num_classes: int, min_share: float = 0.0) -> np.ndarray:
     """Image-level multi-hot label (C,) float32 of the tissue classes in an index mask: every class with a pixel
-    (``min_share`` 0), else those covering at least ``min_share`` of the patch (ignore pixels included in it)."""
+    (``min_share`` 0), else those covering at least ``min_share`` of the patch (ignore pixels included in it);
+    a patch where no class reaches it keeps every class with a pixel (it has tissue, just no dominant class)."""
+    if not 0.0 <= min_share <= 1.0:
+        raise MaskError(f"a label's minimum share of the patch must be within 0..1, got {min_share}")
     mask = np.asarray(mask)
     present = np.bincount(mask[mask < num_classes].ravel(), minlength=num_classes)[:num_classes]
-    return ((present > 0) & (present / max(mask.size, 1) >= min_share)).astype(np.float32)  # = the baseline's share
+    labels = (present > 0) & (present / max(mask.size, 1) >= min_share)  # = the tile baseline's share
+    return (labels if labels.any() else present > 0).astype(np.float32)
 
 
 def save_palette_mask(path: str | Path, mask: np.ndarray, classes: ClassSpec) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from protoseg.cancel import CancelLike, Progress, check_cancelled
 from protoseg.infer.chunks import DEFAULT_CHUNK, SlideChunks, TissueLike
 from protoseg.infer.done_record import DoneRecord
-from protoseg.infer.errors import OutputError
+from protoseg.infer.errors import InferenceError, OutputError
 from protoseg.infer.identity import differences, slide_identity
 from protoseg.infer.omezarr import (
     check_arrays,
@@ -152,7 +152,7 @@ class _Pipeline:
         self._ready_steps: deque[ChunkStep] = deque()
         self._plan_done = False
         self.n_readers = max(1, int(readers if readers is not None else default_readers(self.predictor.device.type)))
-        self.n_writers = max(0, int(writers if writers is not None else default_writers(self.predictor.device.type)))
+        self.n_writers = int(writers if writers is not None else default_writers(self.predictor.device.type))
         bs = self.predictor.batch_size
         self.read_q: queue.Queue = queue.Queue(maxsize=max(4, 2 * bs))
         # absorbs zarr write hiccups off the model loop
@@ -309,6 +309,8 @@ def predict_slide_to_omezarr(
     ``cancel`` (a ``CancelToken``) stops the run at the next chunk with ``protoseg.cancel.Cancelled``;
     finished chunks stay recorded, so a later call with ``resume=True`` continues from them.
     """
+    if writers is not None and int(writers) < 0:
+        raise InferenceError(f"writers must be >= 0 (0 = in the model's thread), got {writers}")
     start = time.perf_counter()
     slide_arg = slide
     name = str(Path(slide).resolve()) if isinstance(slide, (str, os.PathLike)) else slide_name(slide)

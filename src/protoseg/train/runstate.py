@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from protoseg.outputs import append_text, atomic_write_text, check_appendable
+from protoseg.runtime import pid_alive
 from protoseg.train.errors import TrainingError
 
 logger = logging.getLogger(__name__)
@@ -68,16 +69,6 @@ def restore_rng(
         augment.set_state(state["augment"])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class RunLock:
     """``<out>/.protoseg-train.lock`` holding this process's pid and host; a second live process is refused,
     a lock left by a dead process (same host) is taken over."""
@@ -113,7 +104,7 @@ class RunLock:
             pid, host = int(other["pid"]), str(other["host"])
         except (OSError, ValueError, KeyError, TypeError):
             pid, host = -1, me["host"]  # unreadable: a writer died while creating it
-        if host != me["host"] or (pid > 0 and pid != me["pid"] and _alive(pid)):
+        if host != me["host"] or (pid > 0 and pid != me["pid"] and pid_alive(pid)):
             raise TrainingError(
                 f"another protoseg training (pid {pid} on {host}) is writing to {self.path.parent}; wait for it "
                 f"to finish or choose another output folder (if no such process runs, delete {self.path})."
