@@ -32,10 +32,9 @@ MAX_CACHE_BYTES = 8 << 30
 _SCRATCH_PREFIX = "protoseg-patches-"
 
 
-def _scratch_tag() -> str:
-    """``<pid>-<host>`` of this process (a temp folder may be shared by machines or containers)."""
-    host = "".join(ch if ch.isalnum() else "_" for ch in socket.gethostname()) or "host"
-    return f"{os.getpid()}-{host}"
+def _host() -> str:
+    """This machine's name without dashes (a temp folder may be shared by machines or containers)."""
+    return "".join(ch if ch.isalnum() else "_" for ch in socket.gethostname()) or "host"
 
 
 def sweep_stale_scratch(root: str | None = None) -> int:
@@ -49,7 +48,7 @@ def sweep_stale_scratch(root: str | None = None) -> int:
         names = os.listdir(root)
     except OSError:
         return 0
-    host = _scratch_tag().split("-", 1)[1]
+    host = _host()
     for name in names:
         if not name.startswith(_SCRATCH_PREFIX):
             continue
@@ -126,7 +125,7 @@ class DecodedCache:
             return False
         if sweep_stale_scratch():
             logger.info("removed decoded-patch scratch folders left by killed runs")
-        self._dir = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{_scratch_tag()}-")
+        self._dir = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-{_host()}-")
         weakref.finalize(self, _remove, self._dir, os.getpid())
         self._shape = shape
         self._open("w+")

@@ -2,8 +2,8 @@
 
 reader threads (read + decode tiles) -> bounded queue -> batched model (calling thread) ->
 bounded queue -> writer threads (blend, quantise, write chunk, mark it done; ``writers=0``: in the model's
-thread between batches). Memory is bounded
-by the queues and the strip plan (see ``plan``), not by the slide size. Finished level-0 chunks are
+thread between batches). Memory is bounded by the queues and the strip plan (see ``plan``), not by the
+slide size. Finished level-0 chunks are
 recorded in the ``done`` array after their data, at most ``done_record.DONE_INTERVAL_S`` later (and at the end,
 also on errors and cancel), so a killed run restarted with ``resume=True`` skips finished chunks,
 redoes at most that much work, and ends with the same bytes. Coarse levels are built while level 0 is

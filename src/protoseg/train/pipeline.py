@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
-from protoseg.config import EncoderInit, ProtosegConfig, Recipe, save_config
+from protoseg.config import ProtosegConfig, Recipe, save_config
 from protoseg.data.augment import default_augmentation
 from protoseg.data.datasets import PatchDataset, open_dataset
 from protoseg.data.layouts import parse_mpp
@@ -35,7 +35,7 @@ from protoseg.train.runstate import check_new_run
 from protoseg.train.sampling import KeyedSubset
 from protoseg.train.stage1 import Stage1Trainer, encoder_from_config
 from protoseg.train.stage2 import Stage2Trainer
-from protoseg.train.stage2_init import stage1_checkpoint_of
+from protoseg.train.stage2_init import stage1_source
 
 logger = logging.getLogger(__name__)
 
@@ -321,10 +321,7 @@ def train_stage2(
     _check_pseudo_classes(pseudo_dir, data.classes)
     # with data.augment_on_device Stage2Trainer jitters the stains batched
     ds = PseudoMaskDataset(images, pseudo_dir, cfg.data.augment, seed=cfg.run.seed, stain=not stain_on_device(cfg))
-    if stage1 is None and cfg.stage2.encoder_init is not EncoderInit.WEIGHTS:
-        stage1 = stage1_checkpoint_of(pseudo_dir, Path(cfg.run.out_dir) / Stage.STAGE1.value)
-        if stage1 is None:
-            logger.info("no stage-1 checkpoint in %s made the pseudo-masks in %s", cfg.run.out_dir, pseudo_dir)
+    stage1 = stage1 or stage1_source(cfg, pseudo_dir)
     info = {"checkpoint": str(stage1)} if stage1 else {}
     val = _subset(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None
     trainer = Stage2Trainer(cfg, ds, val, data.classes, callbacks=callbacks, cancel=cancel, stage1_info=info)

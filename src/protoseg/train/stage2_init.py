@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from protoseg.config import EncoderInit
+from protoseg.config import EncoderInit, ProtosegConfig
 from protoseg.models.backbone import WeightsInfo, WeightsKind
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.models.segnet import SegNet
@@ -46,6 +46,17 @@ def stage1_checkpoint_of(pseudo_dir: str | Path, stage1_dir: str | Path) -> Path
         except Exception as exc:  # noqa: BLE001 - an unreadable candidate is simply not the source
             logger.debug("%s: not a usable stage-1 checkpoint (%s)", path, exc)
     return None
+
+
+def stage1_source(cfg: ProtosegConfig, pseudo_dir: str | Path) -> Path | None:
+    """The stage-1 checkpoint stage 2 may start from when none was given: the one in ``<run.out_dir>/stage1``
+    that made the pseudo-masks (None with ``stage2.encoder_init=weights``, which never needs it)."""
+    if cfg.stage2.encoder_init is EncoderInit.WEIGHTS:
+        return None
+    found = stage1_checkpoint_of(pseudo_dir, Path(cfg.run.out_dir) / Stage.STAGE1.value)
+    if found is None:
+        logger.info("no stage-1 checkpoint in %s made the pseudo-masks in %s", cfg.run.out_dir, pseudo_dir)
+    return found
 
 
 def _stage1_encoder(ckpt: Checkpoint, path: Path, backbone: str) -> dict[str, torch.Tensor]:
