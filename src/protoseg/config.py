@@ -185,6 +185,13 @@ class PseudoLabelConfig:
     # CAM scaling before the labelled classes compete: joint (one scale, the classifier's own ranking, as
     # stage1.label_free_cams) or per_class min-max (PBIP's rule; on real tissue it gave TE 11 % IoU, docs/interfaces.md)
     cams: CamNorm = CamNorm.JOINT
+    # input scales whose stage CAMs are averaged (multi-scale CAM inference, as AffinityNet / PBIP test time);
+    # (1.0,) = one pass. Pseudo-mask export and eval --use-labels; stage-1 validation stays one pass
+    scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if not self.scales:
+            raise ConfigError("stage1.pseudo.scales needs at least one input scale, e.g. [1.0] or [1.0, 1.5, 2.0]")
 
 
 @dataclass(frozen=True)

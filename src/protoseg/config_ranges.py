@@ -93,6 +93,7 @@ RANGES: dict[str, Range] = {
     "stage1.pseudo.tie_margin": FRACTION,
     "stage1.pseudo.bg_open_radius": Range(0, 0.5),
     "stage1.pseudo.bg_min_size": NON_NEGATIVE,
+    "stage1.pseudo.scales": Range(0.25, 4),
     "stage2.decoder_dim": AT_LEAST_ONE,
     "stage2.epochs": AT_LEAST_ONE,
     "stage2.lr": POSITIVE,

@@ -117,6 +117,12 @@ def merge_subclusters(maps: torch.Tensor, kind: MergeKind | str = MergeKind.MEAN
     return (torch.softmax(maps, dim=2) * maps).sum(dim=2)
 
 
+def _rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` resized by ``scale`` (bilinear; antialiased when shrinking)."""
+    size = (max(1, round(x.shape[-2] * scale)), max(1, round(x.shape[-1] * scale)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+
+
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[None]:
     """Temporarily put ``module`` in eval mode, restoring its previous mode afterwards."""
@@ -191,6 +197,20 @@ class ClassNet(nn.Module):
         maps = [merge_subclusters(m, kind) for m in sub]
         logits = [m.mean(dim=(2, 3)) for m in maps]
         return ClassNetOutput(logits=logits, maps=maps, subcluster_maps=sub, features=feats, embeddings=emb)
+
+    def forward_multiscale(self, x: torch.Tensor, scales: Sequence[float] = (1.0,)) -> ClassNetOutput:
+        """Forward at each input scale (bilinear resize of ``x``) with every stage map brought back to the first
+        scale's map size and averaged: multi-scale CAM inference (AffinityNet, PBIP's test time). Logits,
+        features and sub-cluster maps are the first scale's; one scale is a plain forward."""
+        first = self(x if scales[0] == 1 else _rescale(x, scales[0]))
+        if len(scales) == 1:
+            return first
+        maps = list(first.maps)
+        for s in scales[1:]:
+            other = self(x if s == 1 else _rescale(x, s))
+            for i, m in enumerate(other.maps):
+                maps[i] = maps[i] + cam_ops.resize(m, tuple(first.maps[i].shape[-2:]))
+        return replace(first, maps=[m / len(scales) for m in maps])
 
     def fusion_weights(self) -> tuple[float, ...]:
         """Stage fusion weights for CAMs (1.0 for the single-stage CAM head)."""

@@ -128,10 +128,11 @@ def pseudo_masks(
     """Pseudo-mask (B, H, W) and its per-pixel confidence (B, H, W) in [0, 1] from fused, gated CAMs.
 
     Mask: argmax over the gated classes (label-gated with ``labels``, score-gated without),
-    uncertain pixels 255, background C only where the glass detector finds glass. Confidence:
+    uncertain pixels 255, background C only where the glass detector finds glass; CAMs averaged over the
+    ``stage1.pseudo.scales`` input scales. Confidence:
     the max CAM on tissue pixels, 1 on glass (the detector is sure), 0 on ignored pixels.
     """
-    return pseudo_masks_from_output(net, net(images), images, labels, cfg)
+    return pseudo_masks_from_output(net, net.forward_multiscale(images, cfg.stage1.pseudo.scales), images, labels, cfg)
 
 
 def pseudo_masks_from_output(
