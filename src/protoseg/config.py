@@ -85,6 +85,10 @@ class DataConfig:
     root: str = ""
     layout: Layout | None = None  # protoseg.data.records.Layout; auto-detected when None
     patch_size: int = 224
+    # patch folders: images and masks resampled by this factor before the model sees them (0.5 = half the
+    # resolution: 4x cheaper steps, twice the tissue per receptive field); the model's µm/px is the files' / scale.
+    # Tagged slide regions are read at run.mpp instead (1 only)
+    scale: float = 1.0
     batch_size: int = 8
     num_workers: int | None = None  # None: chosen from the machine (protoseg.runtime.default_num_workers)
     augment: bool = True

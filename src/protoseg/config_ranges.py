@@ -54,6 +54,7 @@ MPP_SCALE = Range(1 / 16, 64)
 #: A new numeric setting adds its line here (tests/test_hostile_inputs.py checks none is missing).
 RANGES: dict[str, Range] = {
     "data.patch_size": Range(16, 8192),
+    "data.scale": Range(0.05, 4),
     "data.batch_size": AT_LEAST_ONE,
     "data.num_workers": NON_NEGATIVE,
     "data.max_train": AT_LEAST_ONE,

@@ -38,6 +38,30 @@ def load_image(path: str | Path) -> np.ndarray:
         ) from exc
 
 
+def rescaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """(width, height) of an image resampled by ``scale`` (rounded, at least 1 px)."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def rescale_image(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 RGB resampled by ``scale`` (area average when shrinking, bilinear when enlarging); 1 is a no-op."""
+    if scale == 1:
+        return rgb
+    size = rescaled_size(rgb.shape[1], rgb.shape[0], scale)
+    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(rgb).resize(size, method))
+
+
+def rescale_mask(mask: np.ndarray, scale: float) -> np.ndarray:
+    """Index mask resampled by ``scale`` with nearest neighbours (class indices never blend); 1 is a no-op."""
+    if scale == 1:
+        return mask
+    w, h = rescaled_size(mask.shape[1], mask.shape[0], scale)
+    rows = np.minimum(((np.arange(h) + 0.5) * mask.shape[0] / h).astype(np.intp), mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * mask.shape[1] / w).astype(np.intp), mask.shape[1] - 1)
+    return mask[rows[:, None], cols[None, :]]  # the source pixel under each output pixel's centre
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
     rgb = np.ascontiguousarray(rgb)
@@ -59,8 +83,13 @@ class PatchDataset(Dataset):
         split: Split | None = None,
         transform: Transform | None = None,
         cache: CacheMode | str = CacheMode.MMAP,
+        scale: float = 1.0,
     ) -> None:
-        """``cache``: keep decoded uint8 patches (``protoseg.data.cache``) so later epochs skip PNG decoding."""
+        """``cache``: keep decoded uint8 patches (``protoseg.data.cache``) so later epochs skip PNG decoding;
+        ``scale``: every image and mask is resampled by it (``data.scale``: 0.5 trains at half the resolution)."""
+        if not 0 < scale <= 4:
+            raise ValueError(f"scale must be in (0, 4], got {scale}")
+        self.scale = float(scale)
         self.records = tuple(records)
         self.classes = classes
         self.root = Path(root) if root is not None else None
@@ -71,12 +100,23 @@ class PatchDataset(Dataset):
         self._cache = DecodedCache(len(self.records), cache)
         if self._cache.mode is CacheMode.MMAP and self.records:
             try:  # creates the shared file now, before DataLoader workers fork
-                self._cache.put(0, load_image(self.records[0].image))
+                self._cache.put(0, self._read(0))
             except (DataError, OSError):
                 pass  # reported with the file name when the sample is read
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def _read(self, index: int) -> np.ndarray:
+        return rescale_image(load_image(self.records[index].image), self.scale)
+
+    def image(self, index: int) -> np.ndarray:
+        """uint8 (H, W, 3) pixels of one patch as the model sees them (resampled by ``scale``, not augmented)."""
+        rgb = self._cache.get(index)
+        if rgb is None:
+            rgb = self._read(index)
+            self._cache.put(index, rgb)
+        return rgb
 
     def label(self, index: int) -> np.ndarray:
         """Image-level multi-hot label (C,) of one patch, from its name or (val/test) its mask."""
@@ -84,7 +124,8 @@ class PatchDataset(Dataset):
         if rec.label is not None:
             return np.asarray(rec.label, dtype=np.float32)
         if index not in self._mask_labels:
-            self._mask_labels[index] = labels_from_mask(load_mask(rec.mask, self.classes), self.classes.num_classes)
+            mask = rescale_mask(load_mask(rec.mask, self.classes), self.scale)
+            self._mask_labels[index] = labels_from_mask(mask, self.classes.num_classes)
         return self._mask_labels[index]
 
     def masked(self) -> list[int]:
@@ -106,18 +147,17 @@ class PatchDataset(Dataset):
         """The sample at ``key`` (an index, or a ``SampleKey`` whose seed picks the augmentation draw)."""
         index = int(key)
         rec = self.records[index]
-        rgb = self._cache.get(index)
-        if rgb is None:
-            rgb = load_image(rec.image)
-            self._cache.put(index, rgb)
+        rgb = self.image(index)
         sample: dict = {"image": to_tensor(rgb), "name": rec.name}
         if rec.mask is not None:
             mask = load_mask(rec.mask, self.classes)
-            if mask.shape != rgb.shape[:2]:
+            expected = rescaled_size(mask.shape[1], mask.shape[0], self.scale)
+            if expected != (rgb.shape[1], rgb.shape[0]):
                 raise DatasetLayoutError(
-                    f"mask {rec.mask} is {mask.shape[1]}x{mask.shape[0]} but image {rec.image} is "
-                    f"{rgb.shape[1]}x{rgb.shape[0]}; masks must match their image size"
+                    f"mask {rec.mask} is {mask.shape[1]}x{mask.shape[0]}, a different size from image {rec.image}; "
+                    "masks must match their image size"
                 )
+            mask = rescale_mask(mask, self.scale)
             sample["mask"] = torch.from_numpy(mask)
             label = labels_from_mask(mask, self.classes.num_classes) if rec.label is None else rec.label
         else:
@@ -129,6 +169,7 @@ class PatchDataset(Dataset):
         return (
             f"PatchDataset({len(self)} patches, classes={list(self.classes.names)}, "
             f"layout={getattr(self.layout, 'value', None)}, split={getattr(self.split, 'value', None)}, "
+            f"scale={self.scale:g}, "
             f"root={self.root})"
         )
 
@@ -138,8 +179,10 @@ def open_dataset(
     split: Split | str = Split.TRAIN,
     layout: Layout | str | None = None,
     transform: Transform | None = None,
+    scale: float = 1.0,
 ) -> PatchDataset:
-    """Open one split of a patch dataset folder; the layout is detected when not given."""
+    """Open one split of a patch dataset folder, its patches resampled by ``scale``; the layout is detected when
+    not given."""
     root = Path(root)
     split = Split(split)
     if not root.is_dir():
@@ -150,4 +193,4 @@ def open_dataset(
     else:
         spec, records = named_records(root, split, layout)
     logger.info("opened %s split of %s (%s): %d patches", split.value, root, layout.value, len(records))
-    return PatchDataset(records, spec, root=root, layout=layout, split=split, transform=transform)
+    return PatchDataset(records, spec, root=root, layout=layout, split=split, transform=transform, scale=scale)

@@ -66,6 +66,18 @@ class Checkpoint:
         """Copy with some fields replaced (dataclass is frozen)."""
         return replace(self, **changes)
 
+    @property
+    def data_scale(self) -> float:
+        """The ``data.scale`` its training patches were resampled by: patch folders are evaluated and given
+        pseudo-masks at it (1 for slide regions and checkpoints written before the setting)."""
+        data = self.train_config.get("data") if isinstance(self.train_config, dict) else None
+        value = data.get("scale", 1.0) if isinstance(data, dict) else 1.0
+        try:
+            scale = float(value)
+        except (TypeError, ValueError):
+            return 1.0
+        return scale if 0.05 <= scale <= 4 else 1.0  # range of data.scale: anything else is not ours
+
     def to_payload(self) -> dict[str, Any]:
         """Plain containers + tensors only, so ``torch.load(weights_only=True)`` can read it."""
         return {

@@ -55,6 +55,8 @@ def resume_mismatches(ckpt: Checkpoint, net: dict[str, Any], classes: ClassSpec,
     for key, now in (("recipe", cfg.stage1.recipe.value), ("addons", [a.value for a in cfg.stage1.addons])):
         if key in old and (list(old[key]) if key == "addons" else old[key]) != now:
             out.append(f"stage1.{key} {old[key]!r} vs {now!r}")
+    if ckpt.data_scale != cfg.data.scale:
+        out.append(f"data.scale {ckpt.data_scale:g} vs {cfg.data.scale:g}")
     for key in sorted(set(ckpt.model_config) | set(net)):
         if key not in _NOT_ARCHITECTURE and ckpt.model_config.get(key) != net.get(key):
             out.append(f"model {key} {ckpt.model_config.get(key)!r} vs {net.get(key)!r}")

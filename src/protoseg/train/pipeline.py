@@ -52,11 +52,16 @@ def _train_augmentation(cfg: ProtosegConfig) -> Any:
     return default_augmentation(seed=cfg.run.seed, with_stain=not cfg.data.augment_on_device)
 
 
-def open_split(cfg: ProtosegConfig, split: Split, augment: bool = False) -> PatchDataset | None:
-    """One split of ``data.root`` (None when a val/test split is absent)."""
+def open_split(
+    cfg: ProtosegConfig, split: Split, augment: bool = False, scale: float | None = None
+) -> PatchDataset | None:
+    """One split of ``data.root`` resampled by ``scale`` (default ``data.scale``; None when a val/test split is
+    absent)."""
     transform = _train_augmentation(cfg) if augment else None
     try:
-        return open_dataset(cfg.data.root, split, cfg.data.layout, transform=transform)
+        return open_dataset(
+            cfg.data.root, split, cfg.data.layout, transform=transform, scale=cfg.data.scale if scale is None else scale
+        )
     except Exception:
         if split is Split.TRAIN:
             raise
@@ -69,8 +74,8 @@ _MPP_WARNED: set[str] = set()
 
 
 def infer_mpp(cfg: ProtosegConfig, ds: PatchDataset) -> ProtosegConfig:
-    """Fill ``run.mpp`` from the patch names (``MPP-0.2500``) when the config leaves it open; when neither
-    gives it, warn once per dataset folder naming the option that sets it."""
+    """Fill ``run.mpp`` (the model's µm/px) from the patch names (``MPP-0.2500``) divided by ``data.scale``
+    when the config leaves it open; when neither gives it, warn once per dataset folder naming the option."""
     if cfg.run.mpp is not None or not len(ds.records):
         return cfg
     mpp = parse_mpp(ds.records[0].name)
@@ -79,11 +84,12 @@ def infer_mpp(cfg: ProtosegConfig, ds: PatchDataset) -> ProtosegConfig:
             _MPP_WARNED.add(str(ds.root))
             logger.warning(
                 "patch mpp unknown for %s (no MPP-x.xxxx in the file names): set it with --set run.mpp=<µm per "
-                "pixel> (or run: {mpp: ...} in --config) so slide predictions use the training resolution",
+                "pixel the model sees: the files' divided by data.scale> (or run: {mpp: ...} in --config) so slide "
+                "predictions use the training resolution",
                 ds.root,
             )
         return cfg
-    return replace(cfg, run=replace(cfg.run, mpp=mpp))
+    return replace(cfg, run=replace(cfg.run, mpp=mpp / ds.scale))
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,11 @@ def region_data(
     from protoseg.data.errors import RegionError
     from protoseg.data.region_dataset import WsiRegionDataset, dense_stride
 
+    if cfg.data.scale != 1:
+        raise RegionError(
+            f"data.scale={cfg.data.scale:g} resamples patch folders; tagged regions are read at the training "
+            "resolution run.mpp: set that (e.g. twice the µm/px for half the resolution) and data.scale=1"
+        )
     use_aug = cfg.data.augment if augment is None else augment
     ds = WsiRegionDataset(
         regions,
@@ -158,15 +169,13 @@ def region_data(
 def iter_bank_samples(ds: Dataset, mpp: float | None) -> Iterator[Any]:
     """Training patches as bank samples (uint8 images + multi-hot labels + their file or slide box)."""
     from protoseg.bank import BankSample
-    from protoseg.data.datasets import load_image
 
     records = getattr(ds, "records", None)
     for i in range(len(ds)):  # type: ignore[arg-type]
         if records is not None:  # folder patches: read the file itself (no augmentation)
             label = tuple(int(v) for v in ds.label(i))  # type: ignore[attr-defined]
-            yield BankSample(
-                image=load_image(records[i].image), label=label, source=str(records[i].image), box=None, mpp=mpp
-            )
+            image = ds.image(i)  # type: ignore[attr-defined]  # resampled by data.scale, as training sees it
+            yield BankSample(image=image, label=label, source=str(records[i].image), box=None, mpp=mpp)
             continue
         patch = ds.patches[i]  # type: ignore[attr-defined]
         yield BankSample(
@@ -287,7 +296,7 @@ def make_pseudo_masks(
     out = Path(out) if out is not None else Path(cfg.run.out_dir) / "pseudo"
     check_replaceable(out, PSEUDO_KIND, overwrite=overwrite, what="pseudo-mask folder")  # before any work
     ckpt = load_checkpoint(checkpoint)
-    data = data or folder_data(cfg, augment=False)
+    data = data or folder_data(replace(cfg, data=replace(cfg.data, scale=_checkpoint_scale(cfg, ckpt))), augment=False)
     _check_classes(ckpt, data.classes, str(checkpoint))
     return export_pseudo_masks(
         ckpt,
@@ -343,7 +352,7 @@ def evaluate_checkpoint(
     mask (as the tile baseline's); None: the dataset's labels (every class with a pixel in the mask)."""
     protocol = Protocol(protocol)
     ckpt = load_checkpoint(checkpoint)
-    ds = open_split(cfg, split)
+    ds = open_split(cfg, split, scale=_checkpoint_scale(cfg, ckpt))
     if ds is None:
         raise FileNotFoundError(f"no {split.value} split with masks under {cfg.data.root}")
     _check_classes(ckpt, ds.classes)
@@ -368,6 +377,18 @@ def evaluate_checkpoint(
             model, ds, ckpt.classes, device, cfg.data.batch_size, tta=tta, boundary=True, protocol=protocol
         )
     return {"protocol": protocol.value, **metrics}
+
+
+def _checkpoint_scale(cfg: ProtosegConfig, ckpt: Checkpoint) -> float:
+    """The patch-folder scale a checkpoint is applied at: the one it was trained at (``data.scale``), said once
+    when the run's config asks for another."""
+    if ckpt.data_scale != cfg.data.scale:
+        logger.info(
+            "patches resampled by %g, the data.scale this checkpoint was trained at (the config says %g)",
+            ckpt.data_scale,
+            cfg.data.scale,
+        )
+    return ckpt.data_scale
 
 
 def _check_classes(ckpt: Checkpoint, classes: ClassSpec, source: str = "checkpoint") -> None:

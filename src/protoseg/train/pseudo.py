@@ -51,6 +51,13 @@ def _records(dataset: Dataset) -> list[Any] | None:
     return list(records) if records is not None else None
 
 
+def dataset_scale(dataset: Dataset) -> float:
+    """The ``data.scale`` a patch folder's samples are resampled by (through Subsets; 1 for other datasets)."""
+    if isinstance(dataset, Subset):
+        return dataset_scale(dataset.dataset)
+    return float(getattr(dataset, "scale", 1.0))
+
+
 def _patches(dataset: Dataset) -> list[Any] | None:
     """A region dataset's ``RegionPatch`` list (slide path + box) in sample order, or None."""
     if isinstance(dataset, Subset):
@@ -140,6 +147,8 @@ def export_pseudo_masks(
         "samples_sha256": _keys_digest(keys),
         "count": len(keys),
     }
+    if dataset_scale(dataset) != 1:  # masks are at the resampled patch size (folders before the setting: 1)
+        wanted["scale"] = dataset_scale(dataset)
     if _up_to_date(out, wanted, keys):
         logger.info("pseudo-masks in %s are up to date (same weights, rules and samples)", out)
         if progress:
@@ -197,6 +206,13 @@ class PseudoMaskDataset(Dataset):
                 "export pseudo-masks with `protoseg pseudo --checkpoint stage1/best.pt --out DIR`"
             )
         self.keys = sample_keys(images)
+        made_at, now = float(marker.get("scale", 1.0)), dataset_scale(images)
+        if made_at != now:
+            raise PseudoMaskError(
+                f"the pseudo-masks in {self.dir} were made with the patches resampled by {made_at:g} (data.scale) "
+                f"but stage 2 reads them at {now:g}; train stage 2 with --set data.scale={made_at:g} (as stage 1), "
+                "or re-export the pseudo-masks"
+            )
         if marker.get("samples_sha256") != _keys_digest(self.keys):
             raise PseudoMaskError(
                 f"the pseudo-masks in {self.dir} were made for other training patches ({marker.get('count')} "
