@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protoseg.data.datasets import rescale_mask
 from protoseg.data.records import Split
 from protoseg.metrics import ConfusionMatrix, Protocol, apply_protocol
 from protoseg.models.checkpoint import load_checkpoint, save_checkpoint
@@ -127,8 +128,14 @@ def write_dataset(src: Path, dst: Path, seed: int, size: int, min_share: float, 
     return dst
 
 
-def _split_masks(data: Path, split: str) -> list[np.ndarray]:
-    return [np.asarray(Image.open(p)) for p in sorted((data / split / "mask").glob("*.png"))]
+def _split_masks(data: Path, split: str, scale: float = 1.0) -> list[np.ndarray]:
+    """A split's masks as the models are scored on them (resampled by ``data.scale``, nearest)."""
+    return [rescale_mask(np.asarray(Image.open(p)), scale) for p in sorted((data / split / "mask").glob("*.png"))]
+
+
+def shared(args: argparse.Namespace) -> list[str]:
+    """Overrides of every run: the patch resampling (``data.scale``) and the pseudo-mask input scales."""
+    return [f"data.scale={args.scale}", f"stage1.pseudo.scales=[{args.pseudo_scales}]"]
 
 
 def score_maps(preds: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, Any]:
@@ -142,9 +149,10 @@ def score_maps(preds: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, An
     return out
 
 
-def trivial_baselines(data: Path, split: str, min_share: float) -> dict[str, dict[str, float]]:
-    """Best one-class-everywhere (label-free) and best tile-label priority (label-gated), with hindsight."""
-    masks = _split_masks(data, split)
+def trivial_baselines(data: Path, split: str, min_share: float, scale: float = 1.0) -> dict[str, dict[str, float]]:
+    """Best one-class-everywhere (label-free) and best tile-label priority (label-gated), with hindsight, on the
+    masks at the models' resolution."""
+    masks = _split_masks(data, split, scale)
     one = max(
         (score_maps([np.full_like(m, c) for m in masks], masks) for c in range(len(CLASSES))), key=lambda r: r["mIoU"]
     )
@@ -181,7 +189,9 @@ def recipe_epochs(args: argparse.Namespace, name: str) -> int:
 def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> dict[str, Any]:
     """Stage 1 -> pseudo-masks -> stage 2 for one recipe and seed through the library's pipeline."""
     out = args.out / f"seed{seed}" / name
-    cfg = base_config(args, data, seed, [*RECIPES[name], f"stage1.epochs={recipe_epochs(args, name)}"], out)
+    cfg = base_config(
+        args, data, seed, [*RECIPES[name], *shared(args), f"stage1.epochs={recipe_epochs(args, name)}"], out
+    )
     t0 = time.perf_counter()
     ckpt1 = best_or_last(train_stage1(cfg).last.parent)
     row: dict[str, Any] = {
@@ -193,7 +203,7 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
         "free_test": evaluate_checkpoint(cfg, ckpt1, Split.TEST, protocol="tissue"),
     }
     per_class = per_class_copy(ckpt1, out / "stage1_per_class_cams.pt")  # same weights, min-max CAMs per class
-    paper = base_config(args, data, seed, [*RECIPES[name], "stage1.pseudo.cams=per_class"], out)
+    paper = base_config(args, data, seed, [*RECIPES[name], *shared(args), "stage1.pseudo.cams=per_class"], out)
     row["perclass_pseudo_val"] = evaluate_checkpoint(
         paper, ckpt1, Split.VAL, use_labels=True, protocol="tissue", label_min_share=args.min_share
     )
@@ -203,7 +213,9 @@ def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> di
     ckpt2 = stage2_from(cfg, ckpt1, pseudo)  # its encoder starts from stage 1's (stage2.encoder_init=auto)
     row["stage2_test"] = evaluate_checkpoint(cfg, ckpt2, Split.TEST, protocol="tissue")
     if args.stage2_random:  # the same pseudo-masks, stage 2 from random init (protoseg before this round)
-        rand = base_config(args, data, seed, [*RECIPES[name], "stage2.encoder_init=weights"], out / "random_init")
+        rand = base_config(
+            args, data, seed, [*RECIPES[name], *shared(args), "stage2.encoder_init=weights"], out / "random_init"
+        )
         row["stage2_random_test"] = evaluate_checkpoint(
             rand, stage2_from(rand, ckpt1, pseudo), Split.TEST, protocol="tissue"
         )
@@ -282,7 +294,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (>= 3 for mean ± std)")
     p.add_argument("--recipes", default="CAM,PBIP,LPD", help="comma-separated subset of: " + ", ".join(RECIPES))
     p.add_argument("--tile", type=int, default=224, help="tile side cut from the regions (px)")
-    p.add_argument("--size", type=int, default=112, help="training patch size (tiles are resized to it)")
+    p.add_argument("--size", type=int, default=224, help="data.patch_size (recorded; folder tiles keep their size)")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="data.scale: tiles (and the masks scored) resampled by it (0.5: half)"
+    )
+    p.add_argument("--pseudo-scales", default="1.0", help="stage1.pseudo.scales, comma-separated (1.0: one pass)")
     p.add_argument("--max-tiles", type=int, default=None, help="tiles per split at most (quick runs)")
     add_training_args(p)
     p.add_argument(
@@ -295,7 +311,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.recipes, args.max_tiles = "0", "CAM", 12
         args.tile, args.size, args.epochs, args.epochs2, args.batch, args.encoder_size = 128, 64, 1, 1, 8, 64
-        args.proto_epochs = 1
+        args.proto_epochs, args.scale, args.pseudo_scales = 1, 0.5, "1.0,1.5"  # 64-px tiles; both options run
     return args
 
 
@@ -315,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         data = args.out / f"seed{seed}" / "data"
         if not (data / "train" / "labels.csv").is_file():
             write_dataset(args.data, data, seed, args.tile, args.min_share, args.max_tiles)
-        val, test = trivial_baselines(data, "val", args.min_share), trivial_baselines(data, "test", args.min_share)
+        val = trivial_baselines(data, "val", args.min_share, args.scale)
+        test = trivial_baselines(data, "test", args.min_share, args.scale)
         base.append({"val_tile": val["tile_label"], "val_one": val["one_class"], "test_one": test["one_class"]})
         for name in names:
             rows[name].append(run_recipe(args, data, seed, name))
@@ -323,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t0
     print()
     print(
-        f"WSSS4LUAD, {len(seeds)} seed(s), tiles of {args.tile} px at {args.size} px"
+        f"WSSS4LUAD, {len(seeds)} seed(s), tiles of {args.tile} px resampled by {args.scale:g} (data.scale), "
+        f"pseudo-mask scales {args.pseudo_scales}"
         f"{f', <= {args.max_tiles} per split' if args.max_tiles else ''}, {args.backbone} ({args.weights}), "
         f"stage 1 {args.epochs} epochs (CAM) / {args.proto_epochs} (prototype recipes), stage 2 {args.epochs2}, "
         f"{args.device} ({args.threads} thread(s)), tissue protocol, "

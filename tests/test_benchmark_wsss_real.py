@@ -27,3 +27,8 @@ def test_quick_benchmark_prints_the_table_with_trivial_baselines(tmp_path):
     assert {"pseudo_val", "pseudo_val_any", "free_val", "free_test", "stage2_test", "stage2_random_test"} <= set(row)
     assert all(r["protocol"] == "tissue" for r in row.values() if isinstance(r, dict))
     assert row["stage1_epoch"] == 1 and row["stage1_selected_by"] == "label_free_mIoU"  # which best.pt, by what
+    from protoseg.models.checkpoint import load_checkpoint
+
+    stage1 = load_checkpoint(tmp_path / "seed0" / "CAM" / "stage1" / "last.pt")
+    assert stage1.data_scale == 0.5  # the quick size trains the 128-px tiles at 64 px (data.scale)
+    assert stage1.train_config["stage1"]["pseudo"]["scales"] == [1.0, 1.5]
