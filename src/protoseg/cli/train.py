@@ -130,7 +130,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--patch-size",
             type=int_at_least(16),
             metavar="PX",
-            help="training patch side in pixels (data.patch_size); an image bank built at another size still works",
+            help="training patch side in pixels for tagged slide regions (data.patch_size; patch folders train on "
+            "their files as they are: --set data.scale=0.5 halves their resolution); an image bank built at another "
+            "size still works",
         )
         s.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
         again = s.add_mutually_exclusive_group()
