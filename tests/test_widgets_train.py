@@ -250,3 +250,22 @@ def test_preset_and_weights_fill_the_form(make_napari_viewer) -> None:
     built = widget.build_config()
     assert built.stage1.recipe == cfg.stage1.recipe and built.stage1.lr == cfg.stage1.lr
     assert built.stage1.pseudo == cfg.stage1.pseudo and built.model.backbone == cfg.model.backbone
+
+
+def test_folder_resolution_through_the_plugin_dock(make_napari_viewer, tmp_path) -> None:
+    """data.scale from the dock napari hands the plugin: set for a dataset folder, 1 (and greyed out) for regions,
+    where the patch size applies instead."""
+    from protoseg.napari.widgets.train import FOLDER, REGIONS
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("protoseg", "Train")
+    widget.source.setCurrentText(FOLDER)
+    assert widget.scale.isEnabled() and not widget.patch.isEnabled()
+    widget.folder.setText(str(tmp_path / "data"))
+    widget.out.setText(str(tmp_path / "run"))
+    widget.scale.setValue(0.5)
+    assert widget.build_config().data.scale == 0.5
+    widget_screenshot(viewer, "train_folder_scale")
+    widget.source.setCurrentText(REGIONS)
+    assert not widget.scale.isEnabled() and widget.patch.isEnabled()
+    assert widget.build_config().data.scale == 1.0

@@ -134,6 +134,12 @@ class TrainWidget(QWidget):
         self.batch = QSpinBox(minimum=1, maximum=512, value=8)
         self.lr = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-5, value=1e-4)
         self.patch = QSpinBox(minimum=32, maximum=2048, singleStep=32, value=224)
+        self.patch.setToolTip("side of the patches cut from tagged regions (data.patch_size)")
+        self.scale = QDoubleSpinBox(decimals=2, minimum=0.05, maximum=4.0, singleStep=0.25, value=1.0)
+        self.scale.setToolTip(
+            "a dataset folder's patches resampled by this factor before training (data.scale): 0.5 = half the "
+            "resolution, a quarter of the pixels per step and twice the tissue the network sees at once"
+        )
         self.bank = PathEdit("dir", "PBIP: built into <output>/bank when empty")
         self.device = QComboBox()
         self.device.addItems(DEVICES)
@@ -183,6 +189,7 @@ class TrainWidget(QWidget):
         form.addRow("Batch size", self.batch)
         form.addRow("Learning rate", self.lr)
         form.addRow("Patch size (px)", self.patch)
+        form.addRow("Folder patches × (resample)", self.scale)
         form.addRow("Bank folder", self.bank)
         form.addRow("Device", self.device)
         form.addRow("Output folder", self.out)
@@ -202,6 +209,8 @@ class TrainWidget(QWidget):
         by_folder = self.source.currentText() == FOLDER
         self.folder.setEnabled(by_folder)
         self.regions.setEnabled(not by_folder)
+        self.patch.setEnabled(not by_folder)  # folder patches keep their size; regions are cut at it
+        self.scale.setEnabled(by_folder)  # regions are read at run.mpp instead
         self.tiling.setVisible(not by_folder)
         self.preview_btn.setVisible(not by_folder)
         if not by_folder:
@@ -301,15 +310,22 @@ class TrainWidget(QWidget):
         out = self.out.text()
         if not out:
             raise WidgetError("choose an output folder for checkpoints")
-        root = self.folder.text() if self.source.currentText() == FOLDER else ""
-        if self.source.currentText() == FOLDER and not root:
+        by_folder = self.source.currentText() == FOLDER
+        root = self.folder.text() if by_folder else ""
+        if by_folder and not root:
             raise WidgetError("choose a dataset folder (or switch Data to 'Tagged regions')")
         cfg = self._base
         backbone = self.backbone.currentText().strip()
         addons = tuple(a for a, box in self.addons.items() if box.isChecked())
         return replace(
             cfg,
-            data=replace(cfg.data, root=root, patch_size=self.patch.value(), batch_size=self.batch.value()),
+            data=replace(
+                cfg.data,
+                root=root,
+                patch_size=self.patch.value(),
+                scale=float(self.scale.value()) if by_folder else 1.0,
+                batch_size=self.batch.value(),
+            ),
             bank=replace(cfg.bank, path=self.bank.text() or None),
             model=replace(cfg.model, backbone=backbone, weights=self.weights_value()),
             stage1=replace(
@@ -346,6 +362,7 @@ class TrainWidget(QWidget):
         self.batch.setValue(cfg.data.batch_size)
         self.lr.setValue(cfg.stage1.lr)
         self.patch.setValue(cfg.data.patch_size)
+        self.scale.setValue(cfg.data.scale)
         if name not in ("", NO_PRESET):
             self.status.ok(f"preset {name}: form filled with its values; change any before Start")
         return cfg
