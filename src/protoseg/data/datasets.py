@@ -49,7 +49,7 @@ def rescale_image(rgb: np.ndarray, scale: float) -> np.ndarray:
         return rgb
     size = rescaled_size(rgb.shape[1], rgb.shape[0], scale)
     method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(rgb).resize(size, method))
+    return np.array(Image.fromarray(rgb).resize(size, method))  # writable, as load_image's
 
 
 def rescale_mask(mask: np.ndarray, scale: float) -> np.ndarray:
