@@ -35,8 +35,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protoseg.data.datasets import rescale_mask
 from protoseg.data.records import Split
+from protoseg.data.resample import rescale_mask
 from protoseg.metrics import ConfusionMatrix, Protocol, apply_protocol
 from protoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from protoseg.train.evaluation import flat_metrics

@@ -4,6 +4,7 @@ at; stage 2 and resumes refuse a mismatch in one line; slide regions are read at
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -11,11 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from protoseg.cli import main
 from protoseg.config import ConfigError, load_config
 from protoseg.data.datasets import open_dataset
 from protoseg.data.errors import RegionError
 from protoseg.data.records import Split
+from protoseg.infer.predictor import Predictor
 from protoseg.models.checkpoint import load_checkpoint
+from protoseg.train.baselines import split_baselines
 from protoseg.train.pipeline import (
     evaluate_checkpoint,
     folder_data,
@@ -24,7 +28,7 @@ from protoseg.train.pipeline import (
     train_stage1,
     train_stage2,
 )
-from protoseg.train.pseudo import PseudoMaskError
+from protoseg.train.pseudo import PseudoMaskError, export_pseudo_masks
 
 
 def _patch(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +107,7 @@ def test_model_mpp_is_the_files_divided_by_the_scale(tmp_path: Path) -> None:
     assert folder_data(_cfg(root, tmp_path / "o", 0.5)).mpp == pytest.approx(1.0)
 
 
-def test_a_checkpoint_is_used_at_the_scale_it_was_trained_at(tmp_path: Path, caplog) -> None:
+def test_a_checkpoint_is_used_at_the_scale_it_was_trained_at(tmp_path: Path, caplog, capsys) -> None:
     root, out = _folder(tmp_path / "d"), tmp_path / "run"
     train_stage1(_cfg(root, out, 0.5))
     ckpt_path = out / "stage1" / "last.pt"
@@ -121,6 +125,21 @@ def test_a_checkpoint_is_used_at_the_scale_it_was_trained_at(tmp_path: Path, cap
     pseudo = make_pseudo_masks(native_cfg, ckpt_path)
     mask = np.asarray(Image.open(pseudo / "mask" / "p0_MPP-0.5000.png"))
     assert mask.shape == (32, 32)  # at the resolution the model saw
+    with pytest.raises(PseudoMaskError, match=r"resampled by 0.5 \(data.scale\) but these are resampled by 1"):
+        export_pseudo_masks(ckpt, open_dataset(root, Split.TRAIN), tmp_path / "p1", native_cfg)  # data given as is
+
+    # protoseg eval: JSON says the scale, and the trivial baselines are scored on the same resampled masks
+    cli = ["eval", "--checkpoint", str(ckpt_path), "--data", str(root), "--protocol", "tissue", "--json"]
+    cli += ["--set", "model.weights=null", "--set", "run.device=cpu", "--set", "data.num_workers=0"]
+    assert main(cli) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["data_scale"] == 0.5
+    assert report["baselines"] == json.loads(json.dumps(split_baselines(root, "test", None, "tissue", scale=0.5)))
+    assert report["baselines"] != json.loads(json.dumps(split_baselines(root, "test", None, "tissue")))
+
+    with caplog.at_level(logging.WARNING, logger="protoseg.infer.predictor"):
+        Predictor(ckpt.with_updates(mpp=None), device="cpu")  # no µm/px: slides would be read at full resolution
+    assert any("resampled by 0.5 (data.scale) and records no µm/px" in r.getMessage() for r in caplog.records)
 
     with pytest.raises(PseudoMaskError, match=r"resampled by 0.5 \(data.scale\).*--set data.scale=0.5") as err:
         train_stage2(native_cfg, pseudo, stage1=ckpt_path)
@@ -147,3 +166,23 @@ def test_regions_and_out_of_range_values_are_refused(tmp_path: Path) -> None:
     for bad in ("0", "-1", "nan", "10"):
         with pytest.raises(ConfigError, match="data.scale"):
             _cfg(tmp_path, tmp_path / "o", bad)  # type: ignore[arg-type]
+
+
+def test_masks_must_match_their_image_at_full_resolution(tmp_path: Path) -> None:
+    """A 225-px image with a 224-px mask is refused at any scale (both round to 112 at 0.5)."""
+    from protoseg.data.errors import DatasetLayoutError
+
+    root = _folder(tmp_path / "d", size=64)
+    Image.fromarray(np.zeros((64, 65, 3), np.uint8)).save(root / "val" / "img" / "v0.png")
+    for scale in (1.0, 0.5):
+        with pytest.raises(DatasetLayoutError, match="v0.png is 64x64, a different size from image"):
+            open_dataset(root, Split.VAL, scale=scale)[0]
+
+
+def test_fixed_size_backbones_are_built_for_the_resampled_size_and_refuse_pseudo_scales(tmp_path: Path) -> None:
+    from protoseg.config import fixed_input_size
+
+    cfg = _cfg(tmp_path, tmp_path / "o", 0.5, "data.patch_size=224")
+    assert fixed_input_size(cfg, "swin_tiny_patch4_window7_224") == 112 and fixed_input_size(cfg, "resnet18") is None
+    with pytest.raises(ConfigError, match=r"stage1.pseudo.scales=\[1.0, 2.0\] needs a backbone that takes any"):
+        _cfg(tmp_path, tmp_path / "o", 1.0, "model.backbone=vit_small_patch16_224", "stage1.pseudo.scales=[1.0, 2.0]")

@@ -78,6 +78,17 @@ def _set_home_enum(obj: Any, name: str, enum_name: str, where: str) -> None:
         object.__setattr__(obj, name, _to_enum(_home_enums()[enum_name], value, where))
 
 
+#: Backbone families timm builds for one input size (``data.patch_size`` x ``data.scale``); the others take any.
+FIXED_SIZE_BACKBONES = ("swin", "vit")
+
+
+def fixed_input_size(cfg: ProtosegConfig, backbone: str) -> int | None:
+    """The one input side ``backbone`` is built for (a swin / ViT: the patch size after ``data.scale``), else None."""
+    if not backbone.startswith(FIXED_SIZE_BACKBONES):
+        return None
+    return max(16, round(cfg.data.patch_size * cfg.data.scale))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the patches are and how they are batched."""
@@ -271,6 +282,12 @@ class ProtosegConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, ConfigError)
+        scales = self.stage1.pseudo.scales
+        if tuple(scales) != (1.0,) and self.model.backbone.startswith(FIXED_SIZE_BACKBONES):
+            raise ConfigError(
+                f"stage1.pseudo.scales={list(scales)} needs a backbone that takes any input size (resnet, convnext, "
+                f"pvt_v2); model.backbone={self.model.backbone} is built for one size: use stage1.pseudo.scales=[1.0]"
+            )
 
 
 def to_dict(cfg: Any) -> Any:

@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 def _baselines(cfg: ProtosegConfig, args: argparse.Namespace, metrics: dict[str, Any]) -> dict[str, Any]:
     """The split's trivial baselines, logged in one line beside the model's mIoU (WARNING when not beaten)."""
-    base = split_baselines(cfg.data.root, args.split, cfg.data.layout, args.protocol, args.min_share)
+    scale = float(metrics.get("data_scale", 1.0))  # the masks as the model was scored on them
+    base = split_baselines(cfg.data.root, args.split, cfg.data.layout, args.protocol, args.min_share, scale)
     miou, bar = metrics.get("mIoU"), fair_baseline(base, args.use_labels).get("mIoU")
     line = comparison_line(miou, base)
     if miou is not None and bar is not None and miou <= bar:

@@ -19,6 +19,7 @@ from protoseg.data.generic import generic_records
 from protoseg.data.layouts import detect_layout, named_records
 from protoseg.data.masks import labels_from_mask, load_mask
 from protoseg.data.records import Layout, PatchRecord, Split
+from protoseg.data.resample import rescale_image, rescale_mask
 from protoseg.slide.pixels import as_rgb_uint8
 
 logger = logging.getLogger(__name__)
@@ -38,28 +39,10 @@ def load_image(path: str | Path) -> np.ndarray:
         ) from exc
 
 
-def rescaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """(width, height) of an image resampled by ``scale`` (rounded, at least 1 px)."""
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def rescale_image(rgb: np.ndarray, scale: float) -> np.ndarray:
-    """uint8 RGB resampled by ``scale`` (area average when shrinking, bilinear when enlarging); 1 is a no-op."""
-    if scale == 1:
-        return rgb
-    size = rescaled_size(rgb.shape[1], rgb.shape[0], scale)
-    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    return np.array(Image.fromarray(rgb).resize(size, method))  # writable, as load_image's
-
-
-def rescale_mask(mask: np.ndarray, scale: float) -> np.ndarray:
-    """Index mask resampled by ``scale`` with nearest neighbours (class indices never blend); 1 is a no-op."""
-    if scale == 1:
-        return mask
-    w, h = rescaled_size(mask.shape[1], mask.shape[0], scale)
-    rows = np.minimum(((np.arange(h) + 0.5) * mask.shape[0] / h).astype(np.intp), mask.shape[0] - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * mask.shape[1] / w).astype(np.intp), mask.shape[1] - 1)
-    return mask[rows[:, None], cols[None, :]]  # the source pixel under each output pixel's centre
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header (no pixels decoded)."""
+    with Image.open(path) as im:
+        return im.size
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -151,8 +134,8 @@ class PatchDataset(Dataset):
         sample: dict = {"image": to_tensor(rgb), "name": rec.name}
         if rec.mask is not None:
             mask = load_mask(rec.mask, self.classes)
-            expected = rescaled_size(mask.shape[1], mask.shape[0], self.scale)
-            if expected != (rgb.shape[1], rgb.shape[0]):
+            native = (rgb.shape[1], rgb.shape[0]) if self.scale == 1 else image_size(rec.image)
+            if (mask.shape[1], mask.shape[0]) != native:
                 raise DatasetLayoutError(
                     f"mask {rec.mask} is {mask.shape[1]}x{mask.shape[0]}, a different size from image {rec.image}; "
                     "masks must match their image size"

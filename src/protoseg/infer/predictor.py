@@ -121,6 +121,14 @@ class Predictor:
             classes = classes or ckpt.classes
             mpp = mpp if mpp is not None else ckpt.mpp
             tile_size = tile_size or ckpt.patch_size
+            if mpp is None and ckpt.data_scale != 1:
+                logger.warning(
+                    "this checkpoint was trained on patches resampled by %g (data.scale) and records no µm/px, so "
+                    "slides are read at full resolution, not at the one it learnt; retrain with --set run.mpp=<µm "
+                    "per pixel of the patch files / %g>",
+                    ckpt.data_scale,
+                    ckpt.data_scale,
+                )
         if not isinstance(model, nn.Module):
             raise InferenceError(f"Predictor needs an nn.Module, a Checkpoint or a checkpoint path, got {type(model)}")
         if classes is None:

@@ -26,6 +26,7 @@ from protoseg.data.generic import generic_records
 from protoseg.data.layouts import detect_layout, named_records
 from protoseg.data.masks import DEFAULT_MIN_SHARE, load_mask
 from protoseg.data.records import Layout, Split
+from protoseg.data.resample import rescale_mask
 from protoseg.metrics import ConfusionMatrix, MetricsError, Protocol, SegMetrics, apply_protocol
 
 #: Up to this many tissue classes every priority is tried; above, pairwise swaps from a greedy start.
@@ -178,10 +179,12 @@ def split_baselines(
     layout: Layout | str | None = None,
     protocol: Protocol | str = Protocol.PBIP,
     min_share: float = DEFAULT_MIN_SHARE,
+    scale: float = 1.0,
 ) -> dict[str, Any]:
-    """:func:`trivial_baselines` of one split's masks (the patches ``eval`` scores), reading masks only."""
+    """:func:`trivial_baselines` of one split's masks (the patches ``eval`` scores), reading masks only; ``scale``:
+    the masks resampled as the model's were (``data.scale``, nearest)."""
     classes, paths = split_masks(root, split, layout)
-    counts = count_masks((load_mask(p, classes) for p in paths), classes, protocol)
+    counts = count_masks((rescale_mask(load_mask(p, classes), scale) for p in paths), classes, protocol)
     return trivial_baselines(counts, classes, min_share)
 
 

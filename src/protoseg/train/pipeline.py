@@ -346,13 +346,15 @@ def evaluate_checkpoint(
     label_min_share: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on a labelled split under ``protocol`` (named in the result as
-    ``"protocol"``): stage 1 with ``use_labels`` by its label-gated pseudo-masks (the exported ones),
-    otherwise the label-free prediction a user gets from ``Predictor`` (``model.predict`` argmax).
+    ``"protocol"``; ``"data_scale"``: the patch resampling it was applied at, its training one): stage 1 with
+    ``use_labels`` by its label-gated pseudo-masks (the exported ones), otherwise the label-free prediction a
+    user gets from ``Predictor`` (``model.predict`` argmax).
     ``label_min_share``: with ``use_labels``, each patch's labels are the classes covering that share of its
     mask (as the tile baseline's); None: the dataset's labels (every class with a pixel in the mask)."""
     protocol = Protocol(protocol)
     ckpt = load_checkpoint(checkpoint)
-    ds = open_split(cfg, split, scale=_checkpoint_scale(cfg, ckpt))
+    scale = _checkpoint_scale(cfg, ckpt)
+    ds = open_split(cfg, split, scale=scale)
     if ds is None:
         raise FileNotFoundError(f"no {split.value} split with masks under {cfg.data.root}")
     _check_classes(ckpt, ds.classes)
@@ -376,7 +378,7 @@ def evaluate_checkpoint(
         metrics = evaluate_segmentation(
             model, ds, ckpt.classes, device, cfg.data.batch_size, tta=tta, boundary=True, protocol=protocol
         )
-    return {"protocol": protocol.value, **metrics}
+    return {"protocol": protocol.value, "data_scale": scale, **metrics}
 
 
 def _checkpoint_scale(cfg: ProtosegConfig, ckpt: Checkpoint) -> float:

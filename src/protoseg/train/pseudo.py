@@ -135,6 +135,11 @@ def export_pseudo_masks(
     not write is refused, ``overwrite`` or not (which only lets it replace another kind of protoseg output)."""
     if ckpt.stage is not Stage.STAGE1:
         raise PseudoMaskError("pseudo-masks come from a stage-1 checkpoint; this one is stage 2")
+    if dataset_scale(dataset) != ckpt.data_scale:
+        raise PseudoMaskError(
+            f"the checkpoint was trained on patches resampled by {ckpt.data_scale:g} (data.scale) but these are "
+            f"resampled by {dataset_scale(dataset):g}; export with --set data.scale={ckpt.data_scale:g}"
+        )
     out = Path(out_dir)
     dev = select_device(device)
     net = ckpt.build_model().to(dev)
@@ -146,9 +151,8 @@ def export_pseudo_masks(
         "rules": to_dict(cfg.stage1.pseudo),
         "samples_sha256": _keys_digest(keys),
         "count": len(keys),
+        "scale": dataset_scale(dataset),  # masks are at the resampled patch size (folders before the setting: 1)
     }
-    if dataset_scale(dataset) != 1:  # masks are at the resampled patch size (folders before the setting: 1)
-        wanted["scale"] = dataset_scale(dataset)
     if _up_to_date(out, wanted, keys):
         logger.info("pseudo-masks in %s are up to date (same weights, rules and samples)", out)
         if progress:

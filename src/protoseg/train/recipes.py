@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protoseg import cams as cam_ops
-from protoseg.config import AddOn, ProtosegConfig, Recipe
+from protoseg.config import AddOn, ProtosegConfig, Recipe, fixed_input_size
 from protoseg.errors import ProtosegError
 from protoseg.losses.classification import multistage_classification_loss
 from protoseg.losses.contrastive import pixel_supcon_loss
@@ -57,7 +57,7 @@ def classnet_config(cfg: ProtosegConfig, num_classes: int, proto_dim: int, k: in
         fusion_weights=cfg.stage1.fusion_weights,
         score_threshold=cfg.stage1.score_gate,
         free_cams=cfg.stage1.label_free_cams,
-        img_size=cfg.data.patch_size if cfg.model.backbone.startswith(("swin", "vit")) else None,
+        img_size=fixed_input_size(cfg, cfg.model.backbone),
         output_stride=cfg.model.output_stride,
         pixel_decoder_dim=decoder_dim,
     )

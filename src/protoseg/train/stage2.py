@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
-from protoseg.config import ProtosegConfig
+from protoseg.config import ProtosegConfig, fixed_input_size
 from protoseg.losses.noise_ce import confidence_weighted_ce, segmentation_ce
 from protoseg.models.checkpoint import Stage
 from protoseg.models.segnet import SegNet, SegNetConfig
@@ -32,7 +32,7 @@ def segnet_config(cfg: ProtosegConfig, num_classes: int) -> SegNetConfig:
         weights=s2.weights,
         num_classes=num_classes,
         decoder_dim=s2.decoder_dim,
-        img_size=cfg.data.patch_size if s2.backbone.startswith(("swin", "vit")) else None,
+        img_size=fixed_input_size(cfg, s2.backbone),
     )
 
 

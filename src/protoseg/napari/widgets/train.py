@@ -135,7 +135,7 @@ class TrainWidget(QWidget):
         self.lr = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-5, value=1e-4)
         self.patch = QSpinBox(minimum=32, maximum=2048, singleStep=32, value=224)
         self.patch.setToolTip("side of the patches cut from tagged regions (data.patch_size)")
-        self.scale = QDoubleSpinBox(decimals=2, minimum=0.05, maximum=4.0, singleStep=0.25, value=1.0)
+        self.scale = QDoubleSpinBox(decimals=3, minimum=0.05, maximum=4.0, singleStep=0.25, value=1.0)
         self.scale.setToolTip(
             "a dataset folder's patches resampled by this factor before training (data.scale): 0.5 = half the "
             "resolution, a quarter of the pixels per step and twice the tissue the network sees at once"
