@@ -299,7 +299,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scale",
         type=float,
         default=0.5,
-        help="data.scale: tiles (and the masks scored) resampled by it; at 0.5 (half) label-free stage 1 gained 12 points",
+        help="data.scale: tiles (and the masks scored) resampled by it; 0.5 (half): label-free stage 1 +12 points",
     )
     p.add_argument("--pseudo-scales", default="1.0", help="stage1.pseudo.scales, comma-separated (1.0: one pass)")
     p.add_argument("--max-tiles", type=int, default=None, help="tiles per split at most (quick runs)")
