@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from protoseg.train.engine import adamw, load_optimizer_state
+from protoseg.train.optimizer import adamw, load_optimizer_state
 
 
 def _step(net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:

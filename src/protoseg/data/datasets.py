@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from protoseg.classes import ClassSpec
+from protoseg.config_ranges import RANGES
 from protoseg.data.augment import apply_transform
 from protoseg.data.cache import CacheMode, DecodedCache
 from protoseg.data.errors import DataError, DatasetLayoutError
@@ -70,8 +71,8 @@ class PatchDataset(Dataset):
     ) -> None:
         """``cache``: keep decoded uint8 patches (``protoseg.data.cache``) so later epochs skip PNG decoding;
         ``scale``: every image and mask is resampled by it (``data.scale``: 0.5 trains at half the resolution)."""
-        if not 0 < scale <= 4:
-            raise ValueError(f"scale must be in (0, 4], got {scale}")
+        if RANGES["data.scale"].problem(scale):
+            raise ValueError(f"scale must be {RANGES['data.scale'].describe()}, got {scale}")
         self.scale = float(scale)
         self.records = tuple(records)
         self.classes = classes

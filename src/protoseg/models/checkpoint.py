@@ -17,7 +17,7 @@ from typing import IO, Any
 import torch
 
 from protoseg.classes import ClassSpec
-from protoseg.config_ranges import MPP, check_value
+from protoseg.config_ranges import MPP, RANGES, check_value
 from protoseg.errors import ProtosegError
 from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from protoseg.outputs import atomic_write_bytes
@@ -76,7 +76,7 @@ class Checkpoint:
             scale = float(value)
         except (TypeError, ValueError):
             return 1.0
-        return scale if 0.05 <= scale <= 4 else 1.0  # range of data.scale: anything else is not ours
+        return 1.0 if RANGES["data.scale"].problem(scale) else scale  # outside data.scale's range: not ours
 
     def to_payload(self) -> dict[str, Any]:
         """Plain containers + tensors only, so ``torch.load(weights_only=True)`` can read it."""
