@@ -47,6 +47,15 @@ class EncoderInit(str, Enum):
     STAGE1 = "stage1"
 
 
+class Sampling(str, Enum):
+    """How training draws its patches each epoch: every patch once (uniform), or with replacement so that each
+    image-level class is drawn about equally often (balanced: a patch's weight is 1 / the share of training
+    patches holding its rarest class)."""
+
+    UNIFORM = "uniform"
+    BALANCED = "balanced"
+
+
 class AddOn(str, Enum):
     """Extra stage-1 losses that combine with any recipe."""
 
@@ -102,6 +111,8 @@ class DataConfig:
     scale: float = 1.0
     batch_size: int = 8
     num_workers: int | None = None  # None: chosen from the machine (protoseg.runtime.default_num_workers)
+    # balanced: rare image-level classes drawn as often as common ones, both stages (docs/interfaces.md)
+    sampling: Sampling = Sampling.UNIFORM
     augment: bool = True
     augment_on_device: bool = True  # stain jitter batched on the training device (else per image in the dataset)
     max_train: int | None = None  # subsample training patches (quick runs)

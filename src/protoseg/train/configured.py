@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
-from protoseg.config import ProtosegConfig, Stage1Config, Stage2Config, config_from_dict, to_dict
+from protoseg.config import ProtosegConfig, Sampling, Stage1Config, Stage2Config, config_from_dict, to_dict
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.models.factory import model_config
 from protoseg.train.engine import LAST, OptimConfig, Trainer
 from protoseg.train.errors import TrainingError
 from protoseg.train.evaluation import SKIPPED_WITHOUT_MASKS, validation_split
 from protoseg.train.events import Callback
+from protoseg.train.sampling import balanced_weights, sample_labels
+
+logger = logging.getLogger(__name__)
 
 
 def optim_config(stage: Stage1Config | Stage2Config, cfg: ProtosegConfig) -> OptimConfig:
@@ -57,6 +62,9 @@ def resume_mismatches(ckpt: Checkpoint, net: dict[str, Any], classes: ClassSpec,
             out.append(f"stage1.{key} {old[key]!r} vs {now!r}")
     if ckpt.data_scale != cfg.data.scale:
         out.append(f"data.scale {ckpt.data_scale:g} vs {cfg.data.scale:g}")
+    sampled = ckpt.train_config.get("data", {}).get("sampling", Sampling.UNIFORM.value)
+    if sampled != cfg.data.sampling.value:  # the data-order stream draws differently
+        out.append(f"data.sampling {sampled!r} vs {cfg.data.sampling.value!r}")
     for key in sorted(set(ckpt.model_config) | set(net)):
         if key not in _NOT_ARCHITECTURE and ckpt.model_config.get(key) != net.get(key):
             out.append(f"model {key} {ckpt.model_config.get(key)!r} vs {net.get(key)!r}")
@@ -108,6 +116,27 @@ class ConfiguredTrainer(Trainer):
                     f"{'; '.join(diffs)}); use the same settings, or start fresh in another run.out_dir"
                 )
         super()._restore(run)
+
+    def sample_weights(self) -> np.ndarray | None:
+        """``data.sampling``: class-balanced draw weights from the training patches' image-level labels (said
+        once with the class shares they give), or None (uniform; also when the dataset has no labels)."""
+        if self.cfg.data.sampling is not Sampling.BALANCED:
+            return None
+        labels = sample_labels(self.train_dataset)
+        if labels is None or len(labels) == 0:
+            logger.warning("data.sampling=balanced: the training set has no image-level labels; sampling uniformly")
+            return None
+        weights = balanced_weights(labels)
+        held = labels > 0
+        before = held.mean(axis=0)
+        after = (held * weights[:, None]).sum(axis=0) / weights.sum()
+        names = self.classes.names
+        logger.info(
+            "class-balanced sampling (data.sampling=balanced): share of draws per class %s (uniform: %s)",
+            ", ".join(f"{n} {v:.0%}" for n, v in zip(names, after)),
+            ", ".join(f"{n} {v:.0%}" for n, v in zip(names, before)),
+        )
+        return weights
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Stage-specific provenance stored in ``Checkpoint.extra``."""

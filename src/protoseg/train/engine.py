@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -137,6 +138,10 @@ class Trainer(ABC):
     def make_checkpoint(self, epoch: int, step: int, metrics: dict[str, float], extra: dict[str, Any]) -> Checkpoint:
         """Checkpoint with the current weights and everything needed to predict."""
 
+    def sample_weights(self) -> np.ndarray | None:
+        """Per-sample draw weights of the training set (None: each sample once per epoch, shuffled)."""
+        return None
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
@@ -146,7 +151,7 @@ class Trainer(ABC):
         if len(ds) == 0:  # type: ignore[arg-type]
             raise TrainingError("the training set is empty; check data.root and the dataset layout")
         # keys (index, augmentation seed): a sample's augmentation is the same in any worker and on resume
-        sampler = training_sampler(ds, self.generator, self.optim.seed, self.dist.enabled)
+        sampler = training_sampler(ds, self.generator, self.optim.seed, self.dist.enabled, self.sample_weights())
         workers = resolve_num_workers(self.optim.num_workers, self.device.type, self.dist.world_size)
         cuda = self.device.type == "cuda"
         loader = DataLoader(
