@@ -134,8 +134,13 @@ def _split_masks(data: Path, split: str, scale: float = 1.0) -> list[np.ndarray]
 
 
 def shared(args: argparse.Namespace) -> list[str]:
-    """Overrides of every run: the patch resampling (``data.scale``) and the pseudo-mask input scales."""
-    return [f"data.scale={args.scale}", f"stage1.pseudo.scales=[{args.pseudo_scales}]"]
+    """Overrides of every run: the patch resampling (``data.scale``), the pseudo-mask input scales and the
+    training draw (``data.sampling``)."""
+    return [
+        f"data.scale={args.scale}",
+        f"stage1.pseudo.scales=[{args.pseudo_scales}]",
+        f"data.sampling={args.sampling}",
+    ]
 
 
 def score_maps(preds: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, Any]:
@@ -302,6 +307,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="data.scale: tiles (and the masks scored) resampled by it; 0.5 (half): label-free stage 1 +12 points",
     )
     p.add_argument("--pseudo-scales", default="1.0", help="stage1.pseudo.scales, comma-separated (1.0: one pass)")
+    p.add_argument(
+        "--sampling",
+        default="balanced",
+        choices=("uniform", "balanced"),
+        help="data.sampling of both stages (balanced: NOR, in 14%% of training tiles, drawn as often as TE / TAS)",
+    )
     p.add_argument("--max-tiles", type=int, default=None, help="tiles per split at most (quick runs)")
     add_training_args(p)
     p.add_argument(
@@ -344,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"WSSS4LUAD, {len(seeds)} seed(s), tiles of {args.tile} px resampled by {args.scale:g} (data.scale), "
-        f"pseudo-mask scales {args.pseudo_scales}"
+        f"pseudo-mask scales {args.pseudo_scales}, {args.sampling} sampling"
         f"{f', <= {args.max_tiles} per split' if args.max_tiles else ''}, {args.backbone} ({args.weights}), "
         f"stage 1 {args.epochs} epochs (CAM) / {args.proto_epochs} (prototype recipes), stage 2 {args.epochs2}, "
         f"{args.device} ({args.threads} thread(s)), tissue protocol, "

@@ -269,3 +269,21 @@ def test_folder_resolution_through_the_plugin_dock(make_napari_viewer, tmp_path)
     widget.source.setCurrentText(REGIONS)
     assert not widget.scale.isEnabled() and widget.patch.isEnabled()
     assert widget.build_config().data.scale == 1.0
+
+
+def test_balance_classes_through_the_plugin_dock(make_napari_viewer, tmp_path) -> None:
+    """The Train dock's "Balance classes" box sets data.sampling for the run it starts; a preset resets it."""
+    from protoseg.config import Sampling
+    from protoseg.napari.widgets.train import FOLDER
+
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("protoseg", "Train")
+    widget.source.setCurrentText(FOLDER)
+    widget.folder.setText(str(tmp_path / "data"))
+    widget.out.setText(str(tmp_path / "run"))
+    assert widget.build_config().data.sampling is Sampling.UNIFORM
+    widget.balance.setChecked(True)
+    assert widget.build_config().data.sampling is Sampling.BALANCED
+    widget_screenshot(viewer, "train_balance_classes")
+    widget.apply_preset("")
+    assert not widget.balance.isChecked() and widget.build_config().data.sampling is Sampling.UNIFORM

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from protoseg.config import AddOn, ProtosegConfig, Recipe
+from protoseg.config import AddOn, ProtosegConfig, Recipe, Sampling
 from protoseg.napari.gl_guard import RemovalGuard
 from protoseg.napari.widgets._common import (
     DEVICES,
@@ -132,6 +132,11 @@ class TrainWidget(QWidget):
         self.epochs = QSpinBox(minimum=1, maximum=1000, value=10)
         self.epochs2 = QSpinBox(minimum=1, maximum=1000, value=10)
         self.batch = QSpinBox(minimum=1, maximum=512, value=8)
+        self.balance = QCheckBox("Balance classes")
+        self.balance.setToolTip(
+            "draw the training patches so that rare image-level classes are seen as often as common ones, in "
+            "both stages (data.sampling=balanced; measured on real tissue in docs/interfaces.md)"
+        )
         self.lr = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-5, value=1e-4)
         self.patch = QSpinBox(minimum=32, maximum=2048, singleStep=32, value=224)
         self.patch.setToolTip("side of the patches cut from tagged regions (data.patch_size)")
@@ -187,6 +192,7 @@ class TrainWidget(QWidget):
         form.addRow("Weights", self.weights)
         form.addRow("Epochs (stage 1 / 2)", row(self.epochs, self.epochs2))
         form.addRow("Batch size", self.batch)
+        form.addRow("Sampling", self.balance)
         form.addRow("Learning rate", self.lr)
         form.addRow("Patch size (px)", self.patch)
         form.addRow("Folder patches × (resample)", self.scale)
@@ -325,6 +331,7 @@ class TrainWidget(QWidget):
                 patch_size=self.patch.value(),
                 scale=float(self.scale.value()) if by_folder else 1.0,
                 batch_size=self.batch.value(),
+                sampling=Sampling.BALANCED if self.balance.isChecked() else Sampling.UNIFORM,
             ),
             bank=replace(cfg.bank, path=self.bank.text() or None),
             model=replace(cfg.model, backbone=backbone, weights=self.weights_value()),
@@ -363,6 +370,7 @@ class TrainWidget(QWidget):
         self.lr.setValue(cfg.stage1.lr)
         self.patch.setValue(cfg.data.patch_size)
         self.scale.setValue(cfg.data.scale)
+        self.balance.setChecked(cfg.data.sampling is Sampling.BALANCED)
         if name not in ("", NO_PRESET):
             self.status.ok(f"preset {name}: form filled with its values; change any before Start")
         return cfg
