@@ -135,11 +135,11 @@ def _split_masks(data: Path, split: str, scale: float = 1.0) -> list[np.ndarray]
 
 def shared(args: argparse.Namespace) -> list[str]:
     """Overrides of every run: the patch resampling (``data.scale``), the pseudo-mask input scales and the
-    training draw (``data.sampling``)."""
+    stage-1 training draw (``stage1.sampling``; stage 2 stays uniform)."""
     return [
         f"data.scale={args.scale}",
         f"stage1.pseudo.scales=[{args.pseudo_scales}]",
-        f"data.sampling={args.sampling}",
+        f"stage1.sampling={args.sampling}",
     ]
 
 
@@ -311,7 +311,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sampling",
         default="balanced",
         choices=("uniform", "balanced"),
-        help="data.sampling of both stages (balanced: NOR, in 14%% of training tiles, drawn as often as TE / TAS)",
+        help="stage1.sampling (balanced: NOR, in 14%% of training tiles, drawn as often as TE / TAS); stage 2 uniform",
     )
     p.add_argument("--max-tiles", type=int, default=None, help="tiles per split at most (quick runs)")
     add_training_args(p)
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"WSSS4LUAD, {len(seeds)} seed(s), tiles of {args.tile} px resampled by {args.scale:g} (data.scale), "
-        f"pseudo-mask scales {args.pseudo_scales}, {args.sampling} sampling"
+        f"pseudo-mask scales {args.pseudo_scales}, {args.sampling} stage-1 sampling"
         f"{f', <= {args.max_tiles} per split' if args.max_tiles else ''}, {args.backbone} ({args.weights}), "
         f"stage 1 {args.epochs} epochs (CAM) / {args.proto_epochs} (prototype recipes), stage 2 {args.epochs2}, "
         f"{args.device} ({args.threads} thread(s)), tissue protocol, "

@@ -91,7 +91,7 @@ def fixed_gate_copy(checkpoint: Path, out: Path) -> Path:
 
 def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> dict[str, Any]:
     out = args.out / f"seed{seed}" / name.replace(" ", "_").replace("+", "_")
-    cfg = base_config(args, data, seed, RECIPES[name], out)
+    cfg = base_config(args, data, seed, [*RECIPES[name], *args.overrides], out)
     t0 = time.perf_counter()
     fit = train_stage1(cfg)
     ckpt1 = best_or_last(fit.last.parent)
@@ -178,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of: " + ", ".join(RECIPES))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, repeatable (e.g. data.sampling=balanced)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -200,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(seeds)} seeds, {args.n_train}/{args.n_val}/{args.n_test} patches of {args.size} px, {args.backbone} "
         f"({args.weights}), {args.epochs}+{args.epochs2} epochs, device {args.device} ({device}, "
         f"{args.threads} thread(s)), PBIP protocol, {total / 60:.1f} min"
+        f"{', overrides ' + ' '.join(args.overrides) if args.overrides else ''}"
     )
     print(table(rows))
     summary = {

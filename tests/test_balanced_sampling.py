@@ -1,6 +1,6 @@
-"""Class-balanced sampling (issue 24, ``data.sampling=balanced``): patches drawn with replacement so each
-image-level class is drawn about equally often, in both stages and under DDP; uniform stays one pass per epoch;
-a resume with the other sampling is refused."""
+"""Class-balanced sampling (issue 24, ``stage1.sampling`` / ``stage2.sampling=balanced``): patches drawn with
+replacement so each image-level class is drawn about equally often, in either stage and under DDP; uniform stays
+one pass per epoch; a resume with the other sampling is refused."""
 
 from __future__ import annotations
 
@@ -134,12 +134,13 @@ def _folder(root: Path, size: int = 32) -> Path:
     return root
 
 
-def _cfg(root: Path, out: Path, sampling: str, epochs: int = 1):
+def _cfg(root: Path, out: Path, sampling: str, epochs: int = 1, sampling2: str = "uniform"):
     return load_config(
         None,
         [
             f"data.root={root}",
-            f"data.sampling={sampling}",
+            f"stage1.sampling={sampling}",
+            f"stage2.sampling={sampling2}",
             "data.batch_size=2",
             "data.num_workers=0",
             "model.backbone=resnet18",
@@ -159,15 +160,16 @@ def test_both_stages_sample_balanced_and_resume_refuses_the_other_sampling(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root, out = _folder(tmp_path / "d"), tmp_path / "run"
-    cfg = _cfg(root, out, "balanced")
-    assert cfg.data.sampling is Sampling.BALANCED
+    cfg = _cfg(root, out, "balanced", sampling2="balanced")
+    assert cfg.stage1.sampling is Sampling.BALANCED and _cfg(root, out, "uniform").stage2.sampling is Sampling.UNIFORM
     with caplog.at_level(logging.INFO, logger="protoseg"):
         ckpt1 = train_stage1(cfg).last
         train_stage2(cfg, make_pseudo_masks(cfg, ckpt1), stage1=ckpt1)
     said = [r.getMessage() for r in caplog.records if "class-balanced sampling" in r.getMessage()]
     assert len(said) == 2  # stage 1 and stage 2 (labels of the patches its pseudo-masks pair)
+    assert [m.split("(")[1].split("=")[0] for m in said] == ["stage1.sampling", "stage2.sampling"]
     assert all("TE 50%, NOR 50% (uniform: TE 83%, NOR 17%)" in m for m in said)
-    with pytest.raises(TrainingError, match="data.sampling 'balanced' vs 'uniform'"):
+    with pytest.raises(TrainingError, match="stage1.sampling 'balanced' vs 'uniform'"):
         train_stage1(_cfg(root, out, "uniform", epochs=2), resume=True)
-    with pytest.raises(ConfigError, match="data.sampling: 'rare' is not one of"):
+    with pytest.raises(ConfigError, match="stage1.sampling: 'rare' is not one of"):
         _cfg(root, out, "rare")

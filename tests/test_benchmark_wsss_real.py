@@ -32,5 +32,5 @@ def test_quick_benchmark_prints_the_table_with_trivial_baselines(tmp_path):
     stage1 = load_checkpoint(tmp_path / "seed0" / "CAM" / "stage1" / "last.pt")
     assert stage1.data_scale == 0.5  # the quick size trains the 128-px tiles at 64 px (data.scale)
     assert stage1.train_config["stage1"]["pseudo"]["scales"] == [1.0, 1.5]
-    assert stage1.train_config["data"]["sampling"] == "balanced"  # the benchmark's class-balanced draws
-    assert "balanced sampling" in out
+    assert stage1.train_config["stage1"]["sampling"] == "balanced"  # the benchmark's class-balanced draws
+    assert "balanced stage-1 sampling" in out

@@ -272,7 +272,8 @@ def test_folder_resolution_through_the_plugin_dock(make_napari_viewer, tmp_path)
 
 
 def test_balance_classes_through_the_plugin_dock(make_napari_viewer, tmp_path) -> None:
-    """The Train dock's "Balance classes" box sets data.sampling for the run it starts; a preset resets it."""
+    """The Train dock's "Balance classes (stage 1)" box sets stage1.sampling for the run it starts (stage 2 stays
+    uniform); a preset resets it."""
     from protoseg.config import Sampling
     from protoseg.napari.widgets.train import FOLDER
 
@@ -281,9 +282,10 @@ def test_balance_classes_through_the_plugin_dock(make_napari_viewer, tmp_path) -
     widget.source.setCurrentText(FOLDER)
     widget.folder.setText(str(tmp_path / "data"))
     widget.out.setText(str(tmp_path / "run"))
-    assert widget.build_config().data.sampling is Sampling.UNIFORM
+    assert widget.build_config().stage1.sampling is Sampling.UNIFORM
     widget.balance.setChecked(True)
-    assert widget.build_config().data.sampling is Sampling.BALANCED
+    cfg = widget.build_config()
+    assert cfg.stage1.sampling is Sampling.BALANCED and cfg.stage2.sampling is Sampling.UNIFORM
     widget_screenshot(viewer, "train_balance_classes")
     widget.apply_preset("")
-    assert not widget.balance.isChecked() and widget.build_config().data.sampling is Sampling.UNIFORM
+    assert not widget.balance.isChecked() and widget.build_config().stage1.sampling is Sampling.UNIFORM

@@ -111,8 +111,6 @@ class DataConfig:
     scale: float = 1.0
     batch_size: int = 8
     num_workers: int | None = None  # None: chosen from the machine (protoseg.runtime.default_num_workers)
-    # balanced: rare image-level classes drawn as often as common ones, both stages (docs/interfaces.md)
-    sampling: Sampling = Sampling.UNIFORM
     augment: bool = True
     augment_on_device: bool = True  # stain jitter batched on the training device (else per image in the dataset)
     max_train: int | None = None  # subsample training patches (quick runs)
@@ -229,6 +227,8 @@ class Stage1Config:
 
     recipe: Recipe = Recipe.PBIP
     addons: tuple[AddOn, ...] = ()
+    # balanced: patches of rare image-level classes drawn as often as common ones (docs/interfaces.md)
+    sampling: Sampling = Sampling.UNIFORM
     epochs: int = 10
     lr: float = 1e-4
     weight_decay: float = 1e-2
@@ -257,6 +257,7 @@ class Stage2Config:
     backbone: str = "pvt_v2_b1"
     weights: str | None = "auto"  # as model.weights
     decoder_dim: int = 128
+    sampling: Sampling = Sampling.UNIFORM  # as stage1.sampling (uniform measured better here, docs/interfaces.md)
     epochs: int = 10
     lr: float = 2e-4
     weight_decay: float = 1e-2

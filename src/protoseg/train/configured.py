@@ -62,9 +62,11 @@ def resume_mismatches(ckpt: Checkpoint, net: dict[str, Any], classes: ClassSpec,
             out.append(f"stage1.{key} {old[key]!r} vs {now!r}")
     if ckpt.data_scale != cfg.data.scale:
         out.append(f"data.scale {ckpt.data_scale:g} vs {cfg.data.scale:g}")
-    sampled = ckpt.train_config.get("data", {}).get("sampling", Sampling.UNIFORM.value)
-    if sampled != cfg.data.sampling.value:  # the data-order stream draws differently
-        out.append(f"data.sampling {sampled!r} vs {cfg.data.sampling.value!r}")
+    section = ckpt.stage.value
+    sampled = ckpt.train_config.get(section, {}).get("sampling", Sampling.UNIFORM.value)
+    now = getattr(cfg, section).sampling.value
+    if sampled != now:  # the data-order stream draws differently
+        out.append(f"{section}.sampling {sampled!r} vs {now!r}")
     for key in sorted(set(ckpt.model_config) | set(net)):
         if key not in _NOT_ARCHITECTURE and ckpt.model_config.get(key) != net.get(key):
             out.append(f"model {key} {ckpt.model_config.get(key)!r} vs {net.get(key)!r}")
@@ -118,13 +120,15 @@ class ConfiguredTrainer(Trainer):
         super()._restore(run)
 
     def sample_weights(self) -> np.ndarray | None:
-        """``data.sampling``: class-balanced draw weights from the training patches' image-level labels (said
-        once with the class shares they give), or None (uniform; also when the dataset has no labels)."""
-        if self.cfg.data.sampling is not Sampling.BALANCED:
+        """``stage1.sampling`` / ``stage2.sampling``: class-balanced draw weights from the training patches'
+        image-level labels (said once with the class shares they give), or None (uniform; also when the
+        dataset has no labels)."""
+        key = f"{self.stage_kind.value}.sampling"
+        if getattr(self.cfg, self.stage_kind.value).sampling is not Sampling.BALANCED:
             return None
         labels = sample_labels(self.train_dataset)
         if labels is None or len(labels) == 0:
-            logger.warning("data.sampling=balanced: the training set has no image-level labels; sampling uniformly")
+            logger.warning("%s=balanced: the training set has no image-level labels; sampling uniformly", key)
             return None
         weights = balanced_weights(labels)
         held = labels > 0
@@ -132,7 +136,8 @@ class ConfiguredTrainer(Trainer):
         after = (held * weights[:, None]).sum(axis=0) / weights.sum()
         names = self.classes.names
         logger.info(
-            "class-balanced sampling (data.sampling=balanced): share of draws per class %s (uniform: %s)",
+            "class-balanced sampling (%s=balanced): share of draws per class %s (uniform: %s)",
+            key,
             ", ".join(f"{n} {v:.0%}" for n, v in zip(names, after)),
             ", ".join(f"{n} {v:.0%}" for n, v in zip(names, before)),
         )

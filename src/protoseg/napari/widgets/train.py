@@ -132,10 +132,10 @@ class TrainWidget(QWidget):
         self.epochs = QSpinBox(minimum=1, maximum=1000, value=10)
         self.epochs2 = QSpinBox(minimum=1, maximum=1000, value=10)
         self.batch = QSpinBox(minimum=1, maximum=512, value=8)
-        self.balance = QCheckBox("Balance classes")
+        self.balance = QCheckBox("Balance classes (stage 1)")
         self.balance.setToolTip(
-            "draw the training patches so that rare image-level classes are seen as often as common ones, in "
-            "both stages (data.sampling=balanced; measured on real tissue in docs/interfaces.md)"
+            "stage 1 draws its patches so that rare image-level classes are seen as often as common ones "
+            "(stage1.sampling=balanced; measured on real tissue in docs/interfaces.md)"
         )
         self.lr = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-5, value=1e-4)
         self.patch = QSpinBox(minimum=32, maximum=2048, singleStep=32, value=224)
@@ -331,7 +331,6 @@ class TrainWidget(QWidget):
                 patch_size=self.patch.value(),
                 scale=float(self.scale.value()) if by_folder else 1.0,
                 batch_size=self.batch.value(),
-                sampling=Sampling.BALANCED if self.balance.isChecked() else Sampling.UNIFORM,
             ),
             bank=replace(cfg.bank, path=self.bank.text() or None),
             model=replace(cfg.model, backbone=backbone, weights=self.weights_value()),
@@ -339,6 +338,7 @@ class TrainWidget(QWidget):
                 cfg.stage1,
                 recipe=Recipe(self.recipe.currentText()),
                 addons=addons,
+                sampling=Sampling.BALANCED if self.balance.isChecked() else Sampling.UNIFORM,
                 epochs=self.epochs.value(),
                 lr=float(self.lr.value()),
             ),
@@ -370,7 +370,7 @@ class TrainWidget(QWidget):
         self.lr.setValue(cfg.stage1.lr)
         self.patch.setValue(cfg.data.patch_size)
         self.scale.setValue(cfg.data.scale)
-        self.balance.setChecked(cfg.data.sampling is Sampling.BALANCED)
+        self.balance.setChecked(cfg.stage1.sampling is Sampling.BALANCED)
         if name not in ("", NO_PRESET):
             self.status.ok(f"preset {name}: form filled with its values; change any before Start")
         return cfg
