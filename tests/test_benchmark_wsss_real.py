@@ -24,7 +24,8 @@ def test_quick_benchmark_prints_the_table_with_trivial_baselines(tmp_path):
     assert "| CAM |" in out and "tissue protocol" in out
     summary = json.loads((tmp_path / "results.json").read_text())
     row = summary["rows"]["CAM"][0]
-    assert {"pseudo_val", "pseudo_val_any", "free_val", "free_test", "stage2_test", "stage2_random_test"} <= set(row)
+    measured = {"pseudo_val", "pseudo_val_any", "free_val", "free_test", "stage2_test", "stage2_random_test"}
+    assert measured | {"stage2_gated_val"} <= set(row)
     assert all(r["protocol"] == "tissue" for r in row.values() if isinstance(r, dict))
     assert row["stage1_epoch"] == 1 and row["stage1_selected_by"] == "label_free_mIoU"  # which best.pt, by what
     from protoseg.models.checkpoint import load_checkpoint

@@ -61,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset folder with val/ or test/ masks")
     p.add_argument("--split", default="test", choices=["val", "test"], help="which masks to score (default test)")
     p.add_argument(
-        "--use-labels", action="store_true", help="stage 1: gate CAMs with the image-level labels (pseudo-mask quality)"
+        "--use-labels",
+        action="store_true",
+        help="gate with the image-level labels: stage 1's CAMs (pseudo-mask quality), stage 2's classes",
     )
     p.add_argument("--tta", action="store_true", help="stage 2: flip test-time augmentation")
     p.add_argument(

@@ -223,8 +223,12 @@ def evaluate_segmentation(
     tta: bool = False,
     boundary: bool = False,
     protocol: Protocol = Protocol.PBIP,
+    use_labels: bool = False,
+    label_min_share: float | None = None,
 ) -> dict[str, float]:
-    """Metrics of ``model.predict`` argmax maps (stage 2, or stage 1 score-gated) on a masked split."""
+    """Metrics of ``model.predict`` argmax maps (stage 2, or stage 1 score-gated) on a masked split.
+    ``use_labels``: the argmax only among each patch's labelled classes and background (a label-gated map, as
+    stage 1's pseudo-masks; labels as in ``evaluate_pseudo``)."""
     cm = _matrix(classes, boundary)
     loader = DataLoader(_scored(dataset), batch_size=batch_size, shuffle=False)
     model.eval()
@@ -232,6 +236,11 @@ def evaluate_segmentation(
         for batch in loader:
             x = batch["image"].to(device)
             probs = model.predict(x, flip_tta=tta) if tta else model.predict(x)
+            if use_labels:
+                y = batch["label"] if label_min_share is None else _mask_labels(batch["mask"], classes, label_min_share)
+                absent = ~y.to(device=probs.device).bool()
+                probs = probs.clone()
+                probs[:, : classes.num_classes][absent] = float("-inf")
             target = apply_protocol(batch["mask"].numpy(), protocol, classes.background_index)
             cm.update(probs.argmax(1).cpu().numpy(), target)
     return _report(cm, classes, protocol)

@@ -347,8 +347,9 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on a labelled split under ``protocol`` (named in the result as
     ``"protocol"``; ``"data_scale"``: the patch resampling it was applied at, its training one): stage 1 with
-    ``use_labels`` by its label-gated pseudo-masks (the exported ones), otherwise the label-free prediction a
-    user gets from ``Predictor`` (``model.predict`` argmax).
+    ``use_labels`` by its label-gated pseudo-masks (the exported ones), stage 2 with ``use_labels`` by its
+    prediction's argmax among each patch's labels and background, otherwise the label-free prediction a user
+    gets from ``Predictor`` (``model.predict`` argmax).
     ``label_min_share``: with ``use_labels``, each patch's labels are the classes covering that share of its
     mask (as the tile baseline's); None: the dataset's labels (every class with a pixel in the mask)."""
     protocol = Protocol(protocol)
@@ -376,8 +377,19 @@ def evaluate_checkpoint(
     else:
         tta = cfg.stage2.tta and ckpt.stage is Stage.STAGE2
         metrics = evaluate_segmentation(
-            model, ds, ckpt.classes, device, cfg.data.batch_size, tta=tta, boundary=True, protocol=protocol
+            model,
+            ds,
+            ckpt.classes,
+            device,
+            cfg.data.batch_size,
+            tta=tta,
+            boundary=True,
+            protocol=protocol,
+            use_labels=use_labels,
+            label_min_share=label_min_share,
         )
+        if use_labels:
+            metrics["label_min_share"] = label_min_share
     return {"protocol": protocol.value, "data_scale": scale, **metrics}
 
 
