@@ -173,3 +173,16 @@ def test_both_stages_sample_balanced_and_resume_refuses_the_other_sampling(
         train_stage1(_cfg(root, out, "uniform", epochs=2), resume=True)
     with pytest.raises(ConfigError, match="stage1.sampling: 'rare' is not one of"):
         _cfg(root, out, "rare")
+
+
+def test_cli_sampling_flag_reaches_the_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from protoseg.cli import main
+    from protoseg.models.checkpoint import load_checkpoint
+
+    root, out = _folder(tmp_path / "d"), tmp_path / "run"
+    common = ["--set", "model.backbone=resnet18", "--set", "model.weights=null", "--set", "data.num_workers=0"]
+    argv = ["train", "stage1", "--data", str(root), "--out", str(out), "--recipe", "cam", "--epochs", "1"]
+    with caplog.at_level(logging.INFO, logger="protoseg"):
+        assert main([*argv, "--sampling", "balanced", "--batch-size", "2", "--device", "cpu", *common]) == 0
+    assert load_checkpoint(out / "stage1" / "last.pt").train_config["stage1"]["sampling"] == "balanced"
+    assert any("stage1.sampling=balanced" in r.getMessage() for r in caplog.records)

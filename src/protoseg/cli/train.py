@@ -9,7 +9,7 @@ from pathlib import Path
 
 from protoseg.cli.args import int_at_least, positive_float
 from protoseg.cli.common import ProgressBar, add_config_args, config_from_args
-from protoseg.config import AddOn, Recipe
+from protoseg.config import AddOn, Recipe, Sampling
 from protoseg.presets import list_presets
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ def _shortcuts(args: argparse.Namespace) -> list[str]:
         out.append(f"stage1.addons=[{args.addons}]")
     if getattr(args, "bank", None):
         out.append(f"bank.path={args.bank}")
+    if getattr(args, "sampling", None):
+        out.append(f"stage1.sampling={args.sampling}")
     if args.epochs is not None:
         out.append(f"{args.stage}.epochs={args.epochs}")
     if args.lr is not None:
@@ -151,6 +153,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             )
             s.add_argument("--addons", help="comma-separated add-on losses: " + ", ".join(a.value for a in AddOn))
             s.add_argument("--bank", help="image bank folder (PBIP; built from the training set when absent)")
+            s.add_argument(
+                "--sampling",
+                choices=[m.value for m in Sampling],
+                help="uniform: every patch once per epoch; balanced: patches of rare image-level classes drawn as "
+                "often as common ones (stage1.sampling; stage 2: --set stage2.sampling=balanced)",
+            )
         else:
             s.add_argument("--pseudo", help="pseudo-mask folder (default OUT/pseudo)")
             r = s.add_argument_group(
