@@ -23,6 +23,7 @@ from protoseg.train.sampling import (
     sample_labels,
     training_sampler,
 )
+from tiny_models import TINY_CPU_RUN
 
 
 def _class_shares(labels: np.ndarray, draws: list[int]) -> np.ndarray:
@@ -142,15 +143,9 @@ def _cfg(root: Path, out: Path, sampling: str, epochs: int = 1, sampling2: str =
             f"stage1.sampling={sampling}",
             f"stage2.sampling={sampling2}",
             "data.batch_size=2",
-            "data.num_workers=0",
-            "model.backbone=resnet18",
-            "model.weights=null",
-            "stage2.backbone=resnet18",
-            "stage2.weights=null",
-            "stage1.recipe=cam",
+            *TINY_CPU_RUN,
             f"stage1.epochs={epochs}",
             "stage2.epochs=1",
-            "run.device=cpu",
             f"run.out_dir={out}",
         ],
     )

@@ -29,6 +29,7 @@ from protoseg.train.pipeline import (
     train_stage2,
 )
 from protoseg.train.pseudo import PseudoMaskError, export_pseudo_masks
+from tiny_models import TINY_CPU_RUN
 
 
 def _patch(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,15 +72,9 @@ def _cfg(root: Path, out: Path, scale: float, *extra: str):
             f"data.root={root}",
             f"data.scale={scale}",
             "data.batch_size=2",
-            "data.num_workers=0",
-            "model.backbone=resnet18",
-            "model.weights=null",
-            "stage2.backbone=resnet18",
-            "stage2.weights=null",
-            "stage1.recipe=cam",
+            *TINY_CPU_RUN,
             "stage1.epochs=1",
             "stage2.epochs=1",
-            "run.device=cpu",
             f"run.out_dir={out}",
             *extra,
         ],

@@ -19,6 +19,16 @@ TINY_CLIP = {  # a tiny open_clip architecture, unknown to open_clip by name: th
 }
 CLIP_MEAN, CLIP_STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 REVISION = "0123456789abcdef0123456789abcdef01234567"
+#: Config overrides of a tiny CPU run: CAM stage 1 and stage 2 on a random-init ResNet-18, no loader workers.
+TINY_CPU_RUN = (
+    "data.num_workers=0",
+    "model.backbone=resnet18",
+    "model.weights=null",
+    "stage2.backbone=resnet18",
+    "stage2.weights=null",
+    "stage1.recipe=cam",
+    "run.device=cpu",
+)
 
 
 def hub_snapshot(cache: Path, repo: str) -> Path:
