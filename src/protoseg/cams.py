@@ -187,6 +187,11 @@ def glass_background(images: torch.Tensor, open_radius: float = 0.03, min_size: 
     return torch.from_numpy(out).to(images.device)
 
 
+#: The flips of every test-time augmentation protoseg does (``predict --tta``, ``eval --tta``, stage-2
+#: validation with ``stage2.tta``), so an evaluation scores what a prediction gives.
+TTA_FLIPS: tuple[str, ...] = ("h", "v", "hv")
+
+
 def _flip(x: torch.Tensor, kind: str) -> torch.Tensor:
     dims = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}
     if kind not in dims:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from protoseg import cams as cam_ops
 from protoseg.classes import ClassSpec
 from protoseg.infer.blending import BlendWindow, blend_tiles, blend_tiles_torch, make_window
 from protoseg.infer.device import amp_dtype as amp_dtype_for
@@ -208,10 +209,7 @@ class Predictor:
         with torch.inference_mode(), autocast_for(self.device, self.amp, self.amp_dtype):
             if not self.tta:
                 return self._forward(x)
-            total = self._forward(x)
-            for dims in ((3,), (2,), (2, 3)):
-                total = total + torch.flip(self._forward(torch.flip(x, dims)), dims)
-            return total / 4.0
+            return cam_ops.flip_tta(self._forward, x, cam_ops.TTA_FLIPS)
 
     def _input(self, tiles: np.ndarray) -> torch.Tensor:
         """uint8 (B, h, w, 3) -> float32 (B, 3, h, w) in [0, 1] on the device (pinned, asynchronous upload)."""

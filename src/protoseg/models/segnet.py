@@ -93,10 +93,11 @@ class SegNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
-        """Eval-mode softmax probabilities (B, C+1, H, W); ``flip_tta`` averages over h/v flips."""
+        """Eval-mode softmax probabilities (B, C+1, H, W); ``flip_tta`` averages over ``cams.TTA_FLIPS`` (as
+        ``Predictor`` with ``tta``)."""
 
         def probs(inp: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self(inp).float(), dim=1)
 
         with eval_mode(self):
-            return cam_ops.flip_tta(probs, x) if flip_tta else probs(x)
+            return cam_ops.flip_tta(probs, x, cam_ops.TTA_FLIPS) if flip_tta else probs(x)
