@@ -17,6 +17,7 @@ from protoseg.config import ConfigError, Sampling, load_config
 from protoseg.train.errors import TrainingError
 from protoseg.train.pipeline import make_pseudo_masks, train_stage1, train_stage2
 from protoseg.train.sampling import (
+    MAX_OVERSAMPLING,
     KeyedDistributedSampler,
     KeyedRandomSampler,
     balanced_weights,
@@ -42,6 +43,9 @@ def test_balanced_weights_equalise_classes() -> None:
     assert drawn[2] > 3 * share[2]  # a patch with the rare class is drawn over 3x as often as uniformly
     with pytest.raises(ValueError, match="patches, classes"):
         balanced_weights(np.zeros(4))
+    skewed = np.array([[1, 0]] * 99 + [[0, 1]], dtype=np.float32)  # one patch of a class: at most 10x
+    w = balanced_weights(skewed)
+    assert w[-1] == pytest.approx(MAX_OVERSAMPLING * w[0])
 
 
 def test_weighted_sampler_draws_in_proportion_and_uniform_is_a_permutation() -> None:

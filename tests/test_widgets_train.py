@@ -272,8 +272,8 @@ def test_folder_resolution_through_the_plugin_dock(make_napari_viewer, tmp_path)
 
 
 def test_balance_classes_through_the_plugin_dock(make_napari_viewer, tmp_path) -> None:
-    """The Train dock's "Balance classes (stage 1)" box sets stage1.sampling for the run it starts (stage 2 stays
-    uniform); a preset resets it."""
+    """The Train dock's "Balance classes (stage 1)" box (on by default, as protoseg's config) sets stage1.sampling
+    for the run it starts (stage 2 stays uniform); a paper preset turns it off (the papers shuffle uniformly)."""
     from protoseg.config import Sampling
     from protoseg.napari.widgets.train import FOLDER
 
@@ -282,10 +282,13 @@ def test_balance_classes_through_the_plugin_dock(make_napari_viewer, tmp_path) -
     widget.source.setCurrentText(FOLDER)
     widget.folder.setText(str(tmp_path / "data"))
     widget.out.setText(str(tmp_path / "run"))
-    assert widget.build_config().stage1.sampling is Sampling.UNIFORM
-    widget.balance.setChecked(True)
+    assert widget.balance.isChecked()
     cfg = widget.build_config()
     assert cfg.stage1.sampling is Sampling.BALANCED and cfg.stage2.sampling is Sampling.UNIFORM
     widget_screenshot(viewer, "train_balance_classes")
+    widget.balance.setChecked(False)
+    assert widget.build_config().stage1.sampling is Sampling.UNIFORM
     widget.apply_preset("")
+    assert widget.balance.isChecked()
+    widget.apply_preset("pbip-luad")
     assert not widget.balance.isChecked() and widget.build_config().stage1.sampling is Sampling.UNIFORM

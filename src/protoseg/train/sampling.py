@@ -22,10 +22,16 @@ def _draw_seeds(n: int, generator: torch.Generator) -> list[int]:
     return torch.randint(0, _SEED_BOUND, (n,), generator=generator, dtype=torch.int64).tolist()
 
 
+#: Class-balanced draws repeat a patch at most this many times as often as a patch of the most common class:
+#: a class held by a handful of patches is not drawn in every batch (WSSS4LUAD's NOR, in 14 %: 5.7x).
+MAX_OVERSAMPLING = 10.0
+
+
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
     """(N,) draw weights of N patches with (N, C) image-level labels that make each class about equally
-    frequent among the draws: a patch weighs 1 / (share of patches holding its rarest class); a patch with
-    no class weighs as one of the most common class. Labels of any dtype; a class no patch holds is ignored."""
+    frequent among the draws: a patch weighs 1 / (share of patches holding its rarest class), at most
+    ``MAX_OVERSAMPLING`` x that of the most common class; a patch with no class weighs as one of the most
+    common class. Labels of any dtype; a class no patch holds is ignored."""
     held = np.asarray(labels) > 0
     if held.ndim != 2:
         raise ValueError(f"labels must be (patches, classes), got shape {held.shape}")
@@ -33,7 +39,7 @@ def balanced_weights(labels: np.ndarray) -> np.ndarray:
     inverse = np.where(share > 0, 1.0 / np.maximum(share, 1e-12), 0.0)
     weights = (held * inverse[None]).max(axis=1, initial=0.0)
     floor = inverse[inverse > 0].min() if (inverse > 0).any() else 1.0
-    return np.where(weights > 0, weights, floor)
+    return np.clip(np.where(weights > 0, weights, floor), floor, MAX_OVERSAMPLING * floor)
 
 
 def _weighted_draw(weights: torch.Tensor, n: int, generator: torch.Generator) -> list[int]:
@@ -125,6 +131,7 @@ def sample_labels(dataset: Dataset) -> np.ndarray | None:
 
 
 __all__ = [
+    "MAX_OVERSAMPLING",
     "KeyedDistributedSampler",
     "KeyedRandomSampler",
     "KeyedSubset",

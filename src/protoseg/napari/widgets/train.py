@@ -133,6 +133,7 @@ class TrainWidget(QWidget):
         self.epochs2 = QSpinBox(minimum=1, maximum=1000, value=10)
         self.batch = QSpinBox(minimum=1, maximum=512, value=8)
         self.balance = QCheckBox("Balance classes (stage 1)")
+        self.balance.setChecked(ProtosegConfig().stage1.sampling is Sampling.BALANCED)
         self.balance.setToolTip(
             "stage 1 draws its patches so that rare image-level classes are seen as often as common ones "
             "(stage1.sampling=balanced; measured on real tissue in docs/interfaces.md)"
