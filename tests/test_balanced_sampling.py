@@ -168,7 +168,11 @@ def test_both_stages_sample_balanced_and_resume_refuses_the_other_sampling(
     assert len(said) == 2  # stage 1 and stage 2 (labels of the patches its pseudo-masks pair)
     assert [m.split("(")[1].split("=")[0] for m in said] == ["stage1.sampling", "stage2.sampling"]
     assert all("TE 50%, NOR 50% (uniform: TE 83%, NOR 17%)" in m for m in said)
-    with pytest.raises(TrainingError, match="stage1.sampling 'balanced' vs 'uniform'"):
+    with pytest.raises(
+        TrainingError,
+        match=r"stage1.sampling 'balanced' vs 'uniform' \(to resume: --set stage1.sampling=balanced; Train dock: "
+        r"'Balance classes' on\)",
+    ):
         train_stage1(_cfg(root, out, "uniform", epochs=2), resume=True)
     with pytest.raises(ConfigError, match="stage1.sampling: 'rare' is not one of"):
         _cfg(root, out, "rare")

@@ -66,7 +66,10 @@ def resume_mismatches(ckpt: Checkpoint, net: dict[str, Any], classes: ClassSpec,
     sampled = ckpt.train_config.get(section, {}).get("sampling", Sampling.UNIFORM.value)
     now = getattr(cfg, section).sampling.value
     if sampled != now:  # the data-order stream draws differently
-        out.append(f"{section}.sampling {sampled!r} vs {now!r}")
+        dock = (
+            f"; Train dock: 'Balance classes' {'on' if sampled == 'balanced' else 'off'}" if section == "stage1" else ""
+        )
+        out.append(f"{section}.sampling {sampled!r} vs {now!r} (to resume: --set {section}.sampling={sampled}{dock})")
     for key in sorted(set(ckpt.model_config) | set(net)):
         if key not in _NOT_ARCHITECTURE and ckpt.model_config.get(key) != net.get(key):
             out.append(f"model {key} {ckpt.model_config.get(key)!r} vs {net.get(key)!r}")
