@@ -174,12 +174,16 @@ def evaluate_pseudo(
             x = batch["image"].to(device)
             y = None
             if use_labels:
-                y = batch["label"] if label_min_share is None else _mask_labels(batch["mask"], classes, label_min_share)
-                y = y.to(device)
+                y = _gate_labels(batch, classes, label_min_share).to(device)
             pred, _ = pseudo_masks(net, x, y, cfg)
             target = apply_protocol(batch["mask"].numpy(), protocol, classes.background_index)
             cm.update(pred.cpu().numpy(), target)
     return _report(cm, classes, protocol)
+
+
+def _gate_labels(batch: dict, classes: ClassSpec, min_share: float | None) -> torch.Tensor:
+    """(B, C) gating labels of a batch: the dataset's (``min_share`` None), else those of its masks."""
+    return batch["label"] if min_share is None else _mask_labels(batch["mask"], classes, min_share)
 
 
 def _mask_labels(masks: torch.Tensor, classes: ClassSpec, min_share: float) -> torch.Tensor:
@@ -237,8 +241,7 @@ def evaluate_segmentation(
             x = batch["image"].to(device)
             probs = model.predict(x, flip_tta=tta) if tta else model.predict(x)
             if use_labels:
-                y = batch["label"] if label_min_share is None else _mask_labels(batch["mask"], classes, label_min_share)
-                absent = ~y.to(device=probs.device).bool()
+                absent = ~_gate_labels(batch, classes, label_min_share).to(device=probs.device).bool()
                 probs = probs.clone()
                 probs[:, : classes.num_classes][absent] = float("-inf")
             target = apply_protocol(batch["mask"].numpy(), protocol, classes.background_index)

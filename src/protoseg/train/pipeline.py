@@ -373,7 +373,6 @@ def evaluate_checkpoint(
             protocol=protocol,
             label_min_share=label_min_share,
         )
-        metrics["label_min_share"] = label_min_share  # None: every class with a pixel in the mask
     else:
         tta = cfg.stage2.tta and ckpt.stage is Stage.STAGE2
         metrics = evaluate_segmentation(
@@ -388,8 +387,8 @@ def evaluate_checkpoint(
             use_labels=use_labels,
             label_min_share=label_min_share,
         )
-        if use_labels:
-            metrics["label_min_share"] = label_min_share
+    if use_labels:
+        metrics["label_min_share"] = label_min_share  # None: every class with a pixel in the mask
     return {"protocol": protocol.value, "data_scale": scale, **metrics}
 
 
