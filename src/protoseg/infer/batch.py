@@ -1,10 +1,11 @@
 """Whole-slide prediction to an OME-Zarr with a bounded, resumable pipeline.
 
 reader threads (read + decode tiles) -> bounded queue -> batched model (calling thread) ->
-bounded queue -> writer threads (blend, quantise, write chunk, mark it done; ``writers=0``: in the model's
-thread between batches). Memory is bounded by the queues and the strip plan (see ``plan``), not by the
-slide size. Finished level-0 chunks are
-recorded in the ``done`` array after their data, at most ``done_record.DONE_INTERVAL_S`` later (and at the end,
+finish (blend, quantise, write chunk, mark it done): on the CPU (``writers=0``) between batches, the chunks
+a batch completed in parallel on as many threads as the model uses while it waits; on an accelerator in
+writer threads behind a bounded queue, concurrent with the model. Memory is bounded by the queues and the
+strip plan (see ``plan``), not by the slide size. Finished level-0 chunks are recorded in the ``done`` array
+after their data, at most ``done_record.DONE_INTERVAL_S`` later (and at the end,
 also on errors and cancel), so a killed run restarted with ``resume=True`` skips finished chunks,
 redoes at most that much work, and ends with the same bytes. Coarse levels are built while level 0 is
 written (``pyramid_stream``: a parent as soon as its children are in; background-only chunks are constants);
@@ -20,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -123,23 +125,33 @@ def default_readers(device_type: str) -> int:
 
 
 def default_writers(device_type: str) -> int:
-    """Blend + zarr-write threads: 1 when the model shares the CPU (the model is the bottleneck); on an
-    accelerator a few (2..4), so blending and compressing chunks never holds the model loop back."""
+    """Blend + zarr-write threads beside the model: none when it shares the CPU (chunks are finished between
+    batches on all of the model's threads: a writer thread beside it preempts one of the model's threads,
+    which stalls the others at the next barrier); on an accelerator a few (2..4), so blending and
+    compressing chunks never holds the model loop back."""
     cores = os.cpu_count() or 2
-    return 1 if device_type == "cpu" else max(2, min(4, cores // 4))
+    return 0 if device_type == "cpu" else max(2, min(4, cores // 4))
+
+
+def finish_threads() -> int:
+    """Threads that finish chunks between batches (``writers=0``): as many as the model's CPU threads."""
+    import torch
+
+    return max(1, min(32, torch.get_num_threads()))
 
 
 class _Pipeline:
     """Readers -> model -> writers over a stream of ``ChunkStep``s; first error stops everything.
 
-    ``finish_chunk`` runs in ``writers`` threads at once (each chunk is its own zarr chunk; the caller
-    serialises its shared bookkeeping)."""
+    ``finish_chunk(step, tiles[, pool, parts])`` runs in ``writers`` threads at once, or (``writers=0``)
+    between batches on a pool, whose threads it may also use to blend one chunk in ``parts`` bands (each
+    chunk is its own zarr chunk; the caller serialises its shared bookkeeping)."""
 
     def __init__(
         self,
         layout: SlideChunks,
         steps,
-        finish_chunk: Callable[[ChunkStep, dict], None],
+        finish_chunk: Callable[..., None],
         readers: int | None,
         cancel: CancelLike | None = None,
         writers: int | None = None,
@@ -159,6 +171,8 @@ class _Pipeline:
         self.write_q: queue.Queue = queue.Queue(maxsize=4 + 4 * self.n_writers)
         self.stop = threading.Event()
         self.error: BaseException | None = None
+        self._pool: ThreadPoolExecutor | None = None  # writers=0: finishes chunks between batches
+        self._pool_threads = 1
 
     def _next_job(self):
         with self._plan_lock:
@@ -217,18 +231,33 @@ class _Pipeline:
             self._fail(exc)
 
     def _dispatch(self, store: dict[int, np.ndarray]) -> None:
+        """Hand the chunks whose tiles are all predicted to the writers, or (``writers=0``) finish them now."""
+        ready: list[tuple[ChunkStep, dict]] = []
         while True:
             with self._plan_lock:
                 if not self._ready_steps or any(j not in store for j in self._ready_steps[0].jobs):
-                    return
+                    break
                 step = self._ready_steps.popleft()
             tiles = {t: store[j] for t, j in zip(step.tiles, step.jobs)}
             for j in step.release:
                 store.pop(j, None)
             if not self.n_writers:
-                self.finish_chunk(step, tiles)  # inline, between batches: the model's threads are not preempted
+                ready.append((step, tiles))
             elif not self._put(self.write_q, (step, tiles)):
                 return
+        self._finish_between_batches(ready)
+
+    def _finish_between_batches(self, ready: list[tuple[ChunkStep, dict]]) -> None:
+        """Finish chunks while the model waits, every one done (or failed) on return: several at once on the
+        pool, or a lone chunk in the model's thread, blended in bands on the pool."""
+        if self._pool is None or len(ready) == 1:
+            for step, tiles in ready:
+                self.finish_chunk(step, tiles, self._pool, self._pool_threads)
+            return
+        futures = [self._pool.submit(self.finish_chunk, step, tiles) for step, tiles in ready]
+        wait(futures)
+        for f in futures:
+            f.result()  # the first failure, in chunk order
 
     def run(self) -> None:
         threads = [
@@ -238,6 +267,9 @@ class _Pipeline:
             threading.Thread(target=self._writer, name=f"protoseg-write-{i}", daemon=True)
             for i in range(self.n_writers)
         ]
+        if not self.n_writers and finish_threads() > 1:
+            self._pool_threads = finish_threads()
+            self._pool = ThreadPoolExecutor(self._pool_threads, thread_name_prefix="protoseg-finish")
         for th in (*threads, *writers):
             th.start()
         store: dict[int, np.ndarray] = {}
@@ -277,6 +309,9 @@ class _Pipeline:
                 for th in writers:
                     th.join()
             self.stop.set()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
             for th in (*threads, *writers):
                 th.join(timeout=5)
         if self.error is not None:
@@ -305,7 +340,7 @@ def predict_slide_to_omezarr(
     """Predict a whole slide into an OME-Zarr folder ``out_dir``; see the module docstring.
 
     ``readers`` / ``writers``: decode and blend+write threads (default from the device and the cores);
-    ``writers=0`` blends and writes in the model's thread between batches (measured no faster on 2 cores).
+    ``writers=0`` (the CPU default) finishes chunks between batches, on as many threads as the model uses.
     ``cancel`` (a ``CancelToken``) stops the run at the next chunk with ``protoseg.cancel.Cancelled``;
     finished chunks stay recorded, so a later call with ``resume=True`` continues from them.
     """
@@ -343,8 +378,8 @@ def predict_slide_to_omezarr(
                 progress(counts["done"], total)
         check_cancelled(cancel, "whole-slide prediction")
 
-    def finish(step: ChunkStep, tiles: dict) -> None:
-        mark(*step.chunk, layout.finish(*step.chunk, tiles))
+    def finish(step: ChunkStep, tiles: dict, pool: ThreadPoolExecutor | None = None, parts: int = 1) -> None:
+        mark(*step.chunk, layout.finish(*step.chunk, tiles, pool, parts))
         with book:
             counts["predicted"] += 1
 

@@ -6,7 +6,9 @@ from the same 2x2 finer chunks, so their outputs are identical.
 
 from __future__ import annotations
 
+import itertools
 import logging
+from concurrent.futures import Executor
 from typing import Any, Protocol
 
 import numpy as np
@@ -98,13 +100,35 @@ class SlideChunks:
         _, _, w, h = self.chunk_grid(level).box(cy, cx)
         return background_chunk(self.channels, h, w)
 
-    def finish(self, cy: int, cx: int, tiles: dict[TileIndex, Any]) -> ChunkData:
-        """Blend the chunk's tiles and quantise: the level-0 chunk (on the tiles' device when they are tensors)."""
+    def finish(
+        self, cy: int, cx: int, tiles: dict[TileIndex, Any], pool: Executor | None = None, parts: int = 1
+    ) -> ChunkData:
+        """Blend the chunk's tiles and quantise: the level-0 chunk (on the tiles' device when they are tensors).
+
+        With a ``pool``, host tiles are blended in ``parts`` bands of rows on its threads at once: every
+        pixel blends the same tiles in the same order, so the bytes are those of one pass."""
         box: Box = self.grid0.box(cy, cx)
+        first = next(iter(tiles.values()), None)
+        if pool is not None and parts > 1 and isinstance(first, np.ndarray) and box[3] >= 2 * parts:
+            return self._finish_in_bands(box, tiles, pool, parts)
         scores = self.predictor.blend_box(self.geom, box, tiles)
         if isinstance(scores, np.ndarray):
             return chunk_from_scores(scores)
         return chunk_from_device_scores(scores)
+
+    def _finish_in_bands(self, box: Box, tiles: dict[TileIndex, Any], pool: Executor, parts: int) -> ChunkData:
+        x, y, w, h = box
+        probs = np.empty((self.channels, h, w), np.uint8)
+        mask = np.empty((h, w), np.uint8)
+        edges = [h * i // parts for i in range(parts + 1)]
+
+        def band(y0: int, y1: int) -> None:
+            part = chunk_from_scores(self.predictor.blend_box(self.geom, (x, y + y0, w, y1 - y0), tiles))
+            probs[:, y0:y1], mask[y0:y1] = part.probs, part.mask
+
+        for f in [pool.submit(band, y0, y1) for y0, y1 in itertools.pairwise(edges)]:
+            f.result()
+        return ChunkData(probs, mask)
 
     def describe(self) -> dict[str, Any]:
         """Parameters that determine the output, for metadata and resume checks."""
