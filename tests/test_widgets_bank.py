@@ -253,3 +253,32 @@ def test_encoder_spec_from_bank_encoder_id() -> None:
     with pytest.raises(BankError, match="unknown"):
         spec_from_encoder_id("mystery-encoder")
     assert encoder_for_bank("he-descriptor-v1@96px").encoder_id == "he-descriptor-v1@96px"
+
+
+def test_build_resamples_folder_patches_through_the_plugin_dock(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    """Plugins > protoseg > Image bank: 'Folder patches × (resample)' builds the bank from the folder's patches
+    resampled as the Train dock trains on them (data.scale), records it, and shows it in the summary; the box
+    is off for tagged regions (read at run.mpp)."""
+    import json
+
+    from protoseg.data.synthetic.writers import write_bcss_dataset
+    from protoseg.napari.widgets.bank import FOLDER, REGIONS
+
+    data = write_bcss_dataset(tmp_path / "ds", n_train=40, n_val=0, n_test=0, size=64, seed=0)
+    viewer = make_napari_viewer(show=True)
+    _dock, widget = viewer.window.add_plugin_dock_widget("protoseg", "Image bank")
+    widget.source.setCurrentText(REGIONS)
+    assert not widget.scale.isEnabled()
+    widget.source.setCurrentText(FOLDER)
+    assert widget.scale.isEnabled() and widget.scale.value() == 1.0
+    widget.folder.setText(str(data))
+    widget.scale.setValue(0.5)
+    widget.bank_dir.setText(str(tmp_path / "bank"))
+    widget.build_btn.click()
+    assert widget.job is not None, widget.status.text()
+    qtbot.waitUntil(lambda: widget.job.finished, timeout=60_000)
+    assert widget.bank is not None, widget.status.text()
+    assert widget.bank.data_scale == 0.5
+    assert json.loads((tmp_path / "bank" / "manifest.json").read_text())["data_scale"] == 0.5
+    assert "folder patches × 0.5" in widget.summary.text()
+    widget_screenshot(viewer, "bank_resample")

@@ -123,6 +123,7 @@ def build_bank(
     seed: int = 0,
     thumbnail_size: int = THUMBNAIL_SIZE,
     progress: Callable[[int], None] | None = None,
+    data_scale: float | None = None,
 ) -> ImageBank:
     """PBIP image bank: per class, cosine K-means into ``k`` sub-clusters, keep ``n_per_cluster`` nearest each.
 
@@ -130,6 +131,7 @@ def build_bank(
     ``white_threshold`` are dropped. A class with fewer than ``k`` samples gets fewer sub-clusters
     (warning); a class with none is left empty (warning) and must get members before training.
     ``progress(n_seen)`` is called after each embedded batch (e.g. to drive a progress bar).
+    ``data_scale``: the resampling of folder patches, recorded so training at another one can say so.
     """
     if k < 1 or n_per_cluster < 1:
         raise BankError(f"k and n_per_cluster must be >= 1, got k={k}, n_per_cluster={n_per_cluster}")
@@ -176,4 +178,5 @@ def build_bank(
         thumbnails=thumbs[sel] if sel.size else np.zeros((0, thumbnail_size, thumbnail_size, 3), np.uint8),
         n_per_cluster=n_per_cluster,
         encoder_input_size=int(encoder.input_size),
+        data_scale=data_scale,
     )

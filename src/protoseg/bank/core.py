@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,6 +80,9 @@ class ImageBank:
     #: side (px) the encoder resized patches to; any training patch size is resized to it. None: unknown
     #: (banks saved before it was recorded; the descriptor's size is also part of its ``encoder_id``)
     encoder_input_size: int | None = None
+    #: ``data.scale`` the folder patches were resampled by when the bank was built from them (None: unknown,
+    #: banks saved before it was recorded or built from slide regions, whose members record their mpp)
+    data_scale: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", tuple(self.members))
@@ -98,6 +102,11 @@ class ImageBank:
             if size < 1:
                 raise BankError(f"bank encoder_input_size must be a positive number of pixels, got {size}")
             object.__setattr__(self, "encoder_input_size", size)
+        if self.data_scale is not None:
+            scale = float(self.data_scale)
+            if not (math.isfinite(scale) and scale > 0):
+                raise BankError(f"bank data_scale must be a positive number, got {self.data_scale!r}")
+            object.__setattr__(self, "data_scale", scale)
         ids = [m.member_id for m in self.members]
         if len(set(ids)) != n:
             raise BankError("bank member ids must be unique")
@@ -135,6 +144,23 @@ class ImageBank:
             if m.active:
                 counts[m.class_index, m.cluster] += 1
         return counts
+
+    def resolution_mismatch(self, data_scale: float | None, mpp: float | None) -> str | None:
+        """Why this bank's patches were embedded at another resolution than training patches resampled by
+        ``data_scale`` (folder data; None for slide regions) at ``mpp`` µm/px (None: unknown), or None.
+
+        Prototypes then describe other pixel sizes than the crops they are compared with in training."""
+        if data_scale is not None and self.data_scale is not None and not math.isclose(self.data_scale, data_scale):
+            return (
+                f"its folder patches were resampled by {self.data_scale:g} (data.scale) when it was built; training "
+                f"resamples them by {data_scale:g}"
+            )
+        mpps = [m.mpp for m in self.members if m.mpp]
+        if mpp and mpps:
+            built = float(np.median(mpps))
+            if not 0.9 <= built / mpp <= 1.1:
+                return f"its members were read at {built:.3g} µm/px (median); training patches are at {mpp:.3g} µm/px"
+        return None
 
     def replace(self, **changes: object) -> ImageBank:
         """Copy with some fields changed (validated again)."""

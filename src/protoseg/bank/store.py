@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ def bank_manifest(bank: ImageBank) -> dict[str, Any]:
         "classes": bank.class_spec.to_dict(),
         "encoder_id": bank.encoder_id,
         "encoder_input_size": bank.encoder_input_size,
+        "data_scale": bank.data_scale,
         "k": bank.k,
         "n_per_cluster": bank.n_per_cluster,
         "feature_dim": bank.dim,
@@ -180,6 +182,18 @@ def _input_size(value: Any, folder: Path) -> int | None:
     return int(value)
 
 
+def _data_scale(value: Any, folder: Path) -> float | None:
+    """The manifest's ``data_scale`` (absent in banks saved before it was recorded, null for region banks)."""
+    if value is None:
+        return None
+    _require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
+        folder,
+        f"manifest data_scale must be a positive number, got {value!r}",
+    )
+    return float(value)
+
+
 def load_bank(folder: str | Path) -> ImageBank:
     """Read a bank folder written by ``save_bank``; any inconsistency raises ``BankFormatError``."""
     folder = Path(folder)
@@ -219,6 +233,7 @@ def load_bank(folder: str | Path) -> ImageBank:
             thumbnails=thumbs,
             n_per_cluster=int(data.get("n_per_cluster", 100)),
             encoder_input_size=_input_size(data.get("encoder_input_size"), folder),
+            data_scale=_data_scale(data.get("data_scale"), folder),
         )
     except BankError as exc:
         raise BankFormatError(f"image bank {folder}: {exc}") from exc

@@ -187,6 +187,11 @@ def iter_bank_samples(ds: Dataset, mpp: float | None) -> Iterator[Any]:
         )
 
 
+def _folder_scale(cfg: ProtosegConfig, data: TrainingData) -> float | None:
+    """``data.scale`` when the training patches come from a folder (it resamples them), else None."""
+    return cfg.data.scale if getattr(data.train, "records", None) is not None else None
+
+
 def build_bank_from_config(
     cfg: ProtosegConfig,
     out: str | Path,
@@ -215,6 +220,7 @@ def build_bank_from_config(
         n_per_cluster=cfg.bank.n_per_cluster,
         white_threshold=cfg.bank.white_threshold,
         progress=(lambda seen: progress(seen, total)) if progress is not None else None,
+        data_scale=_folder_scale(cfg, data),
     )
     save_bank(bank, out, overwrite=overwrite)
     logger.info("image bank with %d members saved to %s", len(bank.members), out)
@@ -237,6 +243,16 @@ def _bank_and_encoder(cfg: ProtosegConfig, data: TrainingData) -> tuple[Any | No
     bank = None
     if cfg.stage1.recipe is not Recipe.CAM and cfg.bank.path and Path(cfg.bank.path).exists():
         bank = load_bank(cfg.bank.path)
+        why = bank.resolution_mismatch(_folder_scale(cfg, data), data.mpp)
+        if why:
+            logger.warning(
+                "image bank %s: %s, so its prototypes describe other pixel sizes than the training crops; "
+                "rebuild it at the training resolution (protoseg bank build --set data.scale=%g; Image bank dock: "
+                "'Folder patches × (resample)')",
+                cfg.bank.path,
+                why,
+                cfg.data.scale,
+            )
     elif cfg.stage1.recipe is Recipe.PBIP:
         logger.info("no image bank at %s: building one from the training patches", cfg.bank.path)
         encoder = encoder_from_config(cfg)

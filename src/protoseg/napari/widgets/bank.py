@@ -16,6 +16,7 @@ from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QLabel,
     QListWidget,
@@ -88,6 +89,11 @@ class BankWidget(QWidget):
         self.source = QComboBox()
         self.source.addItems([FOLDER, REGIONS])
         self.folder = PathEdit("dir", "training patch folder")
+        self.scale = QDoubleSpinBox(decimals=3, minimum=0.05, maximum=4.0, singleStep=0.25, value=1.0)
+        self.scale.setToolTip(
+            "the folder's patches resampled by this factor before they are embedded (data.scale): set it to the "
+            "Train dock's 'Folder patches × (resample)', so prototypes and training crops have the same pixel size"
+        )
         self.regions = QComboBox()
         self.k = QSpinBox(minimum=1, maximum=50, value=ProtosegConfig().bank.k)
         self.encoder = EncoderPicker()
@@ -127,12 +133,14 @@ class BankWidget(QWidget):
         self.recluster_btn.clicked.connect(lambda: g(self.recluster))
         self.add_btn.clicked.connect(lambda: g(self.add_selection))
         regions_changed.connect(self._refresh_regions)
+        self.source.currentIndexChanged.connect(lambda *_: self.scale.setEnabled(self.source.currentText() == FOLDER))
         self._refresh_regions()
 
     def _build_layout(self) -> None:
         form = QFormLayout()
         form.addRow("Build from", self.source)
         form.addRow("Folder", self.folder)
+        form.addRow("Folder patches × (resample)", self.scale)
         form.addRow("Regions", self.regions)
         form.addRow("Sub-clusters K", self.k)
         for label, widget in self.encoder.rows():
@@ -202,7 +210,8 @@ class BankWidget(QWidget):
         self.class_combo.addItems(bank.class_spec.names)
         active = int(bank.active_mask().sum())
         encoder = bank.encoder_id.replace("/", "/\u200b").replace(":", ":\u200b").replace("@", "\u200b@")
-        self.summary.setText(f"{len(bank)} members ({active} active), K={bank.k}, encoder {encoder}")
+        scale = "" if bank.data_scale is None else f", folder patches × {bank.data_scale:g}"
+        self.summary.setText(f"{len(bank)} members ({active} active), K={bank.k}{scale}, encoder {encoder}")
         self.summary.setToolTip(bank.encoder_id)
 
     def _cluster_list(self, bank: banklib.ImageBank, rows: list[int]) -> QListWidget:
@@ -339,7 +348,8 @@ class BankWidget(QWidget):
         spec = self.encoder.spec()  # checked here: a typo shows in the status line before any work starts
         encoder = replace(cfg.bank.encoder, kind=spec.kind, model_name=spec.model_name, pretrained=spec.pretrained)
         bank = replace(cfg.bank, k=self.k.value(), encoder=encoder)
-        cfg = replace(cfg, data=replace(cfg.data, root=self.folder.text()), bank=bank)
+        scale = float(self.scale.value()) if regions is None else 1.0  # regions are read at run.mpp
+        cfg = replace(cfg, data=replace(cfg.data, root=self.folder.text(), scale=scale), bank=bank)
 
         def work(report: Any, cancel: Any) -> banklib.ImageBank:
             def progress(done: int, total: int) -> None:
