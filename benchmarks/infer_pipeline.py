@@ -1,7 +1,7 @@
 """Throughput of the batch pipeline (read -> model -> blend -> write OME-Zarr) vs the model alone.
 
-Run: ``python benchmarks/infer_pipeline.py [--size 1536] [--backbone resnet18]``. Prints tiles/s
-of both on the same tiles and their ratio (target >= 0.9 on CPU): median of ``--repeats`` pipeline runs,
+Run: ``python benchmarks/infer_pipeline.py [--size 1536] [--backbone resnet18] [--writers 0,1] [--strips 4,auto]``.
+Prints tiles/s of both on the same tiles and their ratio (target >= 0.9 on CPU): median of ``--repeats`` pipeline runs,
 each against the model-only runs just before and after it. On CUDA it also prints tiles/s
 with AMP and the decode-vs-compute time split.
 """
@@ -43,16 +43,27 @@ def read_tiles(predictor: Predictor, slide_path: Path) -> tuple[np.ndarray, floa
 
 
 def pipeline_run(
-    predictor: Predictor, slide: Path, out: Path, grid_tiles: int, writers: int | None = None
+    predictor: Predictor,
+    slide: Path,
+    out: Path,
+    grid_tiles: int,
+    writers: int | None = None,
+    strip: int | None = None,
 ) -> tuple[float, int, float]:
     """One whole-slide run into a new folder: (grid tiles/s, tiles predicted, seconds). Each grid tile counts
     once (tiles recomputed at strip borders are work, not output); the slide is opened afresh, so its
     decoded-tile cache starts empty."""
     before = predictor.tiles_predicted
     start = time.perf_counter()
-    predict_slide_to_omezarr(predictor, slide, out, tissue_only=False, chunk=512, writers=writers)
+    predict_slide_to_omezarr(predictor, slide, out, tissue_only=False, chunk=512, writers=writers, strip=strip)
     seconds = time.perf_counter() - start
     return grid_tiles / seconds, predictor.tiles_predicted - before, seconds
+
+
+def _name(variant: tuple[int | None, int | None]) -> str:
+    writers, strip = variant
+    w = "default writers" if writers is None else f"writers={writers}"
+    return f"{w}, strip auto" if strip is None else f"{w}, strip={strip}"
 
 
 def main() -> None:
@@ -66,6 +77,12 @@ def main() -> None:
         default="",
         help="comma-separated blend+write thread counts to compare, interleaved (0 = in the model's thread); "
         "empty: the default for the device",
+    )
+    ap.add_argument(
+        "--strips",
+        default="",
+        help="comma-separated plan strip widths in chunk columns to compare, interleaved (auto = the default, "
+        "the widest within the memory budget); a slide wider than a strip predicts the tiles on its borders twice",
     )
     args = ap.parse_args()
     torch.set_num_threads(threads())
@@ -85,26 +102,28 @@ def main() -> None:
         # interleaved: model, pipeline, model, pipeline, ... model; each pipeline run against the mean of
         # the model-only runs either side of it (other load on the machine drifts); with several --writers
         # settings they take turns within each repeat
-        variants = [int(v) for v in args.writers.split(",") if v.strip()] or [None]
+        writers = [int(v) for v in args.writers.split(",") if v.strip()] or [None]
+        strips = [None if v.strip() == "auto" else int(v) for v in args.strips.split(",") if v.strip()] or [None]
+        variants = [(w, st) for w in writers for st in strips]
         models = [model_only(predictor, tiles)]
-        ratios: dict[int | None, list[float]] = {v: [] for v in variants}
-        rates: dict[int | None, list[float]] = {v: [] for v in variants}
-        seconds: dict[int | None, list[float]] = {v: [] for v in variants}
+        ratios: dict[tuple, list[float]] = {v: [] for v in variants}
+        rates: dict[tuple, list[float]] = {v: [] for v in variants}
+        seconds: dict[tuple, list[float]] = {v: [] for v in variants}
         for r in range(args.repeats):
             for v in variants:
-                rate, n, sec = pipeline_run(predictor, slide, tmp / f"out-{r}-{v}.zarr", len(tiles), v)
+                rate, n, sec = pipeline_run(predictor, slide, tmp / f"out-{r}-{v[0]}-{v[1]}.zarr", len(tiles), *v)
                 models.append(model_only(predictor, tiles))
                 ratios[v].append(rate / ((models[-2] + models[-1]) / 2))
                 rates[v].append(rate)
                 seconds[v].append(sec)
                 if n != len(tiles):
                     print(
-                        f"  run {r}: {n} tiles predicted for {len(tiles)} grid tiles "
+                        f"  run {r} ({_name(v)}): {n} tiles predicted for {len(tiles)} grid tiles "
                         "(strip borders recomputed, counted once)"
                     )
         print(f"model only       : {statistics.median(models):8.1f} tiles/s (median of {len(models)})")
         for v in variants:
-            name = "default writers" if v is None else f"writers={v}"
+            name = _name(v)
             spread = f"min {min(ratios[v]):.3f}, max {max(ratios[v]):.3f}, runs {args.repeats}"
             print(
                 f"pipeline ({name}): {statistics.median(rates[v]):8.1f} tiles/s (median of {args.repeats}; "

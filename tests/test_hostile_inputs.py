@@ -783,7 +783,7 @@ def test_cli_predict_after_kill_9_resumes_to_identical_bytes(predict_files: tupl
 
     from protoseg.infer.chunks import SlideChunks
     from protoseg.infer.omezarr import open_prediction
-    from protoseg.infer.plan import strip_order
+    from protoseg.infer.plan import default_strip, strip_order
     from protoseg.infer.predictor import Predictor
     from protoseg.slide import open_slide
 
@@ -817,9 +817,10 @@ def test_cli_predict_after_kill_9_resumes_to_identical_bytes(predict_files: tupl
     assert resumed.chunks_resumed == int(done_at_kill.sum())
     assert all(np.array_equal(a, b) for a, b in zip(_arrays(tmp_path / "full" / "big.zarr"), _arrays(out / "big.zarr")))
     # tiles predicted again: those shared by finished and unfinished chunks of a strip; at most one chunk row
-    layout = SlideChunks(Predictor(ckpt, device="cpu"), open_slide(big), chunk=32)
+    predictor = Predictor(ckpt, device="cpu")
+    layout = SlideChunks(predictor, open_slide(big), chunk=32)
     rows, cols = layout.grid0.shape
-    strip = 4
+    strip = default_strip(layout.geom.grid, layout.chunk, 4 * layout.channels * predictor.tile_size**2)
     done_tiles: set = set()
     todo_tiles: set = set()
     for r, c in strip_order(rows, cols, strip):

@@ -125,6 +125,34 @@ def test_plan_reuses_tiles_within_a_strip_and_bounds_memory():
     assert peak < 0.5 * all_tiles
 
 
+def test_default_strip_is_the_widest_within_the_memory_budget():
+    """A WSI-wide plan with 4-chunk strips predicted 9 % of a 20,000 px slide's tiles twice; the default strip is
+    the widest whose kept tiles fit the budget (never narrower than 4), measured on the plan itself."""
+    from protoseg.infer.grid import PredictionGrid
+    from protoseg.infer.plan import STRIP_CHOICES, STRIP_MEMORY_BUDGET, default_strip, peak_kept_tiles
+
+    wsi = PredictionGrid(20_000, 20_000, 224, 56)
+    tile_bytes = 4 * 5 * 224 * 224  # float32 scores of 4 classes + background
+    strip = default_strip(wsi, 512, tile_bytes)
+    assert strip == 16 and peak_kept_tiles(wsi, 512, strip) * tile_bytes <= STRIP_MEMORY_BUDGET
+    wider = STRIP_CHOICES[STRIP_CHOICES.index(strip) + 1]
+    assert peak_kept_tiles(wsi, 512, wider) * tile_bytes > STRIP_MEMORY_BUDGET
+    assert default_strip(PredictionGrid(20_000, 20_000, 512, 128), 512, 4 * 12 * 512 * 512) == 4  # big tiles
+    assert default_strip(PredictionGrid(1500, 900, 224, 56), 512, tile_bytes) == 4  # 3 chunk columns: one strip
+
+
+def test_default_strip_predicts_each_tile_once_on_a_slide_wider_than_four_chunks(tmp_path):
+    slide, model, p = _setup()  # 5 chunk columns of 48 px
+    n_tiles = int(np.prod(p.geometry(slide).grid.shape))
+    res = predict_slide_to_omezarr(p, slide, tmp_path / "d.zarr", chunk=48, tissue_only=False)
+    assert res.tiles_predicted == model.tiles == n_tiles  # strip 4 predicted the tiles at its border twice
+    model.tiles = 0
+    narrow = predict_slide_to_omezarr(p, slide, tmp_path / "n.zarr", chunk=48, tissue_only=False, strip=4)
+    assert narrow.tiles_predicted > n_tiles
+    for (pa, ma), (pb, mb) in zip(_read_all(tmp_path / "d.zarr"), _read_all(tmp_path / "n.zarr")):
+        assert np.array_equal(pa, pb) and np.array_equal(ma, mb)  # the same bytes however the plan cuts it
+
+
 @pytest.mark.parametrize("finishers", [1, 2])
 def test_resume_after_crash_skips_finished_chunks(tmp_path, monkeypatch, finishers):
     """A failure while chunks are finished stops the run (on the pool too: chunks already running finish and

@@ -40,7 +40,7 @@ from protoseg.infer.omezarr import (
     open_prediction,
     read_protoseg_attrs,
 )
-from protoseg.infer.plan import ChunkStep, plan_steps, strip_order
+from protoseg.infer.plan import ChunkStep, default_strip, plan_steps, strip_order
 from protoseg.infer.predictor import Predictor
 from protoseg.infer.pyramid import ChunkData
 from protoseg.infer.pyramid_stream import StreamingPyramid
@@ -333,7 +333,7 @@ def predict_slide_to_omezarr(
     overwrite: bool = False,
     progress: Progress | None = None,
     readers: int | None = None,
-    strip: int = 4,
+    strip: int | None = None,
     cancel: CancelLike | None = None,
     writers: int | None = None,
 ) -> BatchResult:
@@ -341,6 +341,8 @@ def predict_slide_to_omezarr(
 
     ``readers`` / ``writers``: decode and blend+write threads (default from the device and the cores);
     ``writers=0`` (the CPU default) finishes chunks between batches, on as many threads as the model uses.
+    ``strip``: chunk columns per strip of the plan (``plan``); default: the widest whose kept tile
+    predictions fit ``plan.STRIP_MEMORY_BUDGET``.
     ``cancel`` (a ``CancelToken``) stops the run at the next chunk with ``protoseg.cancel.Cancelled``;
     finished chunks stay recorded, so a later call with ``resume=True`` continues from them.
     """
@@ -397,6 +399,9 @@ def predict_slide_to_omezarr(
             mark(r, c, layout.background(r, c), predicted=False)
             counts["background"] += 1
         if tissue_chunks:
+            if strip is None:
+                tile_bytes = 4 * layout.channels * predictor.tile_size**2  # float32 scores per tile
+                strip = default_strip(layout.geom.grid, layout.chunk, tile_bytes)
             order = strip_order(rows, cols, strip, include=lambda ch: ch in tissue_chunks)
             steps = plan_steps(order, layout.tiles_for_chunk, window=strip)
             _Pipeline(layout, steps, finish, readers, cancel, writers).run()
