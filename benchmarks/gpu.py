@@ -125,7 +125,8 @@ def inference(backbone: str, device: torch.device, args: argparse.Namespace, tmp
 
 def training(recipe: str, device: torch.device, args: argparse.Namespace, data_root: Path, tmp: Path) -> None:
     from protoseg.config import load_config
-    from protoseg.train.pipeline import _bank_and_encoder, folder_data, with_default_bank
+    from protoseg.train.bank_setup import bank_and_encoder, with_default_bank
+    from protoseg.train.data_setup import folder_data
     from protoseg.train.stage1 import Stage1Trainer
 
     cfg = load_config(
@@ -145,7 +146,7 @@ def training(recipe: str, device: torch.device, args: argparse.Namespace, data_r
     )
     data = folder_data(cfg)
     cfg = with_default_bank(replace(cfg, run=replace(cfg.run, mpp=data.mpp)))
-    bank, encoder = _bank_and_encoder(cfg, data)
+    bank, encoder = bank_and_encoder(cfg, data)
     trainer = Stage1Trainer(cfg, data.train, None, data.classes, bank=bank, encoder=encoder)
     loader, _ = trainer._loader()
     rates = []

@@ -92,7 +92,7 @@ def test_training_at_another_scale_than_the_bank_warns(tmp_path: Path, caplog) -
             ],
         )
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="protoseg.train.pipeline"):
+        with caplog.at_level(logging.WARNING, logger="protoseg.train.bank_setup"):
             train_stage1(cfg)
         msgs = [r.getMessage() for r in caplog.records if "image bank" in r.getMessage()]
         if warned:

@@ -16,7 +16,7 @@ from protoseg.cli import progress
 from protoseg.cli.progress import LoggedProgress, progress_bar
 from protoseg.config import load_config
 from protoseg.models.checkpoint import load_checkpoint
-from protoseg.train import pipeline
+from protoseg.train import data_setup
 from protoseg.train.estimate import RunTimeEstimate, format_duration
 from protoseg.train.stage2 import Stage2Trainer
 
@@ -84,11 +84,11 @@ def test_unknown_mpp_warned_once_naming_the_option(tmp_path, caplog, monkeypatch
     from PIL import Image
 
     Image.new("RGB", (8, 8), (200, 50, 50)).save(tmp_path / "A" / "a.png")
-    monkeypatch.setattr(pipeline, "_MPP_WARNED", set())
+    monkeypatch.setattr(data_setup, "_MPP_WARNED", set())
     cfg = load_config(None, [f"data.root={tmp_path}"])
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
-            pipeline.folder_data(cfg)
+            data_setup.folder_data(cfg)
     warnings = [r.getMessage() for r in caplog.records if "mpp unknown" in r.getMessage()]
     assert len(warnings) == 1 and "--set run.mpp=" in warnings[0] and str(tmp_path) in warnings[0]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -88,7 +88,7 @@ def test_training_data_uses_dense_tiles_and_refuses_only_tiny_regions(
     monkeypatch.setattr("protoseg.data.region_tiling._default_opener", _Slide)
     cfg = load_config(None, ["data.patch_size=100", "data.augment=false"])
     src = _source()
-    with caplog.at_level(logging.INFO, logger="protoseg.train.pipeline"):
+    with caplog.at_level(logging.INFO, logger="protoseg.train.data_setup"):
         data = region_data(cfg, list(src.regions), SPEC, src.mpp)
     assert len(data.train) == 105 + 49
     assert "TUM 105, STR 49, LYM 0" in caplog.text and "region 3 (LYM)" in caplog.text

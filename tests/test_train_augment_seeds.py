@@ -116,7 +116,7 @@ def test_same_sample_and_seed_give_the_same_images_whatever_the_worker_count(tmp
 
 def test_a_keyed_sample_is_a_pure_function_of_its_key(tmp_path: Path) -> None:
     from protoseg.data.augment import SampleKey
-    from protoseg.train.pipeline import _subset
+    from protoseg.train.data_setup import subsample
 
     ds = PatchDataset(_records(tmp_path / "data"), CLASSES, transform=default_augmentation(seed=3), cache="none")
     a, b = ds[SampleKey(2, 11)], ds[SampleKey(2, 11)]
@@ -124,7 +124,7 @@ def test_a_keyed_sample_is_a_pure_function_of_its_key(tmp_path: Path) -> None:
     assert not torch.equal(a["image"], ds[SampleKey(2, 12)]["image"])  # another draw
     restored = pickle.loads(pickle.dumps(SampleKey(2, 11)))  # what a worker receives
     assert (int(restored), restored.seed) == (2, 11) and torch.equal(ds[restored]["image"], a["image"])
-    sub = _subset(ds, 4, seed=0)  # data.max_train: the subset hands the seed on
+    sub = subsample(ds, 4, seed=0)  # data.max_train: the subset hands the seed on
     inner = sub.indices[1]  # type: ignore[attr-defined]
     assert torch.equal(sub[SampleKey(1, 11)]["image"], ds[SampleKey(inner, 11)]["image"])
     assert [s["name"] for s in sub.__getitems__([SampleKey(1, 5), 0])] == [f"p{inner}", f"p{sub.indices[0]}"]
