@@ -90,7 +90,8 @@ def test_full_pipeline_through_cli(dataset: Path, tmp_path: Path, capsys: pytest
     info = _json_line(capsys.readouterr().out)
     assert info["encoder"].startswith("he-descriptor-v1") and info["members"] > 0
     assert main(["bank", "show", str(bank)]) == 0
-    capsys.readouterr()
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["data_scale"] == info["data_scale"] == 1.0  # the folder patches' resampling (data.scale)
 
     assert (
         main(

@@ -55,6 +55,7 @@ def _summary(bank, folder) -> dict:
         "folder": str(folder),
         "encoder": bank.encoder_id,
         "encoder_input_size": bank.encoder_input_size,
+        "data_scale": bank.data_scale,  # the resampling of the folder patches it was built from (None: unknown)
         "k": bank.k,
         "dim": bank.dim,
         "members": len(bank),
