@@ -68,6 +68,7 @@ def inference(backbone: str, device: torch.device, args: argparse.Namespace, tmp
     from protoseg.infer import batch as batch_mod
     from protoseg.infer.chunks import SlideChunks
     from protoseg.infer.predictor import Predictor
+    from protoseg.infer.tile_pipeline import default_readers
     from protoseg.slide import open_slide
 
     ckpt = make_checkpoint(tmp, backbone)
@@ -118,7 +119,7 @@ def inference(backbone: str, device: torch.device, args: argparse.Namespace, tmp
         f"  {'':10s} split per tile: decode {decode_ms:.2f} ms (one reader thread), compute {1e3 / model:.2f} ms, "
         f"blend+quantise {1e3 * (finish[0] - write[0]) / n_grid:.2f} ms, zarr write {1e3 * write[0] / n_grid:.2f} ms "
         f"(writer thread, off the model loop); batch {predictor.batch_size}, readers "
-        f"{batch_mod.default_readers(device.type)}, amp {predictor.amp_dtype if device.type == 'cuda' else 'off'}, "
+        f"{default_readers(device.type)}, amp {predictor.amp_dtype if device.type == 'cuda' else 'off'}, "
         f"channels_last {predictor.channels_last}, device blend {predictor.device_blend}"
     )
 

@@ -54,9 +54,9 @@ def test_writer_threads_or_the_model_thread_give_the_same_bytes(tmp_path, monkey
     writer thread, each chunk counted once."""
     import threading
 
-    from protoseg.infer import batch
+    from protoseg.infer import batch, tile_pipeline
 
-    monkeypatch.setattr(batch, "finish_threads", lambda: finishers)
+    monkeypatch.setattr(tile_pipeline, "finish_threads", lambda: finishers)
     slide, _model, p = _setup()
     ref = tmp_path / "one.zarr"
     predict_slide_to_omezarr(p, slide, ref, chunk=48, tissue_only=False, strip=2, readers=2, writers=1)
@@ -157,9 +157,9 @@ def test_default_strip_predicts_each_tile_once_on_a_slide_wider_than_four_chunks
 def test_resume_after_crash_skips_finished_chunks(tmp_path, monkeypatch, finishers):
     """A failure while chunks are finished stops the run (on the pool too: chunks already running finish and
     are recorded); the resume predicts only the rest and ends with a fresh run's bytes."""
-    from protoseg.infer import batch
+    from protoseg.infer import tile_pipeline
 
-    monkeypatch.setattr(batch, "finish_threads", lambda: finishers)
+    monkeypatch.setattr(tile_pipeline, "finish_threads", lambda: finishers)
     slide, model, p = _setup()
     out = tmp_path / "r.zarr"
 
@@ -351,8 +351,8 @@ def test_cpu_defaults_keep_the_measured_fast_path():
     finished between batches (no writer thread beside the model); accelerators keep channels-last and
     several writers. NCHW input on the CPU cost the
     whole-slide pipeline 1.4-1.6x (benchmarks/infer_pipeline.py)."""
-    from protoseg.infer.batch import default_readers, default_writers
     from protoseg.infer.predictor import channels_last_default
+    from protoseg.infer.tile_pipeline import default_readers, default_writers
 
     assert default_writers("cpu") == 0 and default_readers("cpu") == 2
     assert default_writers("cuda") >= 2

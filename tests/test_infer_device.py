@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from protoseg.infer.batch import default_readers, predict_slide_to_omezarr
+from protoseg.infer.batch import predict_slide_to_omezarr
 from protoseg.infer.blending import blend_tiles, blend_tiles_torch, make_window
 from protoseg.infer.chunks import chunk_from_device_scores
 from protoseg.infer.device import amp_dtype, default_batch_size, to_host
@@ -15,6 +15,7 @@ from protoseg.infer.memory import ArraySlide
 from protoseg.infer.omezarr import open_prediction
 from protoseg.infer.predictor import Predictor
 from protoseg.infer.pyramid import chunk_from_scores
+from protoseg.infer.tile_pipeline import default_readers
 from test_infer_fakes import CLASSES, SmoothModel, smooth_image
 
 torch.set_num_threads(1)
