@@ -134,12 +134,14 @@ def _split_masks(data: Path, split: str, scale: float = 1.0) -> list[np.ndarray]
 
 
 def shared(args: argparse.Namespace) -> list[str]:
-    """Overrides of every run: the patch resampling (``data.scale``), the pseudo-mask input scales and the
-    stage-1 training draw (``stage1.sampling``; stage 2 stays uniform)."""
+    """Overrides of every run: the patch resampling (``data.scale``), the pseudo-mask input scales, the
+    stage-1 training draw (``stage1.sampling``; stage 2 stays uniform) and the self-supervised warm start."""
     return [
         f"data.scale={args.scale}",
         f"stage1.pseudo.scales=[{args.pseudo_scales}]",
         f"stage1.sampling={args.sampling}",
+        f"stage1.warm_start={args.warm_start}",
+        f"stage1.warm_start_steps={args.warm_start_steps}",
     ]
 
 
@@ -318,6 +320,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("uniform", "balanced"),
         help="stage1.sampling (balanced: NOR, in 14%% of training tiles, drawn as often as TE / TAS); stage 2 uniform",
     )
+    p.add_argument(
+        "--warm-start",
+        default="simclr",
+        choices=("none", "simclr"),
+        help="stage1.warm_start: SimCLR on the seed's unlabelled training tiles before stage 1 (random init only)",
+    )
+    p.add_argument("--warm-start-steps", type=int, default=400, help="stage1.warm_start_steps")
     p.add_argument("--max-tiles", type=int, default=None, help="tiles per split at most (quick runs)")
     add_training_args(p)
     p.add_argument(
@@ -331,6 +340,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seeds, args.recipes, args.max_tiles = "0", "CAM", 12
         args.tile, args.size, args.epochs, args.epochs2, args.batch, args.encoder_size = 128, 64, 1, 1, 8, 64
         args.proto_epochs, args.scale, args.pseudo_scales = 1, 0.5, "1.0,1.5"  # 64-px tiles; both options run
+        args.warm_start_steps = 2
     return args
 
 
@@ -360,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"WSSS4LUAD, {len(seeds)} seed(s), tiles of {args.tile} px resampled by {args.scale:g} (data.scale), "
-        f"pseudo-mask scales {args.pseudo_scales}, {args.sampling} stage-1 sampling"
+        f"pseudo-mask scales {args.pseudo_scales}, {args.sampling} stage-1 sampling, warm start {args.warm_start}"
+        f"{f' ({args.warm_start_steps} steps)' if args.warm_start != 'none' else ''}"
         f"{f', <= {args.max_tiles} per split' if args.max_tiles else ''}, {args.backbone} ({args.weights}), "
         f"stage 1 {args.epochs} epochs (CAM) / {args.proto_epochs} (prototype recipes), stage 2 {args.epochs2}, "
         f"{args.device} ({args.threads} thread(s)), tissue protocol, "

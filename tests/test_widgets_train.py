@@ -292,3 +292,33 @@ def test_balance_classes_through_the_plugin_dock(make_napari_viewer, tmp_path) -
     assert widget.balance.isChecked()
     widget.apply_preset("pbip-luad")
     assert not widget.balance.isChecked() and widget.build_config().stage1.sampling is Sampling.UNIFORM
+
+
+def test_warm_start_through_the_plugin_dock(
+    make_napari_viewer, qtbot, tmp_path, tiny_dataset, one_torch_thread
+) -> None:
+    """The Train dock's "Self-supervised warm start" box (random init only) runs the warm start before stage 1 in
+    the training process: its steps show in the status line and the bar, stage 1 starts from its weights."""
+    from protoseg.config import WarmStart
+    from protoseg.train.warm_start import STAGE, WEIGHTS_FILE
+
+    viewer = make_napari_viewer(show=True)
+    _dock, widget = viewer.window.add_plugin_dock_widget("protoseg", "Train")
+    _fill_form(widget, tiny_dataset, tmp_path / "run", epochs=1)
+    assert not widget.warm.isChecked() and not widget.warm_steps.isEnabled()
+    widget.warm.setChecked(True)
+    assert widget.warm_steps.isEnabled()
+    widget.warm_steps.setValue(20)  # a few seconds: long enough to be seen by the dock's polling
+    cfg = widget.build_config()
+    assert cfg.stage1.warm_start is WarmStart.SIMCLR and cfg.stage1.warm_start_steps == 20
+    widget.start_btn.click()
+    qtbot.waitUntil(lambda: f"{STAGE}: epoch 1, step" in widget.status.text(), timeout=60_000)
+    assert "contrastive loss" in widget.status.text() and widget.bar.maximum() == 20, widget.status.text()
+    widget_screenshot(viewer, "train_warm_start")
+    qtbot.waitUntil(lambda: widget.job.finished, timeout=120_000)
+    assert widget.outcome is not None and not widget.outcome.cancelled, widget.status.text()
+    assert (tmp_path / "run" / "warm_start" / WEIGHTS_FILE).is_file()
+    assert "warm_start/backbone.pt" in (tmp_path / "run" / "stage1_config.yaml").read_text()
+    assert STAGE not in widget.plot.losses  # its contrastive loss is not drawn on stage 1's panel
+    widget.apply_preset("")
+    assert not widget.warm.isChecked()

@@ -56,6 +56,14 @@ class Sampling(str, Enum):
     BALANCED = "balanced"
 
 
+class WarmStart(str, Enum):
+    """Self-supervised warm start of the stage-1 backbone when it has no pretrained weights (``train.warm_start``):
+    none, or SimCLR on the unlabelled training patches."""
+
+    NONE = "none"
+    SIMCLR = "simclr"
+
+
 class AddOn(str, Enum):
     """Extra stage-1 losses that combine with any recipe."""
 
@@ -230,6 +238,11 @@ class Stage1Config:
     # balanced: patches of rare image-level classes drawn as often as common ones (real lung tissue: label-free
     # +5 to +17 points, docs/interfaces.md); uniform: each patch once per epoch (the papers' presets)
     sampling: Sampling = Sampling.BALANCED
+    # simclr: a backbone without pretrained weights first learns from the unlabelled training patches
+    # (protoseg.train.warm_start; real lung tissue: docs/interfaces.md); skipped for pretrained weights
+    warm_start: WarmStart = WarmStart.NONE
+    warm_start_steps: int = 400
+    warm_start_batch: int = 32  # patches per step (two views each)
     epochs: int = 10
     lr: float = 1e-4
     weight_decay: float = 1e-2

@@ -67,6 +67,8 @@ RANGES: dict[str, Range] = {
     "model.output_stride": Range(16, 32),  # 16 or 32 (the backbone names the choice)
     "model.projector_hidden": AT_LEAST_ONE,
     "stage1.epochs": AT_LEAST_ONE,
+    "stage1.warm_start_steps": AT_LEAST_ONE,
+    "stage1.warm_start_batch": Range(2, 4096),
     "stage1.lr": POSITIVE,
     "stage1.weight_decay": NON_NEGATIVE,
     "stage1.grad_clip": NON_NEGATIVE,  # 0 = no clipping

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from protoseg.cli.args import int_at_least, positive_float
 from protoseg.cli.common import ProgressBar, add_config_args, config_from_args
-from protoseg.config import AddOn, Recipe, Sampling
+from protoseg.config import AddOn, Recipe, Sampling, WarmStart
 from protoseg.presets import list_presets
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ def _shortcuts(args: argparse.Namespace) -> list[str]:
         out.append(f"bank.path={args.bank}")
     if getattr(args, "sampling", None):
         out.append(f"stage1.sampling={args.sampling}")
+    if getattr(args, "warm_start", None):
+        out.append(f"stage1.warm_start={args.warm_start}")
     if args.epochs is not None:
         out.append(f"{args.stage}.epochs={args.epochs}")
     if args.lr is not None:
@@ -158,6 +160,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                 choices=[m.value for m in Sampling],
                 help="uniform: every patch once per epoch; balanced: patches of rare image-level classes drawn as "
                 "often as common ones (stage1.sampling; stage 2: --set stage2.sampling=balanced)",
+            )
+            s.add_argument(
+                "--warm-start",
+                choices=[w.value for w in WarmStart],
+                help="simclr: a backbone without pretrained weights first learns from the unlabelled training "
+                "patches (stage1.warm_start; steps: --set stage1.warm_start_steps=N); none: random init as is",
             )
         else:
             s.add_argument("--pseudo", help="pseudo-mask folder (default OUT/pseudo)")

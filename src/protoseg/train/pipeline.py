@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from protoseg.cancel import CancelToken
+from protoseg.cancel import Cancelled, CancelToken
 from protoseg.classes import ClassSpec
 from protoseg.config import ProtosegConfig, save_config
 from protoseg.data.records import Split
@@ -19,6 +19,7 @@ from protoseg.metrics import Protocol
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.outputs import check_replaceable
 from protoseg.runtime import select_device
+from protoseg.train import warm_start
 from protoseg.train.bank_setup import bank_and_encoder, build_bank_from_config, with_default_bank
 from protoseg.train.data_setup import (
     TrainingData,
@@ -60,10 +61,17 @@ def train_stage1(
     bank, encoder = bank_and_encoder(cfg, data)
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    train = subsample(data.train, cfg.data.max_train, cfg.run.seed)
+    if warm_start.wanted(cfg):  # the backbone starts from self-supervised weights instead of random init
+        try:
+            weights = warm_start.warm_start_weights(cfg, train, cancel, callbacks)
+        except Cancelled:
+            return warm_start.cancelled(out / Stage.STAGE1.value / LAST, callbacks)
+        cfg = replace(cfg, model=replace(cfg.model, weights=str(weights)))
     save_config(cfg, out / "stage1_config.yaml")
     trainer = Stage1Trainer(
         cfg,
-        subsample(data.train, cfg.data.max_train, cfg.run.seed),
+        train,
         subsample(data.val, cfg.data.max_val, cfg.run.seed) if data.val is not None else None,
         data.classes,
         bank=bank,

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from protoseg.config import AddOn, ProtosegConfig, Recipe, Sampling
+from protoseg.config import AddOn, ProtosegConfig, Recipe, Sampling, WarmStart
 from protoseg.napari.gl_guard import RemovalGuard
 from protoseg.napari.widgets._common import (
     DEVICES,
@@ -138,6 +138,18 @@ class TrainWidget(QWidget):
             "stage 1 draws its patches so that rare image-level classes are seen as often as common ones "
             "(stage1.sampling=balanced; measured on real tissue in docs/interfaces.md)"
         )
+        self.warm = QCheckBox("Self-supervised warm start")
+        self.warm.setChecked(ProtosegConfig().stage1.warm_start is WarmStart.SIMCLR)
+        self.warm.setToolTip(
+            "when the backbone has no pretrained weights (random init, offline): first learn from the unlabelled "
+            "training patches (SimCLR, stage1.warm_start=simclr; 400 steps, minutes on a CPU; measured on real "
+            "tissue in docs/interfaces.md); skipped for pretrained weights"
+        )
+        self.warm_steps = QSpinBox(minimum=1, maximum=100_000, value=ProtosegConfig().stage1.warm_start_steps)
+        self.warm_steps.setSuffix(" steps")
+        self.warm_steps.setToolTip("self-supervised steps of the warm start (stage1.warm_start_steps)")
+        self.warm.toggled.connect(self.warm_steps.setEnabled)
+        self.warm_steps.setEnabled(self.warm.isChecked())
         self.lr = QDoubleSpinBox(decimals=6, minimum=1e-6, maximum=1.0, singleStep=1e-5, value=1e-4)
         self.patch = QSpinBox(minimum=32, maximum=2048, singleStep=32, value=224)
         self.patch.setToolTip("side of the patches cut from tagged regions (data.patch_size)")
@@ -194,6 +206,7 @@ class TrainWidget(QWidget):
         form.addRow("Epochs (stage 1 / 2)", row(self.epochs, self.epochs2))
         form.addRow("Batch size", self.batch)
         form.addRow("Sampling", self.balance)
+        form.addRow("Random init", row(self.warm, self.warm_steps))
         form.addRow("Learning rate", self.lr)
         form.addRow("Patch size (px)", self.patch)
         form.addRow("Folder patches × (resample)", self.scale)
@@ -340,6 +353,8 @@ class TrainWidget(QWidget):
                 recipe=Recipe(self.recipe.currentText()),
                 addons=addons,
                 sampling=Sampling.BALANCED if self.balance.isChecked() else Sampling.UNIFORM,
+                warm_start=WarmStart.SIMCLR if self.warm.isChecked() else WarmStart.NONE,
+                warm_start_steps=self.warm_steps.value(),
                 epochs=self.epochs.value(),
                 lr=float(self.lr.value()),
             ),
@@ -372,6 +387,8 @@ class TrainWidget(QWidget):
         self.patch.setValue(cfg.data.patch_size)
         self.scale.setValue(cfg.data.scale)
         self.balance.setChecked(cfg.stage1.sampling is Sampling.BALANCED)
+        self.warm.setChecked(cfg.stage1.warm_start is WarmStart.SIMCLR)
+        self.warm_steps.setValue(cfg.stage1.warm_start_steps)
         if name not in ("", NO_PRESET):
             self.status.ok(f"preset {name}: form filled with its values; change any before Start")
         return cfg
@@ -452,6 +469,9 @@ class TrainWidget(QWidget):
         if outcome.cancelled:
             self.status.ok("cancelled")
             last = outcome.stage1.last if outcome.stage2 is None else outcome.stage2.last
+            if not last.is_file():  # cancelled before the first checkpoint (e.g. during the warm start)
+                self.result.ok("Cancelled before any checkpoint was written")
+                return
             self.result.ok(f"Cancelled; last checkpoint: {last} — tick 'Resume' and Start to continue")
             return
         self.status.ok(f"done in {outcome.stage1.seconds + (outcome.stage2.seconds if outcome.stage2 else 0):.1f} s")
