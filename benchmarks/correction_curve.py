@@ -294,6 +294,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.pool, args.test, args.max_tiles = 2, 3, 3, 12
         args.size, args.epochs, args.epochs2, args.retrain_epochs, args.batch = 64, 1, 1, 1, 8
+        args.warm_start_steps = 2
     args.pickers = [s.strip() for s in args.pickers.split(",") if s.strip()]
     return args
 

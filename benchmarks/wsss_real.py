@@ -47,7 +47,7 @@ from protoseg.train.pipeline import (
     train_stage1,
     train_stage2,
 )
-from wsss_synthetic import base_config, mean_sd
+from wsss_synthetic import add_warm_start_args, base_config, mean_sd
 
 logger = logging.getLogger("wsss_real")
 
@@ -134,14 +134,12 @@ def _split_masks(data: Path, split: str, scale: float = 1.0) -> list[np.ndarray]
 
 
 def shared(args: argparse.Namespace) -> list[str]:
-    """Overrides of every run: the patch resampling (``data.scale``), the pseudo-mask input scales, the
-    stage-1 training draw (``stage1.sampling``; stage 2 stays uniform) and the self-supervised warm start."""
+    """Overrides of every run: the patch resampling (``data.scale``), the pseudo-mask input scales and the
+    stage-1 training draw (``stage1.sampling``; stage 2 stays uniform)."""
     return [
         f"data.scale={args.scale}",
         f"stage1.pseudo.scales=[{args.pseudo_scales}]",
         f"stage1.sampling={args.sampling}",
-        f"stage1.warm_start={args.warm_start}",
-        f"stage1.warm_start_steps={args.warm_start_steps}",
     ]
 
 
@@ -296,6 +294,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    add_warm_start_args(p)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -320,13 +319,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("uniform", "balanced"),
         help="stage1.sampling (balanced: NOR, in 14%% of training tiles, drawn as often as TE / TAS); stage 2 uniform",
     )
-    p.add_argument(
-        "--warm-start",
-        default="simclr",
-        choices=("none", "simclr"),
-        help="stage1.warm_start: SimCLR on the seed's unlabelled training tiles before stage 1 (random init only)",
-    )
-    p.add_argument("--warm-start-steps", type=int, default=400, help="stage1.warm_start_steps")
     p.add_argument("--max-tiles", type=int, default=None, help="tiles per split at most (quick runs)")
     add_training_args(p)
     p.add_argument(

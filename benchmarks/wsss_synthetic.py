@@ -67,9 +67,18 @@ def base_config(args: argparse.Namespace, data: Path, seed: int, recipe: list[st
             f"run.seed={seed}",
             "run.log_every=100000",
             f"run.out_dir={out}",
+            f"stage1.warm_start={args.warm_start}",
+            f"stage1.warm_start_steps={args.warm_start_steps}",
             *recipe,
         ],
     )
+
+
+def add_warm_start_args(p: argparse.ArgumentParser) -> None:
+    """``--warm-start`` / ``--warm-start-steps``: protoseg's self-supervised warm start of a random-init backbone
+    (SimCLR, 400 steps, on each run's training patches; off by default, as in protoseg)."""
+    p.add_argument("--warm-start", default="none", choices=("none", "simclr"), help="stage1.warm_start")
+    p.add_argument("--warm-start-steps", type=int, default=400, help="stage1.warm_start_steps")
 
 
 def _class_ratio(pseudo: dict[str, Any], free: dict[str, Any]) -> float:
@@ -178,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of: " + ", ".join(RECIPES))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    add_warm_start_args(p)
     p.add_argument(
         "--set",
         dest="overrides",

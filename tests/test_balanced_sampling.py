@@ -184,6 +184,7 @@ def test_cli_sampling_flag_reaches_the_checkpoint(tmp_path: Path, caplog: pytest
 
     root, out = _folder(tmp_path / "d"), tmp_path / "run"
     common = ["--set", "model.backbone=resnet18", "--set", "model.weights=null", "--set", "data.num_workers=0"]
+    common += ["--warm-start", "none"]
     argv = ["train", "stage1", "--data", str(root), "--out", str(out), "--recipe", "cam", "--epochs", "1"]
     with caplog.at_level(logging.INFO, logger="protoseg"):
         assert main([*argv, "--sampling", "balanced", "--batch-size", "2", "--device", "cpu", *common]) == 0

@@ -86,6 +86,7 @@ def test_bank_built_at_one_size_trains_stage1_at_another(tmp_path: Path) -> None
     """The napari bank widget builds at the default size; training at another patch size must still work."""
     root = write_bcss_dataset(tmp_path / "data", n_train=12, n_val=0, n_test=0, size=96, seed=1)
     common = ["model.backbone=test_convnext", "model.projector_hidden=16", "run.device=cpu", "data.batch_size=4"]
+    common.append("stage1.warm_start=none")
     build_cfg = load_config(None, [*common, "data.patch_size=64"])
     rng = np.random.default_rng(0)
     samples = [  # single-class colour patches per BCSS class (the small synthetic set has few single-class ones)

@@ -76,6 +76,7 @@ def test_training_at_another_scale_than_the_bank_warns(tmp_path: Path, caplog) -
         "data.batch_size=20",
         "bank.k=1",
         "bank.n_per_cluster=2",
+        "stage1.warm_start=none",
     ]
     bank = build_bank_from_config(load_config(None, common), tmp_path / "bank")
     assert bank.data_scale == 1.0

@@ -147,6 +147,7 @@ def test_stage1_pipeline_records_calibrated_thresholds(tmp_path: Path, caplog: p
             "data.batch_size=8",
             "model.backbone=resnet18",
             "model.weights=null",
+            "stage1.warm_start=none",
             "stage1.recipe=cam",
             "stage1.epochs=1",
             "stage1.lr=1e-3",

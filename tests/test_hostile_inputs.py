@@ -39,6 +39,7 @@ def _cfg(*overrides: str) -> ProtosegConfig:
         [
             f"model.backbone={BACKBONE}",
             "model.weights=null",  # random init: offline
+            "stage1.warm_start=none",
             "stage2.weights=null",
             "model.projector_hidden=16",
             "run.device=cpu",

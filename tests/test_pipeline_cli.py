@@ -36,6 +36,8 @@ COMMON = [
     "--set",
     "model.weights=null",  # random init: tests never download ImageNet weights
     "--set",
+    "stage1.warm_start=none",  # minutes of self-supervised steps (tests/test_warm_start.py)
+    "--set",
     "stage2.weights=null",
 ]
 
@@ -306,6 +308,10 @@ def test_ddp_two_cpu_processes_on_gloo(dataset: Path, tmp_path: Path) -> None:
         *COMMON,
         "--set",
         "data.max_val=4",
+        "--set",  # rank 0 trains the warm start, rank 1 waits for it and reads it
+        "stage1.warm_start=simclr",
+        "--set",
+        "stage1.warm_start_steps=2",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -313,3 +319,6 @@ def test_ddp_two_cpu_processes_on_gloo(dataset: Path, tmp_path: Path) -> None:
     # each of the 2 ranks sees half of the 64 patches: 32 / batch 8 = 4 optimiser steps per epoch
     assert ckpt.step == 4 and ckpt.epoch == 1
     assert not any(k.startswith("module.") for k in ckpt.state_dict)
+    assert (run / "warm_start" / "backbone.pt").is_file() and "warm_start/backbone.pt" in ckpt.train_config["model"][
+        "weights"
+    ]

@@ -30,6 +30,8 @@ TINY = [
     "--set",
     "model.weights=null",
     "--set",
+    "stage1.warm_start=none",
+    "--set",
     "bank.encoder.input_size=64",
     "--set",
     "bank.k=1",

@@ -64,6 +64,7 @@ def _config(tmp_path: Path, *extra: str) -> ProtosegConfig:
             "data.batch_size=4",
             "model.backbone=resnet18",
             "model.weights=null",
+            "stage1.warm_start=none",
             "stage1.recipe=cam",
             "run.device=cpu",
             f"run.out_dir={tmp_path / 'run'}",

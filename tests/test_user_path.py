@@ -220,6 +220,7 @@ def test_training_and_whole_slide_runs_keep_the_viewer_responsive(
     train.patch.setValue(64)
     train.device.setCurrentText("cpu")
     train.out.setText(str(tmp_path / "run"))
+    assert not train.warm.isChecked()  # the self-supervised warm start is opt-in (minutes on a CPU)
     started = time.monotonic()
     train.start_btn.click()
     assert train.job is not None and train.job.child.pid is not None, train.status.text()

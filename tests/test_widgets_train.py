@@ -297,13 +297,15 @@ def test_balance_classes_through_the_plugin_dock(make_napari_viewer, tmp_path) -
 def test_warm_start_through_the_plugin_dock(
     make_napari_viewer, qtbot, tmp_path, tiny_dataset, one_torch_thread
 ) -> None:
-    """The Train dock's "Self-supervised warm start" box (random init only) runs the warm start before stage 1 in
-    the training process: its steps show in the status line and the bar, stage 1 starts from its weights."""
+    """The Train dock's "Self-supervised warm start" box (off by default; random init only) runs the warm start
+    before stage 1 in the training process: its steps show in the status line and the bar, stage 1 starts from
+    its weights."""
     from protoseg.config import WarmStart
     from protoseg.train.warm_start import STAGE, WEIGHTS_FILE
 
     viewer = make_napari_viewer(show=True)
     _dock, widget = viewer.window.add_plugin_dock_widget("protoseg", "Train")
+    assert not widget.warm.isChecked() and widget.warm_steps.value() == 400  # off by default, as protoseg's config
     _fill_form(widget, tiny_dataset, tmp_path / "run", epochs=1)
     assert not widget.warm.isChecked() and not widget.warm_steps.isEnabled()
     widget.warm.setChecked(True)
@@ -320,5 +322,8 @@ def test_warm_start_through_the_plugin_dock(
     assert (tmp_path / "run" / "warm_start" / WEIGHTS_FILE).is_file()
     assert "warm_start/backbone.pt" in (tmp_path / "run" / "stage1_config.yaml").read_text()
     assert STAGE not in widget.plot.losses  # its contrastive loss is not drawn on stage 1's panel
-    widget.apply_preset("")
-    assert not widget.warm.isChecked()
+    widget.warm.setChecked(False)
+    assert widget.build_config().stage1.warm_start is WarmStart.NONE
+    widget.warm.setChecked(True)
+    widget.apply_preset("")  # back to protoseg's defaults
+    assert not widget.warm.isChecked() and widget.warm_steps.value() == 400

@@ -27,6 +27,7 @@ TINY_CPU_RUN = (
     "stage2.backbone=resnet18",
     "stage2.weights=null",
     "stage1.recipe=cam",
+    "stage1.warm_start=none",  # minutes of self-supervised steps before stage 1 (tests/test_warm_start.py)
     "run.device=cpu",
 )
 

@@ -239,7 +239,8 @@ class Stage1Config:
     # +5 to +17 points, docs/interfaces.md); uniform: each patch once per epoch (the papers' presets)
     sampling: Sampling = Sampling.BALANCED
     # simclr: a backbone without pretrained weights first learns from the unlabelled training patches
-    # (protoseg.train.warm_start; real lung tissue: docs/interfaces.md); skipped for pretrained weights
+    # (protoseg.train.warm_start; skipped for pretrained weights); off by default: on real lung tissue stage 2
+    # rose on the mean but fell on 1 of 3 seeds and tumour epithelium fell (docs/interfaces.md)
     warm_start: WarmStart = WarmStart.NONE
     warm_start_steps: int = 400
     warm_start_batch: int = 32  # patches per step (two views each)

@@ -31,6 +31,7 @@ from protoseg.data.augment import HEDJitter
 from protoseg.models.backbone import build_backbone, planned_weights
 from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from protoseg.outputs import atomic_write_bytes, read_marker, replace_dir
+from protoseg.train.distributed import barrier, init_distributed
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
 from protoseg.train.outcome import FitResult
 
@@ -215,6 +216,26 @@ def warm_start_weights(
 
     plan = plan_for(cfg, dataset)
     folder = Path(cfg.run.out_dir) / "warm_start"
+    device = select_device(cfg.run.device)
+    ctx = init_distributed(device)  # under torchrun rank 0 trains and writes, the others wait and read
+    if not ctx.is_main:
+        barrier(ctx)
+        if not _matching(folder, plan):
+            raise RuntimeError(f"rank {ctx.rank}: rank 0 wrote no warm start matching this run in {folder}")
+        return folder / WEIGHTS_FILE
+    path = _main_process_weights(plan, folder, dataset, device, cancel, callbacks)
+    barrier(ctx)
+    return path
+
+
+def _main_process_weights(
+    plan: WarmStartPlan,
+    folder: Path,
+    dataset: Dataset,
+    device: torch.device,
+    cancel: CancelLike | None,
+    callbacks: Sequence[Callback],
+) -> Path:
     if _matching(folder, plan):
         logger.info("warm start: reusing %s (same patches and settings)", folder / WEIGHTS_FILE)
         return folder / WEIGHTS_FILE
@@ -234,7 +255,7 @@ def warm_start_weights(
         msg = f"contrastive loss {loss:.3f} (chance {math.log(2 * min(plan.batch, len(dataset)) - 1):.2f})"  # type: ignore[arg-type]
         emit(callbacks, TrainEvent(EventKind.STEP, STAGE, 0, step, total, losses={"contrastive": loss}, message=msg))
 
-    state = train_warm_start(plan, dataset, select_device(cfg.run.device), cancel, on_step)
+    state = train_warm_start(plan, dataset, device, cancel, on_step)
     with replace_dir(folder, KIND) as tmp:
         buf = io.BytesIO()
         torch.save(state, buf)

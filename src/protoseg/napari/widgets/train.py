@@ -142,8 +142,8 @@ class TrainWidget(QWidget):
         self.warm.setChecked(ProtosegConfig().stage1.warm_start is WarmStart.SIMCLR)
         self.warm.setToolTip(
             "when the backbone has no pretrained weights (random init, offline): first learn from the unlabelled "
-            "training patches (SimCLR, stage1.warm_start=simclr; 400 steps, minutes on a CPU; measured on real "
-            "tissue in docs/interfaces.md); skipped for pretrained weights"
+            "training patches (SimCLR, stage1.warm_start=simclr; 400 steps, minutes on a CPU; off by default, measured "
+            "on real tissue in docs/interfaces.md); skipped for pretrained weights"
         )
         self.warm_steps = QSpinBox(minimum=1, maximum=100_000, value=ProtosegConfig().stage1.warm_start_steps)
         self.warm_steps.setSuffix(" steps")
