@@ -297,7 +297,7 @@ def test_balance_classes_through_the_plugin_dock(make_napari_viewer, tmp_path) -
 def test_warm_start_through_the_plugin_dock(
     make_napari_viewer, qtbot, tmp_path, tiny_dataset, one_torch_thread
 ) -> None:
-    """The Train dock's "Self-supervised warm start" box (off by default; random init only) runs the warm start
+    """The Train dock's "SimCLR warm start" box (off by default; random init only) runs the self-supervised warm start
     before stage 1 in the training process: its steps show in the status line and the bar, stage 1 starts from
     its weights."""
     from protoseg.config import WarmStart

@@ -138,7 +138,7 @@ class TrainWidget(QWidget):
             "stage 1 draws its patches so that rare image-level classes are seen as often as common ones "
             "(stage1.sampling=balanced; measured on real tissue in docs/interfaces.md)"
         )
-        self.warm = QCheckBox("Self-supervised warm start")
+        self.warm = QCheckBox("SimCLR warm start")
         self.warm.setChecked(ProtosegConfig().stage1.warm_start is WarmStart.SIMCLR)
         self.warm.setToolTip(
             "when the backbone has no pretrained weights (random init, offline): first learn from the unlabelled "
@@ -146,7 +146,6 @@ class TrainWidget(QWidget):
             "on real tissue in docs/interfaces.md); skipped for pretrained weights"
         )
         self.warm_steps = QSpinBox(minimum=1, maximum=100_000, value=ProtosegConfig().stage1.warm_start_steps)
-        self.warm_steps.setSuffix(" steps")
         self.warm_steps.setToolTip("self-supervised steps of the warm start (stage1.warm_start_steps)")
         self.warm.toggled.connect(self.warm_steps.setEnabled)
         self.warm_steps.setEnabled(self.warm.isChecked())
@@ -206,7 +205,8 @@ class TrainWidget(QWidget):
         form.addRow("Epochs (stage 1 / 2)", row(self.epochs, self.epochs2))
         form.addRow("Batch size", self.batch)
         form.addRow("Sampling", self.balance)
-        form.addRow("Random init", row(self.warm, self.warm_steps))
+        form.addRow("Random init", self.warm)
+        form.addRow("Warm-start steps", self.warm_steps)
         form.addRow("Learning rate", self.lr)
         form.addRow("Patch size (px)", self.patch)
         form.addRow("Folder patches × (resample)", self.scale)
