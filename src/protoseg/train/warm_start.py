@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from protoseg.data.augment import HEDJitter
 from protoseg.models.backbone import build_backbone, planned_weights
 from protoseg.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from protoseg.outputs import atomic_write_bytes, read_marker, replace_dir
+from protoseg.runtime import select_device
 from protoseg.train.distributed import barrier, init_distributed
 from protoseg.train.events import Callback, EventKind, TrainEvent, emit
 from protoseg.train.outcome import FitResult
@@ -65,7 +66,12 @@ class WarmStartPlan:
     patches: str  # sha256 of the patch names, in dataset order
 
     def record(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
+
+
+def chance_loss(batch: int) -> float:
+    """NT-Xent of embeddings that cannot tell patches apart: log(2B - 1), the yardstick its logs print."""
+    return math.log(2 * batch - 1)
 
 
 def wanted(cfg: ProtosegConfig) -> bool:
@@ -197,7 +203,7 @@ def train_warm_start(
                     step + 1,
                     plan.steps,
                     float(loss.detach()),
-                    math.log(2 * batch - 1),
+                    chance_loss(batch),
                     left,
                 )
     return {k: v.detach().cpu() for k, v in backbone.model.state_dict().items()}
@@ -212,8 +218,6 @@ def warm_start_weights(
     """The warm-start weights file for this run: reused from ``<out_dir>/warm_start`` when it was trained on
     the same patches with the same settings, else trained now (``callbacks`` get its steps as stage
     ``STAGE`` events) and written there atomically."""
-    from protoseg.runtime import select_device
-
     plan = plan_for(cfg, dataset)
     folder = Path(cfg.run.out_dir) / "warm_start"
     device = select_device(cfg.run.device)
@@ -239,20 +243,22 @@ def _main_process_weights(
     if _matching(folder, plan):
         logger.info("warm start: reusing %s (same patches and settings)", folder / WEIGHTS_FILE)
         return folder / WEIGHTS_FILE
+    n = len(dataset)  # type: ignore[arg-type]
+    batch = min(plan.batch, n)
     logger.info(
         "warm start: %d self-supervised steps of %d patch pairs (%d px views) on %d training patches before "
         "stage 1, because backbone %s has no pretrained weights (stage1.warm_start=none skips it)",
         plan.steps,
-        min(plan.batch, len(dataset)),  # type: ignore[arg-type]
+        batch,
         plan.view,
-        len(dataset),  # type: ignore[arg-type]
+        n,
         plan.backbone,
     )
     emit(callbacks, TrainEvent(EventKind.START, STAGE, 0, 0, plan.steps, message="self-supervised warm start"))
 
     def on_step(step: int, total: int, loss: float) -> None:
         # not "loss": the Train dock plots that key on its stage-1 panel, whose steps count from 1 again
-        msg = f"contrastive loss {loss:.3f} (chance {math.log(2 * min(plan.batch, len(dataset)) - 1):.2f})"  # type: ignore[arg-type]
+        msg = f"contrastive loss {loss:.3f} (chance {chance_loss(batch):.2f})"
         emit(callbacks, TrainEvent(EventKind.STEP, STAGE, 0, step, total, losses={"contrastive": loss}, message=msg))
 
     state = train_warm_start(plan, dataset, device, cancel, on_step)
