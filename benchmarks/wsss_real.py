@@ -47,7 +47,7 @@ from protoseg.train.pipeline import (
     train_stage1,
     train_stage2,
 )
-from wsss_synthetic import add_warm_start_args, base_config, mean_sd
+from wsss_synthetic import add_common_args, base_config, mean_sd
 
 logger = logging.getLogger("wsss_real")
 
@@ -294,7 +294,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
-    add_warm_start_args(p)
+    add_common_args(p)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

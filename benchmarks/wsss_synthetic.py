@@ -70,14 +70,23 @@ def base_config(args: argparse.Namespace, data: Path, seed: int, recipe: list[st
             f"stage1.warm_start={args.warm_start}",
             f"stage1.warm_start_steps={args.warm_start_steps}",
             *recipe,
+            *args.overrides,
         ],
     )
 
 
-def add_warm_start_args(p: argparse.ArgumentParser) -> None:
-    """``--warm-start`` / ``--warm-start-steps``: protoseg's self-supervised warm start of a random-init backbone
-    (SimCLR, 400 steps, on each run's training patches; off by default, as in protoseg)."""
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """``--warm-start`` / ``--warm-start-steps`` (protoseg's self-supervised warm start of a random-init backbone:
+    SimCLR, 400 steps, on each run's training patches; off by default, as in protoseg) and ``--set KEY=VALUE``."""
     p.add_argument("--warm-start", default="none", choices=("none", "simclr"), help="stage1.warm_start")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any protoseg setting for every run (repeatable), e.g. --set stage1.similarity.masking=fill",
+    )
     p.add_argument("--warm-start-steps", type=int, default=400, help="stage1.warm_start_steps")
 
 
@@ -187,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of: " + ", ".join(RECIPES))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
-    add_warm_start_args(p)
+    add_common_args(p)
     p.add_argument(
         "--set",
         dest="overrides",

@@ -246,6 +246,7 @@ def test_layout_and_encoder_kind_are_their_enums() -> None:
     [
         ("data.layout=bcss", "['bcss_wsss', 'luad_histoseg', 'generic']"),
         ("bank.encoder.kind=clip", "['descriptor', 'open_clip', 'timm']"),
+        ("stage1.similarity.masking=blur", "['fill', 'weights']"),
     ],
 )
 def test_bad_enum_value_names_key_and_choices(override: str, allowed: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -172,3 +173,54 @@ def test_other_sizes_are_resized_to_input_size(descriptor: HEDescriptor) -> None
         g = descriptor.encode(_to_tensor([big]))
     np.testing.assert_allclose(g[0].numpy(), f[1].numpy(), atol=1e-5)
     assert float(f[0] @ g[0]) > 0.95
+
+
+def test_weighted_region_describes_its_own_texture(descriptor: HEDescriptor) -> None:
+    """Half of a two-texture image, given as weights, is nearest its own texture's pure patches for every pair;
+    the black-filled half (PBIP's X_FG) is further from its texture than the weighted one."""
+    pure = {k: descriptor.encode(_to_tensor([texture(k, 500 + j) for j in range(3)])).mean(0) for k in TEXTURES}
+    tiles = {k: _to_tensor([texture(k, 8)])[0] for k in TEXTURES}
+    half = torch.zeros(1, SIZE, SIZE)
+    half[..., : SIZE // 2] = 1.0
+    images, weights, owns = [], [], []
+    for a, b in itertools.combinations(TEXTURES, 2):  # each half of each pair is tested
+        x = tiles[b].clone()
+        x[..., : SIZE // 2] = tiles[a][..., : SIZE // 2]
+        for region, own in ((half, a), (1 - half, b)):
+            images.append(x)
+            weights.append(region)
+            owns.append(own)
+    x, w = torch.stack(images), torch.stack(weights)
+    with torch.no_grad():
+        feats, filled = descriptor.encode_weighted(x, w), descriptor.encode(x * w)
+    protos = torch.stack([pure[k] for k in TEXTURES])
+    for f, g, own in zip(feats, filled, owns):
+        sims = dict(zip(TEXTURES, (protos @ f).tolist()))
+        assert max(sims, key=sims.get) == own, (own, sims)
+        assert sims[own] > float(g @ pure[own]), own
+
+
+def test_weights_of_one_equal_the_plain_descriptor_and_are_differentiable(descriptor: HEDescriptor) -> None:
+    x = _to_tensor([texture("stroma", 3), texture("tumour", 4)])
+    with torch.no_grad():
+        assert torch.equal(descriptor.encode_weighted(x, torch.ones(2, 1, SIZE, SIZE)), descriptor.encode(x))
+    w = torch.rand(2, 1, SIZE // 2, SIZE // 2, requires_grad=True)  # resized to the encoder's input size
+    descriptor.encode_weighted(x, w).sum().backward()
+    assert w.grad is not None and float(w.grad.abs().sum()) > 0
+    with pytest.raises(EncoderInputError, match="region weights"):
+        descriptor.encode_weighted(x, torch.ones(2, 3, SIZE, SIZE))
+
+
+def test_default_weighted_embedding_is_the_masked_image() -> None:
+    """Encoders without weighted statistics (CLIP, timm) see PBIP's masked image X * w."""
+    from protoseg.models.encoders import ImageEncoder
+
+    class Mean(ImageEncoder):
+        encoder_id, dim, input_size = "mean", 3, 8
+
+        def embed(self, images: torch.Tensor) -> torch.Tensor:
+            return images.mean(dim=(2, 3)) + 0.1
+
+    enc, x = Mean(), torch.rand(2, 3, 8, 8)
+    w = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    assert torch.allclose(enc.encode_weighted(x, w), enc.encode(x * w))

@@ -125,6 +125,34 @@ def test_pbip_recipe_step_trains_the_projector_not_the_bank() -> None:
     assert all(p.grad is None for p in encoder.parameters())  # frozen encoder
 
 
+class SpyEncoder(TinyEncoder):
+    """TinyEncoder recording the region weights it is given (``embed_weighted``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights_seen: list[torch.Tensor] = []
+
+    def embed_weighted(self, images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        self.weights_seen.append(weights.detach())
+        return super().embed_weighted(images, weights)
+
+
+def test_pbip_regions_reach_the_encoder_as_weights_or_as_filled_images() -> None:
+    """masking=weights (the default) hands the encoder each FG/BG region's weights over the whole image, which
+    still trains the CAM head; masking=fill hands it the paper's masked images only."""
+    encoder = SpyEncoder()
+    protos = _bank(encoder).prototypes().float()
+    net, parts, _ = _one_step(_cfg("stage1.recipe=pbip"), encoder, protos)
+    assert parts["sim"] > 0 and _trained(_last_stage_head(net))
+    (w,) = encoder.weights_seen
+    pairs = int(LABELS.sum())
+    assert w.shape == (2 * pairs, 1, encoder.input_size, encoder.input_size)  # FG rows, then BG rows
+    assert float(w.min()) >= 0 and float(w.max()) <= 1 and float(w[:pairs].sum()) > 0
+    encoder.weights_seen.clear()
+    _one_step(_cfg("stage1.recipe=pbip", "stage1.similarity.masking=fill"), encoder, protos)
+    assert encoder.weights_seen == []
+
+
 def test_lpd_recipe_step_trains_learnable_prototypes_with_diversity() -> None:
     encoder = TinyEncoder()
     net, parts, _ = _one_step(
@@ -257,3 +285,29 @@ def test_fit_non_finite_loss_is_a_training_error(tmp_path: Path) -> None:
         _trainer(tmp_path, cls=NaNTrainer).fit()
     assert not isinstance(err.value, Cancelled)
     assert not (tmp_path / "stage2" / LAST).exists()
+
+
+def test_resume_refuses_other_region_masking_and_old_runs_count_as_fill() -> None:
+    """L_SIM's FG/BG regions are part of the loss: a PBIP run is continued only with the masking it was trained with
+    (runs from before ``stage1.similarity.masking`` existed used the black fill)."""
+    from types import SimpleNamespace
+
+    from protoseg.config import to_dict
+    from protoseg.models.checkpoint import Stage
+    from protoseg.train.configured import resume_mismatches
+
+    def ckpt(cfg: ProtosegConfig, drop_masking: bool = False) -> SimpleNamespace:
+        train_config = to_dict(cfg)
+        if drop_masking:
+            del train_config["stage1"]["similarity"]["masking"]
+        return SimpleNamespace(
+            classes=CLASSES, stage=Stage.STAGE1, train_config=train_config, data_scale=1.0, model_config={}
+        )
+
+    weights, fill = _cfg("stage1.recipe=pbip"), _cfg("stage1.recipe=pbip", "stage1.similarity.masking=fill")
+    assert resume_mismatches(ckpt(weights), {}, CLASSES, weights) == []
+    assert resume_mismatches(ckpt(weights, drop_masking=True), {}, CLASSES, fill) == []
+    (why,) = resume_mismatches(ckpt(weights, drop_masking=True), {}, CLASSES, weights)
+    assert why == "stage1.similarity.masking 'fill' vs 'weights' (to resume: --set stage1.similarity.masking=fill)"
+    cam = _cfg("stage1.recipe=cam")  # no L_SIM: nothing to compare
+    assert resume_mismatches(ckpt(cam, drop_masking=True), {}, CLASSES, cam) == []

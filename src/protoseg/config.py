@@ -64,6 +64,15 @@ class WarmStart(str, Enum):
     SIMCLR = "simclr"
 
 
+class RegionMasking(str, Enum):
+    """How PBIP's foreground / background regions reach the frozen encoder: the masked image M*X (fill: the
+    paper's X_FG, black outside the region) or the whole image with the region as per-pixel weights of the
+    encoder's statistics (weights: the built-in descriptor; other encoders fall back to fill)."""
+
+    FILL = "fill"
+    WEIGHTS = "weights"
+
+
 class AddOn(str, Enum):
     """Extra stage-1 losses that combine with any recipe."""
 
@@ -168,6 +177,9 @@ class SimilarityConfig:
     """FG/BG prototype similarity L_SIM of PBIP (bank prototypes) and LPD (learnable prototypes)."""
 
     weight: float = 0.5  # b in a*L_CLS + b*L_SIM
+    # weights: the descriptor of a region from its own pixels; with a black fill every masked crop of real lung
+    # tissue sat nearest the tumour prototypes (docs/interfaces.md)
+    masking: RegionMasking = RegionMasking.WEIGHTS
     fg_weight: float = 1.0
     bg_weight: float = 0.5
     temperature: float = 0.1

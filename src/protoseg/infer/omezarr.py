@@ -134,12 +134,47 @@ def create_prediction_zarr(
     channels = classes.num_classes + 1
     if overwrite and Path(path).exists():  # only protoseg's own entries (check_output_dir): no stale chunks left
         shutil.rmtree(path)
-    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    # the marker lives in the root zarr.json (a file beside it is "not a zarr component" to zarr); set
-    # through zarr so its later attribute updates keep it
-    root.attrs[outputs.ZARR_MARKER_ATTR] = outputs.marker_record(OUTPUT_KIND, _ZARR_ENTRIES)
-    probs = root.create_group("probs")
-    mask = root.create_group("mask")
+    names = [*classes.names, classes.background_name]
+    palette = classes.palette()
+    probs_ome = {
+        "version": NGFF_VERSION,
+        "multiscales": _multiscales("probs", len(levels), mpp, True),
+        "omero": {
+            "channels": [
+                {"label": n, "color": _hex(c), "active": True, "window": {"min": 0, "max": 255, "start": 0, "end": 255}}
+                for n, c in zip(names, palette)
+            ],
+            "rdefs": {"model": "color"},
+        },
+    }
+    mask_ome = {
+        "version": NGFF_VERSION,
+        "multiscales": _multiscales("mask", len(levels), mpp, False),
+        "image-label": {
+            "version": NGFF_VERSION,
+            "colors": [{"label-value": i, "rgba": [*c, 255]} for i, c in enumerate(palette)],
+            "properties": [{"label-value": i, "name": n} for i, n in enumerate(names)],
+        },
+    }
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "classes": classes.to_dict(),
+        "mpp": mpp,
+        "slide": slide,
+        "layout": layout,
+        "complete": False,
+        "pyramid_complete": False,
+        "all_chunks_stored": True,
+    }
+    # every group's attributes go into its zarr.json as it is created (one write each); the marker lives in the
+    # root zarr.json (a file beside it is "not a zarr component" to zarr), so later attribute updates keep it
+    marker = outputs.marker_record(OUTPUT_KIND, _ZARR_ENTRIES)
+    root = zarr.open_group(
+        str(path), mode="w-", zarr_format=3, attributes={outputs.ZARR_MARKER_ATTR: marker, "protoseg": info}
+    )
+    probs = root.create_group("probs", attributes={"ome": probs_ome})
+    mask = root.create_group("mask", attributes={"ome": mask_ome})
     for k, (w, h) in enumerate(levels):
         probs.create_array(
             str(k),
@@ -162,39 +197,6 @@ def create_prediction_zarr(
     root.create_array(
         "done", shape=(rows, cols), chunks=(min(rows, 1024), min(cols, 1024)), dtype="uint8", fill_value=0
     )
-    names = [*classes.names, classes.background_name]
-    palette = classes.palette()
-    probs.attrs["ome"] = {
-        "version": NGFF_VERSION,
-        "multiscales": _multiscales("probs", len(levels), mpp, True),
-        "omero": {
-            "channels": [
-                {"label": n, "color": _hex(c), "active": True, "window": {"min": 0, "max": 255, "start": 0, "end": 255}}
-                for n, c in zip(names, palette)
-            ],
-            "rdefs": {"model": "color"},
-        },
-    }
-    mask.attrs["ome"] = {
-        "version": NGFF_VERSION,
-        "multiscales": _multiscales("mask", len(levels), mpp, False),
-        "image-label": {
-            "version": NGFF_VERSION,
-            "colors": [{"label-value": i, "rgba": [*c, 255]} for i, c in enumerate(palette)],
-            "properties": [{"label-value": i, "name": n} for i, n in enumerate(names)],
-        },
-    }
-    root.attrs["protoseg"] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "classes": classes.to_dict(),
-        "mpp": mpp,
-        "slide": slide,
-        "layout": layout,
-        "complete": False,
-        "pyramid_complete": False,
-        "all_chunks_stored": True,
-    }
     return root
 
 

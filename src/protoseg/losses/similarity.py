@@ -31,12 +31,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FgBgBatch:
-    """Masked foreground/background images, one row per present (image, class) pair."""
+    """Foreground/background regions, one row per present (image, class) pair: each row's image and its
+    FG / BG pixel weights; ``x_fg`` / ``x_bg`` are the masked images of the paper."""
 
-    x_fg: Tensor  #: (N, 3, H, W) b * M * X
-    x_bg: Tensor  #: (N, 3, H, W) (1 - b) * (1 - M) * X
+    images: Tensor  #: (N, 3, H, W) X of each row
+    w_fg: Tensor  #: (N, 1, H, W) b * M
+    w_bg: Tensor  #: (N, 1, H, W) (1 - b) * (1 - M)
     batch_index: Tensor  #: (N,) long, image of each row
     class_index: Tensor  #: (N,) long, class of each row
+
+    @property
+    def x_fg(self) -> Tensor:
+        """(N, 3, H, W) X_FG = b * M * X."""
+        return self.w_fg * self.images
+
+    @property
+    def x_bg(self) -> Tensor:
+        """(N, 3, H, W) X_BG = (1 - b) * (1 - M) * X."""
+        return self.w_bg * self.images
 
 
 @dataclass(frozen=True)
@@ -103,10 +115,13 @@ def fg_bg_images(
     batch_index, class_index = pairs[:, 0], pairs[:, 1]
     m = m_up[batch_index, class_index].unsqueeze(1)  # (N, 1, H, W)
     keep = b[batch_index, class_index].unsqueeze(1).to(images.dtype)
-    x = images[batch_index]
-    x_fg = keep * m * x
-    x_bg = (1.0 - keep) * (1.0 - m) * x
-    return FgBgBatch(x_fg=x_fg, x_bg=x_bg, batch_index=batch_index, class_index=class_index)
+    return FgBgBatch(
+        images=images[batch_index],
+        w_fg=keep * m,
+        w_bg=(1.0 - keep) * (1.0 - m),
+        batch_index=batch_index,
+        class_index=class_index,
+    )
 
 
 def class_similarities(feats: Tensor, prototypes: Tensor) -> Tensor:

@@ -13,7 +13,16 @@ from torch.utils.data import Dataset
 
 from protoseg.cancel import CancelToken
 from protoseg.classes import ClassSpec
-from protoseg.config import ProtosegConfig, Sampling, Stage1Config, Stage2Config, config_from_dict, to_dict
+from protoseg.config import (
+    ProtosegConfig,
+    Recipe,
+    RegionMasking,
+    Sampling,
+    Stage1Config,
+    Stage2Config,
+    config_from_dict,
+    to_dict,
+)
 from protoseg.models.checkpoint import Checkpoint, Stage, load_checkpoint
 from protoseg.models.factory import model_config
 from protoseg.train.engine import LAST, OptimConfig, Trainer
@@ -60,6 +69,13 @@ def resume_mismatches(ckpt: Checkpoint, net: dict[str, Any], classes: ClassSpec,
     for key, now in (("recipe", cfg.stage1.recipe.value), ("addons", [a.value for a in cfg.stage1.addons])):
         if key in old and (list(old[key]) if key == "addons" else old[key]) != now:
             out.append(f"stage1.{key} {old[key]!r} vs {now!r}")
+    if old and cfg.stage1.recipe is not Recipe.CAM:  # L_SIM's regions; runs before the setting used the fill
+        masked = old.get("similarity", {}).get("masking", RegionMasking.FILL.value)
+        if masked != cfg.stage1.similarity.masking.value:
+            out.append(
+                f"stage1.similarity.masking {masked!r} vs {cfg.stage1.similarity.masking.value!r} "
+                f"(to resume: --set stage1.similarity.masking={masked})"
+            )
     if ckpt.data_scale != cfg.data.scale:
         out.append(f"data.scale {ckpt.data_scale:g} vs {cfg.data.scale:g}")
     section = ckpt.stage.value

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protoseg import cams as cam_ops
-from protoseg.config import AddOn, ProtosegConfig, Recipe, fixed_input_size
+from protoseg.config import AddOn, ProtosegConfig, Recipe, RegionMasking, fixed_input_size
 from protoseg.errors import ProtosegError
 from protoseg.losses.classification import multistage_classification_loss
 from protoseg.losses.contrastive import pixel_supcon_loss
@@ -131,7 +131,10 @@ class Stage1Objective:
             rows = torch.randperm(len(rows), generator=self.generator)[: s1.max_pairs].to(x.device)
         if len(rows) == 0:
             return (cam * 0).sum()
-        f_fg, f_bg = encode_pairs(self.encoder, fb.x_fg[rows], fb.x_bg[rows])
+        if sim.masking is RegionMasking.WEIGHTS:  # the region's own pixels, no black fill
+            f_fg, f_bg = encode_weighted_pairs(self.encoder, fb.images[rows], fb.w_fg[rows], fb.w_bg[rows])
+        else:
+            f_fg, f_bg = encode_pairs(self.encoder, fb.x_fg[rows], fb.x_bg[rows])
         res = prototype_similarity_loss(
             f_fg, f_bg, fb.class_index[rows], net.prototypes(), sim.temperature, sim.fg_weight, sim.bg_weight
         )
@@ -170,6 +173,15 @@ def encode_pairs(encoder: Any, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.
     eval mode, so each image's features do not depend on its batch-mates); returns (features_a, features_b)."""
     feats = encoder.encode(torch.cat([a, b]))
     return feats[: len(a)], feats[len(a) :]
+
+
+def encode_weighted_pairs(
+    encoder: Any, images: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two weighted regions of each image through the frozen encoder in ONE batched call (see
+    ``ImageEncoder.encode_weighted``); returns (features_a, features_b)."""
+    feats = encoder.encode_weighted(torch.cat([images, images]), torch.cat([w_a, w_b]))
+    return feats[: len(images)], feats[len(images) :]
 
 
 def encode_class_prompts(

@@ -46,10 +46,18 @@ class HEDescriptor(ImageEncoder):
         self.freeze()
 
     def embed(self, images: Tensor) -> Tensor:
+        return self._standardised(images, None)
+
+    def embed_weighted(self, images: Tensor, weights: Tensor) -> Tensor:
+        """Statistics of the weighted pixels of the whole image: no black fill, no artificial mask edges."""
+        return self._standardised(images, weights)
+
+    def _standardised(self, images: Tensor, weights: Tensor | None) -> Tensor:
         dev = images.device.type
         guard = torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext()
         with guard:  # logs, variances and ratios need float32 even inside an AMP region
-            raw = he_features(images.float(), self.stain_inverse)
+            w = None if weights is None else weights.float()
+            raw = he_features(images.float(), self.stain_inverse, w)
         if raw.shape[1] != self.dim:  # features and constants out of sync: a developer error
             raise RuntimeError(f"he_features returned {raw.shape[1]} features, constants cover {self.dim}")
         return (raw - self.feature_mean) / self.feature_std

@@ -4,7 +4,9 @@ Colour: RGB and optical-density statistics and Ruifrok-Johnston colour deconvolu
 haematoxylin (H), eosin (E) and residual channels, with soft (kernel) histograms. Texture:
 multi-scale gradient magnitudes, local standard deviation, scale-normalised Laplacian-of-Gaussian
 blob responses on H (nuclei size), structure-tensor coherence and sorted oriented gradient energy
-(fibres). Everything is built from torch ops, so gradients reach the input pixels.
+(fibres). Everything is built from torch ops, so gradients reach the input pixels. Given per-pixel
+weights, every statistic is a weighted spatial mean over the unmasked image, so a region's descriptor
+describes its own pixels instead of a black fill (gradients then also reach the weights).
 """
 
 from __future__ import annotations
@@ -43,19 +45,27 @@ def stains(od: Tensor, minv: Tensor) -> Tensor:
     return torch.einsum("nchw,cs->nshw", od, minv.to(od))
 
 
-def _mean_std(t: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel spatial mean and (smooth) standard deviation of (N, C, H, W)."""
-    mean = t.mean(dim=(2, 3))
-    var = (t - mean[..., None, None]).pow(2).mean(dim=(2, 3))
+def spatial_mean(t: Tensor, w: Tensor | None = None) -> Tensor:
+    """(N, C) spatial mean of (N, C, H, W), weighted by (N, 1, H, W) ``w`` when given (sum w = 0 gives 0)."""
+    if w is None:
+        return t.mean(dim=(2, 3))
+    return (t * w).sum(dim=(2, 3)) / (w.sum(dim=(2, 3)) + _EPS)
+
+
+def _mean_std(t: Tensor, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-channel spatial (weighted) mean and (smooth) standard deviation of (N, C, H, W)."""
+    mean = spatial_mean(t, w)
+    var = spatial_mean((t - mean[..., None, None]).pow(2), w)
     return mean, torch.sqrt(var + _EPS)
 
 
-def soft_histogram(v: Tensor, centres: tuple[float, ...]) -> Tensor:
-    """Kernel histogram of (N, H, W) values: Gaussian memberships to the bin centres, rows sum to 1."""
+def soft_histogram(v: Tensor, centres: tuple[float, ...], w: Tensor | None = None) -> Tensor:
+    """Kernel histogram of (N, H, W) values: Gaussian memberships to the bin centres (pixels weighted by
+    (N, 1, H, W) ``w`` when given), rows sum to 1."""
     c = torch.tensor(centres, dtype=v.dtype, device=v.device)
     width = torch.diff(c).mean() * 0.6
     logits = -((v.unsqueeze(1) - c.view(1, -1, 1, 1)) ** 2) / (2 * width**2)
-    return torch.softmax(logits, dim=1).mean(dim=(2, 3))
+    return spatial_mean(torch.softmax(logits, dim=1), w)
 
 
 def _gaussian_1d(sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -108,33 +118,40 @@ def _local_std(t: Tensor, window: int = 5) -> Tensor:
     return torch.sqrt((m2 - m * m).clamp_min(0) + _EPS)
 
 
-def _orientation_stats(t: Tensor) -> Tensor:
-    """(N, 6): local coherence, global anisotropy and 4 sorted, normalised orientation energies."""
+def _orientation_stats(t: Tensor, w: Tensor | None = None) -> Tensor:
+    """(N, 6): local coherence, global anisotropy and 4 sorted, normalised orientation energies (sums over
+    pixels weighted by ``w`` when given)."""
     gx, gy = sobel(t)
     jxx, jyy, jxy = (gaussian_blur(v, 2.0) for v in (gx * gx, gy * gy, gx * gy))
+    if w is not None:
+        jxx, jyy, jxy = jxx * w, jyy * w, jxy * w
     trace = jxx + jyy
     local = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2 + _EPS**2)
+    if w is not None:
+        local = local * (w > 0)  # a zero-weight pixel adds nothing (its smoothing floor included)
     coherence = local.sum(dim=(1, 2, 3)) / (trace.sum(dim=(1, 2, 3)) + _EPS)
     sxx, syy, sxy = (v.sum(dim=(1, 2, 3)) for v in (jxx, jyy, jxy))
     anisotropy = torch.sqrt((sxx - syy) ** 2 + 4 * sxy**2 + _EPS**2) / (sxx + syy + _EPS)
     angles = torch.arange(4, device=t.device, dtype=t.dtype) * (math.pi / 4)
     cos, sin = torch.cos(angles).view(1, 4, 1, 1), torch.sin(angles).view(1, 4, 1, 1)
-    energy = ((gx * cos + gy * sin) ** 2).mean(dim=(2, 3))
+    energy = spatial_mean((gx * cos + gy * sin) ** 2, w)
     energy = energy / (energy.sum(dim=1, keepdim=True) + _EPS)
     ordered = torch.sort(energy, dim=1, descending=True).values
     return torch.cat([coherence[:, None], anisotropy[:, None], ordered], dim=1)
 
 
-def he_features(x: Tensor, minv: Tensor) -> Tensor:
-    """Raw (N, 82) descriptor of (N, 3, H, W) float [0, 1] RGB images (see module docstring)."""
+def he_features(x: Tensor, minv: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Raw (N, 82) descriptor of (N, 3, H, W) float [0, 1] RGB images (see module docstring); with
+    ``weights`` (N, 1, H, W) in [0, 1], of each image's weighted region (every mean weighted by them)."""
     od = optical_density(x)
     hed = stains(od, minv)
     h, e = hed[:, 0:1], hed[:, 1:2]
     grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-    rgb_m, rgb_s = _mean_std(x)
-    od_m, od_s = _mean_std(od.mean(dim=1, keepdim=True))
-    hed_m, hed_s = _mean_std(hed)
-    white = torch.sigmoid((x.min(dim=1).values - 0.86) / 0.02).mean(dim=(1, 2))
+    w = weights
+    rgb_m, rgb_s = _mean_std(x, w)
+    od_m, od_s = _mean_std(od.mean(dim=1, keepdim=True), w)
+    hed_m, hed_s = _mean_std(hed, w)
+    white = spatial_mean(torch.sigmoid((x.min(dim=1, keepdim=True).values - 0.86) / 0.02), w)
     colour = [
         rgb_m,
         rgb_s,
@@ -142,22 +159,26 @@ def he_features(x: Tensor, minv: Tensor) -> Tensor:
         od_s,
         hed_m,
         hed_s,
-        white[:, None],
-        soft_histogram(h[:, 0], H_BINS),
-        soft_histogram(e[:, 0], E_BINS),
-        soft_histogram(grey[:, 0], GREY_BINS),
+        white,
+        soft_histogram(h[:, 0], H_BINS, w),
+        soft_histogram(e[:, 0], E_BINS, w),
+        soft_histogram(grey[:, 0], GREY_BINS, w),
     ]
     texture: list[Tensor] = []
     grey_p, h_p, e_p = _pyramid(grey, 3), _pyramid(h, 3), _pyramid(e, 3)
+    w_p: list[Tensor | None] = _pyramid(w, 3) if w is not None else [None, None, None]  # type: ignore[list-item]
     for level in range(3):  # gradient magnitude, local std and Laplacian energy at 3 scales
+        wl = w_p[level]
         for t in (grey_p[level], h_p[level], e_p[level]):
-            texture.append(_grad_mag(t).mean(dim=(1, 2, 3))[:, None])
-        texture.append(_local_std(grey_p[level]).mean(dim=(1, 2, 3))[:, None])
-        texture.append(laplacian(grey_p[level]).abs().mean(dim=(1, 2, 3))[:, None])
+            texture.append(spatial_mean(_grad_mag(t), wl))
+        texture.append(spatial_mean(_local_std(grey_p[level]), wl))
+        texture.append(spatial_mean(laplacian(grey_p[level]).abs(), wl))
     for level, sigma in LOG_SCALES:  # scale-normalised LoG on H: bright blobs = nuclei of that size
+        wl = w_p[level]
         log = sigma**2 * laplacian(gaussian_blur(h_p[level], sigma))
         blob = F.relu(-log)
-        texture += [blob.mean(dim=(1, 2, 3))[:, None], _mean_std(blob)[1], F.relu(log).mean(dim=(1, 2, 3))[:, None]]
+        texture += [spatial_mean(blob, wl), _mean_std(blob, wl)[1], spatial_mean(F.relu(log), wl)]
     for level in range(2):  # fibre orientation on grey and eosin
-        texture += [_orientation_stats(grey_p[level]), _orientation_stats(e_p[level])[:, :2]]
+        wl = w_p[level]
+        texture += [_orientation_stats(grey_p[level], wl), _orientation_stats(e_p[level], wl)[:, :2]]
     return torch.cat(colour + texture, dim=1)
