@@ -359,12 +359,14 @@ def main(argv: list[str] | None = None) -> int:
             rows[name].append(run_recipe(args, data, seed, name))
             save_results(args, base, rows)  # after every row: a long run stopped early keeps what it measured
     total = time.perf_counter() - t0
+    overrides = f"overrides {' '.join(args.overrides)}, " if args.overrides else ""
     print()
     print(
         f"WSSS4LUAD, {len(seeds)} seed(s), tiles of {args.tile} px resampled by {args.scale:g} (data.scale), "
         f"pseudo-mask scales {args.pseudo_scales}, {args.sampling} stage-1 sampling, warm start {args.warm_start}"
         f"{f' ({args.warm_start_steps} steps)' if args.warm_start != 'none' else ''}"
         f"{f', <= {args.max_tiles} per split' if args.max_tiles else ''}, {args.backbone} ({args.weights}), "
+        f"{overrides}"
         f"stage 1 {args.epochs} epochs (CAM) / {args.proto_epochs} (prototype recipes), stage 2 {args.epochs2}, "
         f"{args.device} ({args.threads} thread(s)), tissue protocol, "
         f"{total / 60:.1f} min"

@@ -109,7 +109,7 @@ def fixed_gate_copy(checkpoint: Path, out: Path) -> Path:
 
 def run_recipe(args: argparse.Namespace, data: Path, seed: int, name: str) -> dict[str, Any]:
     out = args.out / f"seed{seed}" / name.replace(" ", "_").replace("+", "_")
-    cfg = base_config(args, data, seed, [*RECIPES[name], *args.overrides], out)
+    cfg = base_config(args, data, seed, RECIPES[name], out)
     t0 = time.perf_counter()
     fit = train_stage1(cfg)
     ckpt1 = best_or_last(fit.last.parent)
@@ -197,14 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     add_common_args(p)
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for every run, repeatable (e.g. data.sampling=balanced)",
-    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
