@@ -207,6 +207,9 @@ def test_weights_of_one_equal_the_plain_descriptor_and_are_differentiable(descri
     w = torch.rand(2, 1, SIZE // 2, SIZE // 2, requires_grad=True)  # resized to the encoder's input size
     descriptor.encode_weighted(x, w).sum().backward()
     assert w.grad is not None and float(w.grad.abs().sum()) > 0
+    empty = torch.zeros(2, 1, SIZE, SIZE, requires_grad=True)  # a region with no pixel (e.g. b all False)
+    descriptor.encode_weighted(x, empty).sum().backward()
+    assert empty.grad is not None and bool(torch.isfinite(empty.grad).all())
     with pytest.raises(EncoderInputError, match="region weights"):
         descriptor.encode_weighted(x, torch.ones(2, 3, SIZE, SIZE))
 
