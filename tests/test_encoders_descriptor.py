@@ -215,7 +215,7 @@ def test_weights_of_one_equal_the_plain_descriptor_and_are_differentiable(descri
 
 
 def test_default_weighted_embedding_is_the_masked_image() -> None:
-    """Encoders without weighted statistics (CLIP, timm) see PBIP's masked image X * w."""
+    """Encoders without weighted statistics (CLIP, timm) see exactly PBIP's masked image X * w."""
     from protoseg.models.encoders import ImageEncoder
 
     class Mean(ImageEncoder):
@@ -224,6 +224,7 @@ def test_default_weighted_embedding_is_the_masked_image() -> None:
         def embed(self, images: torch.Tensor) -> torch.Tensor:
             return images.mean(dim=(2, 3)) + 0.1
 
-    enc, x = Mean(), torch.rand(2, 3, 8, 8)
-    w = (torch.rand(2, 1, 8, 8) > 0.5).float()
-    assert torch.allclose(enc.encode_weighted(x, w), enc.encode(x * w))
+    enc, x = Mean(), torch.rand(2, 3, 16, 16)  # resized to 8: masked first, as PBIP's X_FG
+    w = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    assert torch.equal(enc.encode_weighted(x, w), enc.encode(x * w))
+    assert not enc.weighted_statistics and HEDescriptor.weighted_statistics

@@ -126,7 +126,9 @@ def test_pbip_recipe_step_trains_the_projector_not_the_bank() -> None:
 
 
 class SpyEncoder(TinyEncoder):
-    """TinyEncoder recording the region weights it is given (``embed_weighted``)."""
+    """TinyEncoder with weighted statistics (a weighted mean of its conv features) that records the weights."""
+
+    weighted_statistics = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -134,7 +136,8 @@ class SpyEncoder(TinyEncoder):
 
     def embed_weighted(self, images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         self.weights_seen.append(weights.detach())
-        return super().embed_weighted(images, weights)
+        feats = torch.tanh(self.conv(images))
+        return (feats * weights).sum(dim=(2, 3)) / (weights.sum(dim=(2, 3)) + 1e-6)
 
 
 def test_pbip_regions_reach_the_encoder_as_weights_or_as_filled_images() -> None:
@@ -285,6 +288,14 @@ def test_fit_non_finite_loss_is_a_training_error(tmp_path: Path) -> None:
         _trainer(tmp_path, cls=NaNTrainer).fit()
     assert not isinstance(err.value, Cancelled)
     assert not (tmp_path / "stage2" / LAST).exists()
+
+
+def test_encoder_without_weighted_statistics_gets_the_paper_masked_images_either_way() -> None:
+    encoder = TinyEncoder()  # a CLIP / timm stand-in
+    protos = _bank(encoder).prototypes().float()
+    _, weights, loss_w = _one_step(_cfg("stage1.recipe=pbip"), encoder, protos)
+    _, fill, loss_f = _one_step(_cfg("stage1.recipe=pbip", "stage1.similarity.masking=fill"), encoder, protos)
+    assert weights == fill and torch.equal(loss_w, loss_f)
 
 
 def test_resume_refuses_other_region_masking_and_old_runs_count_as_fill() -> None:

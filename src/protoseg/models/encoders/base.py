@@ -54,6 +54,8 @@ class ImageEncoder(nn.Module, ABC):
     encoder_id: str  # stable identifier stored in image banks
     dim: int  # embedding width
     input_size: int  # images are resized to (input_size, input_size) before embedding
+    #: True when ``embed_weighted`` describes a weighted region of the unmasked image (the built-in descriptor)
+    weighted_statistics: bool = False
 
     @abstractmethod
     def embed(self, images: Tensor) -> Tensor:
@@ -66,21 +68,21 @@ class ImageEncoder(nn.Module, ABC):
         return F.normalize(feats.float(), dim=-1, eps=1e-8)
 
     def embed_weighted(self, images: Tensor, weights: Tensor) -> Tensor:
-        """Raw (N, dim) embedding of each image's region weighted by (N, 1, H, W) ``weights`` in [0, 1].
-
-        The default feeds the masked image ``weights * images`` (PBIP's X_FG / X_BG); an encoder whose
-        statistics can take per-pixel weights overrides this to describe the region without a black fill.
-        """
-        return self.embed(images * weights)
+        """Raw (N, dim) embedding of each image's region weighted by (N, 1, H, W) ``weights`` in [0, 1], for
+        encoders whose statistics take per-pixel weights (``weighted_statistics``); others never get here."""
+        raise NotImplementedError(f"{type(self).__name__} has no weighted statistics")
 
     def encode_weighted(self, images: Tensor, weights: Tensor) -> Tensor:
         """L2-normalised (N, dim) embedding of the regions of (N, 3, H, W) images weighted by (N, 1, H, W)
-        ``weights`` in [0, 1] (differentiable in both)."""
-        x = resize_square(check_images(images), self.input_size)
+        ``weights`` in [0, 1] (differentiable in both). An encoder without ``weighted_statistics`` encodes the
+        masked image ``weights * images`` (PBIP's X_FG / X_BG) exactly as ``encode`` would."""
         if weights.ndim != 4 or weights.shape[1] != 1 or weights.shape[0] != images.shape[0]:
             raise EncoderInputError(
                 f"region weights must have shape (N, 1, H, W) with N = {images.shape[0]}, got {tuple(weights.shape)}"
             )
+        if not self.weighted_statistics:
+            return self.encode(images * weights)
+        x = resize_square(check_images(images), self.input_size)
         w = resize_square(weights.float(), self.input_size).clamp(0.0, 1.0)
         feats = self.embed_weighted(x.to(self.device), w.to(self.device))
         return F.normalize(feats.float(), dim=-1, eps=1e-8)

@@ -29,6 +29,8 @@ class HEDescriptor(ImageEncoder):
     the encoder id when it differs from 224.
     """
 
+    weighted_statistics = True  # every statistic is a spatial mean, so it can weigh pixels
+
     def __init__(self, input_size: int = DEFAULT_INPUT_SIZE) -> None:
         super().__init__()
         if int(input_size) < MIN_INPUT_SIZE:
