@@ -79,6 +79,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     """``--warm-start`` / ``--warm-start-steps`` (protoseg's self-supervised warm start of a random-init backbone:
     SimCLR, 400 steps, on each run's training patches; off by default, as in protoseg) and ``--set KEY=VALUE``."""
     p.add_argument("--warm-start", default="none", choices=("none", "simclr"), help="stage1.warm_start")
+    p.add_argument("--warm-start-steps", type=int, default=400, help="stage1.warm_start_steps")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -87,7 +88,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any protoseg setting for every run (repeatable), e.g. --set stage1.similarity.masking=fill",
     )
-    p.add_argument("--warm-start-steps", type=int, default=400, help="stage1.warm_start_steps")
 
 
 def _class_ratio(pseudo: dict[str, Any], free: dict[str, Any]) -> float:

@@ -166,7 +166,7 @@ def he_features(x: Tensor, minv: Tensor, weights: Tensor | None = None) -> Tenso
     ]
     texture: list[Tensor] = []
     grey_p, h_p, e_p = _pyramid(grey, 3), _pyramid(h, 3), _pyramid(e, 3)
-    w_p: list[Tensor | None] = _pyramid(w, 3) if w is not None else [None, None, None]  # type: ignore[list-item]
+    w_p: list[Tensor | None] = [*_pyramid(w, 3)] if w is not None else [None, None, None]
     for level in range(3):  # gradient magnitude, local std and Laplacian energy at 3 scales
         wl = w_p[level]
         for t in (grey_p[level], h_p[level], e_p[level]):
